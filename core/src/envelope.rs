@@ -1,0 +1,1 @@
+//! Envelope (being written).

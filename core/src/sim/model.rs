@@ -1,0 +1,1 @@
+//! Model Redis (being written).
