@@ -1,1 +1,677 @@
-//! Naming (being written).
+//! Validated ids and the injective mapping between rooms and Redis channel names.
+//!
+//! Ids ([`RoomId`], [`ConnId`]) are validated once, at the boundary: they are non-empty, at
+//! most a configured number of bytes long (never more than [`MAX_ID_BYTES`]) and contain no
+//! control characters (`char::is_control`). Any other Unicode is allowed.
+//!
+//! A room's channel is `{prefix}:room:{escaped id}` ([`ChannelNamer`]). The GraphWiz design
+//! wrote every `/` of a room id as `:` (room `hub/abc` → `graphwiz:room:hub:abc`); on its own
+//! that lets `a/b` and `a:b` share a channel, so `%` and `:` are percent-encoded first:
+//!
+//! | in the id | in the channel |
+//! |---|---|
+//! | `%` | `%25` |
+//! | `:` | `%3A` |
+//! | `/` | `:` |
+//! | anything else | itself |
+//!
+//! The mapping is injective and reversible: [`ChannelNamer::room_from_channel`] accepts exactly
+//! the channels [`ChannelNamer::write_room_channel`] produces. For room ids without `:` or `%`
+//! the channel is the one the GraphWiz design used, so publishers built from it interoperate.
+
+use std::borrow::{Borrow, Cow};
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::envelope::InstanceId;
+
+/// Hard upper bound for any id (the configurable limits in `Config` are <= this).
+///
+/// A limit passed to [`RoomId::new`] or [`ConnId::new`] above this is lowered to it.
+pub const MAX_ID_BYTES: usize = 4096;
+
+/// Default limit on a room id's length in bytes (`Config::max_room_id_bytes`).
+pub const DEFAULT_MAX_ROOM_ID_BYTES: usize = 256;
+
+/// Default limit on a connection id's length in bytes (`Config::max_conn_id_bytes`).
+pub const DEFAULT_MAX_CONN_ID_BYTES: usize = 256;
+
+/// Default channel prefix, the one the GraphWiz design used (`REDIS_CHANNEL_PREFIX`).
+pub const DEFAULT_CHANNEL_PREFIX: &str = "graphwiz";
+
+/// Longest channel prefix [`ChannelNamer::new`] accepts, in bytes.
+pub const MAX_PREFIX_BYTES: usize = 256;
+
+/// Which kind of id a [`NameError`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IdKind {
+    /// A room id ([`RoomId`]).
+    Room,
+    /// A connection id ([`ConnId`]).
+    Connection,
+}
+
+impl IdKind {
+    /// The `Config` field that sets this kind's length limit, named in error messages.
+    fn limit_setting(self) -> &'static str {
+        match self {
+            IdKind::Room => "Config::max_room_id_bytes",
+            IdKind::Connection => "Config::max_conn_id_bytes",
+        }
+    }
+}
+
+impl fmt::Display for IdKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IdKind::Room => "room id",
+            IdKind::Connection => "connection id",
+        })
+    }
+}
+
+/// Why an id or a channel prefix was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NameError {
+    /// The id is the empty string.
+    Empty {
+        /// Which kind of id.
+        what: IdKind,
+    },
+    /// The id is longer than the limit.
+    TooLong {
+        /// Which kind of id.
+        what: IdKind,
+        /// The id's length in bytes.
+        len: usize,
+        /// The limit in bytes that applied.
+        max: usize,
+    },
+    /// The id contains a control character (`char::is_control`).
+    ControlChar {
+        /// Which kind of id.
+        what: IdKind,
+        /// Byte offset of the first control character.
+        index: usize,
+    },
+    /// The channel prefix is unusable.
+    BadPrefix {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NameError::Empty { what } => {
+                write!(f, "{what} is empty; use a non-empty id")
+            }
+            NameError::TooLong { what, len, max } if *max >= MAX_ID_BYTES => write!(
+                f,
+                "{what} is {len} bytes long, over the hard limit of {max}; use a shorter id"
+            ),
+            NameError::TooLong { what, len, max } => write!(
+                f,
+                "{what} is {len} bytes long, over the limit of {max}; \
+                 use a shorter id or raise {}",
+                what.limit_setting()
+            ),
+            NameError::ControlChar { what, index } => write!(
+                f,
+                "{what} has a control character at byte {index}; \
+                 remove control characters (newline, tab, NUL and the like) from the id"
+            ),
+            NameError::BadPrefix { reason } => write!(
+                f,
+                "channel prefix is invalid: {reason}; use a non-empty prefix of at most \
+                 {MAX_PREFIX_BYTES} bytes without whitespace or control characters"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NameError {}
+
+/// Byte offset of the first control character (`char::is_control`) in `s`.
+///
+/// Works on bytes: the control characters are U+0000..=U+001F, U+007F (one byte each) and
+/// U+0080..=U+009F, which UTF-8 writes as `0xC2` followed by `0x80..=0x9F`. In valid UTF-8
+/// `0xC2` is always a lead byte, so this never matches inside another character.
+fn first_control(s: &str) -> Option<usize> {
+    let bytes = s.as_bytes();
+    bytes.iter().enumerate().find_map(|(i, &b)| {
+        let is_control =
+            b < 0x20 || b == 0x7F || (b == 0xC2 && matches!(bytes.get(i + 1), Some(0x80..=0x9F)));
+        is_control.then_some(i)
+    })
+}
+
+/// Checks an id against the rules shared by [`RoomId`] and [`ConnId`].
+fn validate_id(id: &str, max_bytes: usize, what: IdKind) -> Result<(), NameError> {
+    let max = max_bytes.min(MAX_ID_BYTES);
+    if id.is_empty() {
+        return Err(NameError::Empty { what });
+    }
+    if id.len() > max {
+        return Err(NameError::TooLong {
+            what,
+            len: id.len(),
+            max,
+        });
+    }
+    if let Some(index) = first_control(id) {
+        return Err(NameError::ControlChar { what, index });
+    }
+    Ok(())
+}
+
+macro_rules! id_type {
+    ($(#[$meta:meta])* $name:ident, $kind:expr) => {
+        $(#[$meta])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// Validates `id`: non-empty, at most `max_bytes` bytes (and never more than
+            /// [`MAX_ID_BYTES`]), no control characters.
+            pub fn new(id: &str, max_bytes: usize) -> Result<Self, NameError> {
+                validate_id(id, max_bytes, $kind)?;
+                Ok(Self(Arc::from(id)))
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_tuple(stringify!($name)).field(&self.as_str()).finish()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = NameError;
+
+            /// Validates with [`MAX_ID_BYTES`] as the length limit.
+            fn try_from(id: &str) -> Result<Self, NameError> {
+                Self::new(id, MAX_ID_BYTES)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = NameError;
+
+            /// Validates with [`MAX_ID_BYTES`] as the length limit.
+            fn try_from(id: String) -> Result<Self, NameError> {
+                validate_id(&id, MAX_ID_BYTES, $kind)?;
+                Ok(Self(Arc::from(id)))
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A validated room id. Cheap to clone (shared).
+    ///
+    /// Built with [`RoomId::new`] (with the configured limit) or `TryFrom` (with
+    /// [`MAX_ID_BYTES`]). `Borrow<str>` lets maps keyed by `RoomId` be searched with a `&str`.
+    RoomId,
+    IdKind::Room
+);
+
+id_type!(
+    /// A validated connection id, unique per instance. Cheap to clone (shared).
+    ///
+    /// Built with [`ConnId::new`] (with the configured limit) or `TryFrom` (with
+    /// [`MAX_ID_BYTES`]).
+    ConnId,
+    IdKind::Connection
+);
+
+/// Maps rooms to Redis channel names and back. Injective and reversible.
+///
+/// Channels: `{prefix}:room:{escaped id}` for rooms (escaping in the [module docs](self)),
+/// `{prefix}:ctl:{instance}` for an instance's control channel, `{prefix}:{suffix}` for keys.
+/// The mapping is injective for one prefix. Two applications sharing a Redis server need
+/// prefixes where neither is the other followed by `:` (e.g. `app` and `app:room`), or their
+/// names may overlap.
+#[derive(Debug, Clone)]
+pub struct ChannelNamer {
+    prefix: Arc<str>,
+    /// `{prefix}:room:`, precomputed for the hot paths.
+    room_head: Arc<[u8]>,
+}
+
+impl Default for ChannelNamer {
+    /// A namer with [`DEFAULT_CHANNEL_PREFIX`].
+    fn default() -> Self {
+        Self::with_valid_prefix(DEFAULT_CHANNEL_PREFIX)
+    }
+}
+
+impl ChannelNamer {
+    /// Creates a namer for `prefix`: non-empty, at most [`MAX_PREFIX_BYTES`] bytes, no control
+    /// characters and no whitespace.
+    pub fn new(prefix: &str) -> Result<Self, NameError> {
+        let reason = if prefix.is_empty() {
+            Some("it is empty")
+        } else if prefix.len() > MAX_PREFIX_BYTES {
+            Some("it is longer than 256 bytes")
+        } else if prefix.chars().any(char::is_control) {
+            Some("it contains a control character")
+        } else if prefix.chars().any(char::is_whitespace) {
+            Some("it contains whitespace")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(NameError::BadPrefix { reason }),
+            None => Ok(Self::with_valid_prefix(prefix)),
+        }
+    }
+
+    fn with_valid_prefix(prefix: &str) -> Self {
+        let mut head = Vec::with_capacity(prefix.len() + ":room:".len());
+        head.extend_from_slice(prefix.as_bytes());
+        head.extend_from_slice(b":room:");
+        Self {
+            prefix: Arc::from(prefix),
+            room_head: Arc::from(head),
+        }
+    }
+
+    /// The prefix every name starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Appends `{prefix}:room:{escaped id}` to `out`.
+    pub fn write_room_channel(&self, room: &RoomId, out: &mut Vec<u8>) {
+        let id = room.as_str().as_bytes();
+        out.reserve(self.room_head.len() + id.len());
+        out.extend_from_slice(&self.room_head);
+        // Unescaped runs are copied whole; only `%`, `:` and `/` are rewritten.
+        let mut run_start = 0;
+        for (i, &b) in id.iter().enumerate() {
+            let replacement: &[u8] = match b {
+                b'%' => b"%25",
+                b':' => b"%3A",
+                b'/' => b":",
+                _ => continue,
+            };
+            out.extend_from_slice(id.get(run_start..i).unwrap_or_default());
+            out.extend_from_slice(replacement);
+            run_start = i + 1;
+        }
+        out.extend_from_slice(id.get(run_start..).unwrap_or_default());
+    }
+
+    /// The channel of `room`: `{prefix}:room:{escaped id}`.
+    pub fn room_channel(&self, room: &RoomId) -> Bytes {
+        let mut out = Vec::new();
+        self.write_room_channel(room, &mut out);
+        Bytes::from(out)
+    }
+
+    /// Parses a channel back to its room; `None` for channels not produced by
+    /// [`write_room_channel`](Self::write_room_channel) for this prefix (another prefix, a
+    /// non-canonical escape such as `%3a`, a literal `/`, an id that `RoomId::new(_,
+    /// max_bytes)` refuses, ...).
+    ///
+    /// Allocates only the returned id. To look a room up without allocating, use
+    /// [`room_str_from_channel`](Self::room_str_from_channel).
+    pub fn room_from_channel(&self, channel: &[u8], max_bytes: usize) -> Option<RoomId> {
+        let id = self.room_str_from_channel(channel, max_bytes)?;
+        Some(RoomId(Arc::from(id.as_ref())))
+    }
+
+    /// Like [`room_from_channel`](Self::room_from_channel), but returns the room id as text,
+    /// borrowed from `channel` when the id needed no escaping (no `/`, `:` or `%`). Whatever
+    /// it returns is a valid room id under `max_bytes`.
+    pub fn room_str_from_channel<'c>(
+        &self,
+        channel: &'c [u8],
+        max_bytes: usize,
+    ) -> Option<Cow<'c, str>> {
+        let escaped = channel.strip_prefix(&*self.room_head)?;
+        let max = max_bytes.min(MAX_ID_BYTES);
+        // Each id byte becomes at most three channel bytes: reject hopeless input early.
+        if escaped.is_empty() || escaped.len() > max.saturating_mul(3) {
+            return None;
+        }
+        // Escapes are ASCII, so the channel part is UTF-8 exactly when the id is.
+        let escaped = std::str::from_utf8(escaped).ok()?;
+        let id = if escaped.bytes().any(|b| matches!(b, b':' | b'%' | b'/')) {
+            Cow::Owned(unescape(escaped)?)
+        } else {
+            Cow::Borrowed(escaped)
+        };
+        validate_id(&id, max, IdKind::Room).ok()?;
+        Some(id)
+    }
+
+    /// `{prefix}:ctl:{instance as 16 lowercase hex digits}`: the instance's own control
+    /// channel. It never equals a room channel of the same namer.
+    pub fn control_channel(&self, instance: InstanceId) -> Bytes {
+        Bytes::from(format!("{}:ctl:{:016x}", self.prefix, instance.0))
+    }
+
+    /// A key of this application: `{prefix}:` followed by `suffix` (for presence keys).
+    pub fn key(&self, suffix: &str) -> Bytes {
+        let mut out = Vec::with_capacity(self.prefix.len() + 1 + suffix.len());
+        out.extend_from_slice(self.prefix.as_bytes());
+        out.push(b':');
+        out.extend_from_slice(suffix.as_bytes());
+        Bytes::from(out)
+    }
+}
+
+/// Reverses the escaping of a channel part; `None` if it is not canonical (a literal `/`, or
+/// `%` followed by anything but `25` or `3A`).
+fn unescape(escaped: &str) -> Option<String> {
+    let mut id = String::with_capacity(escaped.len());
+    let mut rest = escaped;
+    while let Some(pos) = rest.find([':', '%', '/']) {
+        let (plain, tail) = rest.split_at(pos);
+        id.push_str(plain);
+        rest = if let Some(after) = tail.strip_prefix(':') {
+            id.push('/');
+            after
+        } else if let Some(after) = tail.strip_prefix("%25") {
+            id.push('%');
+            after
+        } else if let Some(after) = tail.strip_prefix("%3A") {
+            id.push(':');
+            after
+        } else {
+            // A lone or lowercase `%` escape, or a `/`, which the encoder never writes.
+            return None;
+        };
+    }
+    id.push_str(rest);
+    Some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn room(id: &str) -> RoomId {
+        RoomId::new(id, DEFAULT_MAX_ROOM_ID_BYTES).expect("valid test id")
+    }
+
+    fn namer() -> ChannelNamer {
+        ChannelNamer::new(DEFAULT_CHANNEL_PREFIX).expect("valid prefix")
+    }
+
+    fn channel(id: &str) -> Vec<u8> {
+        namer().room_channel(&room(id)).to_vec()
+    }
+
+    #[test]
+    fn graphwiz_examples() {
+        assert_eq!(channel("hub/abc"), b"graphwiz:room:hub:abc");
+        assert_eq!(channel("lobby"), b"graphwiz:room:lobby");
+        assert_eq!(channel("a/b"), b"graphwiz:room:a:b");
+        assert_eq!(channel("a:b"), b"graphwiz:room:a%3Ab");
+        assert_eq!(channel("100%"), b"graphwiz:room:100%25");
+        assert_eq!(channel("%3A"), b"graphwiz:room:%253A");
+        assert_eq!(channel("//"), b"graphwiz:room:::");
+        assert_eq!(channel("ü/€"), "graphwiz:room:ü:€".as_bytes());
+        assert_ne!(channel("a/b"), channel("a:b"));
+    }
+
+    #[test]
+    fn write_appends() {
+        let mut out = b"xyz".to_vec();
+        namer().write_room_channel(&room("a/b"), &mut out);
+        assert_eq!(out, b"xyzgraphwiz:room:a:b");
+    }
+
+    #[test]
+    fn channels_parse_back() {
+        let n = namer();
+        for id in [
+            "hub/abc", "a:b", "a/b", "100%", "%3A", "//", "::", "ü/€", "x",
+        ] {
+            let ch = n.room_channel(&room(id));
+            assert_eq!(n.room_from_channel(&ch, 256), Some(room(id)), "{id}");
+        }
+        let plain = n.room_str_from_channel(b"graphwiz:room:lobby", 256);
+        assert!(matches!(plain, Some(Cow::Borrowed("lobby"))));
+    }
+
+    #[test]
+    fn foreign_and_non_canonical_channels_are_refused() {
+        let n = namer();
+        for ch in [
+            &b"graphwiz:room:"[..],
+            b"graphwiz:room",
+            b"graphwiz:ctl:0000000000000001",
+            b"other:room:abc",
+            b"graphwizz:room:abc",
+            b"graphwiz:room:a%3ab",
+            b"graphwiz:room:a%2",
+            b"graphwiz:room:a%",
+            b"graphwiz:room:a%41",
+            b"graphwiz:room:a/b",
+            b"graphwiz:room:a\nb",
+            b"graphwiz:room:\xff",
+            b"",
+        ] {
+            assert_eq!(n.room_from_channel(ch, 256), None, "{:?}", ch);
+        }
+        // Over the room limit.
+        assert_eq!(n.room_from_channel(b"graphwiz:room:abcd", 3), None);
+        assert!(n.room_from_channel(b"graphwiz:room:abc", 3).is_some());
+        assert_eq!(n.room_from_channel(b"graphwiz:room:a%25", 1), None);
+    }
+
+    #[test]
+    fn other_channels() {
+        let n = ChannelNamer::new("app:v2").expect("valid");
+        assert_eq!(n.prefix(), "app:v2");
+        assert_eq!(
+            &n.control_channel(InstanceId(0xabc))[..],
+            b"app:v2:ctl:0000000000000abc"
+        );
+        assert_eq!(
+            &n.control_channel(InstanceId(u64::MAX))[..],
+            b"app:v2:ctl:ffffffffffffffff"
+        );
+        assert_eq!(&n.key("presence:lobby")[..], b"app:v2:presence:lobby");
+        assert_eq!(ChannelNamer::default().prefix(), DEFAULT_CHANNEL_PREFIX);
+    }
+
+    #[test]
+    fn id_errors() {
+        assert_eq!(
+            RoomId::new("", 256),
+            Err(NameError::Empty { what: IdKind::Room })
+        );
+        let long = "x".repeat(300);
+        let err = RoomId::new(&long, 256).unwrap_err();
+        assert_eq!(
+            err,
+            NameError::TooLong {
+                what: IdKind::Room,
+                len: 300,
+                max: 256
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "room id is 300 bytes long, over the limit of 256; \
+             use a shorter id or raise Config::max_room_id_bytes"
+        );
+        let huge = "x".repeat(MAX_ID_BYTES + 1);
+        let err = ConnId::new(&huge, usize::MAX).unwrap_err();
+        assert_eq!(
+            err,
+            NameError::TooLong {
+                what: IdKind::Connection,
+                len: MAX_ID_BYTES + 1,
+                max: MAX_ID_BYTES
+            }
+        );
+        assert!(err.to_string().contains("hard limit"));
+        assert!(ConnId::try_from(huge.as_str()).is_err());
+        assert!(ConnId::try_from("x".repeat(MAX_ID_BYTES)).is_ok());
+        let err = ConnId::new("ab\ncd", 256).unwrap_err();
+        assert_eq!(
+            err,
+            NameError::ControlChar {
+                what: IdKind::Connection,
+                index: 2
+            }
+        );
+        assert!(err
+            .to_string()
+            .starts_with("connection id has a control character"));
+        assert!(RoomId::new("é\u{85}", 256).is_err());
+        assert!(RoomId::new("a\u{7f}", 256).is_err());
+        assert!(RoomId::new("a\0", 256).is_err());
+        assert!(RoomId::new("Ünïcödé 🎉 with spaces", 256).is_ok());
+    }
+
+    #[test]
+    fn id_traits() {
+        let r = RoomId::try_from("hub/abc").expect("valid");
+        assert_eq!(r.to_string(), "hub/abc");
+        assert_eq!(format!("{r:?}"), r#"RoomId("hub/abc")"#);
+        assert_eq!(r.as_ref(), "hub/abc");
+        let set: std::collections::HashSet<RoomId> = [r.clone()].into_iter().collect();
+        assert!(set.contains("hub/abc"));
+        let c = ConnId::try_from(String::from("conn-1")).expect("valid");
+        assert_eq!(c.as_str(), "conn-1");
+        assert_eq!(format!("{c:?}"), r#"ConnId("conn-1")"#);
+    }
+
+    #[test]
+    fn prefix_errors() {
+        for bad in ["", "a b", "a\tb", "a\nb", "a\u{85}b", "a\u{3000}b"] {
+            let err = ChannelNamer::new(bad).unwrap_err();
+            assert!(matches!(err, NameError::BadPrefix { .. }), "{bad:?}");
+            assert!(err.to_string().starts_with("channel prefix is invalid"));
+        }
+        assert!(ChannelNamer::new(&"p".repeat(MAX_PREFIX_BYTES + 1)).is_err());
+        assert!(ChannelNamer::new(&"p".repeat(MAX_PREFIX_BYTES)).is_ok());
+    }
+
+    /// Room ids rich in the characters the escaping is about.
+    fn id_strategy() -> impl Strategy<Value = String> {
+        let ch = prop_oneof![
+            4 => prop::sample::select(vec!['/', ':', '%', '2', '5', '3', 'A', 'a', 'x']),
+            1 => any::<char>(),
+        ];
+        prop::collection::vec(ch, 0..24).prop_map(|cs| cs.into_iter().collect())
+    }
+
+    /// Channel bytes near the valid ones: the head, then escapes, fragments and junk.
+    fn channel_strategy() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            prop::sample::select(vec![
+                &b"%25"[..],
+                b"%3A",
+                b"%3a",
+                b"%",
+                b":",
+                b"/",
+                b"a",
+                b"2",
+                b"\xc2\x85",
+                b"\xc3\xbc",
+                b"\xff",
+                b"\n",
+            ])
+            .prop_map(<[u8]>::to_vec),
+            prop::collection::vec(any::<u8>(), 0..4),
+        ];
+        (any::<bool>(), prop::collection::vec(piece, 0..16)).prop_map(|(head, pieces)| {
+            let mut out = if head {
+                b"graphwiz:room:".to_vec()
+            } else {
+                Vec::new()
+            };
+            out.extend(pieces.concat());
+            out
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip_and_injective(a in id_strategy(), b in id_strategy()) {
+            let n = namer();
+            let ra = RoomId::new(&a, DEFAULT_MAX_ROOM_ID_BYTES);
+            let rb = RoomId::new(&b, DEFAULT_MAX_ROOM_ID_BYTES);
+            if let (Ok(ra), Ok(rb)) = (&ra, &rb) {
+                let ca = n.room_channel(ra);
+                let cb = n.room_channel(rb);
+                prop_assert_eq!(n.room_from_channel(&ca, DEFAULT_MAX_ROOM_ID_BYTES), Some(ra.clone()));
+                prop_assert_eq!(n.room_from_channel(&cb, DEFAULT_MAX_ROOM_ID_BYTES), Some(rb.clone()));
+                prop_assert_eq!(a == b, ca == cb);
+            }
+        }
+
+        #[test]
+        fn any_string_round_trips(s in any::<String>()) {
+            let n = namer();
+            if let Ok(r) = RoomId::new(&s, MAX_ID_BYTES) {
+                let ch = n.room_channel(&r);
+                prop_assert_eq!(n.room_from_channel(&ch, MAX_ID_BYTES), Some(r));
+            }
+        }
+
+        #[test]
+        fn parsed_channels_reencode_identically(ch in channel_strategy(), max in 0usize..64) {
+            let n = namer();
+            if let Some(r) = n.room_from_channel(&ch, max) {
+                prop_assert!(RoomId::new(r.as_str(), max).is_ok());
+                prop_assert_eq!(&n.room_channel(&r)[..], &ch[..]);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(ch in prop::collection::vec(any::<u8>(), 0..64)) {
+            let n = ChannelNamer::new("g").expect("valid");
+            let mut with_head = b"g:room:".to_vec();
+            with_head.extend_from_slice(&ch);
+            for input in [&ch, &with_head] {
+                if let Some(r) = n.room_from_channel(input, 256) {
+                    prop_assert_eq!(&n.room_channel(&r)[..], &input[..]);
+                }
+            }
+        }
+
+        #[test]
+        fn control_check_matches_std(s in any::<String>()) {
+            let expected = s.char_indices().find(|(_, c)| c.is_control()).map(|(i, _)| i);
+            prop_assert_eq!(first_control(&s), expected);
+        }
+    }
+}
