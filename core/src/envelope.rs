@@ -321,11 +321,25 @@ pub fn encode(
         unreachable!("bincode failed to encode an envelope body: {err}");
     }
     if let Some(t) = trailer {
-        out.extend_from_slice(&TRAILER_MAGIC);
-        out.push(TRAILER_VERSION);
-        out.extend_from_slice(&t.origin.0.to_le_bytes());
-        out.extend_from_slice(&t.epoch.to_le_bytes());
-        out.extend_from_slice(&t.seq.to_le_bytes());
+        out.extend_from_slice(&t.to_bytes());
+    }
+}
+
+/// Where `data` starts inside an encoded body whose room id is `room_id`.
+pub fn data_offset(room_id: &str) -> usize {
+    8 + room_id.len() + 4 + 8
+}
+
+impl Trailer {
+    /// The trailer as written after the body: magic, version, origin, epoch, seq (LE).
+    pub fn to_bytes(&self) -> [u8; TRAILER_LEN] {
+        let mut b = [0u8; TRAILER_LEN];
+        b[..4].copy_from_slice(&TRAILER_MAGIC);
+        b[4] = TRAILER_VERSION;
+        b[5..13].copy_from_slice(&self.origin.0.to_le_bytes());
+        b[13..21].copy_from_slice(&self.epoch.to_le_bytes());
+        b[21..29].copy_from_slice(&self.seq.to_le_bytes());
+        b
     }
 }
 

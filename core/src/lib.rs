@@ -1,7 +1,79 @@
-//! roomcast-core (crate docs are written with the hub).
+//! # roomcast-core
+//!
+//! The sans-IO heart of roomcast: one [`Hub`] per server instance manages rooms, their Redis
+//! pub/sub subscriptions, the message envelope and RESP framing, and never touches a socket,
+//! clock, thread or runtime. An adapter (the `roomcast` crate, or your own loop) moves bytes,
+//! timers and connection openings between the network and the hub.
+//!
+//! ```
+//! use std::time::Instant;
+//! use bytes::BytesMut;
+//! use roomcast_core::{Config, Event, Hub, Identity, InstanceId, LinkRequest, Publish, MessageType};
+//!
+//! let now = Instant::now();
+//! let id = Identity { instance: InstanceId(0x1234), epoch: 1 };
+//! let mut hub = Hub::new(Config::default(), id, now).unwrap();
+//! hub.join("hub/abc", "conn-1").unwrap();
+//! hub.publish(&Publish {
+//!     room: "hub/abc",
+//!     message_type: MessageType::Broadcast,
+//!     data: b"hello",
+//!     exclude_connection: Some("conn-1"),
+//!     timestamp: 1_700_000_000,
+//! }, now).unwrap();
+//!
+//! // The run loop: after every command or input, drain the polls, then wait.
+//! while let Some(req) = hub.poll_link_request() {
+//!     match req {
+//!         // Open a TCP connection, then call hub.handle_connected(link, now).
+//!         LinkRequest::Open { link, .. } => hub.handle_connected(link, now),
+//!         LinkRequest::Close { .. } => {}
+//!     }
+//! }
+//! while let Some(tx) = hub.poll_transmit() {
+//!     // Write tx.bytes to tx.link's socket.
+//!     let _ = (tx.link, tx.bytes);
+//! }
+//! while let Some(event) = hub.poll_event() {
+//!     if let Event::Delivery(d) = event {
+//!         for _member in d.recipients() { /* send d.message.data to the member */ }
+//!     }
+//! }
+//! // Bytes read from a link go in with hub.handle_input(link, &mut buf, now);
+//! // at hub.poll_timeout() call hub.handle_timeout(now).
+//! let _next_wakeup = hub.poll_timeout();
+//! # let _ = BytesMut::new();
+//! ```
+//!
+//! The delivery contract (ordering, duplicates, sequences, outages) is described on
+//! [`Hub`] and in the repository's README; each line of it has a test.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
+pub mod config;
 pub mod envelope;
+pub mod event;
+mod hub;
+mod link;
+pub mod metrics;
 pub mod naming;
+mod resp;
+mod rooms;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
+
+pub use config::{
+    Config, ConfigError, DeliveryMode, Protocol, Secret, ServerConfig, UnconfirmedPolicy,
+};
+pub use envelope::{InstanceId, MessageType, Trailer};
+pub use event::{
+    Delivery, DropCause, Event, LinkError, LinkId, LinkRole, MemberError, Message, NotLiveReason,
+    PublishError, PublishId, RoomState,
+};
+pub use hub::{
+    Health, Hub, Identity, Joined, LinkHealth, LinkRequest, Publish, Transmit, SUBSCRIBER,
+};
+pub use link::LinkState;
+pub use metrics::Metrics;
+pub use naming::{ChannelNamer, ConnId, NameError, RoomId};
+pub use resp::{FrameError, Value};

@@ -1,0 +1,637 @@
+//! Configuration: every limit is a named field with a documented default.
+//!
+//! A [`Config`] is built from [`Config::default`], from a Redis URL
+//! ([`Config::from_url`]) or from environment variables ([`Config::from_env_with`], which takes
+//! a lookup function so that the core itself never reads the process environment).
+//! [`Config::validate`] checks that the values fit together; [`crate::Hub::new`] calls it.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::envelope::DEFAULT_MAX_ENVELOPE_BYTES;
+use crate::naming::{
+    ChannelNamer, DEFAULT_CHANNEL_PREFIX, DEFAULT_MAX_CONN_ID_BYTES, DEFAULT_MAX_ROOM_ID_BYTES,
+    MAX_ID_BYTES,
+};
+
+/// The environment variable holding the Redis URL.
+pub const ENV_REDIS_URL: &str = "REDIS_URL";
+/// The environment variable holding the channel prefix.
+pub const ENV_CHANNEL_PREFIX: &str = "REDIS_CHANNEL_PREFIX";
+/// The environment variable holding the number of publish links.
+pub const ENV_POOL_SIZE: &str = "REDIS_POOL_SIZE";
+/// The Redis URL used when none is given.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// The number of publish links when none is given (the GraphWiz design's pool size).
+pub const DEFAULT_POOL_SIZE: usize = 10;
+/// The most publish links one instance may open.
+pub const MAX_POOL_SIZE: usize = 256;
+
+/// Which RESP version the links speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Protocol {
+    /// RESP2: works with every Redis; subscribed links accept only pub/sub commands and PING.
+    #[default]
+    Resp2,
+    /// RESP3 (`HELLO 3`, Redis 6 and later): pub/sub messages arrive as push frames.
+    Resp3,
+}
+
+/// How a room's messages reach the members on the publishing instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DeliveryMode {
+    /// Every member, local or remote, receives a room's messages from the room's channel, so
+    /// every instance sees them in the one order Redis received them.
+    #[default]
+    Ordered,
+    /// Local members receive a message at publish time and the echo from Redis is dropped by
+    /// origin: lower latency, but order then holds per (origin instance, room) only.
+    LocalFirst,
+}
+
+/// What happens to publishes that were written to a link but not confirmed when it broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum UnconfirmedPolicy {
+    /// Write them again after the reconnect, with their original sequence numbers; receivers
+    /// drop the copies they already had.
+    #[default]
+    Resend,
+    /// Fail them with [`crate::PublishError::OutcomeUnknown`]: Redis may or may not have
+    /// delivered them.
+    FailUnknown,
+}
+
+/// A password that never shows in `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a password.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The password itself, for the handshake.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// Where the Redis server is and how to log in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Use TLS (`rediss://`).
+    pub tls: bool,
+    /// ACL user name (`AUTH user password`); `None` logs in as the default user.
+    pub username: Option<String>,
+    /// Password; `None` sends no AUTH.
+    pub password: Option<Secret>,
+    /// Database for keys (presence). Pub/sub ignores it: channels are shared by all databases,
+    /// so the channel prefix, not the database, separates applications.
+    pub db: u32,
+    /// RESP version.
+    pub protocol: Protocol,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 6379,
+            tls: false,
+            username: None,
+            password: None,
+            db: 0,
+            protocol: Protocol::Resp2,
+        }
+    }
+}
+
+/// Everything a [`crate::Hub`] can be told. Every limit has a name and a default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The Redis server.
+    pub server: ServerConfig,
+    /// Prefix of every channel and key (`REDIS_CHANNEL_PREFIX`, default `graphwiz`).
+    pub channel_prefix: String,
+    /// Number of publish links (`REDIS_POOL_SIZE`, default 10). A room always publishes on
+    /// the same link (chosen by hash), so one instance's messages to one room keep their order.
+    pub pool_size: usize,
+    /// Name given to every link with `CLIENT SETNAME` (shows in `CLIENT LIST`); the link
+    /// number is appended.
+    pub client_name: String,
+    /// How local members receive messages published on this instance.
+    pub delivery: DeliveryMode,
+    /// What happens to written-but-unconfirmed publishes when their link breaks.
+    pub unconfirmed: UnconfirmedPolicy,
+    /// Longest room id in bytes (default 256).
+    pub max_room_id_bytes: usize,
+    /// Longest connection id in bytes (default 256).
+    pub max_conn_id_bytes: usize,
+    /// Largest encoded message (envelope) accepted for publishing or delivery (default 1 MiB).
+    pub max_envelope_bytes: usize,
+    /// Largest RESP frame buffered from Redis (default: envelope limit + 64 KiB). A larger one
+    /// breaks the link: the stream cannot be trusted after it.
+    pub max_frame_bytes: usize,
+    /// Deepest nesting of RESP aggregates accepted from Redis (default 32).
+    pub max_frame_depth: usize,
+    /// Most elements in one RESP aggregate accepted from Redis (default 1,048,576).
+    pub max_frame_elements: usize,
+    /// Most channels in one SUBSCRIBE or UNSUBSCRIBE command (default 512).
+    pub subscribe_batch: usize,
+    /// Most channels whose (un)subscription is sent but not yet confirmed (default 8,192);
+    /// pacing for the resubscription after a reconnect.
+    pub max_subscriptions_in_flight: usize,
+    /// Most publishes waiting for a link (down, or at its in-flight bound) across all links
+    /// (default 10,000); beyond it `publish` is refused with `QueueFull`.
+    pub max_queued_publishes: usize,
+    /// Most publishes written to one link and not yet confirmed (default 4,096).
+    pub max_inflight_publishes: usize,
+    /// Most publishing origins tracked per room for duplicate and gap detection (default 256);
+    /// the least recently seen is forgotten first (its next message is a new baseline).
+    pub max_origins_per_room: usize,
+    /// Most rooms with a publish sequence kept (default 100,000); beyond it an idle one is
+    /// forgotten and restarts under a new epoch (receivers see a new baseline, not a gap).
+    pub max_publish_streams: usize,
+    /// Most bytes queued for one link before the adapter takes them (default 64 MiB).
+    pub max_output_bytes: usize,
+    /// How long opening a link and its handshake may take (default 5 s).
+    pub connect_timeout: Duration,
+    /// How long any request may wait for its reply before the link is declared dead and
+    /// reopened (default 5 s).
+    pub reply_timeout: Duration,
+    /// A link with no traffic for this long is sent a PING (default 2 s).
+    pub keepalive_interval: Duration,
+    /// How often the subscriber link is probed end to end through the instance's own control
+    /// channel (default 3 s).
+    pub probe_interval: Duration,
+    /// How long after Redis confirmed a probe it must arrive on the subscriber link; if it
+    /// does not, the subscriber is connected but deaf and is reopened (default 2 s).
+    pub probe_timeout: Duration,
+    /// First reconnect delay (default 25 ms); doubles per failed attempt, with jitter.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay (default 2 s).
+    pub backoff_max: Duration,
+    /// Seed for reconnect jitter. Give each instance a different one (the adapters derive it
+    /// from the instance id) so that instances do not reconnect in lockstep.
+    pub rng_seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            channel_prefix: DEFAULT_CHANNEL_PREFIX.into(),
+            pool_size: DEFAULT_POOL_SIZE,
+            client_name: "roomcast".into(),
+            delivery: DeliveryMode::Ordered,
+            unconfirmed: UnconfirmedPolicy::Resend,
+            max_room_id_bytes: DEFAULT_MAX_ROOM_ID_BYTES,
+            max_conn_id_bytes: DEFAULT_MAX_CONN_ID_BYTES,
+            max_envelope_bytes: DEFAULT_MAX_ENVELOPE_BYTES,
+            max_frame_bytes: DEFAULT_MAX_ENVELOPE_BYTES + (64 << 10),
+            max_frame_depth: 32,
+            max_frame_elements: 1 << 20,
+            subscribe_batch: 512,
+            max_subscriptions_in_flight: 8192,
+            max_queued_publishes: 10_000,
+            max_inflight_publishes: 4096,
+            max_origins_per_room: 256,
+            max_publish_streams: 100_000,
+            max_output_bytes: 64 << 20,
+            connect_timeout: Duration::from_secs(5),
+            reply_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(2),
+            probe_interval: Duration::from_secs(3),
+            probe_timeout: Duration::from_secs(2),
+            backoff_min: Duration::from_millis(25),
+            backoff_max: Duration::from_secs(2),
+            rng_seed: 0x5eed,
+        }
+    }
+}
+
+/// A configuration value that is wrong, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The Redis URL could not be understood.
+    BadUrl {
+        /// The URL with any password masked.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A numeric or named setting is out of range.
+    BadValue {
+        /// The field or variable.
+        field: &'static str,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::BadUrl { url, reason } => write!(
+                f,
+                "invalid Redis URL {url:?}: {reason}; expected redis://[user[:password]@]host[:port][/db][?protocol=resp2|resp3] (rediss:// for TLS)"
+            ),
+            ConfigError::BadValue { field, reason } => write!(f, "invalid {field}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn bad(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::BadValue {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// A default configuration for the server at `url`.
+    pub fn from_url(url: &str) -> Result<Config, ConfigError> {
+        Ok(Config {
+            server: parse_redis_url(url)?,
+            ..Config::default()
+        })
+    }
+
+    /// Builds a configuration from `REDIS_URL`, `REDIS_CHANNEL_PREFIX` and `REDIS_POOL_SIZE`,
+    /// looked up through `lookup` (pass `|k| std::env::var(k).ok()` for the process
+    /// environment). A missing variable takes its default. As in the GraphWiz design an
+    /// unparsable pool size falls back to the default (reported in the second value, so the
+    /// caller can log it); a bad URL or prefix is an error.
+    pub fn from_env_with(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
+        let mut warnings = Vec::new();
+        let url = lookup(ENV_REDIS_URL).unwrap_or_else(|| DEFAULT_REDIS_URL.to_string());
+        let mut config = Config::from_url(url.trim())?;
+        if let Some(prefix) = lookup(ENV_CHANNEL_PREFIX) {
+            config.channel_prefix = prefix;
+        }
+        if let Some(pool) = lookup(ENV_POOL_SIZE) {
+            match pool.trim().parse::<usize>() {
+                Ok(n) if (1..=MAX_POOL_SIZE).contains(&n) => config.pool_size = n,
+                _ => warnings.push(format!(
+                    "{ENV_POOL_SIZE}={pool:?} is not a number from 1 to {MAX_POOL_SIZE}; using {DEFAULT_POOL_SIZE}"
+                )),
+            }
+        }
+        config.validate()?;
+        Ok((config, warnings))
+    }
+
+    /// Checks that the values fit together; `Hub::new` calls this.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ChannelNamer::new(&self.channel_prefix)
+            .map_err(|e| bad("channel_prefix", e.to_string()))?;
+        if self.pool_size == 0 || self.pool_size > MAX_POOL_SIZE {
+            return Err(bad(
+                "pool_size",
+                format!(
+                    "{} is not from 1 to {MAX_POOL_SIZE}; set it to the number of publish links wanted",
+                    self.pool_size
+                ),
+            ));
+        }
+        for (field, v) in [
+            ("max_room_id_bytes", self.max_room_id_bytes),
+            ("max_conn_id_bytes", self.max_conn_id_bytes),
+        ] {
+            if v == 0 || v > MAX_ID_BYTES {
+                return Err(bad(field, format!("{v} is not from 1 to {MAX_ID_BYTES}")));
+            }
+        }
+        if self.max_envelope_bytes < 64
+            || self.max_envelope_bytes > crate::envelope::HARD_MAX_ENVELOPE_BYTES
+        {
+            return Err(bad(
+                "max_envelope_bytes",
+                format!(
+                    "{} is not from 64 to {}",
+                    self.max_envelope_bytes,
+                    crate::envelope::HARD_MAX_ENVELOPE_BYTES
+                ),
+            ));
+        }
+        if self.max_frame_bytes < self.max_envelope_bytes + 1024 {
+            return Err(bad(
+                "max_frame_bytes",
+                "must be at least max_envelope_bytes + 1024 so that every accepted message fits in a frame",
+            ));
+        }
+        for (field, v) in [
+            ("max_frame_depth", self.max_frame_depth),
+            ("max_frame_elements", self.max_frame_elements),
+            ("subscribe_batch", self.subscribe_batch),
+            (
+                "max_subscriptions_in_flight",
+                self.max_subscriptions_in_flight,
+            ),
+            ("max_inflight_publishes", self.max_inflight_publishes),
+            ("max_origins_per_room", self.max_origins_per_room),
+            ("max_publish_streams", self.max_publish_streams),
+        ] {
+            if v == 0 {
+                return Err(bad(field, "must be at least 1"));
+            }
+        }
+        if self.max_frame_depth > 256 {
+            return Err(bad(
+                "max_frame_depth",
+                "must be at most 256 (deeper nesting risks the stack)",
+            ));
+        }
+        if self.max_output_bytes < self.max_frame_bytes {
+            return Err(bad("max_output_bytes", "must be at least max_frame_bytes"));
+        }
+        for (field, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("reply_timeout", self.reply_timeout),
+            ("keepalive_interval", self.keepalive_interval),
+            ("probe_interval", self.probe_interval),
+            ("probe_timeout", self.probe_timeout),
+            ("backoff_max", self.backoff_max),
+        ] {
+            if d.is_zero() {
+                return Err(bad(field, "must be longer than zero"));
+            }
+        }
+        if self.backoff_min > self.backoff_max {
+            return Err(bad("backoff_min", "must not exceed backoff_max"));
+        }
+        if self.client_name.is_empty()
+            || self
+                .client_name
+                .bytes()
+                .any(|b| b <= b' ' || b == 0x7f || b >= 0x80)
+        {
+            return Err(bad(
+                "client_name",
+                "must be non-empty printable ASCII without spaces (Redis refuses others in CLIENT SETNAME)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Parses `redis://[user[:password]@]host[:port][/db][?protocol=resp2|resp3]`
+/// (`rediss://` for TLS). User and password may be percent-encoded.
+pub fn parse_redis_url(url: &str) -> Result<ServerConfig, ConfigError> {
+    let masked = mask_url(url);
+    let err = |reason: &str| ConfigError::BadUrl {
+        url: masked.clone(),
+        reason: reason.to_string(),
+    };
+    let (tls, rest) = if let Some(r) = url.strip_prefix("redis://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("rediss://") {
+        (true, r)
+    } else {
+        return Err(err("the scheme must be redis:// or rediss://"));
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((a, q)) => (a, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = match rest.split_once('/') {
+        Some((a, p)) => (a, p),
+        None => (rest, ""),
+    };
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let mut server = ServerConfig {
+        tls,
+        ..ServerConfig::default()
+    };
+    if let Some(info) = userinfo {
+        let (user, pass) = match info.split_once(':') {
+            Some((u, p)) => (u, Some(p)),
+            None => (info, None),
+        };
+        let user = percent_decode(user).ok_or_else(|| err("bad percent-encoding in the user"))?;
+        if !user.is_empty() {
+            server.username = Some(user);
+        }
+        if let Some(p) = pass {
+            let p = percent_decode(p).ok_or_else(|| err("bad percent-encoding in the password"))?;
+            server.password = Some(Secret(p));
+        } else if server.username.is_some() {
+            // `redis://secret@host` is commonly meant as a password for the default user.
+            server.password = server.username.take().map(Secret);
+        }
+    }
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| err("an IPv6 host needs a closing ]"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(err("unexpected text after the IPv6 host")),
+        };
+        (h, port)
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(err("the host is empty"));
+    }
+    server.host = host.to_string();
+    if let Some(p) = port {
+        server.port = p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| err("the port must be a number from 1 to 65535"))?;
+    }
+    let path = path.trim_end_matches('/');
+    if !path.is_empty() {
+        server.db = path
+            .parse::<u32>()
+            .map_err(|_| err("the path must be a database number, like /0"))?;
+    }
+    if let Some(q) = query {
+        for pair in q.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match (k, v) {
+                ("protocol", "resp2" | "2") => server.protocol = Protocol::Resp2,
+                ("protocol", "resp3" | "3") => server.protocol = Protocol::Resp3,
+                ("protocol", _) => return Err(err("protocol must be resp2 or resp3")),
+                ("db", v) => {
+                    server.db = v.parse().map_err(|_| err("db must be a database number"))?
+                }
+                _ => {
+                    return Err(err(&format!(
+                        "unknown query parameter {k:?} (known: protocol, db)"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(server)
+}
+
+/// The URL with its password replaced by `***`, for messages and logs.
+pub fn mask_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let after = &url[scheme_end + 3..];
+    let authority_end = after.find(['/', '?']).unwrap_or(after.len());
+    let authority = &after[..authority_end];
+    match authority.rsplit_once('@') {
+        Some((info, host)) => {
+            let masked_info = match info.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_string(),
+            };
+            format!(
+                "{}{masked_info}@{host}{}",
+                &url[..scheme_end + 3],
+                &after[authority_end..]
+            )
+        }
+        None => url.to_string(),
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_full_url() {
+        let s =
+            parse_redis_url("rediss://alice:p%40ss@redis.example:6380/5?protocol=resp3").unwrap();
+        assert!(s.tls);
+        assert_eq!(s.host, "redis.example");
+        assert_eq!(s.port, 6380);
+        assert_eq!(s.username.as_deref(), Some("alice"));
+        assert_eq!(s.password.as_ref().map(Secret::expose), Some("p@ss"));
+        assert_eq!(s.db, 5);
+        assert_eq!(s.protocol, Protocol::Resp3);
+    }
+
+    #[test]
+    fn parses_defaults_and_ipv6() {
+        let s = parse_redis_url("redis://127.0.0.1").unwrap();
+        assert_eq!((s.port, s.db, s.tls), (6379, 0, false));
+        assert_eq!(s.protocol, Protocol::Resp2);
+        let s = parse_redis_url("redis://[::1]:7000/").unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("::1", 7000));
+        let s = parse_redis_url("redis://:onlypass@h").unwrap();
+        assert_eq!(s.username, None);
+        assert_eq!(s.password.as_ref().map(Secret::expose), Some("onlypass"));
+        let s = parse_redis_url("redis://onlypass@h").unwrap();
+        assert_eq!(s.username, None);
+        assert_eq!(s.password.as_ref().map(Secret::expose), Some("onlypass"));
+    }
+
+    #[test]
+    fn rejects_bad_urls_with_reasons_and_no_password() {
+        for (url, needle) in [
+            ("http://h", "scheme"),
+            ("redis://", "host is empty"),
+            ("redis://h:99999", "port"),
+            ("redis://h/x", "database number"),
+            ("redis://h?protocol=resp9", "resp2 or resp3"),
+            ("redis://u:hunter2@h:0", "port"),
+        ] {
+            let e = parse_redis_url(url).unwrap_err().to_string();
+            assert!(e.contains(needle), "{url}: {e}");
+            assert!(!e.contains("hunter2"), "password leaked: {e}");
+        }
+    }
+
+    #[test]
+    fn debug_never_prints_the_password() {
+        let c = Config::from_url("redis://bob:hunter2@localhost/1").unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2"));
+        assert!(dbg.contains("***"));
+        assert_eq!(mask_url("redis://bob:hunter2@h/1"), "redis://bob:***@h/1");
+        assert_eq!(mask_url("redis://hunter2@h"), "redis://***@h");
+    }
+
+    #[test]
+    fn env_lookup_with_fallback_pool_size() {
+        let env = |k: &str| match k {
+            ENV_REDIS_URL => Some("redis://10.0.0.1:7001".to_string()),
+            ENV_CHANNEL_PREFIX => Some("app".to_string()),
+            ENV_POOL_SIZE => Some("lots".to_string()),
+            _ => None,
+        };
+        let (c, warnings) = Config::from_env_with(env).unwrap();
+        assert_eq!(c.server.port, 7001);
+        assert_eq!(c.channel_prefix, "app");
+        assert_eq!(c.pool_size, DEFAULT_POOL_SIZE);
+        assert_eq!(warnings.len(), 1);
+        let (c, warnings) =
+            Config::from_env_with(|k| (k == ENV_POOL_SIZE).then(|| "3".to_string())).unwrap();
+        assert_eq!((c.pool_size, c.server.port), (3, 6379));
+        assert!(warnings.is_empty());
+        assert_eq!(c.channel_prefix, "graphwiz");
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let c = Config {
+            subscribe_batch: 0,
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("subscribe_batch"));
+        let c = Config {
+            channel_prefix: String::new(),
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("channel_prefix"));
+        Config::default().validate().unwrap();
+    }
+}

@@ -1,0 +1,353 @@
+//! What the hub tells the application: events, deliveries and errors.
+
+use std::fmt;
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::envelope::{InstanceId, MessageType, Trailer};
+use crate::naming::{ConnId, NameError, RoomId};
+
+/// Identifies one Redis connection of a hub. Link 0 is the subscriber; links 1..=pool_size
+/// publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LinkId(pub u16);
+
+impl fmt::Display for LinkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "link {}", self.0)
+    }
+}
+
+/// What a link is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkRole {
+    /// Receives every subscribed room's messages.
+    Subscriber,
+    /// Carries publishes (and key commands).
+    Publisher,
+}
+
+/// Names a publish so that its outcome can be matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublishId(pub u64);
+
+/// A message as it reached this instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// The room.
+    pub room: RoomId,
+    /// Broadcast, presence event or system notification.
+    pub message_type: MessageType,
+    /// The application's payload: a shared slice of the bytes read from Redis, never copied
+    /// per recipient.
+    pub data: Bytes,
+    /// The connection the publisher asked to exclude, as written in the message.
+    pub exclude_connection: Option<Arc<str>>,
+    /// Unix seconds given by the publisher.
+    pub timestamp: i64,
+    /// Origin instance, epoch and sequence; `None` for messages from publishers that write no
+    /// trailer (built from the GraphWiz design), and for `LocalFirst` local deliveries of
+    /// publishes still waiting for their link.
+    pub origin: Option<Trailer>,
+}
+
+/// One message for the local members of one room.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The message.
+    pub message: Message,
+    recipients: Arc<[ConnId]>,
+    excluded: Option<ConnId>,
+}
+
+impl Delivery {
+    pub(crate) fn new(
+        message: Message,
+        recipients: Arc<[ConnId]>,
+        excluded: Option<ConnId>,
+    ) -> Self {
+        Delivery {
+            message,
+            recipients,
+            excluded,
+        }
+    }
+
+    /// The local members to deliver to: the room's members when the message arrived, less the
+    /// excluded connection where exclusion applies on this instance.
+    pub fn recipients(&self) -> impl Iterator<Item = &ConnId> + '_ {
+        let excluded = self.excluded.as_ref();
+        self.recipients.iter().filter(move |c| Some(*c) != excluded)
+    }
+
+    /// The number of recipients.
+    pub fn recipient_count(&self) -> usize {
+        self.recipients.len() - usize::from(self.excluded.is_some())
+    }
+
+    /// The connection excluded on this instance, if any (it is a member of the room).
+    pub fn excluded(&self) -> Option<&ConnId> {
+        self.excluded.as_ref()
+    }
+}
+
+/// Something the application should know. Drain with [`crate::Hub::poll_event`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A message for local members of a room.
+    Delivery(Delivery),
+    /// Redis accepted a publish. `receivers` is Redis's count of subscribed *connections*
+    /// (instances with members in the room), not of members.
+    PublishConfirmed {
+        /// The publish.
+        id: PublishId,
+        /// Subscribed Redis connections that received it.
+        receivers: u64,
+    },
+    /// A publish that was accepted by `publish` failed later.
+    PublishFailed {
+        /// The publish.
+        id: PublishId,
+        /// Why.
+        error: PublishError,
+    },
+    /// Redis confirmed the room's subscription: messages published from now on reach this
+    /// instance.
+    RoomLive {
+        /// The room.
+        room: RoomId,
+    },
+    /// The room's subscription is no longer confirmed (link lost or server unsubscribed);
+    /// roomcast is resubscribing.
+    RoomNotLive {
+        /// The room.
+        room: RoomId,
+        /// Why.
+        reason: NotLiveReason,
+    },
+    /// Messages from one origin to a room were skipped: the numbers in `missing` never
+    /// arrived here.
+    Gap {
+        /// The room.
+        room: RoomId,
+        /// The publishing instance.
+        origin: InstanceId,
+        /// The origin's epoch.
+        epoch: u64,
+        /// Sequence numbers that were not received.
+        missing: RangeInclusive<u64>,
+    },
+    /// A link went down; queued work waits for it.
+    LinkDown {
+        /// The link.
+        link: LinkId,
+        /// Its role.
+        role: LinkRole,
+        /// Why.
+        cause: LinkError,
+    },
+    /// A link is up and its handshake done.
+    LinkUp {
+        /// The link.
+        link: LinkId,
+        /// Its role.
+        role: LinkRole,
+        /// How long it was down (`None` for the first connection).
+        outage: Option<Duration>,
+        /// Rooms that were live when the link went down and may have missed messages
+        /// (subscriber link only).
+        missed_rooms: Vec<RoomId>,
+    },
+    /// An incoming message was dropped.
+    Dropped {
+        /// Why.
+        cause: DropCause,
+        /// The room, where known.
+        room: Option<RoomId>,
+    },
+    /// A PING sent by [`crate::Hub::ping`] was answered.
+    Pong {
+        /// The link.
+        link: LinkId,
+        /// Round trip time.
+        rtt: Duration,
+    },
+}
+
+/// Why a room is not live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NotLiveReason {
+    /// The subscriber link was lost.
+    LinkLost,
+    /// Redis unsubscribed the channel on its own.
+    ServerUnsubscribed,
+}
+
+/// Why an incoming message was not delivered (all are counted in the metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DropCause {
+    /// The envelope could not be decoded.
+    Malformed(String),
+    /// The envelope names a room other than the channel it came on (spoofing).
+    RoomMismatch,
+    /// A message on a channel this instance does not want.
+    UnknownChannel,
+}
+
+/// Why a link is down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// The adapter reported the connection closed or failed.
+    Io(String),
+    /// Redis refused the credentials (`WRONGPASS`, `NOAUTH`, ...).
+    Auth(String),
+    /// The server does not speak RESP3 (`HELLO` unknown); use `protocol=resp2`.
+    NoResp3(String),
+    /// The server refused a handshake command.
+    Handshake(String),
+    /// Connecting or the handshake took longer than `connect_timeout`.
+    ConnectTimeout,
+    /// A request went unanswered for `reply_timeout`: the server is stalled or unreachable.
+    ReplyTimeout,
+    /// The subscriber stopped receiving its own probes: connected but deaf.
+    Deaf,
+    /// Redis sent something that is not RESP, or over a limit.
+    Protocol(String),
+    /// The adapter did not take queued output in time (over `max_output_bytes`).
+    OutputOverflow,
+    /// The hub is shutting down.
+    Shutdown,
+}
+
+impl fmt::Display for LinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkError::Io(e) => write!(f, "connection to Redis failed or closed: {e}"),
+            LinkError::Auth(e) => write!(
+                f,
+                "Redis refused the credentials ({e}); check the user and password in the Redis URL"
+            ),
+            LinkError::NoResp3(e) => write!(
+                f,
+                "the server does not support RESP3 ({e}); use ?protocol=resp2 in the Redis URL"
+            ),
+            LinkError::Handshake(e) => write!(f, "Redis refused the handshake: {e}"),
+            LinkError::ConnectTimeout => {
+                write!(f, "connecting to Redis took longer than connect_timeout")
+            }
+            LinkError::ReplyTimeout => write!(
+                f,
+                "Redis did not answer within reply_timeout; the link was reopened"
+            ),
+            LinkError::Deaf => write!(
+                f,
+                "the subscriber link stopped receiving messages (probe lost); it was reopened"
+            ),
+            LinkError::Protocol(e) => write!(f, "bad data from Redis: {e}; the link was reopened"),
+            LinkError::OutputOverflow => write!(
+                f,
+                "the adapter did not send queued output (over max_output_bytes); the link was reopened"
+            ),
+            LinkError::Shutdown => write!(f, "the hub is shutting down"),
+        }
+    }
+}
+
+impl std::error::Error for LinkError {}
+
+/// Why a publish was refused or failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The room id is invalid.
+    InvalidRoom(NameError),
+    /// The exclude connection id is invalid.
+    InvalidExclude(NameError),
+    /// The encoded message would exceed `max_envelope_bytes`.
+    TooLarge {
+        /// Encoded size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// More than `max_queued_publishes` are waiting for their links.
+    QueueFull {
+        /// The limit.
+        max: usize,
+    },
+    /// The hub is shut down.
+    Shutdown,
+    /// The link broke after the publish was written and before Redis confirmed it; it may or
+    /// may not have been delivered (`UnconfirmedPolicy::FailUnknown`).
+    OutcomeUnknown,
+    /// Redis answered with an error.
+    Server(String),
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishError::InvalidRoom(e) => write!(f, "cannot publish: {e}"),
+            PublishError::InvalidExclude(e) => write!(f, "cannot publish: exclude_connection: {e}"),
+            PublishError::TooLarge { len, max } => write!(
+                f,
+                "message is {len} bytes encoded, over max_envelope_bytes = {max}; send less data or raise the limit"
+            ),
+            PublishError::QueueFull { max } => write!(
+                f,
+                "{max} publishes are already waiting for Redis (max_queued_publishes); retry later or raise the limit"
+            ),
+            PublishError::Shutdown => write!(f, "the hub is shut down; no more publishes"),
+            PublishError::OutcomeUnknown => write!(
+                f,
+                "the link to Redis broke before it confirmed this publish; it may or may not have been delivered"
+            ),
+            PublishError::Server(e) => write!(f, "Redis refused the publish: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for PublishError {}
+
+/// Why a membership command was refused (nothing changed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MemberError {
+    /// The room id is invalid or over `max_room_id_bytes`.
+    InvalidRoom(NameError),
+    /// The connection id is invalid or over `max_conn_id_bytes`.
+    InvalidConnection(NameError),
+    /// The hub is shut down.
+    Shutdown,
+}
+
+impl fmt::Display for MemberError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MemberError::InvalidRoom(e) | MemberError::InvalidConnection(e) => e.fmt(f),
+            MemberError::Shutdown => write!(f, "the hub is shut down; no more joins"),
+        }
+    }
+}
+
+impl std::error::Error for MemberError {}
+
+/// Whether a room's subscription is confirmed by Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RoomState {
+    /// Wanted, not yet sent (link down, or waiting for pacing).
+    Pending,
+    /// SUBSCRIBE sent, not yet confirmed.
+    Subscribing,
+    /// Confirmed: messages published from now on arrive.
+    Live,
+    /// UNSUBSCRIBE sent, not yet confirmed.
+    Unsubscribing,
+}

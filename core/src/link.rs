@@ -1,0 +1,298 @@
+//! One Redis connection: its state, handshake, request FIFO, timers and backoff.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::config::{Config, Protocol};
+use crate::event::{LinkError, LinkId, LinkRole, PublishId};
+use crate::naming::RoomId;
+use crate::resp::{encode_command, FrameLimits, Reader, Value};
+
+/// Where a link is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// Waiting to reconnect until the instant given (seeded jitter).
+    Backoff {
+        /// When the next attempt starts.
+        until: Instant,
+    },
+    /// The adapter was asked to open it.
+    Connecting {
+        /// When the request was made.
+        since: Instant,
+    },
+    /// Connected; handshake replies outstanding.
+    Handshaking {
+        /// When the connection was reported.
+        since: Instant,
+    },
+    /// Ready for traffic.
+    Ready,
+    /// Closed for good (shutdown).
+    Closed,
+}
+
+/// A publish on its way: queued for its link, or written and awaiting Redis's count.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub id: PublishId,
+    pub room: RoomId,
+    /// The encoded envelope body (no trailer).
+    pub body: Bytes,
+    /// (epoch, seq) once written.
+    pub seq: Option<(u64, u64)>,
+}
+
+/// A request whose reply is expected, in the order written.
+#[derive(Debug)]
+pub(crate) enum Request {
+    /// A handshake command; what it was decides how an error is reported.
+    Handshake(Step),
+    /// A PING, from keepalive (`user == false`) or from `Hub::ping`.
+    Ping { user: bool },
+    /// A publish.
+    Publish(Outgoing),
+    /// A liveness probe published to the control channel.
+    Probe { token: u64 },
+    /// A SUBSCRIBE or UNSUBSCRIBE awaiting this many confirmations.
+    Subscription { remaining: usize },
+}
+
+/// Handshake commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    Hello,
+    Auth,
+    Select,
+    SetName,
+}
+
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub id: LinkId,
+    pub role: LinkRole,
+    pub state: LinkState,
+    pub out: BytesMut,
+    pub reader: Reader,
+    pub fifo: VecDeque<(Instant, Request)>,
+    pub last_input: Instant,
+    pub down_since: Option<Instant>,
+    pub ever_up: bool,
+    pub attempts: u32,
+    pub last_error: Option<LinkError>,
+    /// Publishes waiting for this link (already-sequenced re-sends first).
+    pub queue: VecDeque<Outgoing>,
+    pub inflight_publishes: usize,
+    pub last_pong: Option<Instant>,
+}
+
+impl Link {
+    pub(crate) fn new(id: LinkId, role: LinkRole, config: &Config, now: Instant) -> Self {
+        Link {
+            id,
+            role,
+            state: LinkState::Backoff { until: now },
+            out: BytesMut::new(),
+            reader: Reader::new(config.server.protocol, frame_limits(config)),
+            fifo: VecDeque::new(),
+            last_input: now,
+            down_since: Some(now),
+            ever_up: false,
+            attempts: 0,
+            last_error: None,
+            queue: VecDeque::new(),
+            inflight_publishes: 0,
+            last_pong: None,
+        }
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.state == LinkState::Ready
+    }
+
+    /// Writes the handshake and records its requests.
+    pub(crate) fn start_handshake(&mut self, config: &Config, now: Instant) {
+        let s = &config.server;
+        let name = format!("{}-{}", config.client_name, self.id.0);
+        self.out.clear();
+        self.fifo.clear();
+        self.reader = Reader::new(s.protocol, frame_limits(config));
+        match s.protocol {
+            Protocol::Resp3 => {
+                let mut args: Vec<&[u8]> = vec![b"HELLO", b"3"];
+                if let Some(p) = &s.password {
+                    args.push(b"AUTH");
+                    args.push(s.username.as_deref().unwrap_or("default").as_bytes());
+                    args.push(p.expose().as_bytes());
+                }
+                args.push(b"SETNAME");
+                args.push(name.as_bytes());
+                encode_command(&mut self.out, &args);
+                self.fifo.push_back((now, Request::Handshake(Step::Hello)));
+            }
+            Protocol::Resp2 => {
+                if let Some(p) = &s.password {
+                    match &s.username {
+                        Some(u) => encode_command(
+                            &mut self.out,
+                            &[b"AUTH", u.as_bytes(), p.expose().as_bytes()],
+                        ),
+                        None => encode_command(&mut self.out, &[b"AUTH", p.expose().as_bytes()]),
+                    }
+                    self.fifo.push_back((now, Request::Handshake(Step::Auth)));
+                }
+            }
+        }
+        if s.db != 0 {
+            encode_command(&mut self.out, &[b"SELECT", s.db.to_string().as_bytes()]);
+            self.fifo.push_back((now, Request::Handshake(Step::Select)));
+        }
+        if s.protocol == Protocol::Resp2 {
+            encode_command(&mut self.out, &[b"CLIENT", b"SETNAME", name.as_bytes()]);
+            self.fifo
+                .push_back((now, Request::Handshake(Step::SetName)));
+        }
+        self.state = LinkState::Handshaking { since: now };
+        self.last_input = now;
+    }
+
+    /// Is any handshake reply still outstanding?
+    pub(crate) fn handshake_pending(&self) -> bool {
+        self.fifo
+            .iter()
+            .any(|(_, r)| matches!(r, Request::Handshake(_)))
+    }
+
+    /// The next instant this link needs attention, given the hub's timers.
+    pub(crate) fn deadline(&self, config: &Config) -> Option<Instant> {
+        match self.state {
+            LinkState::Backoff { until } => Some(until),
+            LinkState::Connecting { since } | LinkState::Handshaking { since } => {
+                Some(since + config.connect_timeout)
+            }
+            LinkState::Ready => Some(match self.fifo.front() {
+                Some((sent, _)) => *sent + config.reply_timeout,
+                None => self.last_input + config.keepalive_interval,
+            }),
+            LinkState::Closed => None,
+        }
+    }
+}
+
+pub(crate) fn frame_limits(config: &Config) -> FrameLimits {
+    FrameLimits {
+        max_frame_bytes: config.max_frame_bytes,
+        max_depth: config.max_frame_depth,
+        max_elements: config.max_frame_elements,
+    }
+}
+
+/// Turns an error reply to a handshake command into the error the application sees.
+pub(crate) fn handshake_error(step: Step, msg: &[u8]) -> LinkError {
+    let text = String::from_utf8_lossy(msg).into_owned();
+    let upper = text.to_ascii_uppercase();
+    if upper.starts_with("WRONGPASS")
+        || upper.starts_with("NOAUTH")
+        || (step == Step::Auth && upper.contains("PASSWORD"))
+        || upper.starts_with("NOPERM")
+    {
+        return LinkError::Auth(text);
+    }
+    if step == Step::Hello && (upper.starts_with("NOPROTO") || upper.contains("UNKNOWN COMMAND")) {
+        return LinkError::NoResp3(text);
+    }
+    LinkError::Handshake(text)
+}
+
+/// Is this reply an error? Returns its text.
+pub(crate) fn error_text(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::Error(e) => Some(e),
+        _ => None,
+    }
+}
+
+/// A small seeded generator (SplitMix64) for reconnect jitter.
+#[derive(Debug, Clone)]
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// The delay before reconnect attempt `attempt` (0-based): exponential from `min` to
+    /// `max`, then a uniform draw from its upper half.
+    pub(crate) fn backoff(&mut self, attempt: u32, min: Duration, max: Duration) -> Duration {
+        let base = min
+            .checked_mul(1u32 << attempt.min(20))
+            .unwrap_or(max)
+            .min(max);
+        let half = base / 2;
+        let nanos = half.as_nanos().min(u64::MAX as u128) as u64;
+        let jitter = if nanos == 0 {
+            0
+        } else {
+            self.next_u64() % (nanos + 1)
+        };
+        half + Duration::from_nanos(jitter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_bounded_and_seeded() {
+        let min = Duration::from_millis(10);
+        let max = Duration::from_secs(1);
+        let mut a = Rng::new(7);
+        let mut b = Rng::new(7);
+        for attempt in 0..40 {
+            let d = a.backoff(attempt, min, max);
+            assert_eq!(d, b.backoff(attempt, min, max));
+            let base = (min * (1 << attempt.min(20))).min(max);
+            assert!(d >= base / 2 && d <= base, "{attempt}: {d:?}");
+        }
+        let mut c = Rng::new(8);
+        let differs = (0..10).any(|i| c.backoff(i, min, max) != Rng::new(7).backoff(i, min, max));
+        assert!(differs);
+    }
+
+    #[test]
+    fn handshake_errors_name_the_cause() {
+        assert!(matches!(
+            handshake_error(
+                Step::Hello,
+                b"ERR unknown command 'HELLO', with args beginning with: '3'"
+            ),
+            LinkError::NoResp3(_)
+        ));
+        assert!(matches!(
+            handshake_error(
+                Step::Auth,
+                b"WRONGPASS invalid username-password pair or user is disabled."
+            ),
+            LinkError::Auth(_)
+        ));
+        assert!(matches!(
+            handshake_error(Step::Select, b"NOAUTH Authentication required."),
+            LinkError::Auth(_)
+        ));
+        assert!(matches!(
+            handshake_error(Step::Select, b"ERR DB index is out of range"),
+            LinkError::Handshake(_)
+        ));
+    }
+}

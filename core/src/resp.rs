@@ -1,0 +1,633 @@
+//! RESP2/RESP3 framing.
+//!
+//! Commands are written as arrays of bulk strings, the one form every Redis accepts.
+//! Incoming bytes are first *scanned*: a cheap walk over type bytes and length prefixes that
+//! finds where the next frame ends and enforces the limits `redis-protocol` does not (a bulk
+//! length of 2^63 would otherwise wait for input forever; nesting thousands deep would overflow
+//! the stack; the CRLF after a bulk string is not checked there). Only a complete frame that
+//! passed the scan is handed to `redis-protocol` to decode. The hot path — a pub/sub `message`
+//! of three bulk strings — is recognised by the scan itself and sliced out without building
+//! frames.
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp2::types::BytesFrame as Frame2;
+use redis_protocol::resp3::types::BytesFrame as Frame3;
+
+use crate::config::Protocol;
+
+/// Longest header line (type byte, length or simple string) accepted.
+const MAX_LINE: usize = 64 << 10;
+
+/// Limits for frames read from Redis.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FrameLimits {
+    pub max_frame_bytes: usize,
+    pub max_depth: usize,
+    pub max_elements: usize,
+}
+
+/// Why the stream from Redis cannot be read any further.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// A frame is larger than `Config::max_frame_bytes`.
+    TooLarge {
+        /// Bytes the frame declared or buffered so far.
+        len: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// Aggregates nest deeper than `Config::max_frame_depth`.
+    TooDeep {
+        /// The limit.
+        max: usize,
+    },
+    /// An aggregate declares more elements than `Config::max_frame_elements`.
+    TooManyElements {
+        /// Declared count.
+        count: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// The bytes are not RESP.
+    Malformed {
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::TooLarge { len, max } => write!(
+                f,
+                "Redis sent a frame of {len} bytes, over max_frame_bytes = {max}; raise the limit if such replies are expected"
+            ),
+            FrameError::TooDeep { max } => write!(
+                f,
+                "Redis sent aggregates nested deeper than max_frame_depth = {max}"
+            ),
+            FrameError::TooManyElements { count, max } => write!(
+                f,
+                "Redis sent an aggregate of {count} elements, over max_frame_elements = {max}"
+            ),
+            FrameError::Malformed { reason } => {
+                write!(f, "Redis sent bytes that are not valid RESP: {reason}")
+            }
+        }
+    }
+}
+
+fn malformed(reason: impl Into<String>) -> FrameError {
+    FrameError::Malformed {
+        reason: reason.into(),
+    }
+}
+
+/// Appends one command (an array of bulk strings) to `out`.
+pub(crate) fn encode_command(out: &mut BytesMut, args: &[&[u8]]) {
+    let mut buf = itoa_buf();
+    out.extend_from_slice(b"*");
+    out.extend_from_slice(fmt_usize(&mut buf, args.len()));
+    out.extend_from_slice(b"\r\n");
+    for a in args {
+        encode_bulk(out, a);
+    }
+}
+
+/// Appends the header `*n\r\n` of a command with `n` arguments; follow with `n` [`encode_bulk`].
+pub(crate) fn encode_array_header(out: &mut BytesMut, n: usize) {
+    let mut buf = itoa_buf();
+    out.extend_from_slice(b"*");
+    out.extend_from_slice(fmt_usize(&mut buf, n));
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends one bulk string.
+pub(crate) fn encode_bulk(out: &mut BytesMut, a: &[u8]) {
+    let mut buf = itoa_buf();
+    out.reserve(a.len() + 16);
+    out.extend_from_slice(b"$");
+    out.extend_from_slice(fmt_usize(&mut buf, a.len()));
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(a);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn itoa_buf() -> [u8; 20] {
+    [0u8; 20]
+}
+
+fn fmt_usize(buf: &mut [u8; 20], mut n: usize) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// A decoded value (a reply, or part of one).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Value {
+    /// `+OK` and other simple strings.
+    Simple(Bytes),
+    /// `-ERR ...` (simple or blob error).
+    Error(Bytes),
+    /// An integer.
+    Int(i64),
+    /// A bulk (blob or verbatim) string.
+    Bulk(Bytes),
+    /// Null (RESP2 nil bulk or array, RESP3 `_`).
+    Nil,
+    /// An array, set or push.
+    Array(Vec<Value>),
+    /// A map (RESP3), as key/value pairs.
+    Map(Vec<(Value, Value)>),
+    /// A double (RESP3).
+    Double(f64),
+    /// A boolean (RESP3).
+    Bool(bool),
+}
+
+impl Value {
+    /// The bytes of a simple or bulk string.
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        match self {
+            Value::Simple(b) | Value::Bulk(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+/// One frame from Redis, classified by what it means to the core.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Incoming {
+    /// A pub/sub message (`message` / `smessage`).
+    Message { channel: Bytes, payload: Bytes },
+    /// A (s)subscribe confirmation.
+    Subscribed { channel: Bytes },
+    /// An (s)unsubscribe confirmation or a server-initiated unsubscribe; `None` channel when
+    /// the connection had no subscriptions.
+    Unsubscribed { channel: Option<Bytes> },
+    /// The RESP2 answer to PING on a subscribed connection (`pong` array).
+    Pong,
+    /// Any other push (RESP3 `>`), ignored.
+    OtherPush,
+    /// An ordinary reply, matched to the oldest request.
+    Reply(Value),
+}
+
+/// Reads frames from one link's input.
+#[derive(Debug)]
+pub(crate) struct Reader {
+    protocol: Protocol,
+    limits: FrameLimits,
+    /// The next frame is known to need at least this many buffered bytes.
+    need: usize,
+    stack: Vec<u64>,
+}
+
+/// Where the scan found the frame's end, and the message fields when it is a 3-bulk push.
+struct Scan {
+    len: usize,
+    bulks: Option<[(usize, usize); 3]>,
+}
+
+impl Reader {
+    pub(crate) fn new(protocol: Protocol, limits: FrameLimits) -> Self {
+        Reader {
+            protocol,
+            limits,
+            need: 0,
+            stack: Vec::new(),
+        }
+    }
+
+    /// Takes the next complete frame off the front of `buf`, or `Ok(None)` when more input is
+    /// needed. An error is final for this stream.
+    pub(crate) fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, FrameError> {
+        if buf.is_empty() || buf.len() < self.need {
+            return Ok(None);
+        }
+        let scan = match self.scan(buf)? {
+            Some(s) => s,
+            None => {
+                if buf.len() > self.limits.max_frame_bytes {
+                    return Err(FrameError::TooLarge {
+                        len: buf.len() as u64,
+                        max: self.limits.max_frame_bytes,
+                    });
+                }
+                return Ok(None);
+            }
+        };
+        self.need = 0;
+        if let Some(b) = scan.bulks {
+            let head = &buf[b[0].0..b[0].1];
+            if head == b"message" || head == b"smessage" {
+                let frame = buf.split_to(scan.len).freeze();
+                return Ok(Some(Incoming::Message {
+                    channel: frame.slice(b[1].0..b[1].1),
+                    payload: frame.slice(b[2].0..b[2].1),
+                }));
+            }
+        }
+        let value = match self.protocol {
+            Protocol::Resp2 => {
+                match redis_protocol::resp2::decode::decode_bytes_mut(buf)
+                    .map_err(|e| malformed(e.details().to_string()))?
+                {
+                    Some((frame, _, _)) => (from2(frame), false),
+                    None => return Err(malformed("decoder wanted more bytes than the frame has")),
+                }
+            }
+            Protocol::Resp3 => {
+                match redis_protocol::resp3::decode::complete::decode_bytes_mut(buf)
+                    .map_err(|e| malformed(e.details().to_string()))?
+                {
+                    Some((frame, _, _)) => {
+                        let push = matches!(frame, Frame3::Push { .. });
+                        (from3(frame), push)
+                    }
+                    None => return Err(malformed("decoder wanted more bytes than the frame has")),
+                }
+            }
+        };
+        Ok(Some(classify(value.0, value.1, self.protocol)))
+    }
+
+    /// Walks the frame at the front of `buf` without building it.
+    fn scan(&mut self, buf: &[u8]) -> Result<Option<Scan>, FrameError> {
+        let lim = self.limits;
+        self.stack.clear();
+        let mut pos = 0usize;
+        let mut bulks = [(0usize, 0usize); 3];
+        let mut n_bulks = 0usize;
+        let mut top_is_three = false;
+        let mut simple_children = true;
+        loop {
+            if pos >= buf.len() {
+                self.need = pos + 1;
+                return Ok(None);
+            }
+            let Some(rel) = memchr_crlf(&buf[pos..]) else {
+                if buf.len() - pos > MAX_LINE {
+                    return Err(malformed("a header line is longer than 64 KiB"));
+                }
+                return Ok(None);
+            };
+            let ty = buf[pos];
+            let line = &buf[pos + 1..pos + rel];
+            let after = pos + rel + 2;
+            let depth = self.stack.len();
+            let mut complete = true;
+            match ty {
+                b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {
+                    if depth == 1 {
+                        simple_children = false;
+                    }
+                    pos = after;
+                }
+                b'$' | b'!' | b'=' => {
+                    let len = parse_len(line)?;
+                    if len < 0 {
+                        if len != -1 {
+                            return Err(malformed("negative bulk length"));
+                        }
+                        if depth == 1 {
+                            simple_children = false;
+                        }
+                        pos = after;
+                    } else {
+                        let len = len as u64;
+                        if len > lim.max_frame_bytes as u64 {
+                            return Err(FrameError::TooLarge {
+                                len,
+                                max: lim.max_frame_bytes,
+                            });
+                        }
+                        let end = after + len as usize;
+                        if end + 2 > buf.len() {
+                            self.need = end + 2;
+                            return Ok(None);
+                        }
+                        if &buf[end..end + 2] != b"\r\n" {
+                            return Err(malformed("a bulk string is not followed by CRLF"));
+                        }
+                        if depth == 1 && ty == b'$' && n_bulks < 3 {
+                            bulks[n_bulks] = (after, end);
+                            n_bulks += 1;
+                        } else if depth == 1 {
+                            simple_children = false;
+                        }
+                        pos = end + 2;
+                    }
+                }
+                b'*' | b'~' | b'>' | b'%' | b'|' => {
+                    let n = parse_len(line)?;
+                    if n < 0 {
+                        if n != -1 {
+                            return Err(malformed("negative aggregate length"));
+                        }
+                        pos = after;
+                    } else {
+                        let n = n as u64;
+                        if n > lim.max_elements as u64 {
+                            return Err(FrameError::TooManyElements {
+                                count: n,
+                                max: lim.max_elements,
+                            });
+                        }
+                        let elems = match ty {
+                            b'%' => n * 2,
+                            // An attribute is followed by the value it annotates.
+                            b'|' => n * 2 + 1,
+                            _ => n,
+                        };
+                        pos = after;
+                        if depth == 1 {
+                            simple_children = false;
+                        }
+                        if elems > 0 {
+                            if depth + 1 > lim.max_depth {
+                                return Err(FrameError::TooDeep { max: lim.max_depth });
+                            }
+                            if depth == 0 {
+                                top_is_three = elems == 3 && (ty == b'*' || ty == b'>');
+                            }
+                            self.stack.push(elems);
+                            complete = false;
+                        }
+                    }
+                }
+                b'?' => return Err(malformed("streamed RESP3 frames are not supported")),
+                other => return Err(malformed(format!("unknown RESP type byte 0x{other:02x}"))),
+            }
+            if pos > lim.max_frame_bytes {
+                return Err(FrameError::TooLarge {
+                    len: pos as u64,
+                    max: lim.max_frame_bytes,
+                });
+            }
+            if complete {
+                loop {
+                    match self.stack.last_mut() {
+                        None => {
+                            let bulks =
+                                (top_is_three && simple_children && n_bulks == 3).then_some(bulks);
+                            return Ok(Some(Scan { len: pos, bulks }));
+                        }
+                        Some(top) => {
+                            *top -= 1;
+                            if *top == 0 {
+                                self.stack.pop();
+                            } else {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn memchr_crlf(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = buf[from..].iter().position(|&b| b == b'\r') {
+        let at = from + i;
+        match buf.get(at + 1) {
+            Some(b'\n') => return Some(at),
+            Some(_) => from = at + 1,
+            None => return None,
+        }
+    }
+    None
+}
+
+fn parse_len(line: &[u8]) -> Result<i64, FrameError> {
+    let s = std::str::from_utf8(line).map_err(|_| malformed("a length is not ASCII"))?;
+    s.parse::<i64>()
+        .map_err(|_| malformed(format!("bad length {s:?}")))
+}
+
+fn from2(f: Frame2) -> Value {
+    match f {
+        Frame2::SimpleString(b) => Value::Simple(b),
+        Frame2::Error(s) => Value::Error(Bytes::copy_from_slice(s.as_bytes())),
+        Frame2::Integer(i) => Value::Int(i),
+        Frame2::BulkString(b) => Value::Bulk(b),
+        Frame2::Array(v) => Value::Array(v.into_iter().map(from2).collect()),
+        Frame2::Null => Value::Nil,
+    }
+}
+
+fn from3(f: Frame3) -> Value {
+    match f {
+        Frame3::BlobString { data, .. } | Frame3::VerbatimString { data, .. } => Value::Bulk(data),
+        Frame3::SimpleString { data, .. } => Value::Simple(data),
+        Frame3::BlobError { data, .. } => Value::Error(data),
+        Frame3::SimpleError { data, .. } => Value::Error(Bytes::copy_from_slice(data.as_bytes())),
+        Frame3::Boolean { data, .. } => Value::Bool(data),
+        Frame3::Null => Value::Nil,
+        Frame3::Number { data, .. } => Value::Int(data),
+        Frame3::Double { data, .. } => Value::Double(data),
+        Frame3::BigNumber { data, .. } => Value::Bulk(data),
+        Frame3::Array { data, .. } | Frame3::Push { data, .. } => {
+            Value::Array(data.into_iter().map(from3).collect())
+        }
+        Frame3::Set { data, .. } => Value::Array(data.into_iter().map(from3).collect()),
+        Frame3::Map { data, .. } => Value::Map(
+            data.into_iter()
+                .map(|(k, v)| (from3(k), from3(v)))
+                .collect(),
+        ),
+        // Hello frames are only ever sent by clients.
+        Frame3::Hello { .. } => Value::Nil,
+        Frame3::ChunkedString(b) => Value::Bulk(b),
+    }
+}
+
+/// Sorts a frame into pub/sub events and replies. In RESP2 pub/sub arrays look like replies,
+/// so the kind word decides; in RESP3 only push frames can be pub/sub.
+fn classify(value: Value, push: bool, protocol: Protocol) -> Incoming {
+    let may_be_pubsub = push || protocol == Protocol::Resp2;
+    if let (true, Value::Array(items)) = (may_be_pubsub, &value) {
+        let kind = items.first().and_then(Value::as_bytes).unwrap_or(b"");
+        match (kind, items.len()) {
+            (b"subscribe" | b"ssubscribe", 3) => {
+                if let Some(ch) = items[1].as_bytes() {
+                    return Incoming::Subscribed {
+                        channel: Bytes::copy_from_slice(ch),
+                    };
+                }
+            }
+            (b"unsubscribe" | b"sunsubscribe", 3) => {
+                return Incoming::Unsubscribed {
+                    channel: items[1].as_bytes().map(Bytes::copy_from_slice),
+                };
+            }
+            (b"message" | b"smessage", 3) => {
+                if let (Some(c), Some(p)) = (items[1].as_bytes(), items[2].as_bytes()) {
+                    return Incoming::Message {
+                        channel: Bytes::copy_from_slice(c),
+                        payload: Bytes::copy_from_slice(p),
+                    };
+                }
+            }
+            (b"pong", 2) if !push => return Incoming::Pong,
+            _ => {}
+        }
+        if push {
+            return Incoming::OtherPush;
+        }
+    }
+    Incoming::Reply(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader(p: Protocol) -> Reader {
+        Reader::new(
+            p,
+            FrameLimits {
+                max_frame_bytes: 1 << 20,
+                max_depth: 8,
+                max_elements: 1000,
+            },
+        )
+    }
+
+    fn all(p: Protocol, bytes: &[u8]) -> Result<Vec<Incoming>, FrameError> {
+        let mut r = reader(p);
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(f) = r.next(&mut buf)? {
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn encodes_commands() {
+        let mut out = BytesMut::new();
+        encode_command(&mut out, &[b"PUBLISH", b"ch", b""]);
+        assert_eq!(&out[..], b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$0\r\n\r\n");
+    }
+
+    #[test]
+    fn message_in_both_protocols_is_the_same_event() {
+        let want = Incoming::Message {
+            channel: Bytes::from_static(b"ch"),
+            payload: Bytes::from_static(b"hi"),
+        };
+        let r2 = all(
+            Protocol::Resp2,
+            b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n",
+        )
+        .unwrap();
+        let r3 = all(
+            Protocol::Resp3,
+            b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n",
+        )
+        .unwrap();
+        assert_eq!(r2, vec![want.clone()]);
+        assert_eq!(r3, vec![want]);
+    }
+
+    #[test]
+    fn confirmations_and_pong() {
+        let r = all(
+            Protocol::Resp2,
+            b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n*2\r\n$4\r\npong\r\n$0\r\n\r\n+PONG\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            vec![
+                Incoming::Subscribed {
+                    channel: Bytes::from_static(b"a")
+                },
+                Incoming::Unsubscribed { channel: None },
+                Incoming::Pong,
+                Incoming::Reply(Value::Simple(Bytes::from_static(b"PONG"))),
+            ]
+        );
+        // In RESP3 an array that looks like a confirmation is a reply, not a push.
+        let r = all(
+            Protocol::Resp3,
+            b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n",
+        )
+        .unwrap();
+        assert!(matches!(r[0], Incoming::Reply(Value::Array(_))));
+        let r = all(
+            Protocol::Resp3,
+            b">3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n",
+        )
+        .unwrap();
+        assert!(matches!(r[0], Incoming::Subscribed { .. }));
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_frames() {
+        let bytes: &[u8] = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n%1\r\n+a\r\n:1\r\n|1\r\n+k\r\n+v\r\n:7\r\n>2\r\n$10\r\ninvalidate\r\n_\r\n-ERR x\r\n";
+        let whole = all(Protocol::Resp3, bytes).unwrap();
+        assert_eq!(whole.len(), 5);
+        for split in 0..bytes.len() {
+            let mut r = reader(Protocol::Resp3);
+            let mut buf = BytesMut::from(&bytes[..split]);
+            let mut out = Vec::new();
+            while let Some(f) = r.next(&mut buf).unwrap() {
+                out.push(f);
+            }
+            buf.extend_from_slice(&bytes[split..]);
+            while let Some(f) = r.next(&mut buf).unwrap() {
+                out.push(f);
+            }
+            assert_eq!(out, whole, "split at {split}");
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn hostile_lengths_and_nesting_are_errors() {
+        assert!(matches!(
+            all(Protocol::Resp2, b"$9223372036854775807\r\n"),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            all(Protocol::Resp2, b"*9223372036854775807\r\n"),
+            Err(FrameError::TooManyElements { .. })
+        ));
+        let deep = "*1\r\n".repeat(10_000);
+        assert!(matches!(
+            all(Protocol::Resp2, deep.as_bytes()),
+            Err(FrameError::TooDeep { .. })
+        ));
+        assert!(matches!(
+            all(Protocol::Resp2, b"$2\r\nabXY"),
+            Err(FrameError::Malformed { .. })
+        ));
+        assert!(matches!(
+            all(Protocol::Resp2, b"@oops\r\n"),
+            Err(FrameError::Malformed { .. })
+        ));
+        assert!(all(Protocol::Resp2, b"$-2\r\n").is_err());
+    }
+
+    #[test]
+    fn unterminated_garbage_is_bounded() {
+        let mut r = reader(Protocol::Resp2);
+        let mut buf = BytesMut::from(&b"+"[..]);
+        buf.extend_from_slice(&vec![b'x'; MAX_LINE + 10]);
+        assert!(r.next(&mut buf).is_err());
+    }
+}
