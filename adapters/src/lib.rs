@@ -1,1 +1,202 @@
-//! roomcast
+//! # roomcast
+//!
+//! Many instances of a realtime (WebSocket) server acting as one: a message sent to a room on
+//! any instance reaches every member of that room on every instance through Redis pub/sub.
+//!
+//! ```no_run
+//! # #[cfg(feature = "tokio")]
+//! # async fn demo() -> Result<(), roomcast::Error> {
+//! use futures_util::StreamExt;
+//! use roomcast::{Config, PubSubMessage};
+//!
+//! let rc = roomcast::connect(Config::from_url("redis://127.0.0.1:6379")?).await?;
+//! let mut alice = rc.join("hub/abc", "alice").await?;   // a Stream of the room's messages
+//! alice.wait_live().await;                               // Redis confirmed the subscription
+//! let receivers = rc.publish(PubSubMessage::broadcast("hub/abc", "hi").excluding("bob")).await?;
+//! let msg = alice.next().await.unwrap();
+//! assert_eq!(&msg.data[..], b"hi");
+//! rc.health_check(std::time::Duration::from_secs(2)).await?;
+//! # let _ = receivers; Ok(()) }
+//! ```
+//!
+//! The protocol lives in [`roomcast_core`] (sans-IO); this crate adds one driver loop written
+//! against a small [`runtime::Runtime`] trait, with tokio and async-io (async-std, smol)
+//! implementations, and the async handle API.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod driver;
+mod error;
+mod handle;
+mod queue;
+pub mod runtime;
+
+use std::sync::Arc;
+
+pub use driver::Driver;
+pub use error::Error;
+pub use handle::{
+    EventStream, HealthReport, Membership, PubSubMessage, Publisher, RoomStream, Roomcast,
+};
+pub use queue::Overflow;
+pub use roomcast_core as core;
+pub use roomcast_core::{
+    Config, ConnId, DeliveryMode, Event, Identity, InstanceId, Message, MessageType, Metrics,
+    RoomId, RoomState, UnconfirmedPolicy,
+};
+
+use futures_channel::mpsc;
+use roomcast_core::Hub;
+
+/// Adapter settings (the core's are in [`Config`]).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Messages queued per membership before the overflow policy applies (default 1,024).
+    pub member_queue: usize,
+    /// What a full membership queue does (default: drop the oldest, counted).
+    pub overflow: Overflow,
+    /// Events queued per [`EventStream`] before the oldest is dropped (default 1,024).
+    pub event_queue: usize,
+    /// Commands from handles queued for the driver before callers wait (default 4,096).
+    pub command_queue: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            member_queue: 1024,
+            overflow: Overflow::DropOldest,
+            event_queue: 1024,
+            command_queue: 4096,
+        }
+    }
+}
+
+/// Builds an instance: with Redis ([`Builder::new`]) or standalone ([`Builder::standalone`]).
+#[derive(Debug, Clone)]
+pub struct Builder {
+    config: Option<Config>,
+    identity: Option<Identity>,
+    options: Options,
+}
+
+impl Builder {
+    /// An instance that shares rooms with others through the Redis in `config`.
+    pub fn new(config: Config) -> Self {
+        Builder {
+            config: Some(config),
+            identity: None,
+            options: Options::default(),
+        }
+    }
+
+    /// An instance with no Redis: the same API, delivering within this process only.
+    pub fn standalone() -> Self {
+        Builder {
+            config: None,
+            identity: None,
+            options: Options::default(),
+        }
+    }
+
+    /// Fixes the instance id and epoch (tests); by default both come from OS randomness.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Adapter settings.
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The handle and the driver future, which the caller must spawn (or poll) on an
+    /// executor where `runtime`'s timers and sockets work.
+    pub fn build(self, runtime: Arc<dyn runtime::Runtime>) -> Result<(Roomcast, Driver), Error> {
+        let identity = match self.identity {
+            Some(id) => id,
+            None => random_identity()?,
+        };
+        let hub = match self.config {
+            Some(mut config) => {
+                if config.rng_seed == Config::default().rng_seed {
+                    config.rng_seed = identity.instance.0 ^ identity.epoch;
+                }
+                Some(Hub::new(config, identity, runtime.now())?)
+            }
+            None => None,
+        };
+        let (tx, rx) = mpsc::channel(self.options.command_queue.max(1));
+        let driver = Driver::new(runtime, hub, self.options, rx);
+        Ok((Roomcast { tx, identity }, driver))
+    }
+
+    /// Builds on tokio, spawns the driver and waits until every link is ready (fails with the
+    /// first link error, e.g. a wrong password or a refused connection).
+    #[cfg(feature = "tokio")]
+    pub async fn connect_tokio(self) -> Result<Roomcast, Error> {
+        let (handle, driver) = self.build(Arc::new(runtime::tokio::TokioRuntime))?;
+        tokio::spawn(driver);
+        handle.wait_ready().await?;
+        Ok(handle)
+    }
+
+    /// Builds on async-io, spawns the driver on async-std and waits until every link is
+    /// ready.
+    #[cfg(feature = "async-std")]
+    pub async fn connect_async_std(self) -> Result<Roomcast, Error> {
+        let (handle, driver) = self.build(Arc::new(runtime::async_io::AsyncIoRuntime))?;
+        async_std::task::spawn(driver);
+        handle.wait_ready().await?;
+        Ok(handle)
+    }
+}
+
+/// Connects on tokio with `config` and default options.
+#[cfg(feature = "tokio")]
+pub async fn connect(config: Config) -> Result<Roomcast, Error> {
+    Builder::new(config).connect_tokio().await
+}
+
+/// Connects on tokio with `REDIS_URL`, `REDIS_CHANNEL_PREFIX` and `REDIS_POOL_SIZE`.
+#[cfg(feature = "tokio")]
+pub async fn from_env() -> Result<Roomcast, Error> {
+    connect(config_from_env()?).await
+}
+
+/// A standalone instance on tokio (no Redis; delivery within this process).
+#[cfg(feature = "tokio")]
+pub fn standalone() -> Roomcast {
+    let (handle, driver) = Builder::standalone()
+        .build(Arc::new(runtime::tokio::TokioRuntime))
+        .expect("a standalone instance has no configuration that can fail");
+    tokio::spawn(driver);
+    handle
+}
+
+/// Reads `REDIS_URL`, `REDIS_CHANNEL_PREFIX` and `REDIS_POOL_SIZE` from the environment;
+/// an unparsable pool size falls back to the default with a warning in the log.
+pub fn config_from_env() -> Result<Config, Error> {
+    let (config, warnings) = Config::from_env_with(|k| std::env::var(k).ok())?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(config)
+}
+
+/// A fresh identity from OS randomness.
+pub fn random_identity() -> Result<Identity, Error> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| {
+        Error::Config(roomcast_core::ConfigError::BadValue {
+            field: "identity",
+            reason: format!("OS randomness unavailable ({e}); pass Builder::identity"),
+        })
+    })?;
+    let (a, c) = b.split_at(8);
+    Ok(Identity {
+        instance: InstanceId(u64::from_le_bytes(a.try_into().unwrap_or_default())),
+        epoch: u64::from_le_bytes(c.try_into().unwrap_or_default()),
+    })
+}

@@ -1,0 +1,872 @@
+//! The driver: one future that moves bytes, timers and link openings between the sockets and
+//! the core, and fans deliveries out to memberships. It never interprets Redis replies.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_channel::mpsc;
+use futures_core::Stream;
+use futures_io::{AsyncRead, AsyncWrite};
+use roomcast_core::{
+    ConnId, Event, Hub, LinkId, LinkRequest, Message, Publish, PublishError, PublishId, RoomId,
+    RoomState,
+};
+use tracing::{debug, info, warn};
+
+use crate::error::Error;
+use crate::handle::{
+    Command, EventStream, HealthReport, Liveness, Membership, PubSubMessage, Query, QueryAnswer,
+    Reply, RoomStream,
+};
+use crate::queue::Queue;
+use crate::runtime::{BoxFuture, BoxedIo, Runtime};
+use crate::Options;
+
+/// Connection ids of room observers ([`crate::Roomcast::subscribe_room`]) start with this
+/// non-character, so that they cannot clash with application ids in practice and are left out
+/// of `room_connections`.
+pub(crate) const OBSERVER_PREFIX: char = '\u{FFFF}';
+
+const READ_CHUNK: usize = 64 << 10;
+/// Reads per link per poll before yielding to the others.
+const READ_BUDGET: usize = 16;
+
+enum LinkIo {
+    Idle,
+    Connecting(BoxFuture<io::Result<BoxedIo>>),
+    Open {
+        io: BoxedIo,
+        rbuf: BytesMut,
+        wq: VecDeque<Bytes>,
+    },
+}
+
+struct Member {
+    queue: Arc<Queue<Arc<Message>>>,
+    token: u64,
+}
+
+#[derive(Default)]
+struct RoomEntry {
+    live: Arc<Liveness>,
+    members: HashMap<ConnId, Member>,
+}
+
+struct HealthWaiter {
+    started: Instant,
+    deadline: Instant,
+    pending: Vec<LinkId>,
+    rtts: Vec<(LinkId, Duration)>,
+    reply: Reply<HealthReport>,
+}
+
+struct ShutdownState {
+    deadline: Instant,
+    replies: Vec<Reply<()>>,
+}
+
+/// Drives one roomcast instance. Spawn it on any executor (or let
+/// [`crate::Builder::spawn_tokio`] do it); it completes after shutdown, or when every handle
+/// is gone.
+#[must_use = "the driver does nothing unless polled"]
+pub struct Driver {
+    state: Box<State>,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver").finish_non_exhaustive()
+    }
+}
+
+struct State {
+    rt: Arc<dyn Runtime>,
+    hub: Option<Hub>,
+    options: Options,
+    cmds: mpsc::Receiver<Command>,
+    ctl_rx: mpsc::UnboundedReceiver<Command>,
+    ctl_tx: mpsc::UnboundedSender<Command>,
+    links: Vec<LinkIo>,
+    timer: Option<(Instant, BoxFuture<()>)>,
+    rooms: HashMap<RoomId, RoomEntry>,
+    next_token: u64,
+    publishes: HashMap<PublishId, Reply<u64>>,
+    health: Vec<HealthWaiter>,
+    ready_waiters: Vec<Reply<()>>,
+    event_subs: Vec<Arc<Queue<Event>>>,
+    shutdown: Option<ShutdownState>,
+    scratch: Box<[u8]>,
+    handles_gone: bool,
+    done: bool,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        rt: Arc<dyn Runtime>,
+        hub: Option<Hub>,
+        options: Options,
+        cmds: mpsc::Receiver<Command>,
+    ) -> Driver {
+        let (ctl_tx, ctl_rx) = mpsc::unbounded();
+        let n = hub.as_ref().map_or(0, |h| h.config().pool_size + 1);
+        Driver {
+            state: Box::new(State {
+                rt,
+                hub,
+                options,
+                cmds,
+                ctl_rx,
+                ctl_tx,
+                links: (0..n).map(|_| LinkIo::Idle).collect(),
+                timer: None,
+                rooms: HashMap::new(),
+                next_token: 0,
+                publishes: HashMap::new(),
+                health: Vec::new(),
+                ready_waiters: Vec::new(),
+                event_subs: Vec::new(),
+                shutdown: None,
+                scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
+                handles_gone: false,
+                done: false,
+            }),
+        }
+    }
+}
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let s = &mut *self.state;
+        for _round in 0..64 {
+            let mut progress = s.poll_commands(cx);
+            for i in 0..s.links.len() {
+                progress |= s.poll_link(i, cx);
+            }
+            progress |= s.drain();
+            for i in 0..s.links.len() {
+                progress |= s.poll_write(i, cx);
+            }
+            progress |= s.poll_timer(cx);
+            progress |= s.drain();
+            s.check_shutdown();
+            if s.done {
+                return Poll::Ready(());
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        // Plenty done; let other tasks run and come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl State {
+    fn now(&self) -> Instant {
+        self.rt.now()
+    }
+
+    fn poll_commands(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        for _ in 0..1024 {
+            match Pin::new(&mut self.ctl_rx).poll_next(cx) {
+                Poll::Ready(Some(c)) => {
+                    self.command(c);
+                    progress = true;
+                }
+                _ => break,
+            }
+        }
+        if !self.handles_gone {
+            for _ in 0..1024 {
+                match Pin::new(&mut self.cmds).poll_next(cx) {
+                    Poll::Ready(Some(c)) => {
+                        self.command(c);
+                        progress = true;
+                    }
+                    Poll::Ready(None) => {
+                        // Every handle is gone: shut down on our own.
+                        self.handles_gone = true;
+                        self.begin_shutdown(Duration::from_secs(2), None);
+                        progress = true;
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+        }
+        progress
+    }
+
+    fn command(&mut self, c: Command) {
+        let now = self.now();
+        match c {
+            Command::Join { room, conn, reply } => {
+                let _ = reply.send(self.join(&room, &conn));
+            }
+            Command::Observe { room, reply } => {
+                self.next_token += 1;
+                let conn = format!("{OBSERVER_PREFIX}observer-{}", self.next_token);
+                let _ = reply.send(self.join(&room, &conn).map(|inner| RoomStream { inner }));
+            }
+            Command::Leave {
+                room,
+                conn,
+                reply,
+                token,
+            } => {
+                let result = self.leave(&room, &conn, token);
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            Command::Disconnect { conn, reply } => {
+                let result = match &mut self.hub {
+                    Some(hub) => hub.disconnect(&conn).map_err(Error::from),
+                    None => ConnId::new(&conn, roomcast_core::naming::DEFAULT_MAX_CONN_ID_BYTES)
+                        .map_err(|e| {
+                            Error::Member(roomcast_core::MemberError::InvalidConnection(e))
+                        })
+                        .map(|_| {
+                            self.rooms
+                                .iter()
+                                .filter(|(_, r)| r.members.contains_key(conn.as_str()))
+                                .map(|(id, _)| id.clone())
+                                .collect()
+                        }),
+                };
+                if let Ok(rooms) = &result {
+                    for room in rooms {
+                        self.forget_member(room.as_str(), &conn, None);
+                    }
+                }
+                let _ = reply.send(result);
+            }
+            Command::Publish { msg, reply } => self.publish(msg, reply, now),
+            Command::Query { query, reply } => {
+                let _ = reply.send(Ok(self.query(query)));
+            }
+            Command::Health { timeout, reply } => self.start_health(timeout, reply, now),
+            Command::Events { reply } => {
+                let q = Arc::new(Queue::new(
+                    self.options.event_queue,
+                    crate::Overflow::DropOldest,
+                ));
+                self.event_subs.push(q.clone());
+                let _ = reply.send(Ok(EventStream { queue: q }));
+            }
+            Command::Shutdown { timeout, reply } => self.begin_shutdown(timeout, Some(reply)),
+            Command::WaitReady { reply } => {
+                if self.all_ready() {
+                    let _ = reply.send(Ok(()));
+                } else {
+                    self.ready_waiters.push(reply);
+                }
+            }
+        }
+    }
+
+    fn all_ready(&self) -> bool {
+        self.hub.as_ref().is_none_or(|h| h.health().all_ready())
+    }
+
+    fn join(&mut self, room: &str, conn: &str) -> Result<Membership, Error> {
+        if self.shutdown.is_some() {
+            return Err(Error::Member(roomcast_core::MemberError::Shutdown));
+        }
+        let (room_id, conn_id, live) = match &mut self.hub {
+            Some(hub) => {
+                let joined = hub.join(room, conn)?;
+                let room_id = hub.check_room(room)?;
+                let conn_id = ConnId::new(conn, hub.config().max_conn_id_bytes)
+                    .map_err(roomcast_core::MemberError::InvalidConnection)?;
+                (room_id, conn_id, joined.state == RoomState::Live)
+            }
+            None => {
+                let room_id = RoomId::new(room, roomcast_core::naming::DEFAULT_MAX_ROOM_ID_BYTES)
+                    .map_err(roomcast_core::MemberError::InvalidRoom)?;
+                let conn_id = ConnId::new(conn, roomcast_core::naming::DEFAULT_MAX_CONN_ID_BYTES)
+                    .map_err(roomcast_core::MemberError::InvalidConnection)?;
+                (room_id, conn_id, true)
+            }
+        };
+        self.next_token += 1;
+        let token = self.next_token;
+        let queue = Arc::new(Queue::new(self.options.member_queue, self.options.overflow));
+        let entry = self.rooms.entry(room_id.clone()).or_default();
+        if live {
+            entry.live.set(true);
+        }
+        if let Some(old) = entry.members.insert(
+            conn_id.clone(),
+            Member {
+                queue: queue.clone(),
+                token,
+            },
+        ) {
+            old.queue.close();
+        }
+        Ok(Membership {
+            room: room_id,
+            conn: conn_id,
+            queue,
+            live: entry.live.clone(),
+            ctl: self.ctl_tx.clone(),
+            token,
+        })
+    }
+
+    fn leave(&mut self, room: &str, conn: &str, token: Option<u64>) -> Result<bool, Error> {
+        if let Some(t) = token {
+            // A dropped membership: only if it is still the current one.
+            let current = self
+                .rooms
+                .get(room)
+                .and_then(|r| r.members.get(conn))
+                .map(|m| m.token);
+            if current != Some(t) {
+                return Ok(false);
+            }
+        }
+        let left = match &mut self.hub {
+            Some(hub) => hub.leave(room, conn)?,
+            None => self
+                .rooms
+                .get(room)
+                .is_some_and(|r| r.members.contains_key(conn)),
+        };
+        self.forget_member(room, conn, token);
+        Ok(left)
+    }
+
+    fn forget_member(&mut self, room: &str, conn: &str, token: Option<u64>) {
+        if let Some(entry) = self.rooms.get_mut(room) {
+            let matches = entry
+                .members
+                .get(conn)
+                .is_some_and(|m| token.is_none_or(|t| t == m.token));
+            if matches {
+                if let Some(m) = entry.members.remove(conn) {
+                    m.queue.close();
+                }
+            }
+            if entry.members.is_empty() {
+                entry.live.set(false);
+                self.rooms.remove(room);
+            }
+        }
+    }
+
+    fn publish(&mut self, msg: PubSubMessage, reply: Option<Reply<u64>>, now: Instant) {
+        let p = Publish {
+            room: &msg.room_id,
+            message_type: msg.message_type,
+            data: &msg.data,
+            exclude_connection: msg.exclude_connection.as_deref(),
+            timestamp: msg.timestamp,
+        };
+        let result = match &mut self.hub {
+            Some(hub) => hub.publish(&p, now),
+            None => {
+                let n = self.deliver_standalone(&msg);
+                if let Some(r) = reply {
+                    let _ = r.send(n);
+                }
+                return;
+            }
+        };
+        match (result, reply) {
+            (Ok(id), Some(r)) => {
+                self.publishes.insert(id, r);
+            }
+            (Ok(_), None) => {}
+            (Err(e), Some(r)) => {
+                let _ = r.send(Err(Error::Publish(e)));
+            }
+            (Err(e), None) => warn!(error = %e, room = %msg.room_id, "publish refused"),
+        }
+    }
+
+    /// No Redis: deliver within this process.
+    fn deliver_standalone(&mut self, msg: &PubSubMessage) -> Result<u64, Error> {
+        if self.shutdown.is_some() {
+            return Err(Error::Publish(PublishError::Shutdown));
+        }
+        let room = RoomId::new(
+            &msg.room_id,
+            roomcast_core::naming::DEFAULT_MAX_ROOM_ID_BYTES,
+        )
+        .map_err(PublishError::InvalidRoom)?;
+        let len = roomcast_core::envelope::encoded_len(
+            &msg.room_id,
+            msg.data.len(),
+            msg.exclude_connection.as_deref(),
+            true,
+        );
+        if len > roomcast_core::envelope::DEFAULT_MAX_ENVELOPE_BYTES {
+            return Err(Error::Publish(PublishError::TooLarge {
+                len,
+                max: roomcast_core::envelope::DEFAULT_MAX_ENVELOPE_BYTES,
+            }));
+        }
+        let Some(entry) = self.rooms.get(&room) else {
+            return Ok(0);
+        };
+        let message = Arc::new(Message {
+            room,
+            message_type: msg.message_type,
+            data: Bytes::copy_from_slice(&msg.data),
+            exclude_connection: msg.exclude_connection.as_deref().map(Into::into),
+            timestamp: msg.timestamp,
+            origin: None,
+        });
+        for (conn, m) in &entry.members {
+            if msg.exclude_connection.as_deref() != Some(conn.as_str()) {
+                m.queue.push(message.clone());
+            }
+        }
+        Ok(1)
+    }
+
+    fn query(&self, q: Query) -> QueryAnswer {
+        let hidden = |c: &ConnId| c.as_str().starts_with(OBSERVER_PREFIX);
+        match q {
+            Query::RoomConnections(room) => QueryAnswer::Connections(match &self.hub {
+                Some(hub) => hub
+                    .members(&room)
+                    .iter()
+                    .filter(|c| !hidden(c))
+                    .cloned()
+                    .collect(),
+                None => self
+                    .rooms
+                    .get(room.as_str())
+                    .map(|r| r.members.keys().filter(|c| !hidden(c)).cloned().collect())
+                    .unwrap_or_default(),
+            }),
+            Query::ConnectionExists(conn) => QueryAnswer::Exists(match &self.hub {
+                Some(hub) => !hub.rooms_of(&conn).is_empty(),
+                None => self
+                    .rooms
+                    .values()
+                    .any(|r| r.members.contains_key(conn.as_str())),
+            }),
+            Query::RoomState(room) => QueryAnswer::State(match &self.hub {
+                Some(hub) => hub.room_state(&room),
+                None => self.rooms.get(room.as_str()).map(|_| RoomState::Live),
+            }),
+            Query::Metrics => QueryAnswer::Metrics(Box::new(match &self.hub {
+                Some(hub) => hub.metrics(),
+                None => {
+                    let mut m = roomcast_core::Metrics::default();
+                    m.rooms = self.rooms.len();
+                    m.rooms_live = self.rooms.len();
+                    m.members = self.rooms.values().map(|r| r.members.len()).sum();
+                    m
+                }
+            })),
+        }
+    }
+
+    fn start_health(&mut self, timeout: Duration, reply: Reply<HealthReport>, now: Instant) {
+        let Some(hub) = &mut self.hub else {
+            let _ = reply.send(Ok(HealthReport {
+                link_rtts: Vec::new(),
+                rooms: self.rooms.len(),
+                rooms_live: self.rooms.len(),
+            }));
+            return;
+        };
+        let health = hub.health();
+        let down: Vec<String> = health
+            .links
+            .iter()
+            .filter(|l| l.state != roomcast_core::LinkState::Ready)
+            .map(|l| match &l.last_error {
+                Some(e) => format!("{} ({:?}) is down: {e}", l.link, l.role),
+                None => format!("{} ({:?}) is not connected yet", l.link, l.role),
+            })
+            .collect();
+        if !down.is_empty() {
+            let _ = reply.send(Err(Error::Unhealthy(down.join("; "))));
+            return;
+        }
+        hub.ping(now);
+        self.health.push(HealthWaiter {
+            started: now,
+            deadline: now + timeout,
+            pending: health.links.iter().map(|l| l.link).collect(),
+            rtts: Vec::new(),
+            reply,
+        });
+    }
+
+    fn check_health(&mut self, now: Instant) {
+        let Some(hub) = &self.hub else { return };
+        let probe_ok = hub.health().last_probe_ok;
+        let metrics = hub.metrics();
+        let mut i = 0;
+        while i < self.health.len() {
+            let w = &self.health[i];
+            let verified = probe_ok.is_some_and(|t| t >= w.started);
+            if w.pending.is_empty() && verified {
+                let w = self.health.swap_remove(i);
+                let _ = w.reply.send(Ok(HealthReport {
+                    link_rtts: w.rtts,
+                    rooms: metrics.rooms,
+                    rooms_live: metrics.rooms_live,
+                }));
+            } else if now >= w.deadline {
+                let w = self.health.swap_remove(i);
+                let why = if !w.pending.is_empty() {
+                    format!(
+                        "no PONG within the timeout from {}",
+                        w.pending
+                            .iter()
+                            .map(|l| l.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                } else {
+                    "the subscriber did not receive its probe through Redis within the timeout"
+                        .to_string()
+                };
+                let _ = w.reply.send(Err(Error::Unhealthy(why)));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self, timeout: Duration, reply: Option<Reply<()>>) {
+        let now = self.now();
+        let s = self.shutdown.get_or_insert_with(|| ShutdownState {
+            deadline: now + timeout,
+            replies: Vec::new(),
+        });
+        if let Some(r) = reply {
+            s.replies.push(r);
+        }
+        for (_, entry) in self.rooms.drain() {
+            entry.live.set(false);
+            for (_, m) in entry.members {
+                m.queue.close();
+            }
+        }
+        if let Some(hub) = &mut self.hub {
+            hub.begin_shutdown(now);
+        }
+    }
+
+    fn check_shutdown(&mut self) {
+        let Some(s) = &self.shutdown else { return };
+        let now = self.now();
+        let drained = self.hub.as_ref().is_none_or(Hub::is_drained);
+        if !(drained || now >= s.deadline) {
+            return;
+        }
+        if let Some(hub) = &mut self.hub {
+            hub.close(now);
+        }
+        self.drain();
+        // Give queued bytes (the last UNSUBSCRIBEs) no further wait: links close now.
+        for l in &mut self.links {
+            *l = LinkIo::Idle;
+        }
+        for (_, r) in self.publishes.drain() {
+            let _ = r.send(Err(Error::Publish(PublishError::Shutdown)));
+        }
+        for q in self.event_subs.drain(..) {
+            q.close();
+        }
+        if let Some(s) = self.shutdown.take() {
+            for r in s.replies {
+                let _ = r.send(Ok(()));
+            }
+        }
+        self.done = true;
+    }
+
+    fn poll_link(&mut self, i: usize, cx: &mut Context<'_>) -> bool {
+        let link = LinkId(i as u16);
+        match &mut self.links[i] {
+            LinkIo::Idle => false,
+            LinkIo::Connecting(fut) => match fut.as_mut().poll(cx) {
+                Poll::Pending => false,
+                Poll::Ready(result) => {
+                    let now = self.rt.now();
+                    match result {
+                        Ok(io) => {
+                            self.links[i] = LinkIo::Open {
+                                io,
+                                rbuf: BytesMut::with_capacity(READ_CHUNK),
+                                wq: VecDeque::new(),
+                            };
+                            if let Some(hub) = &mut self.hub {
+                                hub.handle_connected(link, now);
+                            }
+                        }
+                        Err(e) => {
+                            self.links[i] = LinkIo::Idle;
+                            if let Some(hub) = &mut self.hub {
+                                hub.handle_disconnected(link, &e.to_string(), now);
+                            }
+                        }
+                    }
+                    true
+                }
+            },
+            LinkIo::Open { .. } => {
+                let mut progress = false;
+                for _ in 0..READ_BUDGET {
+                    let LinkIo::Open { io, rbuf, .. } = &mut self.links[i] else {
+                        break;
+                    };
+                    match Pin::new(io).poll_read(cx, &mut self.scratch) {
+                        Poll::Pending => break,
+                        Poll::Ready(Ok(0)) => {
+                            self.closed_by_peer(i, "connection closed by the server".into());
+                            return true;
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            rbuf.extend_from_slice(&self.scratch[..n]);
+                            let now = self.rt.now();
+                            if let Some(hub) = &mut self.hub {
+                                hub.handle_input(link, rbuf, now);
+                            }
+                            progress = true;
+                            // Events and link requests (a Close) are handled before reading on.
+                            self.drain();
+                        }
+                        Poll::Ready(Err(e)) => {
+                            self.closed_by_peer(i, e.to_string());
+                            return true;
+                        }
+                    }
+                }
+                progress
+            }
+        }
+    }
+
+    fn closed_by_peer(&mut self, i: usize, cause: String) {
+        self.links[i] = LinkIo::Idle;
+        let now = self.rt.now();
+        if let Some(hub) = &mut self.hub {
+            hub.handle_disconnected(LinkId(i as u16), &cause, now);
+        }
+    }
+
+    fn poll_write(&mut self, i: usize, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        loop {
+            let LinkIo::Open { io, wq, .. } = &mut self.links[i] else {
+                return progress;
+            };
+            let Some(front) = wq.front_mut() else {
+                if progress {
+                    let _ = Pin::new(io).poll_flush(cx);
+                }
+                return progress;
+            };
+            match Pin::new(&mut *io).poll_write(cx, front) {
+                Poll::Pending => return progress,
+                Poll::Ready(Ok(0)) => {
+                    self.closed_by_peer(i, "connection closed while writing".into());
+                    return true;
+                }
+                Poll::Ready(Ok(n)) => {
+                    progress = true;
+                    if n >= front.len() {
+                        wq.pop_front();
+                    } else {
+                        let _ = front.split_to(n);
+                    }
+                }
+                Poll::Ready(Err(e)) => {
+                    self.closed_by_peer(i, e.to_string());
+                    return true;
+                }
+            }
+        }
+    }
+
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut deadline = self.hub.as_ref().and_then(Hub::poll_timeout);
+        for w in &self.health {
+            deadline = Some(deadline.map_or(w.deadline, |d| d.min(w.deadline)));
+        }
+        if let Some(s) = &self.shutdown {
+            deadline = Some(deadline.map_or(s.deadline, |d| d.min(s.deadline)));
+        }
+        let Some(deadline) = deadline else {
+            self.timer = None;
+            return false;
+        };
+        match &self.timer {
+            Some((at, _)) if *at == deadline => {}
+            _ => self.timer = Some((deadline, self.rt.sleep_until(deadline))),
+        }
+        let Some((_, fut)) = &mut self.timer else {
+            return false;
+        };
+        if fut.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.timer = None;
+        let now = self.rt.now().max(deadline);
+        if let Some(hub) = &mut self.hub {
+            hub.handle_timeout(now);
+        }
+        self.check_health(now);
+        true
+    }
+
+    /// Takes everything the core has to say.
+    fn drain(&mut self) -> bool {
+        let Some(hub) = &mut self.hub else {
+            return false;
+        };
+        let mut progress = false;
+        while let Some(req) = hub.poll_link_request() {
+            progress = true;
+            match req {
+                LinkRequest::Open {
+                    link, host, port, ..
+                } => {
+                    debug!(%link, %host, port, "opening link");
+                    self.links[link.0 as usize] = LinkIo::Connecting(self.rt.connect(host, port));
+                }
+                LinkRequest::Close { link } => {
+                    debug!(%link, "closing link");
+                    self.links[link.0 as usize] = LinkIo::Idle;
+                }
+            }
+        }
+        while let Some(tx) = hub.poll_transmit() {
+            progress = true;
+            if let LinkIo::Open { wq, .. } = &mut self.links[tx.link.0 as usize] {
+                wq.push_back(tx.bytes);
+            }
+        }
+        let mut events = Vec::new();
+        while let Some(ev) = hub.poll_event() {
+            events.push(ev);
+        }
+        if !events.is_empty() {
+            progress = true;
+            let now = self.rt.now();
+            for ev in events {
+                self.dispatch(ev);
+            }
+            self.check_health(now);
+        }
+        progress
+    }
+
+    fn dispatch(&mut self, ev: Event) {
+        match ev {
+            Event::Delivery(d) => {
+                let Some(entry) = self.rooms.get(&d.message.room) else {
+                    return;
+                };
+                let message = Arc::new(d.message.clone());
+                for conn in d.recipients() {
+                    if let Some(m) = entry.members.get(conn) {
+                        m.queue.push(message.clone());
+                    }
+                }
+                return;
+            }
+            Event::PublishConfirmed { id, receivers } => {
+                if let Some(r) = self.publishes.remove(&id) {
+                    let _ = r.send(Ok(receivers));
+                }
+                return;
+            }
+            Event::PublishFailed { id, ref error } => {
+                if let Some(r) = self.publishes.remove(&id) {
+                    let _ = r.send(Err(Error::Publish(error.clone())));
+                    return;
+                }
+                warn!(%error, "publish failed");
+            }
+            Event::RoomLive { ref room } => {
+                debug!(%room, "room live");
+                if let Some(e) = self.rooms.get(room) {
+                    e.live.set(true);
+                }
+            }
+            Event::RoomNotLive { ref room, reason } => {
+                debug!(%room, ?reason, "room not live");
+                if let Some(e) = self.rooms.get(room) {
+                    e.live.set(false);
+                }
+            }
+            Event::LinkUp {
+                link,
+                role,
+                outage,
+                ref missed_rooms,
+            } => {
+                info!(%link, ?role, ?outage, missed_rooms = missed_rooms.len(), "link up");
+                if self.all_ready() {
+                    for r in self.ready_waiters.drain(..) {
+                        let _ = r.send(Ok(()));
+                    }
+                }
+            }
+            Event::LinkDown {
+                link,
+                role,
+                ref cause,
+            } => {
+                warn!(%link, ?role, %cause, "link down");
+                for r in self.ready_waiters.drain(..) {
+                    let _ = r.send(Err(Error::Connect(cause.clone())));
+                }
+                for w in &mut self.health {
+                    if w.pending.contains(&link) {
+                        w.deadline = w.started;
+                    }
+                }
+            }
+            Event::Pong { link, rtt } => {
+                for w in &mut self.health {
+                    if let Some(p) = w.pending.iter().position(|l| *l == link) {
+                        w.pending.swap_remove(p);
+                        w.rtts.push((link, rtt));
+                    }
+                }
+                return;
+            }
+            Event::Gap {
+                ref room,
+                origin,
+                ref missing,
+                ..
+            } => warn!(%room, %origin, ?missing, "gap: messages missed"),
+            Event::Dropped {
+                ref cause,
+                ref room,
+            } => {
+                warn!(
+                    ?cause,
+                    room = room.as_ref().map(|r| r.as_str()),
+                    "message dropped"
+                )
+            }
+            _ => {}
+        }
+        self.event_subs.retain(|q| q.push(ev.clone()));
+    }
+}

@@ -1,0 +1,57 @@
+//! The one error type of the async API.
+
+use std::fmt;
+
+use roomcast_core::{ConfigError, LinkError, MemberError, PublishError};
+
+/// Why a roomcast call failed. Every message says what was wrong and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid.
+    Config(ConfigError),
+    /// A join, leave or disconnect was refused (nothing changed).
+    Member(MemberError),
+    /// A publish was refused or failed.
+    Publish(PublishError),
+    /// Connecting to Redis failed.
+    Connect(LinkError),
+    /// The health check failed.
+    Unhealthy(String),
+    /// The instance is shut down (or its driver is no longer polled).
+    Closed,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Config(e) => e.fmt(f),
+            Error::Member(e) => e.fmt(f),
+            Error::Publish(e) => e.fmt(f),
+            Error::Connect(e) => write!(f, "cannot connect to Redis: {e}"),
+            Error::Unhealthy(why) => write!(f, "unhealthy: {why}"),
+            Error::Closed => write!(
+                f,
+                "roomcast is shut down (or its driver is not being polled); create a new instance"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Self {
+        Error::Config(e)
+    }
+}
+impl From<MemberError> for Error {
+    fn from(e: MemberError) -> Self {
+        Error::Member(e)
+    }
+}
+impl From<PublishError> for Error {
+    fn from(e: PublishError) -> Self {
+        Error::Publish(e)
+    }
+}

@@ -1,0 +1,498 @@
+//! The application's side: a cloneable [`Roomcast`] handle, memberships and room streams.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use futures_channel::{mpsc, oneshot};
+use futures_core::Stream;
+use roomcast_core::{
+    ConnId, Event, Identity, InstanceId, Message, MessageType, Metrics, RoomId, RoomState,
+};
+
+use crate::error::Error;
+use crate::queue::Queue;
+
+/// A message as the GraphWiz design defined it, for publishing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PubSubMessage {
+    /// The room.
+    pub room_id: String,
+    /// Broadcast, presence event or system notification.
+    pub message_type: MessageType,
+    /// The payload.
+    pub data: Vec<u8>,
+    /// The sender's own connection (on this instance), which must not receive it.
+    pub exclude_connection: Option<String>,
+    /// Unix seconds.
+    pub timestamp: i64,
+}
+
+impl PubSubMessage {
+    /// A broadcast to `room` stamped with the current Unix time.
+    pub fn broadcast(room: impl Into<String>, data: impl Into<Vec<u8>>) -> Self {
+        PubSubMessage {
+            room_id: room.into(),
+            message_type: MessageType::Broadcast,
+            data: data.into(),
+            exclude_connection: None,
+            timestamp: unix_now(),
+        }
+    }
+
+    /// The same message, not delivered to `conn` (the sender's own connection).
+    pub fn excluding(mut self, conn: impl Into<String>) -> Self {
+        self.exclude_connection = Some(conn.into());
+        self
+    }
+
+    /// The same message with another type.
+    pub fn with_type(mut self, message_type: MessageType) -> Self {
+        self.message_type = message_type;
+        self
+    }
+}
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// What a successful [`Roomcast::health_check`] measured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthReport {
+    /// Round trip of the PING on every link.
+    pub link_rtts: Vec<(roomcast_core::LinkId, Duration)>,
+    /// Rooms with local members, and how many are live.
+    pub rooms: usize,
+    /// Rooms whose subscription is confirmed.
+    pub rooms_live: usize,
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
+
+/// Requests from handles to the driver.
+pub(crate) enum Command {
+    Join {
+        room: String,
+        conn: String,
+        reply: Reply<Membership>,
+    },
+    Observe {
+        room: String,
+        reply: Reply<RoomStream>,
+    },
+    Leave {
+        room: String,
+        conn: String,
+        reply: Option<Reply<bool>>,
+        token: Option<u64>,
+    },
+    Disconnect {
+        conn: String,
+        reply: Reply<Vec<RoomId>>,
+    },
+    Publish {
+        msg: PubSubMessage,
+        reply: Option<Reply<u64>>,
+    },
+    Query {
+        query: Query,
+        reply: Reply<QueryAnswer>,
+    },
+    Health {
+        timeout: Duration,
+        reply: Reply<HealthReport>,
+    },
+    Events {
+        reply: Reply<EventStream>,
+    },
+    Shutdown {
+        timeout: Duration,
+        reply: Reply<()>,
+    },
+    WaitReady {
+        reply: Reply<()>,
+    },
+}
+
+pub(crate) enum Query {
+    RoomConnections(String),
+    ConnectionExists(String),
+    RoomState(String),
+    Metrics,
+}
+
+pub(crate) enum QueryAnswer {
+    Connections(Vec<ConnId>),
+    Exists(bool),
+    State(Option<RoomState>),
+    Metrics(Box<Metrics>),
+}
+
+/// Whether a room's subscription is confirmed, shared by its memberships.
+#[derive(Debug, Default)]
+pub(crate) struct Liveness {
+    live: AtomicBool,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl Liveness {
+    pub(crate) fn set(&self, live: bool) {
+        self.live.store(live, Ordering::Release);
+        if live {
+            let wakers =
+                std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|p| p.into_inner()));
+            for w in wakers {
+                w.wake();
+            }
+        }
+    }
+
+    pub(crate) fn get(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+}
+
+/// Resolves when the room is live.
+struct WaitLive(Arc<Liveness>);
+
+impl Future for WaitLive {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.get() {
+            return Poll::Ready(());
+        }
+        self.0
+            .wakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(cx.waker().clone());
+        if self.0.get() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// One local connection's membership of one room: a stream of the room's messages for it.
+/// Dropping it leaves the room.
+#[derive(Debug)]
+pub struct Membership {
+    pub(crate) room: RoomId,
+    pub(crate) conn: ConnId,
+    pub(crate) queue: Arc<Queue<Arc<Message>>>,
+    pub(crate) live: Arc<Liveness>,
+    pub(crate) ctl: mpsc::UnboundedSender<Command>,
+    pub(crate) token: u64,
+}
+
+impl Membership {
+    /// The room.
+    pub fn room(&self) -> &RoomId {
+        &self.room
+    }
+
+    /// The connection.
+    pub fn connection(&self) -> &ConnId {
+        &self.conn
+    }
+
+    /// Whether Redis has confirmed the room's subscription: messages published from then on
+    /// are promised to this instance. With no Redis (standalone) a room is live at once.
+    pub fn is_live(&self) -> bool {
+        self.live.get()
+    }
+
+    /// Waits until the room is live.
+    pub fn wait_live(&self) -> impl Future<Output = ()> + Send + 'static {
+        WaitLive(self.live.clone())
+    }
+
+    /// Messages dropped because this membership's queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.queue.dropped()
+    }
+
+    /// Messages waiting to be taken.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// True if the stream ended because the queue overflowed under [`crate::Overflow::Close`].
+    pub fn overflowed(&self) -> bool {
+        self.queue.overflowed()
+    }
+}
+
+impl Stream for Membership {
+    type Item = Arc<Message>;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.queue.poll_next(cx)
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.queue.close();
+        let _ = self.ctl.unbounded_send(Command::Leave {
+            room: self.room.as_str().to_string(),
+            conn: self.conn.as_str().to_string(),
+            reply: None,
+            token: Some(self.token),
+        });
+    }
+}
+
+/// Every message of one room (the design's `subscribe_room`), whoever it is for. Holding it
+/// keeps the room subscribed without counting as a member.
+#[derive(Debug)]
+pub struct RoomStream {
+    pub(crate) inner: Membership,
+}
+
+impl RoomStream {
+    /// The room.
+    pub fn room(&self) -> &RoomId {
+        self.inner.room()
+    }
+    /// Whether the room's subscription is confirmed.
+    pub fn is_live(&self) -> bool {
+        self.inner.is_live()
+    }
+    /// Waits until the room is live.
+    pub fn wait_live(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.inner.wait_live()
+    }
+    /// Messages dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped()
+    }
+}
+
+impl Stream for RoomStream {
+    type Item = Arc<Message>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.inner).poll_next(cx)
+    }
+}
+
+/// Link, room, gap and drop events (deliveries go to memberships instead).
+#[derive(Debug)]
+pub struct EventStream {
+    pub(crate) queue: Arc<Queue<Event>>,
+}
+
+impl EventStream {
+    /// Events dropped because this stream's queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.queue.dropped()
+    }
+}
+
+impl Stream for EventStream {
+    type Item = Event;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.queue.poll_next(cx)
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
+/// A cloneable handle to one roomcast instance. Every method talks to the driver; when the
+/// driver has stopped (after [`Roomcast::shutdown`]) they return [`Error::Closed`].
+#[derive(Debug, Clone)]
+pub struct Roomcast {
+    pub(crate) tx: mpsc::Sender<Command>,
+    pub(crate) identity: Identity,
+}
+
+impl Roomcast {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, Error> {
+        let (reply, rx) = oneshot::channel();
+        let mut tx = self.tx.clone();
+        futures_sink_send(&mut tx, make(reply)).await?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Resolves once every link is connected and through its handshake, or fails with the
+    /// first link error (wrong password, refused connection, ...).
+    pub async fn wait_ready(&self) -> Result<(), Error> {
+        self.call(|reply| Command::WaitReady { reply }).await
+    }
+
+    /// This instance's id and epoch.
+    pub fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    /// This instance's id.
+    pub fn instance(&self) -> InstanceId {
+        self.identity.instance
+    }
+
+    /// Adds a local connection to a room and returns its stream of the room's messages.
+    /// The first local member subscribes the room; see [`Membership::wait_live`].
+    /// Joining again with the same connection ends the earlier membership's stream.
+    pub async fn join(&self, room: &str, conn: &str) -> Result<Membership, Error> {
+        let (room, conn) = (room.to_string(), conn.to_string());
+        self.call(|reply| Command::Join { room, conn, reply }).await
+    }
+
+    /// Every message of a room, whoever it is for (the GraphWiz design's `subscribe_room`).
+    pub async fn subscribe_room(&self, room: &str) -> Result<RoomStream, Error> {
+        let room = room.to_string();
+        self.call(|reply| Command::Observe { room, reply }).await
+    }
+
+    /// Removes a local connection from a room (its membership stream ends). Returns false if
+    /// it was not a member.
+    pub async fn leave(&self, room: &str, conn: &str) -> Result<bool, Error> {
+        let (room, conn) = (room.to_string(), conn.to_string());
+        self.call(|reply| Command::Leave {
+            room,
+            conn,
+            reply: Some(reply),
+            token: None,
+        })
+        .await
+    }
+
+    /// Removes a local connection from every room; returns the rooms it left.
+    pub async fn disconnect(&self, conn: &str) -> Result<Vec<RoomId>, Error> {
+        let conn = conn.to_string();
+        self.call(|reply| Command::Disconnect { conn, reply }).await
+    }
+
+    /// Publishes a message to its room on every instance; resolves when Redis accepted it,
+    /// with Redis's receiver count: the number of subscribed Redis connections, i.e. of
+    /// instances with members in the room (not of members). Standalone mode answers 1 when
+    /// the room has local members, else 0.
+    pub async fn publish(&self, msg: PubSubMessage) -> Result<u64, Error> {
+        self.call(|reply| Command::Publish {
+            msg,
+            reply: Some(reply),
+        })
+        .await
+    }
+
+    /// A sender for publishing from any task without waiting for Redis (the GraphWiz
+    /// design's publish queue). Failures are reported on [`Roomcast::events`].
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// The local connections in a room.
+    pub async fn room_connections(&self, room: &str) -> Result<Vec<ConnId>, Error> {
+        let q = Query::RoomConnections(room.to_string());
+        match self
+            .call(|reply| Command::Query { query: q, reply })
+            .await?
+        {
+            QueryAnswer::Connections(c) => Ok(c),
+            _ => Err(Error::Closed),
+        }
+    }
+
+    /// Whether a connection is in any room on this instance.
+    pub async fn connection_exists(&self, conn: &str) -> Result<bool, Error> {
+        let q = Query::ConnectionExists(conn.to_string());
+        match self
+            .call(|reply| Command::Query { query: q, reply })
+            .await?
+        {
+            QueryAnswer::Exists(b) => Ok(b),
+            _ => Err(Error::Closed),
+        }
+    }
+
+    /// Whether a room's subscription is confirmed (`None`: no local members).
+    pub async fn room_state(&self, room: &str) -> Result<Option<RoomState>, Error> {
+        let q = Query::RoomState(room.to_string());
+        match self
+            .call(|reply| Command::Query { query: q, reply })
+            .await?
+        {
+            QueryAnswer::State(s) => Ok(s),
+            _ => Err(Error::Closed),
+        }
+    }
+
+    /// Counters and gauges.
+    pub async fn metrics(&self) -> Result<Metrics, Error> {
+        match self
+            .call(|reply| Command::Query {
+                query: Query::Metrics,
+                reply,
+            })
+            .await?
+        {
+            QueryAnswer::Metrics(m) => Ok(*m),
+            _ => Err(Error::Closed),
+        }
+    }
+
+    /// How many rooms have local members (the design's `get_connection_count`).
+    pub async fn room_count(&self) -> Result<usize, Error> {
+        Ok(self.metrics().await?.rooms)
+    }
+
+    /// PINGs every link and sends a probe through Redis back to the subscriber: passes only
+    /// if every link answers and the subscriber really receives, within `timeout`.
+    pub async fn health_check(&self, timeout: Duration) -> Result<HealthReport, Error> {
+        self.call(|reply| Command::Health { timeout, reply }).await
+    }
+
+    /// A stream of link, room, gap and drop events.
+    pub async fn events(&self) -> Result<EventStream, Error> {
+        self.call(|reply| Command::Events { reply }).await
+    }
+
+    /// Stops joins and publishes, waits up to `timeout` for queued publishes and
+    /// unsubscriptions to be confirmed, then closes every link. Memberships end.
+    pub async fn shutdown(&self, timeout: Duration) -> Result<(), Error> {
+        self.call(|reply| Command::Shutdown { timeout, reply })
+            .await
+    }
+}
+
+/// Publishes without waiting for Redis; clone it into any task.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Publisher {
+    /// Queues a message (waits only while the driver's command queue is full). Failures after
+    /// acceptance are reported on [`Roomcast::events`] as [`Event::PublishFailed`]; refusals
+    /// (invalid, too large, queue full) are logged and counted in `Metrics::publish_refused`.
+    pub async fn send(&mut self, msg: PubSubMessage) -> Result<(), Error> {
+        futures_sink_send(&mut self.tx, Command::Publish { msg, reply: None }).await
+    }
+}
+
+/// `SinkExt::send` without the dependency.
+async fn futures_sink_send(tx: &mut mpsc::Sender<Command>, cmd: Command) -> Result<(), Error> {
+    let mut cmd = Some(cmd);
+    std::future::poll_fn(|cx| match tx.poll_ready(cx) {
+        Poll::Ready(Ok(())) => {
+            let c = cmd.take().expect("polled after completion");
+            Poll::Ready(tx.start_send(c).map_err(|_| Error::Closed))
+        }
+        Poll::Ready(Err(_)) => Poll::Ready(Err(Error::Closed)),
+        Poll::Pending => Poll::Pending,
+    })
+    .await
+}

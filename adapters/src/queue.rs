@@ -1,0 +1,159 @@
+//! A bounded single-consumer queue with an overflow policy, for memberships and event streams.
+//!
+//! The driver pushes without ever waiting, so one slow consumer can never delay the others:
+//! when a queue is full the policy decides what gives, and every drop is counted.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+
+/// What a full membership or event queue does with the next message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Drop the oldest queued message to make room (counted): the consumer sees the newest.
+    #[default]
+    DropOldest,
+    /// End the stream (the membership leaves its room): for consumers that must see every
+    /// message or none.
+    Close,
+}
+
+#[derive(Debug)]
+struct Inner<T> {
+    items: VecDeque<T>,
+    closed: bool,
+    waker: Option<Waker>,
+}
+
+/// The shared end of a queue.
+#[derive(Debug)]
+pub(crate) struct Queue<T> {
+    inner: Mutex<Inner<T>>,
+    capacity: usize,
+    policy: Overflow,
+    dropped: AtomicU64,
+    overflowed: std::sync::atomic::AtomicBool,
+}
+
+impl<T> Queue<T> {
+    pub(crate) fn new(capacity: usize, policy: Overflow) -> Self {
+        Queue {
+            inner: Mutex::new(Inner {
+                items: VecDeque::new(),
+                closed: false,
+                waker: None,
+            }),
+            capacity: capacity.max(1),
+            policy,
+            dropped: AtomicU64::new(0),
+            overflowed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<T>> {
+        // A panic while holding this lock cannot leave the queue inconsistent (every method
+        // finishes its change before anything can panic), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds an item; returns false if the queue is closed (the consumer is gone or overflowed
+    /// under [`Overflow::Close`]).
+    pub(crate) fn push(&self, item: T) -> bool {
+        let waker = {
+            let mut q = self.lock();
+            if q.closed {
+                return false;
+            }
+            if q.items.len() >= self.capacity {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                match self.policy {
+                    Overflow::DropOldest => {
+                        q.items.pop_front();
+                    }
+                    Overflow::Close => {
+                        q.closed = true;
+                        self.overflowed.store(true, Ordering::Relaxed);
+                        return false;
+                    }
+                }
+            }
+            q.items.push_back(item);
+            q.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
+    /// Ends the stream after what is queued.
+    pub(crate) fn close(&self) {
+        let waker = {
+            let mut q = self.lock();
+            q.closed = true;
+            q.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let mut q = self.lock();
+        if let Some(item) = q.items.pop_front() {
+            return Poll::Ready(Some(item));
+        }
+        if q.closed {
+            return Poll::Ready(None);
+        }
+        match &q.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => q.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+
+    #[test]
+    fn drop_oldest_keeps_the_newest_and_counts() {
+        let q = Queue::new(2, Overflow::DropOldest);
+        for i in 0..5 {
+            assert!(q.push(i));
+        }
+        assert_eq!(q.dropped(), 3);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(q.poll_next(&mut cx), Poll::Ready(Some(3)));
+        assert_eq!(q.poll_next(&mut cx), Poll::Ready(Some(4)));
+        assert_eq!(q.poll_next(&mut cx), Poll::Pending);
+    }
+
+    #[test]
+    fn close_policy_ends_the_stream() {
+        let q = Queue::new(1, Overflow::Close);
+        assert!(q.push(1));
+        assert!(!q.push(2));
+        assert!(q.overflowed());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(q.poll_next(&mut cx), Poll::Ready(Some(1)));
+        assert_eq!(q.poll_next(&mut cx), Poll::Ready(None));
+        assert!(!q.push(3));
+    }
+}
