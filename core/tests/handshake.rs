@@ -1,0 +1,216 @@
+//! Golden transcripts of both handshakes, and how their failures surface.
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+use roomcast_core::{
+    Config, Event, Hub, Identity, InstanceId, LinkError, LinkId, LinkRequest, SUBSCRIBER,
+};
+
+fn hub(url: &str) -> (Hub, Instant) {
+    let now = Instant::now();
+    let config = Config {
+        pool_size: 1,
+        ..Config::from_url(url).unwrap()
+    };
+    let id = Identity {
+        instance: InstanceId(7),
+        epoch: 1,
+    };
+    (Hub::new(config, id, now).unwrap(), now)
+}
+
+fn open_all(hub: &mut Hub, now: Instant) {
+    while let Some(req) = hub.poll_link_request() {
+        if let LinkRequest::Open {
+            link,
+            host,
+            port,
+            tls,
+        } = req
+        {
+            assert_eq!((host.as_str(), port, tls), ("127.0.0.1", 6390, false));
+            hub.handle_connected(link, now);
+        }
+    }
+}
+
+fn sent(hub: &mut Hub, link: LinkId) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(tx) = hub.poll_transmit() {
+        if tx.link == link {
+            out.extend_from_slice(&tx.bytes);
+        }
+    }
+    out
+}
+
+fn feed(hub: &mut Hub, link: LinkId, bytes: &[u8], now: Instant) {
+    let mut buf = BytesMut::from(bytes);
+    hub.handle_input(link, &mut buf, now);
+    assert!(buf.is_empty());
+}
+
+fn events(hub: &mut Hub) -> Vec<Event> {
+    std::iter::from_fn(|| hub.poll_event()).collect()
+}
+
+#[test]
+fn resp2_default_handshake_is_only_setname() {
+    let (mut hub, now) = hub("redis://127.0.0.1:6390");
+    open_all(&mut hub, now);
+    assert_eq!(
+        sent(&mut hub, SUBSCRIBER),
+        b"*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$10\r\nroomcast-0\r\n"
+    );
+    feed(&mut hub, SUBSCRIBER, b"+OK\r\n", now);
+    assert!(events(&mut hub).iter().any(|e| matches!(
+        e,
+        Event::LinkUp {
+            link: SUBSCRIBER,
+            outage: None,
+            ..
+        }
+    )));
+    // The first thing a ready subscriber does is subscribe its control channel.
+    let sub = sent(&mut hub, SUBSCRIBER);
+    assert_eq!(
+        sub,
+        b"*2\r\n$9\r\nSUBSCRIBE\r\n$29\r\ngraphwiz:ctl:0000000000000007\r\n".to_vec()
+    );
+}
+
+#[test]
+fn resp2_handshake_with_acl_user_and_db_is_pipelined() {
+    let (mut hub, now) = hub("redis://alice:s3cret@127.0.0.1:6390/5");
+    open_all(&mut hub, now);
+    let golden: &[u8] = b"*3\r\n$4\r\nAUTH\r\n$5\r\nalice\r\n$6\r\ns3cret\r\n\
+*2\r\n$6\r\nSELECT\r\n$1\r\n5\r\n\
+*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$10\r\nroomcast-1\r\n";
+    assert_eq!(sent(&mut hub, LinkId(1)), golden);
+    // One round trip: all three replies at once.
+    feed(&mut hub, LinkId(1), b"+OK\r\n+OK\r\n+OK\r\n", now);
+    assert!(hub.health().links[1].state == roomcast_core::LinkState::Ready);
+}
+
+#[test]
+fn resp3_handshake_is_hello_with_auth_and_setname() {
+    let (mut hub, now) = hub("redis://:pw@127.0.0.1:6390/2?protocol=resp3");
+    open_all(&mut hub, now);
+    let golden: &[u8] =
+        b"*7\r\n$5\r\nHELLO\r\n$1\r\n3\r\n$4\r\nAUTH\r\n$7\r\ndefault\r\n$2\r\npw\r\n\
+$7\r\nSETNAME\r\n$10\r\nroomcast-0\r\n\
+*2\r\n$6\r\nSELECT\r\n$1\r\n2\r\n";
+    assert_eq!(sent(&mut hub, SUBSCRIBER), golden);
+    // A Redis 7 HELLO reply (map), then +OK for SELECT.
+    let hello: &[u8] = b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:5\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n+OK\r\n";
+    for split in 1..hello.len() {
+        let (mut hub, now) = self::hub("redis://:pw@127.0.0.1:6390/2?protocol=resp3");
+        open_all(&mut hub, now);
+        let _ = sent(&mut hub, SUBSCRIBER);
+        let mut buf = BytesMut::from(&hello[..split]);
+        hub.handle_input(SUBSCRIBER, &mut buf, now);
+        buf.extend_from_slice(&hello[split..]);
+        hub.handle_input(SUBSCRIBER, &mut buf, now);
+        assert_eq!(
+            hub.health().links[0].state,
+            roomcast_core::LinkState::Ready,
+            "split at {split}"
+        );
+    }
+}
+
+#[test]
+fn wrong_password_is_a_clear_auth_error_and_the_link_retries() {
+    let (mut hub, now) = hub("redis://alice:nope@127.0.0.1:6390");
+    open_all(&mut hub, now);
+    let _ = sent(&mut hub, SUBSCRIBER);
+    feed(
+        &mut hub,
+        SUBSCRIBER,
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n+OK\r\n",
+        now,
+    );
+    let ev = events(&mut hub);
+    let cause = ev
+        .iter()
+        .find_map(|e| match e {
+            Event::LinkDown { cause, .. } => Some(cause.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(matches!(cause, LinkError::Auth(_)));
+    assert!(cause.to_string().contains("check the user and password"));
+    assert!(!cause.to_string().contains("nope"));
+    assert_eq!(
+        hub.poll_link_request(),
+        Some(LinkRequest::Close { link: SUBSCRIBER })
+    );
+    // It tries again after the backoff.
+    let t = hub.poll_timeout().unwrap();
+    hub.handle_timeout(t);
+    assert!(matches!(
+        hub.poll_link_request(),
+        Some(LinkRequest::Open {
+            link: SUBSCRIBER,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_server_without_resp3_says_so() {
+    let (mut hub, now) = hub("redis://127.0.0.1:6390?protocol=resp3");
+    open_all(&mut hub, now);
+    let _ = sent(&mut hub, SUBSCRIBER);
+    feed(
+        &mut hub,
+        SUBSCRIBER,
+        b"-ERR unknown command 'HELLO', with args beginning with: '3' \r\n",
+        now,
+    );
+    let ev = events(&mut hub);
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        Event::LinkDown {
+            cause: LinkError::NoResp3(_),
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_handshake_that_never_answers_times_out() {
+    let (mut hub, now) = hub("redis://127.0.0.1:6390");
+    open_all(&mut hub, now);
+    let _ = sent(&mut hub, SUBSCRIBER);
+    let t = hub.poll_timeout().unwrap();
+    assert_eq!(t, now + hub.config().connect_timeout);
+    hub.handle_timeout(t);
+    assert!(events(&mut hub).iter().any(|e| matches!(
+        e,
+        Event::LinkDown {
+            cause: LinkError::ConnectTimeout,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn garbage_breaks_only_that_link() {
+    let (mut hub, now) = hub("redis://127.0.0.1:6390");
+    open_all(&mut hub, now);
+    let _ = sent(&mut hub, SUBSCRIBER);
+    feed(&mut hub, LinkId(1), b"+OK\r\n", now);
+    feed(&mut hub, SUBSCRIBER, b"@@garbage\r\n", now);
+    let ev = events(&mut hub);
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        Event::LinkDown {
+            link: SUBSCRIBER,
+            cause: LinkError::Protocol(_),
+            ..
+        }
+    )));
+    assert_eq!(hub.health().links[1].state, roomcast_core::LinkState::Ready);
+}
