@@ -1,0 +1,564 @@
+//! End to end against a real redis-server, every scenario on tokio and on async-std.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::{select, Either};
+use futures_util::StreamExt;
+use roomcast::runtime::Runtime;
+use roomcast::{
+    Builder, Config, DeliveryMode, Event, Membership, MessageType, Options, Overflow,
+    PubSubMessage, RoomState, Roomcast,
+};
+use roomcast_tests::RedisServer;
+
+/// Generous: a loaded 2-core machine stalls for seconds.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+#[derive(Clone, Copy, Debug)]
+enum Rt {
+    Tokio,
+    AsyncStd,
+}
+
+impl Rt {
+    fn runtime(self) -> Arc<dyn Runtime> {
+        match self {
+            Rt::Tokio => Arc::new(roomcast::runtime::tokio::TokioRuntime),
+            Rt::AsyncStd => Arc::new(roomcast::runtime::async_io::AsyncIoRuntime),
+        }
+    }
+
+    async fn connect(self, builder: Builder) -> Result<Roomcast, roomcast::Error> {
+        match self {
+            Rt::Tokio => builder.connect_tokio().await,
+            Rt::AsyncStd => builder.connect_async_std().await,
+        }
+    }
+
+    async fn sleep(self, d: Duration) {
+        self.runtime().sleep_until(Instant::now() + d).await
+    }
+
+    /// `f`'s output, or `None` after `d`.
+    async fn timeout<F: Future + Unpin>(self, d: Duration, f: F) -> Option<F::Output> {
+        match select(f, self.runtime().sleep_until(Instant::now() + d)).await {
+            Either::Left((v, _)) => Some(v),
+            Either::Right(_) => None,
+        }
+    }
+
+    /// Polls `cond` until it holds, failing after PATIENCE.
+    async fn until<F, Fut>(self, what: &str, mut cond: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let end = Instant::now() + PATIENCE;
+        while !cond().await {
+            assert!(Instant::now() < end, "timed out waiting for: {what}");
+            self.sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn tokio() {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(super::$name(super::Rt::Tokio));
+            }
+            #[test]
+            fn async_std() {
+                async_std::task::block_on(super::$name(super::Rt::AsyncStd));
+            }
+        }
+    )*};
+}
+
+on_both!(
+    three_instances_every_member_once_in_order,
+    local_first_mode_end_to_end,
+    ten_thousand_rooms_on_one_subscriber,
+    client_kill_while_traffic_flows,
+    server_restart_recovers,
+    debug_sleep_is_detected_and_recovered,
+    acl_user_right_and_wrong_password,
+    interop_with_bincode_1,
+    slow_member_is_bounded_and_alone,
+    health_and_standalone,
+);
+
+fn config(server: &RedisServer) -> Config {
+    Config {
+        pool_size: 2,
+        ..Config::from_url(&server.url()).unwrap()
+    }
+}
+
+async fn instance(rt: Rt, server: &RedisServer) -> Roomcast {
+    rt.connect(Builder::new(config(server))).await.unwrap()
+}
+
+async fn next(rt: Rt, m: &mut Membership) -> Option<Arc<roomcast::Message>> {
+    rt.timeout(PATIENCE, m.next()).await.flatten()
+}
+
+async fn three_instances_every_member_once_in_order(rt: Rt) {
+    let server = RedisServer::start();
+    let nodes = [
+        instance(rt, &server).await,
+        instance(rt, &server).await,
+        instance(rt, &server).await,
+    ];
+    let mut members = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for room in ["lobby", "hub/abc"] {
+            let m = node.join(room, &format!("c{i}")).await.unwrap();
+            members.push(m);
+        }
+    }
+    for m in &members {
+        rt.timeout(PATIENCE, Box::pin(m.wait_live()))
+            .await
+            .expect("live");
+    }
+    // Node 0's c0 sends to the lobby, excluding itself; everyone publishes to hub/abc.
+    let n = 30;
+    for k in 0..n {
+        let from = k % 3;
+        let r = nodes[from]
+            .publish(PubSubMessage::broadcast("hub/abc", format!("{k}")))
+            .await
+            .unwrap();
+        assert_eq!(r, 3, "three subscribed instances");
+        nodes[0]
+            .publish(PubSubMessage::broadcast("lobby", format!("{k}")).excluding("c0"))
+            .await
+            .unwrap();
+    }
+    let mut orders = Vec::new();
+    for m in &mut members {
+        let room = m.room().as_str().to_string();
+        let conn = m.connection().as_str().to_string();
+        if room == "lobby" && conn == "c0" {
+            continue;
+        }
+        let mut got = Vec::new();
+        for _ in 0..n {
+            let msg = next(rt, m).await.expect("message");
+            got.push(String::from_utf8(msg.data.to_vec()).unwrap());
+        }
+        if room == "lobby" {
+            let want: Vec<String> = (0..n).map(|k| k.to_string()).collect();
+            assert_eq!(got, want, "{conn} lobby in publish order");
+        } else {
+            orders.push(got);
+        }
+    }
+    // One order per room on every instance.
+    assert!(orders.windows(2).all(|w| w[0] == w[1]));
+    // Nobody got anything twice, and the excluded connection got nothing.
+    rt.sleep(Duration::from_millis(300)).await;
+    for m in &members {
+        assert_eq!(m.queued(), 0, "{} {}", m.room(), m.connection());
+    }
+    for node in &nodes {
+        node.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
+}
+
+async fn local_first_mode_end_to_end(rt: Rt) {
+    let server = RedisServer::start();
+    let b = |s: &RedisServer| {
+        Builder::new(Config {
+            delivery: DeliveryMode::LocalFirst,
+            ..config(s)
+        })
+    };
+    let a_node = rt.connect(b(&server)).await.unwrap();
+    let b_node = rt.connect(b(&server)).await.unwrap();
+    let mut a = a_node.join("r", "a").await.unwrap();
+    let mut b = b_node.join("r", "b").await.unwrap();
+    rt.timeout(PATIENCE, Box::pin(a.wait_live())).await.unwrap();
+    rt.timeout(PATIENCE, Box::pin(b.wait_live())).await.unwrap();
+    for k in 0..10 {
+        a_node
+            .publish(PubSubMessage::broadcast("r", format!("{k}")))
+            .await
+            .unwrap();
+    }
+    for k in 0..10 {
+        assert_eq!(
+            next(rt, &mut a).await.unwrap().data,
+            format!("{k}").as_bytes()
+        );
+        assert_eq!(
+            next(rt, &mut b).await.unwrap().data,
+            format!("{k}").as_bytes()
+        );
+    }
+    rt.sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.queued(), 0, "the echo was dropped");
+    let m = a_node.metrics().await.unwrap();
+    assert_eq!(m.dropped_echo, 10);
+}
+
+async fn ten_thousand_rooms_on_one_subscriber(rt: Rt) {
+    let server = RedisServer::start();
+    let node = instance(rt, &server).await;
+    let mut members = Vec::new();
+    for i in 0..10_000 {
+        members.push(node.join(&format!("room-{i}"), "c").await.unwrap());
+    }
+    rt.until("10,000 rooms live", || async {
+        node.metrics().await.unwrap().rooms_live == 10_000
+    })
+    .await;
+    let subscribers: Vec<_> = server
+        .client_list()
+        .into_iter()
+        .filter(|c| c.get("name").map(String::as_str) == Some("roomcast-0"))
+        .collect();
+    assert_eq!(
+        subscribers.len(),
+        1,
+        "one subscriber connection for all rooms"
+    );
+    // 10,000 rooms and the instance's control channel.
+    assert_eq!(subscribers[0].get("sub").map(String::as_str), Some("10001"));
+    drop(members);
+    rt.until("all unsubscribed", || async {
+        server.channels("graphwiz:room:*").is_empty()
+    })
+    .await;
+    assert_eq!(node.metrics().await.unwrap().rooms, 0);
+}
+
+async fn client_kill_while_traffic_flows(rt: Rt) {
+    let server = RedisServer::start();
+    let a = instance(rt, &server).await;
+    let b = instance(rt, &server).await;
+    let mut events = b.events().await.unwrap();
+    let mut m = b.join("r", "m").await.unwrap();
+    rt.timeout(PATIENCE, Box::pin(m.wait_live())).await.unwrap();
+    for kind in ["pubsub", "normal"] {
+        // Publishes race the kill: each must resolve (confirmed or refused), none vanish.
+        let mut pending = Vec::new();
+        for k in 0..50 {
+            let a = a.clone();
+            pending.push(async move {
+                a.publish(PubSubMessage::broadcast("r", format!("{k}")))
+                    .await
+            });
+            if k == 25 {
+                server.cmd(&["CLIENT", "KILL", "TYPE", kind]);
+            }
+        }
+        for p in pending {
+            let r = rt
+                .timeout(PATIENCE, Box::pin(p))
+                .await
+                .expect("publish resolved");
+            let _ = r; // confirmed, or a clear error: both are accounted for
+        }
+        rt.until("room live again", || async {
+            b.room_state("r").await.unwrap() == Some(RoomState::Live)
+        })
+        .await;
+        // Drain what arrived, then everything published from now on must arrive.
+        while rt
+            .timeout(Duration::from_millis(200), m.next())
+            .await
+            .is_some()
+        {}
+        for k in 0..20 {
+            a.publish(PubSubMessage::broadcast("r", format!("after-{k}")))
+                .await
+                .unwrap();
+        }
+        for k in 0..20 {
+            let msg = next(rt, &mut m).await.expect("no loss after recovery");
+            assert_eq!(msg.data, format!("after-{k}").as_bytes());
+        }
+    }
+    let mut saw_down = false;
+    let mut saw_up = false;
+    while let Some(Some(e)) = rt.timeout(Duration::from_millis(200), events.next()).await {
+        match e {
+            Event::LinkDown { .. } => saw_down = true,
+            Event::LinkUp {
+                outage: Some(_), ..
+            } => saw_up = true,
+            _ => {}
+        }
+    }
+    assert!(saw_down && saw_up, "outage reported");
+}
+
+async fn server_restart_recovers(rt: Rt) {
+    let mut server = RedisServer::start();
+    let a = instance(rt, &server).await;
+    let mut m = a.join("r", "m").await.unwrap();
+    rt.timeout(PATIENCE, Box::pin(m.wait_live())).await.unwrap();
+    server.restart();
+    rt.until("room live after restart", || async {
+        a.room_state("r").await.unwrap() == Some(RoomState::Live)
+            && a.metrics().await.unwrap().links_ready == 3
+    })
+    .await;
+    while rt
+        .timeout(Duration::from_millis(100), m.next())
+        .await
+        .is_some()
+    {}
+    a.publish(PubSubMessage::broadcast("r", "back"))
+        .await
+        .unwrap();
+    assert_eq!(next(rt, &mut m).await.unwrap().data, &b"back"[..]);
+    assert!(a.metrics().await.unwrap().reconnects >= 3);
+}
+
+async fn debug_sleep_is_detected_and_recovered(rt: Rt) {
+    let server = RedisServer::start();
+    let cfg = Config {
+        reply_timeout: Duration::from_millis(800),
+        keepalive_interval: Duration::from_millis(300),
+        probe_interval: Duration::from_millis(500),
+        probe_timeout: Duration::from_millis(500),
+        ..config(&server)
+    };
+    let a = rt.connect(Builder::new(cfg)).await.unwrap();
+    let mut events = a.events().await.unwrap();
+    let mut m = a.join("r", "m").await.unwrap();
+    rt.timeout(PATIENCE, Box::pin(m.wait_live())).await.unwrap();
+    let mut sleepy = server.client();
+    sleepy.set_reply_timeout(PATIENCE);
+    let sleeper = std::thread::spawn(move || {
+        sleepy.cmd(&["DEBUG", "SLEEP", "3"]);
+    });
+    let mut detected = false;
+    let end = Instant::now() + PATIENCE;
+    while !detected && Instant::now() < end {
+        if let Some(Some(Event::LinkDown { cause, .. })) =
+            rt.timeout(Duration::from_millis(500), events.next()).await
+        {
+            detected = matches!(
+                cause,
+                roomcast::core::LinkError::ReplyTimeout | roomcast::core::LinkError::Deaf
+            ) || detected;
+        }
+    }
+    assert!(detected, "the stall was detected");
+    sleeper.join().unwrap();
+    rt.until("recovered", || async {
+        a.metrics().await.unwrap().links_ready == 3
+            && a.room_state("r").await.unwrap() == Some(RoomState::Live)
+    })
+    .await;
+    while rt
+        .timeout(Duration::from_millis(100), m.next())
+        .await
+        .is_some()
+    {}
+    a.publish(PubSubMessage::broadcast("r", "ok"))
+        .await
+        .unwrap();
+    assert_eq!(next(rt, &mut m).await.unwrap().data, &b"ok"[..]);
+}
+
+async fn acl_user_right_and_wrong_password(rt: Rt) {
+    let server = RedisServer::start();
+    server.cmd(&[
+        "ACL", "SETUSER", "app", "on", ">s3cret", "~*", "&*", "+@all",
+    ]);
+    let port = server.port();
+    let good = Config::from_url(&format!("redis://app:s3cret@127.0.0.1:{port}")).unwrap();
+    let a = rt
+        .connect(Builder::new(Config {
+            pool_size: 1,
+            ..good
+        }))
+        .await
+        .unwrap();
+    a.health_check(PATIENCE).await.unwrap();
+    let bad = Config::from_url(&format!("redis://app:wrong@127.0.0.1:{port}")).unwrap();
+    let err = rt
+        .connect(Builder::new(Config {
+            pool_size: 1,
+            ..bad
+        }))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("refused the credentials"), "{text}");
+    assert!(!text.contains("wrong"), "password leaked: {text}");
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+enum PubSubMessageType {
+    Broadcast,
+    PresenceEvent,
+    SystemNotification,
+}
+
+/// The GraphWiz design's struct, as its publishers serialise it with bincode 1.
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+struct GraphWizMessage {
+    room_id: String,
+    message_type: PubSubMessageType,
+    data: Vec<u8>,
+    exclude_connection: Option<String>,
+    timestamp: i64,
+}
+
+async fn interop_with_bincode_1(rt: Rt) {
+    let server = RedisServer::start();
+    let a = instance(rt, &server).await;
+    let mut m = a.join("hub/abc", "m").await.unwrap();
+    let _x = a.join("hub/abc", "x").await.unwrap();
+    rt.timeout(PATIENCE, Box::pin(m.wait_live())).await.unwrap();
+    // Theirs → ours: a plain client publishes bincode 1 bytes on the design's channel.
+    let theirs = GraphWizMessage {
+        room_id: "hub/abc".into(),
+        message_type: PubSubMessageType::SystemNotification,
+        data: b"from graphwiz".to_vec(),
+        exclude_connection: Some("x".into()),
+        timestamp: 1_700_000_000,
+    };
+    let bytes = bincode1::serialize(&theirs).unwrap();
+    let mut plain = server.client();
+    plain
+        .send_raw(&[b"PUBLISH", b"graphwiz:room:hub:abc", &bytes])
+        .unwrap();
+    assert_eq!(plain.read_reply().as_int(), Some(1));
+    let got = next(rt, &mut m).await.unwrap();
+    assert_eq!(got.data, &b"from graphwiz"[..]);
+    assert_eq!(got.message_type, MessageType::SystemNotification);
+    assert_eq!(got.timestamp, 1_700_000_000);
+    assert_eq!(got.origin, None);
+    // Ours → theirs: a raw subscriber decodes our bytes with bincode 1.
+    let mut sub = server.client();
+    sub.cmd(&["SUBSCRIBE", "graphwiz:room:hub:abc"]);
+    a.publish(PubSubMessage::broadcast("hub/abc", "from roomcast").excluding("m"))
+        .await
+        .unwrap();
+    let reply = sub
+        .read_reply_within(PATIENCE)
+        .unwrap()
+        .expect("a message for the raw subscriber");
+    let payload = reply
+        .as_array()
+        .and_then(|a| a.get(2))
+        .and_then(|p| p.as_bytes())
+        .unwrap();
+    let decoded: GraphWizMessage = bincode1::deserialize(payload).unwrap();
+    assert_eq!(decoded.room_id, "hub/abc");
+    assert_eq!(decoded.data, b"from roomcast");
+    assert_eq!(decoded.exclude_connection.as_deref(), Some("m"));
+    assert_eq!(decoded.message_type, PubSubMessageType::Broadcast);
+}
+
+async fn slow_member_is_bounded_and_alone(rt: Rt) {
+    let server = RedisServer::start();
+    let options = Options {
+        member_queue: 16,
+        overflow: Overflow::DropOldest,
+        ..Options::default()
+    };
+    let a = rt
+        .connect(Builder::new(config(&server)).options(options))
+        .await
+        .unwrap();
+    let slow = a.join("r", "slow").await.unwrap();
+    let mut fast = a.join("r", "fast").await.unwrap();
+    rt.timeout(PATIENCE, Box::pin(fast.wait_live()))
+        .await
+        .unwrap();
+    let n = 500;
+    let mut p = a.publisher();
+    // The fast member keeps up (it reads after every ten); the slow one never reads.
+    for batch in 0..n / 10 {
+        for k in batch * 10..batch * 10 + 10 {
+            p.send(PubSubMessage::broadcast("r", format!("{k}")))
+                .await
+                .unwrap();
+        }
+        for k in batch * 10..batch * 10 + 10 {
+            let msg = next(rt, &mut fast)
+                .await
+                .expect("fast member gets everything");
+            assert_eq!(msg.data, format!("{k}").as_bytes());
+        }
+    }
+    assert!(slow.queued() <= 16, "bounded: {}", slow.queued());
+    assert_eq!(slow.dropped(), (n - 16) as u64);
+    assert_eq!(fast.dropped(), 0);
+}
+
+async fn health_and_standalone(rt: Rt) {
+    let server = RedisServer::start();
+    let a = instance(rt, &server).await;
+    let report = a.health_check(PATIENCE).await.unwrap();
+    assert_eq!(report.link_rtts.len(), 3);
+    // Standalone: the same API within one process.
+    let (solo, driver) = Builder::standalone().build(rt.runtime()).unwrap();
+    match rt {
+        Rt::Tokio => drop(tokio::spawn(driver)),
+        Rt::AsyncStd => drop(async_std::task::spawn(driver)),
+    }
+    let mut x = solo.join("r", "x").await.unwrap();
+    assert!(x.is_live());
+    let _y = solo.join("r", "y").await.unwrap();
+    assert_eq!(
+        solo.publish(PubSubMessage::broadcast("r", "local").excluding("y"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(next(rt, &mut x).await.unwrap().data, &b"local"[..]);
+    let mut conns: Vec<String> = solo
+        .room_connections("r")
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().to_string())
+        .collect();
+    conns.sort();
+    assert_eq!(conns, vec!["x", "y"]);
+    assert!(solo.connection_exists("x").await.unwrap());
+    assert!(!solo.connection_exists("z").await.unwrap());
+    solo.health_check(PATIENCE).await.unwrap();
+}
+
+/// The driver is a plain future: here it runs on `futures::executor`, a third executor.
+#[test]
+fn runs_on_a_third_executor() {
+    let server = RedisServer::start();
+    let (handle, driver) = Builder::new(config(&server))
+        .build(Arc::new(roomcast::runtime::async_io::AsyncIoRuntime))
+        .unwrap();
+    let pool = futures_executor::ThreadPool::builder()
+        .pool_size(1)
+        .create()
+        .unwrap();
+    pool.spawn_ok(driver);
+    futures_executor::block_on(async {
+        handle.wait_ready().await.unwrap();
+        let mut m = handle.join("r", "m").await.unwrap();
+        m.wait_live().await;
+        handle
+            .publish(PubSubMessage::broadcast("r", "x"))
+            .await
+            .unwrap();
+        assert_eq!(m.next().await.unwrap().data, &b"x"[..]);
+        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+    });
+}
