@@ -468,7 +468,9 @@ impl Roomcast {
     }
 }
 
-/// Publishes without waiting for Redis; clone it into any task.
+/// Publishes without waiting for Redis; clone it into any task. It is also a
+/// `futures::Sink<PubSubMessage>`, so a stream of messages can be forwarded into it (the
+/// GraphWiz design's `new(config, receiver)` publishing queue).
 #[derive(Debug, Clone)]
 pub struct Publisher {
     tx: mpsc::Sender<Command>,
@@ -480,6 +482,33 @@ impl Publisher {
     /// (invalid, too large, queue full) are logged and counted in `Metrics::publish_refused`.
     pub async fn send(&mut self, msg: PubSubMessage) -> Result<(), Error> {
         futures_sink_send(&mut self.tx, Command::Publish { msg, reply: None }).await
+    }
+}
+
+impl futures_sink::Sink<PubSubMessage> for Publisher {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.get_mut().tx.poll_ready(cx).map_err(|_| Error::Closed)
+    }
+
+    fn start_send(self: Pin<&mut Self>, msg: PubSubMessage) -> Result<(), Error> {
+        self.get_mut()
+            .tx
+            .start_send(Command::Publish { msg, reply: None })
+            .map_err(|_| Error::Closed)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Pin::new(&mut self.get_mut().tx)
+            .poll_flush(cx)
+            .map_err(|_| Error::Closed)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Pin::new(&mut self.get_mut().tx)
+            .poll_close(cx)
+            .map_err(|_| Error::Closed)
     }
 }
 

@@ -1,0 +1,191 @@
+//! Link life: opening, failure and backoff, readiness, subscriptions, keepalive and probes.
+
+use super::*;
+
+impl Hub {
+    pub(super) fn open(&mut self, idx: usize, now: Instant) {
+        let l = &mut self.links[idx];
+        l.state = LinkState::Connecting { since: now };
+        let s = &self.config.server;
+        self.requests.push_back(LinkRequest::Open {
+            link: l.id,
+            host: s.host.clone(),
+            port: s.port,
+            tls: s.tls,
+        });
+    }
+
+    pub(super) fn send_ping(&mut self, idx: usize, user: bool, now: Instant) {
+        let l = &mut self.links[idx];
+        encode_command(&mut l.out, &[b"PING"]);
+        l.fifo.push_back((now, Request::Ping { user }));
+    }
+
+    pub(super) fn flush_subscriptions(&mut self) {
+        if !self.links[0].is_ready() {
+            return;
+        }
+        if self.control_state == RoomState::Pending && !self.closed {
+            let l = &mut self.links[0];
+            encode_command(&mut l.out, &[b"SUBSCRIBE", &self.control]);
+            l.fifo
+                .push_back((self.now, Request::Subscription { remaining: 1 }));
+            self.control_state = RoomState::Subscribing;
+        }
+        let (sub, unsub) = self
+            .rooms
+            .take_commands(self.config.max_subscriptions_in_flight);
+        for (verb, rooms) in [(&b"SUBSCRIBE"[..], sub), (&b"UNSUBSCRIBE"[..], unsub)] {
+            for chunk in rooms.chunks(self.config.subscribe_batch) {
+                let l = &mut self.links[0];
+                encode_array_header(&mut l.out, chunk.len() + 1);
+                encode_bulk(&mut l.out, verb);
+                for room in chunk {
+                    self.scratch.clear();
+                    self.namer.write_room_channel(room, &mut self.scratch);
+                    encode_bulk(&mut l.out, &self.scratch);
+                }
+                l.fifo.push_back((
+                    self.now,
+                    Request::Subscription {
+                        remaining: chunk.len(),
+                    },
+                ));
+            }
+        }
+    }
+
+    pub(super) fn link_failed(&mut self, idx: usize, cause: LinkError, close: bool, now: Instant) {
+        self.metrics.link_failures += 1;
+        let l = &mut self.links[idx];
+        let id = l.id;
+        let role = l.role;
+        if close {
+            self.requests.push_back(LinkRequest::Close { link: id });
+        }
+        let delay = self
+            .rng
+            .backoff(l.attempts, self.config.backoff_min, self.config.backoff_max);
+        l.attempts = l.attempts.saturating_add(1);
+        l.state = LinkState::Backoff { until: now + delay };
+        if l.down_since.is_none() {
+            l.down_since = Some(now);
+        }
+        l.last_error = Some(cause.clone());
+        l.out.clear();
+        l.inflight_publishes = 0;
+        let fifo = std::mem::take(&mut l.fifo);
+        let mut resend = Vec::new();
+        for (_, req) in fifo {
+            match req {
+                Request::Publish(o) => match self.config.unconfirmed {
+                    UnconfirmedPolicy::Resend => resend.push(o),
+                    UnconfirmedPolicy::FailUnknown => {
+                        self.fail_publish(o.id, PublishError::OutcomeUnknown)
+                    }
+                },
+                Request::Probe { .. } => self.probe = None,
+                _ => {}
+            }
+        }
+        let l = &mut self.links[idx];
+        self.queued_total += resend.len();
+        for o in resend.into_iter().rev() {
+            l.queue.push_front(o);
+        }
+        if role == LinkRole::Subscriber {
+            self.probe = None;
+            self.control_state = RoomState::Pending;
+            let (live, _wanted) = self.rooms.on_link_lost();
+            for room in &live {
+                self.events.push_back(Event::RoomNotLive {
+                    room: room.clone(),
+                    reason: NotLiveReason::LinkLost,
+                });
+            }
+            self.missed.extend(live);
+            self.missed.sort_unstable();
+            self.missed.dedup();
+        }
+        self.events.push_back(Event::LinkDown {
+            link: id,
+            role,
+            cause,
+        });
+    }
+
+    pub(super) fn link_ready(&mut self, idx: usize, now: Instant) {
+        let l = &mut self.links[idx];
+        l.state = LinkState::Ready;
+        l.attempts = 0;
+        l.last_error = None;
+        let outage = l.down_since.take().filter(|_| l.ever_up).map(|s| now - s);
+        if l.ever_up {
+            self.metrics.reconnects += 1;
+        }
+        l.ever_up = true;
+        let role = l.role;
+        let id = l.id;
+        let missed_rooms = if role == LinkRole::Subscriber {
+            std::mem::take(&mut self.missed)
+        } else {
+            Vec::new()
+        };
+        self.events.push_back(Event::LinkUp {
+            link: id,
+            role,
+            outage,
+            missed_rooms,
+        });
+        if role == LinkRole::Publisher {
+            self.pump(idx, now);
+        }
+    }
+
+    pub(super) fn probe_possible(&self) -> bool {
+        !self.closed
+            && self.links[0].is_ready()
+            && self.control_state == RoomState::Live
+            && self.links[1..].iter().any(Link::is_ready)
+    }
+
+    pub(super) fn probe_timers(&mut self, now: Instant) {
+        if let Some(p) = &self.probe {
+            if let Some(c) = p.confirmed {
+                if now >= c + self.config.probe_timeout {
+                    self.probe = None;
+                    self.metrics.deaf_detected += 1;
+                    if self.links[0].is_ready() {
+                        self.link_failed(0, LinkError::Deaf, true, now);
+                    }
+                }
+            }
+            return;
+        }
+        if now < self.next_probe || !self.probe_possible() {
+            return;
+        }
+        // Prefer the link after the last one used, so every publish link takes a turn.
+        let n = self.links.len() - 1;
+        let start = (self.next_probe_token as usize) % n;
+        let Some(idx) = (0..n)
+            .map(|k| 1 + (start + k) % n)
+            .find(|&i| self.links[i].is_ready())
+        else {
+            return;
+        };
+        let token = self.next_probe_token;
+        self.next_probe_token += 1;
+        let mut payload = Vec::with_capacity(14);
+        payload.extend_from_slice(PROBE_MAGIC);
+        payload.extend_from_slice(&token.to_le_bytes());
+        let l = &mut self.links[idx];
+        encode_command(&mut l.out, &[b"PUBLISH", &self.control, &payload]);
+        l.fifo.push_back((now, Request::Probe { token }));
+        self.probe = Some(Probe {
+            token,
+            confirmed: None,
+        });
+        self.next_probe = now + self.config.probe_interval;
+    }
+}

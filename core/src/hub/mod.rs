@@ -1,0 +1,608 @@
+//! The façade: one [`Hub`] per instance owns every link, room and publish.
+//!
+//! This file holds the public surface (getters, inputs, commands, outputs); the work is in
+//! `publish` (sending), `receive` (frames from Redis) and `links` (link life and probes).
+
+mod links;
+mod publish;
+mod receive;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use foldhash::fast::FixedState;
+
+use crate::config::{Config, ConfigError, DeliveryMode, UnconfirmedPolicy};
+use crate::envelope::{self, InstanceId, MessageType, Trailer, TRAILER_LEN};
+use crate::event::{
+    Delivery, DropCause, Event, LinkError, LinkId, LinkRole, MemberError, Message, NotLiveReason,
+    PublishError, PublishId, RoomState,
+};
+use crate::link::{error_text, handshake_error, Link, LinkState, Outgoing, Request, Rng};
+use crate::metrics::Metrics;
+use crate::naming::{ChannelNamer, ConnId, RoomId};
+use crate::resp::{encode_array_header, encode_bulk, encode_command, Incoming, Value};
+use crate::rooms::{Rooms, SeqCheck, Transition};
+
+/// The subscriber link.
+pub const SUBSCRIBER: LinkId = LinkId(0);
+
+const PROBE_MAGIC: &[u8; 6] = b"\0probe";
+
+/// Who this instance is. The adapter draws both from OS randomness at start; tests fix them.
+/// Two instances with the same id would drop each other's messages as their own echo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// Unique per running instance.
+    pub instance: InstanceId,
+    /// Changes at every start, so receivers see a restart as a new baseline, not a gap.
+    pub epoch: u64,
+}
+
+/// A message to publish.
+#[derive(Debug, Clone, Copy)]
+pub struct Publish<'a> {
+    /// The room.
+    pub room: &'a str,
+    /// Its type.
+    pub message_type: MessageType,
+    /// The payload.
+    pub data: &'a [u8],
+    /// The sender's own connection on this instance, which must not receive the message.
+    pub exclude_connection: Option<&'a str>,
+    /// Unix seconds (the caller's clock: the core reads none).
+    pub timestamp: i64,
+}
+
+/// Bytes for the adapter to write to a link, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// The link.
+    pub link: LinkId,
+    /// The bytes.
+    pub bytes: Bytes,
+}
+
+/// Something only the adapter can do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkRequest {
+    /// Open a TCP (or TLS) connection for `link` and report it with
+    /// [`Hub::handle_connected`], or its failure with [`Hub::handle_disconnected`].
+    Open {
+        /// The link.
+        link: LinkId,
+        /// Host to connect to.
+        host: String,
+        /// Port.
+        port: u16,
+        /// Wrap the connection in TLS.
+        tls: bool,
+    },
+    /// Close the link's connection now and feed nothing more from it; a later `Open` for the
+    /// same link starts a fresh connection.
+    Close {
+        /// The link.
+        link: LinkId,
+    },
+}
+
+/// The result of a join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Joined {
+    /// False if the connection already was a member.
+    pub added: bool,
+    /// The room's subscription state now; messages are promised only once it is `Live`.
+    pub state: RoomState,
+}
+
+/// One link as seen by [`Hub::health`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkHealth {
+    /// The link.
+    pub link: LinkId,
+    /// Its role.
+    pub role: LinkRole,
+    /// Its state.
+    pub state: LinkState,
+    /// The last error, if it failed since it was last ready.
+    pub last_error: Option<LinkError>,
+}
+
+/// A hub's view of its own health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Every link.
+    pub links: Vec<LinkHealth>,
+    /// When a probe last made the round trip through Redis back to the subscriber.
+    pub last_probe_ok: Option<Instant>,
+}
+
+impl Health {
+    /// All links ready.
+    pub fn all_ready(&self) -> bool {
+        self.links.iter().all(|l| l.state == LinkState::Ready)
+    }
+}
+
+#[derive(Debug)]
+struct Stream {
+    epoch: u64,
+    next: u64,
+}
+
+#[derive(Debug)]
+struct Probe {
+    token: u64,
+    confirmed: Option<Instant>,
+}
+
+/// The sans-IO state machine of one roomcast instance.
+///
+/// Methods come in four groups, as in quinn-proto:
+/// - **getters**: [`Hub::room_state`], [`Hub::members`], [`Hub::metrics`], [`Hub::health`], ...
+/// - **inputs** from the adapter: [`Hub::handle_connected`], [`Hub::handle_input`],
+///   [`Hub::handle_disconnected`], [`Hub::handle_timeout`];
+/// - **commands** from the application: [`Hub::join`], [`Hub::leave`], [`Hub::disconnect`],
+///   [`Hub::publish`], [`Hub::ping`], [`Hub::begin_shutdown`], [`Hub::close`];
+/// - **outputs**: [`Hub::poll_transmit`], [`Hub::poll_link_request`], [`Hub::poll_event`],
+///   [`Hub::poll_timeout`].
+///
+/// After every input or command the caller MUST drain `poll_link_request`, `poll_transmit`
+/// and `poll_event` until they return `None`, and then wait for I/O or for the instant
+/// `poll_timeout` names. The hub never reads a clock: every `now` is an argument, and a `now`
+/// earlier than one seen before is treated as that one.
+#[derive(Debug)]
+pub struct Hub {
+    config: Config,
+    namer: ChannelNamer,
+    id: Identity,
+    now: Instant,
+    rooms: Rooms,
+    links: Vec<Link>,
+    control: Bytes,
+    control_state: RoomState,
+    streams: HashMap<RoomId, Stream, FixedState>,
+    stream_generation: u64,
+    events: VecDeque<Event>,
+    requests: VecDeque<LinkRequest>,
+    next_publish: u64,
+    queued_total: usize,
+    rng: Rng,
+    probe: Option<Probe>,
+    next_probe: Instant,
+    next_probe_token: u64,
+    last_probe_ok: Option<Instant>,
+    missed: Vec<RoomId>,
+    next_transmit: usize,
+    metrics: Metrics,
+    shutting_down: bool,
+    closed: bool,
+    scratch: Vec<u8>,
+}
+
+impl Hub {
+    /// A hub that will open its links at once (see [`Hub::poll_link_request`]).
+    pub fn new(config: Config, id: Identity, now: Instant) -> Result<Hub, ConfigError> {
+        config.validate()?;
+        let namer =
+            ChannelNamer::new(&config.channel_prefix).map_err(|e| ConfigError::BadValue {
+                field: "channel_prefix",
+                reason: e.to_string(),
+            })?;
+        let seed = config.rng_seed ^ id.instance.0;
+        let mut links = vec![Link::new(SUBSCRIBER, LinkRole::Subscriber, &config, now)];
+        for i in 1..=config.pool_size {
+            links.push(Link::new(
+                LinkId(i as u16),
+                LinkRole::Publisher,
+                &config,
+                now,
+            ));
+        }
+        let control = namer.control_channel(id.instance);
+        let next_probe = now + config.probe_interval;
+        let mut hub = Hub {
+            rooms: Rooms::new(seed),
+            streams: HashMap::with_hasher(FixedState::with_seed(seed.rotate_left(29))),
+            namer,
+            id,
+            now,
+            links,
+            control,
+            control_state: RoomState::Pending,
+            stream_generation: 0,
+            events: VecDeque::new(),
+            requests: VecDeque::new(),
+            next_publish: 0,
+            queued_total: 0,
+            rng: Rng::new(seed),
+            probe: None,
+            next_probe,
+            next_probe_token: 1,
+            last_probe_ok: None,
+            missed: Vec::new(),
+            next_transmit: 0,
+            metrics: Metrics::default(),
+            shutting_down: false,
+            closed: false,
+            scratch: Vec::new(),
+            config,
+        };
+        for i in 0..hub.links.len() {
+            hub.open(i, now);
+        }
+        Ok(hub)
+    }
+
+    // ----- getters -----
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// This instance's identity.
+    pub fn identity(&self) -> Identity {
+        self.id
+    }
+
+    /// Maps rooms to channels for this hub's prefix.
+    pub fn namer(&self) -> &ChannelNamer {
+        &self.namer
+    }
+
+    /// The room's subscription state, or `None` if it has no local members.
+    pub fn room_state(&self, room: &str) -> Option<RoomState> {
+        self.rooms.get(room).map(|r| r.state)
+    }
+
+    /// The local members of a room (empty if none).
+    pub fn members(&self, room: &str) -> &[ConnId] {
+        self.rooms.get(room).map(|r| r.members()).unwrap_or(&[])
+    }
+
+    /// The rooms a local connection is in.
+    pub fn rooms_of(&self, conn: &str) -> &[RoomId] {
+        self.rooms.rooms_of(conn)
+    }
+
+    /// Rooms with local members, and their states.
+    pub fn rooms(&self) -> impl Iterator<Item = (&RoomId, RoomState)> + '_ {
+        self.rooms.iter().map(|(id, r)| (id, r.state))
+    }
+
+    /// Whether a room id would be accepted (as `join` and `publish` check it).
+    pub fn check_room(&self, room: &str) -> Result<RoomId, MemberError> {
+        RoomId::new(room, self.config.max_room_id_bytes).map_err(MemberError::InvalidRoom)
+    }
+
+    /// A snapshot of the counters and gauges.
+    pub fn metrics(&self) -> Metrics {
+        let mut m = self.metrics.clone();
+        m.rooms = self.rooms.len();
+        m.rooms_live = self.rooms.count_in(RoomState::Live);
+        m.members = self.rooms.memberships();
+        m.connections = self.rooms.connections();
+        m.queued_publishes = self.queued_total;
+        m.inflight_publishes = self.links.iter().map(|l| l.inflight_publishes).sum();
+        m.subscriptions_in_flight = self.rooms.in_flight();
+        m.links_ready = self.links.iter().filter(|l| l.is_ready()).count();
+        m
+    }
+
+    /// Every link's state, and the last probe's success.
+    pub fn health(&self) -> Health {
+        Health {
+            links: self
+                .links
+                .iter()
+                .map(|l| LinkHealth {
+                    link: l.id,
+                    role: l.role,
+                    state: l.state,
+                    last_error: l.last_error.clone(),
+                })
+                .collect(),
+            last_probe_ok: self.last_probe_ok,
+        }
+    }
+
+    /// Bytes buffered for the adapter on every link (bounded by `max_output_bytes` each).
+    pub fn buffered_output(&self) -> usize {
+        self.links.iter().map(|l| l.out.len()).sum()
+    }
+
+    /// True once [`Hub::begin_shutdown`] was called and every queued publish and subscription
+    /// change has been confirmed (or failed).
+    pub fn is_drained(&self) -> bool {
+        self.shutting_down
+            && self.queued_total == 0
+            && self.links.iter().all(|l| l.inflight_publishes == 0)
+            && self.rooms.len() == 0
+    }
+
+    /// The publish link a room always uses.
+    pub fn publish_link(&self, room: &str) -> LinkId {
+        // FNV-1a: stable across runs and versions, unlike std's hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in room.as_bytes() {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        LinkId(1 + (h % self.config.pool_size as u64) as u16)
+    }
+
+    // ----- inputs -----
+
+    /// The adapter opened the connection asked for by [`LinkRequest::Open`].
+    pub fn handle_connected(&mut self, link: LinkId, now: Instant) {
+        let now = self.tick(now);
+        let Some(l) = self.links.get_mut(link.0 as usize) else {
+            return;
+        };
+        if let LinkState::Connecting { .. } = l.state {
+            l.start_handshake(&self.config, now);
+        }
+    }
+
+    /// Bytes read from a link. The hub consumes every complete frame from the front of `buf`
+    /// (splitting it off) and leaves a partial one for the next call.
+    pub fn handle_input(&mut self, link: LinkId, buf: &mut BytesMut, now: Instant) {
+        let now = self.tick(now);
+        let idx = link.0 as usize;
+        let Some(l) = self.links.get_mut(idx) else {
+            buf.clear();
+            return;
+        };
+        if !matches!(l.state, LinkState::Ready | LinkState::Handshaking { .. }) {
+            buf.clear();
+            return;
+        }
+        self.metrics.bytes_in += buf.len() as u64;
+        l.last_input = now;
+        loop {
+            let l = &mut self.links[idx];
+            if !matches!(l.state, LinkState::Ready | LinkState::Handshaking { .. }) {
+                buf.clear();
+                return;
+            }
+            match l.reader.next(buf) {
+                Ok(Some(frame)) => self.on_frame(idx, frame, now),
+                Ok(None) => break,
+                Err(e) => {
+                    buf.clear();
+                    self.link_failed(idx, LinkError::Protocol(e.to_string()), true, now);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The link's connection closed or could not be opened. `cause` is shown to the
+    /// application.
+    pub fn handle_disconnected(&mut self, link: LinkId, cause: &str, now: Instant) {
+        let now = self.tick(now);
+        let idx = link.0 as usize;
+        let Some(l) = self.links.get(idx) else {
+            return;
+        };
+        if matches!(
+            l.state,
+            LinkState::Connecting { .. } | LinkState::Handshaking { .. } | LinkState::Ready
+        ) {
+            self.link_failed(idx, LinkError::Io(cause.to_string()), false, now);
+        }
+    }
+
+    /// The instant from [`Hub::poll_timeout`] has come (calling it early or twice is harmless).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.tick(now);
+        for idx in 0..self.links.len() {
+            let l = &self.links[idx];
+            match l.state {
+                LinkState::Backoff { until } if now >= until && !self.closed => self.open(idx, now),
+                LinkState::Connecting { since } | LinkState::Handshaking { since }
+                    if now >= since + self.config.connect_timeout =>
+                {
+                    self.link_failed(idx, LinkError::ConnectTimeout, true, now)
+                }
+                LinkState::Ready => match l.fifo.front() {
+                    Some((sent, _)) if now >= *sent + self.config.reply_timeout => {
+                        self.link_failed(idx, LinkError::ReplyTimeout, true, now)
+                    }
+                    None if now >= l.last_input + self.config.keepalive_interval => {
+                        self.send_ping(idx, false, now)
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+        self.probe_timers(now);
+    }
+
+    // ----- commands -----
+
+    /// Adds a local connection to a room. The first member subscribes the room's channel; the
+    /// SUBSCRIBE goes out (batched with the other joins of this turn) on the next
+    /// [`Hub::poll_transmit`]. Messages are promised once the room is `Live`
+    /// ([`Event::RoomLive`]).
+    pub fn join(&mut self, room: &str, conn: &str) -> Result<Joined, MemberError> {
+        if self.shutting_down {
+            return Err(MemberError::Shutdown);
+        }
+        let room = self.check_room(room)?;
+        let conn = ConnId::new(conn, self.config.max_conn_id_bytes)
+            .map_err(MemberError::InvalidConnection)?;
+        let added = self.rooms.join(&room, &conn);
+        let state = self
+            .rooms
+            .get(room.as_str())
+            .map_or(RoomState::Pending, |r| r.state);
+        Ok(Joined { added, state })
+    }
+
+    /// Removes a local connection from a room; the last member unsubscribes it. Returns false
+    /// if it was not a member.
+    pub fn leave(&mut self, room: &str, conn: &str) -> Result<bool, MemberError> {
+        let room = self.check_room(room)?;
+        let conn = ConnId::new(conn, self.config.max_conn_id_bytes)
+            .map_err(MemberError::InvalidConnection)?;
+        Ok(self.rooms.leave(&room, &conn))
+    }
+
+    /// Removes a local connection from all its rooms; returns them.
+    pub fn disconnect(&mut self, conn: &str) -> Result<Vec<RoomId>, MemberError> {
+        let conn = ConnId::new(conn, self.config.max_conn_id_bytes)
+            .map_err(MemberError::InvalidConnection)?;
+        Ok(self.rooms.disconnect(&conn))
+    }
+
+    /// Publishes a message to its room on every instance. Refused at once (no number used,
+    /// nothing changed) when invalid, too large, shut down or over `max_queued_publishes`.
+    /// Otherwise the outcome comes later as [`Event::PublishConfirmed`] or
+    /// [`Event::PublishFailed`] with the returned id.
+    pub fn publish(&mut self, msg: &Publish<'_>, now: Instant) -> Result<PublishId, PublishError> {
+        let now = self.tick(now);
+        let result = self.try_publish(msg, now);
+        if result.is_err() {
+            self.metrics.publish_refused += 1;
+        }
+        result
+    }
+
+    /// Sends a PING on every ready link ([`Event::Pong`] answers each) and starts a probe of
+    /// the subscriber now if none is under way.
+    pub fn ping(&mut self, now: Instant) {
+        let now = self.tick(now);
+        for idx in 0..self.links.len() {
+            if self.links[idx].is_ready() {
+                self.send_ping(idx, true, now);
+            }
+        }
+        if self.probe.is_none() {
+            self.next_probe = now;
+            self.probe_timers(now);
+        }
+    }
+
+    /// Stops accepting joins and publishes, and leaves every room. Queued publishes still go
+    /// out; wait for [`Hub::is_drained`] (with a bound of your own), then call [`Hub::close`].
+    pub fn begin_shutdown(&mut self, now: Instant) {
+        let now = self.tick(now);
+        let _ = now;
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        let conns: Vec<ConnId> = {
+            let mut seen: Vec<ConnId> = Vec::new();
+            for (_, r) in self.rooms.iter() {
+                seen.extend(r.members().iter().cloned());
+            }
+            seen.sort_unstable();
+            seen.dedup();
+            seen
+        };
+        for c in conns {
+            self.rooms.disconnect(&c);
+        }
+    }
+
+    /// Closes every link (asking the adapter to close them) and fails what is still queued
+    /// with [`PublishError::Shutdown`].
+    pub fn close(&mut self, now: Instant) {
+        let now = self.tick(now);
+        self.shutting_down = true;
+        self.closed = true;
+        for idx in 0..self.links.len() {
+            let l = &mut self.links[idx];
+            if l.state != LinkState::Closed {
+                if matches!(
+                    l.state,
+                    LinkState::Connecting { .. } | LinkState::Handshaking { .. } | LinkState::Ready
+                ) {
+                    self.requests.push_back(LinkRequest::Close { link: l.id });
+                }
+                let fifo = std::mem::take(&mut l.fifo);
+                let queue = std::mem::take(&mut l.queue);
+                l.state = LinkState::Closed;
+                l.out.clear();
+                l.inflight_publishes = 0;
+                for (_, req) in fifo {
+                    if let Request::Publish(o) = req {
+                        self.fail_publish(o.id, PublishError::Shutdown);
+                    }
+                }
+                self.queued_total -= queue.len();
+                for o in queue {
+                    self.fail_publish(o.id, PublishError::Shutdown);
+                }
+            }
+        }
+        let _ = now;
+    }
+
+    // ----- outputs -----
+
+    /// The next bytes to write. Subscription changes made since the last call are batched
+    /// here, so many joins in one turn become one SUBSCRIBE.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.flush_subscriptions();
+        let n = self.links.len();
+        for k in 0..n {
+            let idx = (self.next_transmit + k) % n;
+            let l = &mut self.links[idx];
+            if !l.out.is_empty() {
+                self.next_transmit = (idx + 1) % n;
+                let bytes = l.out.split().freeze();
+                self.metrics.bytes_out += bytes.len() as u64;
+                return Some(Transmit { link: l.id, bytes });
+            }
+        }
+        None
+    }
+
+    /// The next link to open or close.
+    #[must_use]
+    pub fn poll_link_request(&mut self) -> Option<LinkRequest> {
+        self.requests.pop_front()
+    }
+
+    /// The next event for the application.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Hub::handle_timeout`] must be called next, if ever.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut take = |d: Instant| t = Some(t.map_or(d, |t| t.min(d)));
+        for l in &self.links {
+            if let Some(d) = l.deadline(&self.config) {
+                take(d);
+            }
+        }
+        if let Some(p) = &self.probe {
+            if let Some(c) = p.confirmed {
+                take(c + self.config.probe_timeout);
+            }
+        } else if self.probe_possible() {
+            take(self.next_probe);
+        }
+        t
+    }
+
+    // ----- internals -----
+
+    fn tick(&mut self, now: Instant) -> Instant {
+        if now > self.now {
+            self.now = now;
+        }
+        self.now
+    }
+}

@@ -1,0 +1,178 @@
+//! Publishing: numbering, writing, queueing and pumping publishes per link.
+
+use super::*;
+
+impl Hub {
+    pub(super) fn try_publish(
+        &mut self,
+        msg: &Publish<'_>,
+        now: Instant,
+    ) -> Result<PublishId, PublishError> {
+        if self.shutting_down {
+            return Err(PublishError::Shutdown);
+        }
+        let room = RoomId::new(msg.room, self.config.max_room_id_bytes)
+            .map_err(PublishError::InvalidRoom)?;
+        let exclude = msg
+            .exclude_connection
+            .map(|c| ConnId::new(c, self.config.max_conn_id_bytes))
+            .transpose()
+            .map_err(PublishError::InvalidExclude)?;
+        let len = envelope::encoded_len(msg.room, msg.data.len(), msg.exclude_connection, true);
+        if len > self.config.max_envelope_bytes {
+            return Err(PublishError::TooLarge {
+                len,
+                max: self.config.max_envelope_bytes,
+            });
+        }
+        let idx = self.publish_link(msg.room).0 as usize;
+        let writable = self.can_write(idx);
+        if !writable && self.queued_total >= self.config.max_queued_publishes {
+            return Err(PublishError::QueueFull {
+                max: self.config.max_queued_publishes,
+            });
+        }
+        self.next_publish += 1;
+        let id = PublishId(self.next_publish);
+        let mut body = Vec::with_capacity(len);
+        envelope::encode(
+            &mut body,
+            msg.room,
+            msg.message_type,
+            msg.data,
+            msg.exclude_connection,
+            msg.timestamp,
+            None,
+        );
+        let body = Bytes::from(body);
+        let data = body.slice(
+            envelope::data_offset(msg.room)..envelope::data_offset(msg.room) + msg.data.len(),
+        );
+        self.metrics.published += 1;
+        let out = Outgoing {
+            id,
+            room: room.clone(),
+            body,
+            seq: None,
+        };
+        let seq = if writable {
+            Some(self.write_publish(idx, out, now))
+        } else {
+            self.links[idx].queue.push_back(out);
+            self.queued_total += 1;
+            None
+        };
+        if self.config.delivery == DeliveryMode::LocalFirst {
+            let origin = seq.map(|(epoch, seq)| Trailer {
+                origin: self.id.instance,
+                epoch,
+                seq,
+            });
+            if let Some(r) = self.rooms.get_mut(room.as_str()) {
+                let excluded = exclude.and_then(|e| r.has_member(e.as_str()).cloned());
+                let message = Message {
+                    room,
+                    message_type: msg.message_type,
+                    data,
+                    exclude_connection: msg.exclude_connection.map(Into::into),
+                    timestamp: msg.timestamp,
+                    origin,
+                };
+                let d = Delivery::new(message, r.recipients(), excluded);
+                self.metrics.delivered += 1;
+                self.metrics.member_deliveries += d.recipient_count() as u64;
+                self.events.push_back(Event::Delivery(d));
+            }
+        }
+        Ok(id)
+    }
+
+    pub(super) fn can_write(&self, idx: usize) -> bool {
+        let l = &self.links[idx];
+        l.is_ready()
+            && l.queue.is_empty()
+            && l.inflight_publishes < self.config.max_inflight_publishes
+            && l.out.len() < self.config.max_output_bytes
+    }
+
+    /// Writes a PUBLISH, numbering it if it has no number yet. Returns (epoch, seq).
+    pub(super) fn write_publish(
+        &mut self,
+        idx: usize,
+        mut o: Outgoing,
+        now: Instant,
+    ) -> (u64, u64) {
+        let (epoch, seq) = match o.seq {
+            Some(s) => {
+                self.metrics.publish_resent += 1;
+                s
+            }
+            None => self.next_seq(&o.room),
+        };
+        o.seq = Some((epoch, seq));
+        let trailer = Trailer {
+            origin: self.id.instance,
+            epoch,
+            seq,
+        }
+        .to_bytes();
+        self.scratch.clear();
+        self.namer.write_room_channel(&o.room, &mut self.scratch);
+        let l = &mut self.links[idx];
+        encode_array_header(&mut l.out, 3);
+        encode_bulk(&mut l.out, b"PUBLISH");
+        encode_bulk(&mut l.out, &self.scratch);
+        let total = o.body.len() + TRAILER_LEN;
+        l.out.reserve(total + 24);
+        l.out.extend_from_slice(b"$");
+        l.out.extend_from_slice(total.to_string().as_bytes());
+        l.out.extend_from_slice(b"\r\n");
+        l.out.extend_from_slice(&o.body);
+        l.out.extend_from_slice(&trailer);
+        l.out.extend_from_slice(b"\r\n");
+        l.inflight_publishes += 1;
+        l.fifo.push_back((now, Request::Publish(o)));
+        (epoch, seq)
+    }
+
+    pub(super) fn next_seq(&mut self, room: &RoomId) -> (u64, u64) {
+        if let Some(s) = self.streams.get_mut(room) {
+            let seq = s.next;
+            s.next += 1;
+            return (s.epoch, seq);
+        }
+        if self.streams.len() >= self.config.max_publish_streams {
+            // Forget one stream; if that room publishes again it starts a new epoch, which
+            // receivers take as a new baseline rather than a gap.
+            if let Some(k) = self.streams.keys().next().cloned() {
+                self.streams.remove(&k);
+            }
+        }
+        self.stream_generation += 1;
+        let epoch = self.id.epoch.wrapping_add(self.stream_generation - 1);
+        self.streams.insert(room.clone(), Stream { epoch, next: 2 });
+        (epoch, 1)
+    }
+
+    pub(super) fn pump(&mut self, idx: usize, now: Instant) {
+        loop {
+            let l = &self.links[idx];
+            if !(l.is_ready()
+                && l.inflight_publishes < self.config.max_inflight_publishes
+                && l.out.len() < self.config.max_output_bytes)
+            {
+                return;
+            }
+            let Some(o) = self.links[idx].queue.pop_front() else {
+                return;
+            };
+            self.queued_total -= 1;
+            self.write_publish(idx, o, now);
+        }
+    }
+
+    pub(super) fn fail_publish(&mut self, id: PublishId, error: PublishError) {
+        self.metrics.publish_failed += 1;
+        self.events.push_back(Event::PublishFailed { id, error });
+    }
+}

@@ -1,0 +1,274 @@
+//! Frames from Redis: replies matched to requests, confirmations, messages and probes.
+
+use super::*;
+
+impl Hub {
+    pub(super) fn on_frame(&mut self, idx: usize, frame: Incoming, now: Instant) {
+        match frame {
+            Incoming::Message { channel, payload } => {
+                if self.links[idx].role == LinkRole::Subscriber {
+                    self.on_message(channel, payload, now);
+                }
+            }
+            Incoming::Subscribed { channel } => {
+                self.count_confirmation(idx);
+                if channel == self.control {
+                    if self.control_state == RoomState::Subscribing {
+                        self.control_state = RoomState::Live;
+                    }
+                    return;
+                }
+                let t = match self
+                    .namer
+                    .room_from_channel(&channel, self.config.max_room_id_bytes)
+                {
+                    Some(room) => self.rooms.on_subscribed(room),
+                    None => Transition::Stray,
+                };
+                self.on_transition(t);
+            }
+            Incoming::Unsubscribed { channel } => {
+                self.count_confirmation(idx);
+                let Some(channel) = channel else { return };
+                if channel == self.control {
+                    if self.control_state == RoomState::Live && !self.shutting_down {
+                        self.control_state = RoomState::Pending;
+                    }
+                    return;
+                }
+                let t = match self
+                    .namer
+                    .room_from_channel(&channel, self.config.max_room_id_bytes)
+                {
+                    Some(room) => self.rooms.on_unsubscribed(room),
+                    None => Transition::Stray,
+                };
+                self.on_transition(t);
+            }
+            Incoming::Pong => self.on_reply(idx, Value::Simple(Bytes::from_static(b"PONG")), now),
+            Incoming::OtherPush => {}
+            Incoming::Reply(v) => self.on_reply(idx, v, now),
+        }
+    }
+
+    pub(super) fn count_confirmation(&mut self, idx: usize) {
+        let l = &mut self.links[idx];
+        if let Some((_, Request::Subscription { remaining })) = l.fifo.front_mut() {
+            *remaining -= 1;
+            if *remaining == 0 {
+                l.fifo.pop_front();
+            }
+        }
+    }
+
+    pub(super) fn on_transition(&mut self, t: Transition) {
+        match t {
+            Transition::Live(room) => self.events.push_back(Event::RoomLive { room }),
+            Transition::ServerUnsubscribed(room) => {
+                self.metrics.server_unsubscribes += 1;
+                self.events.push_back(Event::RoomNotLive {
+                    room,
+                    reason: NotLiveReason::ServerUnsubscribed,
+                });
+            }
+            Transition::Stray => self.metrics.stray_confirmations += 1,
+            Transition::Quiet => {}
+        }
+    }
+
+    pub(super) fn on_reply(&mut self, idx: usize, v: Value, now: Instant) {
+        let Some((sent, req)) = self.links[idx].fifo.pop_front() else {
+            self.link_failed(
+                idx,
+                LinkError::Protocol("a reply arrived with no request outstanding".into()),
+                true,
+                now,
+            );
+            return;
+        };
+        match req {
+            Request::Handshake(step) => {
+                if let Some(e) = error_text(&v) {
+                    let cause = handshake_error(step, e);
+                    self.link_failed(idx, cause, true, now);
+                } else if !self.links[idx].handshake_pending() {
+                    self.link_ready(idx, now);
+                }
+            }
+            Request::Ping { user } => {
+                if let Some(e) = error_text(&v) {
+                    let cause = handshake_error(crate::link::Step::Select, e);
+                    self.link_failed(idx, cause, true, now);
+                    return;
+                }
+                let l = &mut self.links[idx];
+                l.last_pong = Some(now);
+                if user {
+                    self.events.push_back(Event::Pong {
+                        link: l.id,
+                        rtt: now.saturating_duration_since(sent),
+                    });
+                }
+            }
+            Request::Publish(o) => {
+                self.links[idx].inflight_publishes -= 1;
+                match v {
+                    Value::Int(n) => {
+                        self.metrics.publish_confirmed += 1;
+                        self.events.push_back(Event::PublishConfirmed {
+                            id: o.id,
+                            receivers: n.max(0) as u64,
+                        });
+                    }
+                    Value::Error(e) => self.fail_publish(
+                        o.id,
+                        PublishError::Server(String::from_utf8_lossy(&e).into_owned()),
+                    ),
+                    other => self.fail_publish(
+                        o.id,
+                        PublishError::Server(format!("unexpected reply {other:?}")),
+                    ),
+                }
+                self.pump(idx, now);
+            }
+            Request::Probe { token } => {
+                let Some(p) = self.probe.as_mut().filter(|p| p.token == token) else {
+                    return;
+                };
+                match v {
+                    Value::Int(n) if n > 0 => p.confirmed = Some(now),
+                    // Redis knows no subscriber for our control channel: we are deaf.
+                    Value::Int(_) => {
+                        self.probe = None;
+                        self.metrics.deaf_detected += 1;
+                        if self.links[0].is_ready() {
+                            self.link_failed(0, LinkError::Deaf, true, now);
+                        }
+                    }
+                    _ => self.probe = None,
+                }
+            }
+            Request::Subscription { .. } => {
+                // An error instead of confirmations (e.g. an ACL refusing the channel): the
+                // subscriptions are in an unknown state, so start the link over.
+                let text = error_text(&v)
+                    .map(|e| String::from_utf8_lossy(e).into_owned())
+                    .unwrap_or_else(|| format!("unexpected reply to SUBSCRIBE: {v:?}"));
+                let cause = if text.starts_with("NOPERM") {
+                    LinkError::Auth(text)
+                } else {
+                    LinkError::Protocol(text)
+                };
+                self.link_failed(idx, cause, true, now);
+            }
+        }
+    }
+
+    pub(super) fn on_message(&mut self, channel: Bytes, payload: Bytes, now: Instant) {
+        if channel == self.control {
+            self.on_control(&payload, now);
+            return;
+        }
+        let max_room = self.config.max_room_id_bytes;
+        let Some(name) = self.namer.room_str_from_channel(&channel, max_room) else {
+            self.metrics.dropped_unknown_channel += 1;
+            self.events.push_back(Event::Dropped {
+                cause: DropCause::UnknownChannel,
+                room: None,
+            });
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(&name) else {
+            self.metrics.dropped_unknown_channel += 1;
+            return;
+        };
+        let decoded = match envelope::decode(&payload, self.config.max_envelope_bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                self.metrics.dropped_malformed += 1;
+                self.events.push_back(Event::Dropped {
+                    cause: DropCause::Malformed(e.to_string()),
+                    room: RoomId::new(&name, max_room).ok(),
+                });
+                return;
+            }
+        };
+        if decoded.room_id != name {
+            self.metrics.dropped_room_mismatch += 1;
+            self.events.push_back(Event::Dropped {
+                cause: DropCause::RoomMismatch,
+                room: RoomId::new(&name, max_room).ok(),
+            });
+            return;
+        }
+        if room.members().is_empty() {
+            // Leaving: the UNSUBSCRIBE is on its way.
+            return;
+        }
+        let mine = decoded
+            .trailer
+            .is_some_and(|t| t.origin == self.id.instance);
+        if mine && self.config.delivery == DeliveryMode::LocalFirst {
+            self.metrics.dropped_echo += 1;
+            return;
+        }
+        let mut gap = None;
+        if let Some(t) = &decoded.trailer {
+            match room.check_seq(t, self.config.max_origins_per_room) {
+                SeqCheck::Duplicate => {
+                    self.metrics.dropped_duplicate += 1;
+                    return;
+                }
+                SeqCheck::Gap(missing) => gap = Some((t.origin, t.epoch, missing)),
+                SeqCheck::InOrder | SeqCheck::NewEpoch => {}
+            }
+        }
+        // The excluded connection lives on the origin instance; without a trailer we cannot
+        // tell where it lives, so it is excluded everywhere, as the GraphWiz design did.
+        let excluded = match (decoded.exclude_connection, decoded.trailer) {
+            (Some(e), None) => room.has_member(e).cloned(),
+            (Some(e), Some(_)) if mine => room.has_member(e).cloned(),
+            _ => None,
+        };
+        let recipients = room.recipients();
+        let room_id = room.id.clone();
+        if let Some((origin, epoch, missing)) = gap {
+            self.metrics.gaps += 1;
+            self.events.push_back(Event::Gap {
+                room: room_id.clone(),
+                origin,
+                epoch,
+                missing,
+            });
+        }
+        let message = Message {
+            room: room_id,
+            message_type: decoded.message_type,
+            data: decoded.data,
+            exclude_connection: decoded.exclude_connection.map(Into::into),
+            timestamp: decoded.timestamp,
+            origin: decoded.trailer,
+        };
+        let d = Delivery::new(message, recipients, excluded);
+        self.metrics.delivered += 1;
+        self.metrics.member_deliveries += d.recipient_count() as u64;
+        self.events.push_back(Event::Delivery(d));
+    }
+
+    pub(super) fn on_control(&mut self, payload: &[u8], now: Instant) {
+        let Some(token) = payload
+            .strip_prefix(PROBE_MAGIC)
+            .and_then(|t| <[u8; 8]>::try_from(t).ok())
+            .map(u64::from_le_bytes)
+        else {
+            return;
+        };
+        if let Some(p) = &self.probe {
+            if p.token == token {
+                self.last_probe_ok = Some(now);
+                self.probe = None;
+                self.next_probe = now + self.config.probe_interval;
+            }
+        }
+    }
+}
