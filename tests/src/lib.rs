@@ -1,1 +1,12 @@
 //! Test harness for roomcast integration tests.
+//!
+//! [`RedisServer`] starts a private `redis-server` on a free loopback port for one test (and
+//! kills it when dropped); [`RespClient`] is a tiny blocking RESP client for setting things
+//! up and injecting faults (`CLIENT KILL`, `DEBUG SLEEP`, `ACL SETUSER`, ...) from the side.
+//! Only the standard library is used here, so the harness works under any runtime.
+//!
+//! `redis-server` must be installed: `bash scripts/test.sh` installs it when missing.
+
+pub mod redis_server;
+
+pub use redis_server::{wait_until, HarnessError, RedisServer, RespClient, RespReply};
