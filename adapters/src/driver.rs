@@ -741,10 +741,19 @@ impl State {
             progress = true;
             match req {
                 LinkRequest::Open {
-                    link, host, port, ..
+                    link,
+                    host,
+                    port,
+                    tls,
                 } => {
-                    debug!(%link, %host, port, "opening link");
-                    self.links[link.0 as usize] = LinkIo::Connecting(self.rt.connect(host, port));
+                    debug!(%link, %host, port, tls, "opening link");
+                    let connect = self.rt.connect(host.clone(), port);
+                    let fut: BoxFuture<io::Result<BoxedIo>> = if tls {
+                        tls_connect(&self.options, host, connect)
+                    } else {
+                        connect
+                    };
+                    self.links[link.0 as usize] = LinkIo::Connecting(fut);
                 }
                 LinkRequest::Close { link } => {
                     debug!(%link, "closing link");
@@ -869,4 +878,31 @@ impl State {
         }
         self.event_subs.retain(|q| q.push(ev.clone()));
     }
+}
+
+#[cfg(feature = "tls")]
+fn tls_connect(
+    options: &Options,
+    host: String,
+    connect: BoxFuture<io::Result<BoxedIo>>,
+) -> BoxFuture<io::Result<BoxedIo>> {
+    let config = options
+        .tls
+        .clone()
+        .unwrap_or_else(crate::tls::default_client_config);
+    Box::pin(async move { crate::tls::wrap(config, host, connect.await?).await })
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_connect(
+    _: &Options,
+    _: String,
+    _: BoxFuture<io::Result<BoxedIo>>,
+) -> BoxFuture<io::Result<BoxedIo>> {
+    Box::pin(async {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "rediss:// needs TLS: build roomcast with the `tls` feature",
+        ))
+    })
 }

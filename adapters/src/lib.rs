@@ -30,6 +30,8 @@ mod error;
 mod handle;
 mod queue;
 pub mod runtime;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -59,6 +61,9 @@ pub struct Options {
     pub event_queue: usize,
     /// Commands from handles queued for the driver before callers wait (default 4,096).
     pub command_queue: usize,
+    /// TLS settings for `rediss://` (default: trust the Mozilla roots).
+    #[cfg(feature = "tls")]
+    pub tls: Option<std::sync::Arc<tls::rustls::ClientConfig>>,
 }
 
 impl Default for Options {
@@ -68,6 +73,8 @@ impl Default for Options {
             overflow: Overflow::DropOldest,
             event_queue: 1024,
             command_queue: 4096,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
