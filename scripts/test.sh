@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Everything CI checks, in the order CI checks it: formatting, lints, tests, the core's
+# dependency rule, and the fuzz targets' build. Installs redis-server when it is missing
+# (the integration tests start private servers of their own on free loopback ports).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+start=$(date +%s)
+
+step() { printf '\n==> %s  (+%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
+
+step "redis-server"
+if command -v redis-server >/dev/null 2>&1; then
+    echo "redis-server present: skipping apt"
+else
+    echo "redis-server missing: installing redis-server and redis-tools with apt"
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then
+            SUDO="sudo"
+        else
+            echo "error: redis-server is missing and this is not root; install it with" >&2
+            echo "       apt-get install -y redis-server redis-tools" >&2
+            exit 1
+        fi
+    fi
+    $SUDO apt-get update
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools
+fi
+# The tests start their own servers; nothing here may point them at a shared one.
+unset REDIS_URL REDIS_CHANNEL_PREFIX REDIS_POOL_SIZE
+
+step "tool versions"
+rustc --version
+cargo --version
+cargo fmt --version
+cargo clippy --version
+redis-server --version
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test --workspace"
+cargo test --workspace
+
+step "roomcast-core depends on no runtime"
+tree=$(cargo tree -p roomcast-core -e normal --prefix none)
+forbidden=$(printf '%s\n' "$tree" | awk '{print $1}' \
+    | grep -xE 'tokio|async-std|async-io|mio|smol|async-net' | sort -u || true)
+if [ -n "$forbidden" ]; then
+    echo "error: roomcast-core must stay sans-IO, but its normal dependencies include:" >&2
+    printf '  %s\n' $forbidden >&2
+    echo "Find the path with: cargo tree -p roomcast-core -e normal -i <crate>" >&2
+    exit 1
+fi
+echo "ok: no tokio, async-std, async-io, mio, smol or async-net under roomcast-core"
+
+step "fuzz targets"
+if [ -f fuzz/Cargo.toml ]; then
+    cargo build --manifest-path fuzz/Cargo.toml
+else
+    echo "skipped: no fuzz/Cargo.toml yet"
+fi
+
+step "all checks passed in $(( $(date +%s) - start ))s"
