@@ -1,0 +1,99 @@
+//! Publish: `Hub::publish` of 64 B to a ready publish link, draining `poll_transmit`.
+//! Operations per second.
+//!
+//! - `publish/64B`: publish + take the PUBLISH bytes; Redis's `:N` replies are fed outside
+//!   the timed part (every 1024 publishes, so the in-flight bound is never reached).
+//! - `publish/64B_confirmed`: the same plus feeding the reply and draining the
+//!   `PublishConfirmed` event, one by one.
+//!
+//! `cargo bench -p roomcast-core --bench publish -- --quick`
+// criterion_group! defines an undocumented `pub fn`.
+#![allow(missing_docs)]
+
+mod common;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use roomcast_core::{Config, MessageType, Publish};
+
+use common::Rig;
+
+const ROOM: &str = "bench/publish";
+const CONFIRM_EVERY: u64 = 1024;
+
+fn msg(data: &[u8]) -> Publish<'_> {
+    Publish {
+        room: ROOM,
+        message_type: MessageType::Broadcast,
+        data,
+        exclude_connection: Some("conn-1"),
+        timestamp: 1_700_000_000,
+    }
+}
+
+fn publish(c: &mut Criterion) {
+    let mut group = c.benchmark_group("publish");
+    group.throughput(Throughput::Elements(1));
+    let data = [0x5au8; 64];
+
+    let mut rig = Rig::ready(Config::default());
+    let link = rig.hub.publish_link(ROOM);
+    let now = rig.now;
+    group.bench_function("64B", |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            let mut done = 0;
+            while done < iters {
+                let n = CONFIRM_EVERY.min(iters - done);
+                let start = Instant::now();
+                let mut bytes = 0;
+                for _ in 0..n {
+                    black_box(rig.hub.publish(&msg(&data), now).expect("publish"));
+                    while let Some(tx) = rig.hub.poll_transmit() {
+                        bytes += tx.bytes.len();
+                    }
+                }
+                timed += start.elapsed();
+                black_box(bytes);
+                // Redis's replies, untimed.
+                let mut replies = BytesMut::with_capacity(4 * n as usize);
+                for _ in 0..n {
+                    replies.extend_from_slice(b":1\r\n");
+                }
+                rig.hub.handle_input(link, &mut replies, now);
+                while rig.hub.poll_event().is_some() {}
+                done += n;
+            }
+            timed
+        });
+    });
+
+    let mut rig = Rig::ready(Config::default());
+    let link = rig.hub.publish_link(ROOM);
+    let now = rig.now;
+    let mut reply = BytesMut::new();
+    group.bench_function("64B_confirmed", |b| {
+        b.iter(|| {
+            black_box(rig.hub.publish(&msg(&data), now).expect("publish"));
+            while let Some(tx) = rig.hub.poll_transmit() {
+                black_box(tx.bytes.len());
+            }
+            reply.extend_from_slice(b":1\r\n");
+            rig.hub.handle_input(link, &mut reply, now);
+            while let Some(e) = rig.hub.poll_event() {
+                black_box(e);
+            }
+        });
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30);
+    targets = publish
+}
+criterion_main!(benches);
