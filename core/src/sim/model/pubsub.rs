@@ -1,0 +1,259 @@
+//! Pub/sub: subscriptions of the three kinds (channels, patterns, shard channels), their
+//! confirmations, message delivery and the PUBSUB introspection subcommands.
+//!
+//! Counts in confirmations follow Redis 7.0: channels and patterns share one count,
+//! shard channels have their own. A connection is in subscribed mode while it has any
+//! subscription of any kind.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::dispatch::unknown_subcommand;
+use super::glob::glob_match;
+use super::ordered::OrderedSet;
+use super::reply::Reply;
+use super::{Client, ClientId, ModelRedis};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Channel,
+    Pattern,
+    Shard,
+}
+
+impl Kind {
+    fn of(cmd: &str) -> Kind {
+        match cmd {
+            "psubscribe" | "punsubscribe" => Kind::Pattern,
+            "ssubscribe" | "sunsubscribe" => Kind::Shard,
+            _ => Kind::Channel,
+        }
+    }
+
+    fn set(self, cl: &mut Client) -> &mut OrderedSet {
+        match self {
+            Kind::Channel => &mut cl.channels,
+            Kind::Pattern => &mut cl.patterns,
+            Kind::Shard => &mut cl.shard_channels,
+        }
+    }
+
+    fn count(self, cl: &Client) -> i64 {
+        match self {
+            Kind::Channel | Kind::Pattern => cl.pubsub_count() as i64,
+            Kind::Shard => cl.shard_channels.len() as i64,
+        }
+    }
+}
+
+/// splitmix64: a tiny seeded generator for the shuffle fault.
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+type Registry = BTreeMap<Vec<u8>, BTreeSet<ClientId>>;
+
+impl ModelRedis {
+    fn registry(&mut self, kind: Kind) -> &mut Registry {
+        match kind {
+            Kind::Channel => &mut self.channels,
+            Kind::Pattern => &mut self.patterns,
+            Kind::Shard => &mut self.shard_channels,
+        }
+    }
+
+    /// SUBSCRIBE / PSUBSCRIBE / SSUBSCRIBE: one confirmation per argument, in order,
+    /// with the running count (unchanged for a repeat).
+    pub(super) fn cmd_subscribe(&mut self, c: ClientId, cmd: &str, names: &[Vec<u8>]) {
+        let kind = Kind::of(cmd);
+        for name in names {
+            let Some(cl) = self.clients.get_mut(&c) else {
+                return;
+            };
+            let added = kind.set(cl).insert(name, ());
+            let count = kind.count(cl);
+            if added {
+                self.registry(kind)
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(c);
+            }
+            let confirm = Reply::Push(vec![
+                Reply::bulk(cmd),
+                Reply::Bulk(name.clone()),
+                Reply::Integer(count),
+            ]);
+            self.emit(c, &confirm);
+            if self.faults.duplicate_subscribe {
+                self.emit(c, &confirm);
+            }
+        }
+    }
+
+    /// UNSUBSCRIBE / PUNSUBSCRIBE / SUNSUBSCRIBE: one confirmation per argument (also for
+    /// names never subscribed), or per subscription when called without arguments, or
+    /// `[kind, nil, count]` when there is nothing to unsubscribe from.
+    pub(super) fn cmd_unsubscribe(&mut self, c: ClientId, cmd: &str, names: &[Vec<u8>]) {
+        let kind = Kind::of(cmd);
+        let Some(cl) = self.clients.get_mut(&c) else {
+            return;
+        };
+        let mut list: Vec<Vec<u8>> = if names.is_empty() {
+            kind.set(cl).keys().map(<[u8]>::to_vec).collect()
+        } else {
+            names.to_vec()
+        };
+        if list.is_empty() {
+            let none = Reply::Push(vec![
+                Reply::bulk(cmd),
+                Reply::Nil,
+                Reply::Integer(kind.count(cl)),
+            ]);
+            self.emit(c, &none);
+            return;
+        }
+        if let Some(state) = self.faults.shuffle_unsubscribe.as_mut() {
+            for i in (1..list.len()).rev() {
+                let j = (splitmix64(state) % (i as u64 + 1)) as usize;
+                list.swap(i, j);
+            }
+        }
+        for name in list {
+            let Some(cl) = self.clients.get_mut(&c) else {
+                return;
+            };
+            let removed = kind.set(cl).remove(&name).is_some();
+            let count = kind.count(cl);
+            if removed {
+                self.unregister(kind, &name, c);
+            }
+            let confirm = Reply::Push(vec![
+                Reply::bulk(cmd),
+                Reply::Bulk(name),
+                Reply::Integer(count),
+            ]);
+            self.emit(c, &confirm);
+        }
+    }
+
+    fn unregister(&mut self, kind: Kind, name: &[u8], c: ClientId) {
+        let reg = self.registry(kind);
+        if let Some(set) = reg.get_mut(name) {
+            set.remove(&c);
+            if set.is_empty() {
+                reg.remove(name);
+            }
+        }
+    }
+
+    /// Ends every subscription of `c` without confirmations (RESET, close).
+    pub(super) fn drop_all_subscriptions(&mut self, c: ClientId) {
+        for kind in [Kind::Channel, Kind::Pattern, Kind::Shard] {
+            let Some(cl) = self.clients.get_mut(&c) else {
+                return;
+            };
+            let set = std::mem::take(kind.set(cl));
+            for name in set.keys() {
+                self.unregister(kind, name, c);
+            }
+        }
+    }
+
+    /// PUBLISH: `message` to every channel subscriber, then `pmessage` for every
+    /// matching (pattern, subscriber) pair; returns how many were sent.
+    pub(super) fn deliver(&mut self, channel: &[u8], payload: &[u8]) -> usize {
+        let mut sent = 0;
+        let direct: Vec<ClientId> = self
+            .channels
+            .get(channel)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        if !direct.is_empty() {
+            let msg = Reply::Push(vec![
+                Reply::bulk("message"),
+                Reply::bulk(channel),
+                Reply::bulk(payload),
+            ]);
+            for c in direct {
+                self.emit(c, &msg);
+                sent += 1;
+            }
+        }
+        let by_pattern: Vec<(Vec<u8>, Vec<ClientId>)> = self
+            .patterns
+            .iter()
+            .filter(|(p, _)| glob_match(p, channel))
+            .map(|(p, s)| (p.clone(), s.iter().copied().collect()))
+            .collect();
+        for (pattern, subscribers) in by_pattern {
+            let msg = Reply::Push(vec![
+                Reply::bulk("pmessage"),
+                Reply::Bulk(pattern),
+                Reply::bulk(channel),
+                Reply::bulk(payload),
+            ]);
+            for c in subscribers {
+                self.emit(c, &msg);
+                sent += 1;
+            }
+        }
+        sent
+    }
+
+    /// SPUBLISH: `smessage` to every shard-channel subscriber.
+    pub(super) fn deliver_shard(&mut self, channel: &[u8], payload: &[u8]) -> usize {
+        let subscribers: Vec<ClientId> = self
+            .shard_channels
+            .get(channel)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        let msg = Reply::Push(vec![
+            Reply::bulk("smessage"),
+            Reply::bulk(channel),
+            Reply::bulk(payload),
+        ]);
+        for &c in &subscribers {
+            self.emit(c, &msg);
+        }
+        subscribers.len()
+    }
+
+    /// PUBSUB CHANNELS | NUMSUB | NUMPAT | SHARDCHANNELS | SHARDNUMSUB.
+    pub(super) fn cmd_pubsub(&mut self, fullname: &str, argv: &[Vec<u8>]) -> Reply {
+        let names = |reg: &Registry, pattern: Option<&Vec<u8>>| {
+            Reply::Array(
+                reg.keys()
+                    .filter(|ch| pattern.is_none_or(|p| glob_match(p, ch)))
+                    .map(|ch| Reply::Bulk(ch.clone()))
+                    .collect(),
+            )
+        };
+        let counts = |reg: &Registry| {
+            Reply::Array(
+                argv[2..]
+                    .iter()
+                    .flat_map(|ch| {
+                        let n = reg.get(ch).map_or(0, BTreeSet::len);
+                        [Reply::Bulk(ch.clone()), Reply::Integer(n as i64)]
+                    })
+                    .collect(),
+            )
+        };
+        match fullname {
+            "pubsub|channels" | "pubsub|shardchannels" if argv.len() > 3 => {
+                unknown_subcommand(argv, true)
+            }
+            "pubsub|channels" => names(&self.channels, argv.get(2)),
+            "pubsub|shardchannels" => names(&self.shard_channels, argv.get(2)),
+            "pubsub|numsub" => counts(&self.channels),
+            "pubsub|shardnumsub" => counts(&self.shard_channels),
+            "pubsub|numpat" => Reply::Integer(self.patterns.len() as i64),
+            _ => Reply::error(format!(
+                "roomcast model Redis does not implement '{fullname}'"
+            )),
+        }
+    }
+}

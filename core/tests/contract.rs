@@ -1,0 +1,523 @@
+//! "The contract users get" (ARCHITECTURE.md), line by line, against the model Redis.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use roomcast_core::envelope::{self, InstanceId, MessageType};
+use roomcast_core::sim::{ModelConfig, Sim, Split};
+use roomcast_core::{
+    Config, Delivery, DeliveryMode, Event, Hub, Identity, LinkError, LinkId, Protocol, Publish,
+    PublishError, RoomState, UnconfirmedPolicy, SUBSCRIBER,
+};
+
+fn model() -> ModelConfig {
+    ModelConfig {
+        requirepass: None,
+        users: Vec::new(),
+        hello_supported: true,
+    }
+}
+
+fn config(pool: usize) -> Config {
+    Config {
+        pool_size: pool,
+        ..Config::default()
+    }
+}
+
+fn sim(n: usize) -> Sim {
+    let mut s = Sim::new(n, model(), |_| config(2));
+    s.settle();
+    for node in &s.nodes {
+        assert!(node.hub.health().all_ready(), "{:?}", node.hub.health());
+    }
+    s
+}
+
+fn publish(s: &mut Sim, node: usize, room: &str, data: &[u8], exclude: Option<&str>) {
+    let now = s.now;
+    s.nodes[node]
+        .hub
+        .publish(
+            &Publish {
+                room,
+                message_type: MessageType::Broadcast,
+                data,
+                exclude_connection: exclude,
+                timestamp: 1,
+            },
+            now,
+        )
+        .expect("publish accepted");
+}
+
+/// (recipient, data) pairs delivered on a node, in order.
+fn deliveries(events: &[Event]) -> Vec<(String, String, Bytes)> {
+    let mut out = Vec::new();
+    for e in events {
+        if let Event::Delivery(d) = e {
+            for r in d.recipients() {
+                out.push((
+                    d.message.room.as_str().to_string(),
+                    r.as_str().to_string(),
+                    d.message.data.clone(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn data_for(events: &[Event], conn: &str) -> Vec<Bytes> {
+    deliveries(events)
+        .into_iter()
+        .filter(|(_, c, _)| c == conn)
+        .map(|(_, _, d)| d)
+        .collect()
+}
+
+fn join_all(s: &mut Sim, room: &str, members: &[(usize, &str)]) {
+    for (node, conn) in members {
+        s.nodes[*node].hub.join(room, conn).unwrap();
+    }
+    s.settle();
+    for (node, _) in members {
+        assert_eq!(s.nodes[*node].hub.room_state(room), Some(RoomState::Live));
+    }
+    s.take_events();
+}
+
+#[test]
+fn line1_one_order_per_room_across_instances() {
+    let mut s = sim(3);
+    join_all(&mut s, "r", &[(0, "a"), (1, "b"), (2, "c")]);
+    for i in 0..20u8 {
+        // Two publishers interleave; every member must see one and the same order.
+        publish(&mut s, (i % 2) as usize, "r", &[i], None);
+        if i % 3 == 0 {
+            s.step();
+        }
+    }
+    s.settle();
+    let ev = s.take_events();
+    let a = data_for(&ev[0], "a");
+    let b = data_for(&ev[1], "b");
+    let c = data_for(&ev[2], "c");
+    assert_eq!(a.len(), 20);
+    assert_eq!(a, b);
+    assert_eq!(b, c);
+}
+
+#[test]
+fn line1_local_first_delivers_at_publish_time_and_drops_the_echo() {
+    let mut s = Sim::new(2, model(), |_| Config {
+        delivery: DeliveryMode::LocalFirst,
+        ..config(2)
+    });
+    s.settle();
+    join_all(&mut s, "r", &[(0, "a"), (1, "b")]);
+    publish(&mut s, 0, "r", b"1", None);
+    // Delivered locally before anything reached Redis.
+    let local: Vec<Event> = std::iter::from_fn(|| s.nodes[0].hub.poll_event()).collect();
+    assert_eq!(data_for(&local, "a"), vec![Bytes::from_static(b"1")]);
+    publish(&mut s, 0, "r", b"2", None);
+    s.settle();
+    let ev = s.take_events();
+    assert_eq!(data_for(&ev[0], "a"), vec![Bytes::from_static(b"2")]);
+    assert_eq!(
+        data_for(&ev[1], "b"),
+        vec![Bytes::from_static(b"1"), Bytes::from_static(b"2")]
+    );
+    assert_eq!(s.nodes[0].hub.metrics().dropped_echo, 2);
+}
+
+#[test]
+fn line2_and_4_unconfirmed_publishes_are_resent_and_duplicates_dropped() {
+    let mut s = sim(2);
+    join_all(&mut s, "r", &[(0, "a"), (1, "b")]);
+    let link = s.nodes[0].hub.publish_link("r");
+    // The server processes the publishes but its replies are lost, then the link breaks:
+    // the hub must resend all five, and receivers must drop the copies.
+    s.deafen(0, link, true);
+    for i in 0..5u8 {
+        publish(&mut s, 0, "r", &[i], None);
+    }
+    s.step();
+    s.deafen(0, link, false);
+    s.kill_link(0, link);
+    s.settle();
+    s.advance(Duration::from_secs(3));
+    let ev = s.take_events();
+    let want: Vec<Bytes> = (0..5u8).map(|i| Bytes::from(vec![i])).collect();
+    assert_eq!(data_for(&ev[1], "b"), want);
+    assert_eq!(data_for(&ev[0], "a"), want);
+    let confirmed = ev[0]
+        .iter()
+        .filter(|e| matches!(e, Event::PublishConfirmed { .. }))
+        .count();
+    assert_eq!(confirmed, 5);
+    assert!(s.nodes[1].hub.metrics().dropped_duplicate >= 5);
+    assert!(s.nodes[0].hub.metrics().publish_resent >= 5);
+}
+
+#[test]
+fn line4_outcome_unknown_when_configured() {
+    let mut s = Sim::new(1, model(), |_| Config {
+        unconfirmed: UnconfirmedPolicy::FailUnknown,
+        ..config(1)
+    });
+    s.settle();
+    s.deafen(0, LinkId(1), true);
+    publish(&mut s, 0, "r", b"x", None);
+    s.step();
+    s.deafen(0, LinkId(1), false);
+    s.kill_link(0, LinkId(1));
+    s.settle();
+    let ev = s.take_events();
+    assert!(ev[0].iter().any(|e| matches!(
+        e,
+        Event::PublishFailed {
+            error: PublishError::OutcomeUnknown,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn line4_queued_while_down_then_refused_beyond_the_bound() {
+    let mut s = Sim::new(1, model(), |_| Config {
+        max_queued_publishes: 3,
+        ..config(1)
+    });
+    s.refuse_connections = true;
+    s.settle();
+    for i in 0..3u8 {
+        publish(&mut s, 0, "r", &[i], None);
+    }
+    let now = s.now;
+    let err = s.nodes[0]
+        .hub
+        .publish(
+            &Publish {
+                room: "r",
+                message_type: MessageType::Broadcast,
+                data: b"4",
+                exclude_connection: None,
+                timestamp: 0,
+            },
+            now,
+        )
+        .unwrap_err();
+    assert_eq!(err, PublishError::QueueFull { max: 3 });
+    assert!(err.to_string().contains("max_queued_publishes"));
+    assert_eq!(s.nodes[0].hub.metrics().publish_refused, 1);
+    s.refuse_connections = false;
+    s.advance(Duration::from_secs(5));
+    let ev = s.take_events();
+    let confirmed: Vec<u64> = ev[0]
+        .iter()
+        .filter_map(|e| match e {
+            Event::PublishConfirmed { id, receivers } => {
+                assert_eq!(*receivers, 0);
+                Some(id.0)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(confirmed, vec![1, 2, 3]);
+}
+
+#[test]
+fn line3_sequences_have_no_holes_for_refusals_and_gaps_are_reported() {
+    let mut s = sim(2);
+    join_all(&mut s, "r", &[(1, "b")]);
+    publish(&mut s, 0, "r", b"1", None);
+    // Refused before it is written: takes no number.
+    let now = s.now;
+    let big = vec![0u8; 2 << 20];
+    assert!(matches!(
+        s.nodes[0].hub.publish(
+            &Publish {
+                room: "r",
+                message_type: MessageType::Broadcast,
+                data: &big,
+                exclude_connection: None,
+                timestamp: 0,
+            },
+            now
+        ),
+        Err(PublishError::TooLarge { .. })
+    ));
+    publish(&mut s, 0, "r", b"2", None);
+    s.settle();
+    let ev = s.take_events();
+    let seqs: Vec<u64> = ev[1]
+        .iter()
+        .filter_map(|e| match e {
+            Event::Delivery(d) => d.message.origin.map(|t| t.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, vec![1, 2]);
+    assert!(!ev[1].iter().any(|e| matches!(e, Event::Gap { .. })));
+
+    // Node 1's subscriber misses messages 3 and 4: a gap is reported when 5 arrives.
+    s.kill_link(1, SUBSCRIBER);
+    s.step();
+    publish(&mut s, 0, "r", b"3", None);
+    publish(&mut s, 0, "r", b"4", None);
+    s.step();
+    s.step();
+    s.advance(Duration::from_secs(3));
+    publish(&mut s, 0, "r", b"5", None);
+    s.settle();
+    let ev = s.take_events();
+    let gaps: Vec<_> = ev[1]
+        .iter()
+        .filter_map(|e| match e {
+            Event::Gap {
+                missing, origin, ..
+            } => Some((missing.clone(), *origin)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gaps, vec![(3..=4, InstanceId(0x1000))]);
+}
+
+#[test]
+fn line3_a_restarted_origin_is_a_new_baseline() {
+    let mut s = sim(2);
+    join_all(&mut s, "r", &[(1, "b")]);
+    publish(&mut s, 0, "r", b"1", None);
+    publish(&mut s, 0, "r", b"2", None);
+    s.settle();
+    // Node 0 restarts: same instance id, new epoch, sequence from 1 again.
+    let now = s.now;
+    s.nodes[0].hub = Hub::new(
+        config(2),
+        Identity {
+            instance: InstanceId(0x1000),
+            epoch: 2,
+        },
+        now,
+    )
+    .unwrap();
+    s.settle();
+    publish(&mut s, 0, "r", b"3", None);
+    s.settle();
+    let ev = s.take_events();
+    assert_eq!(data_for(&ev[1], "b").len(), 3);
+    assert!(!ev[1].iter().any(|e| matches!(e, Event::Gap { .. })));
+}
+
+#[test]
+fn line5_and_6_exclusion_applies_on_the_origin_only_and_ids_are_per_instance() {
+    let mut s = sim(2);
+    // The same connection id on two instances is two connections.
+    join_all(&mut s, "r", &[(0, "c1"), (0, "c2"), (1, "c1")]);
+    publish(&mut s, 0, "r", b"x", Some("c1"));
+    s.settle();
+    let ev = s.take_events();
+    assert!(data_for(&ev[0], "c1").is_empty());
+    assert_eq!(data_for(&ev[0], "c2").len(), 1);
+    assert_eq!(data_for(&ev[1], "c1").len(), 1);
+}
+
+#[test]
+fn line5_trailerless_messages_exclude_everywhere() {
+    let mut s = sim(2);
+    join_all(&mut s, "r", &[(0, "c1"), (1, "c1"), (1, "c2")]);
+    // A publisher built from the GraphWiz design: bincode body, no trailer, plain PUBLISH.
+    let mut body = Vec::new();
+    envelope::encode(
+        &mut body,
+        "r",
+        MessageType::Broadcast,
+        b"old",
+        Some("c1"),
+        7,
+        None,
+    );
+    let channel = s.nodes[0]
+        .hub
+        .namer()
+        .room_channel(&"r".try_into().unwrap());
+    let c = s.redis.connect();
+    let mut cmd = format!("*3\r\n$7\r\nPUBLISH\r\n${}\r\n", channel.len()).into_bytes();
+    cmd.extend_from_slice(&channel);
+    cmd.extend_from_slice(format!("\r\n${}\r\n", body.len()).as_bytes());
+    cmd.extend_from_slice(&body);
+    cmd.extend_from_slice(b"\r\n");
+    let now = s.now;
+    s.redis.input(c, &cmd, now);
+    assert_eq!(s.redis.take_output(c), b":2\r\n");
+    s.settle();
+    let ev = s.take_events();
+    assert!(data_for(&ev[0], "c1").is_empty());
+    assert!(data_for(&ev[1], "c1").is_empty());
+    assert_eq!(data_for(&ev[1], "c2"), vec![Bytes::from_static(b"old")]);
+    let d = ev[1]
+        .iter()
+        .find_map(|e| match e {
+            Event::Delivery(d) => Some(d.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(d.message.origin, None);
+    assert_eq!(d.message.timestamp, 7);
+}
+
+#[test]
+fn line7_live_means_confirmed() {
+    let mut s = sim(1);
+    let joined = s.nodes[0].hub.join("r", "a").unwrap();
+    assert_eq!(joined.state, RoomState::Pending);
+    // The server has not processed the SUBSCRIBE yet: written, not confirmed, not live.
+    s.stall_link(0, SUBSCRIBER, true);
+    s.step();
+    assert_eq!(s.nodes[0].hub.room_state("r"), Some(RoomState::Subscribing));
+    s.stall_link(0, SUBSCRIBER, false);
+    s.settle();
+    assert_eq!(s.nodes[0].hub.room_state("r"), Some(RoomState::Live));
+    let ev = s.take_events();
+    assert!(ev[0]
+        .iter()
+        .any(|e| matches!(e, Event::RoomLive { room } if room.as_str() == "r")));
+    assert_eq!(
+        s.nodes[0].hub.join("r", "b").unwrap().state,
+        RoomState::Live
+    );
+}
+
+#[test]
+fn line8_outages_are_visible_with_length_and_missed_rooms() {
+    let mut s = sim(1);
+    join_all(&mut s, "r1", &[(0, "a")]);
+    join_all(&mut s, "r2", &[(0, "a")]);
+    s.refuse_connections = true;
+    s.kill_link(0, SUBSCRIBER);
+    s.advance(Duration::from_millis(500));
+    s.refuse_connections = false;
+    s.advance(Duration::from_secs(3));
+    let ev = s.take_events();
+    assert!(ev[0].iter().any(|e| matches!(
+        e,
+        Event::LinkDown {
+            link: SUBSCRIBER,
+            cause: LinkError::Io(_),
+            ..
+        }
+    )));
+    let up = ev[0]
+        .iter()
+        .find_map(|e| match e {
+            Event::LinkUp {
+                link: SUBSCRIBER,
+                outage,
+                missed_rooms,
+                ..
+            } => Some((*outage, missed_rooms.clone())),
+            _ => None,
+        })
+        .expect("link up");
+    assert!(up.0.unwrap() >= Duration::from_millis(500));
+    let missed: Vec<&str> = up.1.iter().map(|r| r.as_str()).collect();
+    assert_eq!(missed, vec!["r1", "r2"]);
+    assert_eq!(s.nodes[0].hub.room_state("r1"), Some(RoomState::Live));
+    assert_eq!(s.nodes[0].hub.room_state("r2"), Some(RoomState::Live));
+}
+
+#[test]
+fn line8_a_deaf_subscriber_is_detected_by_the_probe_and_reopened() {
+    let mut s = sim(1);
+    join_all(&mut s, "r", &[(0, "a")]);
+    s.deafen(0, SUBSCRIBER, true);
+    s.advance(Duration::from_secs(6));
+    let ev = s.take_events();
+    assert!(
+        ev[0].iter().any(|e| matches!(
+            e,
+            Event::LinkDown {
+                link: SUBSCRIBER,
+                cause: LinkError::Deaf,
+                ..
+            }
+        )),
+        "{:?}",
+        ev[0]
+    );
+    s.deafen(0, SUBSCRIBER, false);
+    s.advance(Duration::from_secs(15));
+    assert_eq!(s.nodes[0].hub.room_state("r"), Some(RoomState::Live));
+    assert!(s.nodes[0].hub.metrics().deaf_detected >= 1);
+}
+
+#[test]
+fn a_stalled_server_is_detected_by_the_reply_deadline() {
+    let mut s = sim(1);
+    let link = LinkId(1);
+    s.stall_link(0, link, true);
+    s.advance(Duration::from_secs(10));
+    let ev = s.take_events();
+    assert!(ev[0].iter().any(|e| matches!(
+        e,
+        Event::LinkDown {
+            link: LinkId(1),
+            cause: LinkError::ReplyTimeout,
+            ..
+        }
+    )));
+    s.advance(Duration::from_secs(3));
+    assert!(s.nodes[0].hub.health().all_ready());
+}
+
+#[test]
+fn every_byte_split_gives_the_same_deliveries() {
+    for split in [Split::Chunks(1), Split::Chunks(7), Split::Random(40)] {
+        let mut s = Sim::new(2, model(), |_| config(2));
+        s.split = split;
+        s.settle();
+        join_all(&mut s, "r", &[(0, "a"), (1, "b")]);
+        for i in 0..10u8 {
+            publish(&mut s, 0, "r", &[i; 33], None);
+        }
+        s.settle();
+        let ev = s.take_events();
+        let want: Vec<Bytes> = (0..10u8).map(|i| Bytes::from(vec![i; 33])).collect();
+        assert_eq!(data_for(&ev[1], "b"), want, "{split:?}");
+    }
+}
+
+#[test]
+fn resp3_links_work_the_same() {
+    let mut s = Sim::new(2, model(), |_| {
+        let mut c = config(2);
+        c.server.protocol = Protocol::Resp3;
+        c
+    });
+    s.settle();
+    join_all(&mut s, "r", &[(0, "a"), (1, "b")]);
+    publish(&mut s, 0, "r", b"hi", Some("a"));
+    s.settle();
+    let ev = s.take_events();
+    assert_eq!(data_for(&ev[1], "b"), vec![Bytes::from_static(b"hi")]);
+    assert!(data_for(&ev[0], "a").is_empty());
+}
+
+#[test]
+fn payloads_are_shared_not_copied_per_recipient() {
+    let mut s = sim(1);
+    join_all(&mut s, "r", &[(0, "a"), (0, "b"), (0, "c")]);
+    publish(&mut s, 0, "r", b"shared", None);
+    s.settle();
+    let ev = s.take_events();
+    let d: Vec<&Delivery> = ev[0]
+        .iter()
+        .filter_map(|e| match e {
+            Event::Delivery(d) => Some(d),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(d.len(), 1, "one event per message, not per member");
+    assert_eq!(d[0].recipient_count(), 3);
+}
