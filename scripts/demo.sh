@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Placeholder demo. The real demo (several roomcast instances sharing rooms through one
-# Redis) arrives with the CLI issue; until then this runs the one thing that exists end to
-# end: the run-loop example in roomcast-core's crate docs, compiled and executed as a doctest
-# against the sans-IO core (no Redis needed).
+# The demo: three roomcast instances share rooms through one Redis, clients on every instance
+# chat, and it prints delivered messages/s and publish→member latency, then a summary.
+# Uses REDIS_URL when set; otherwise installs redis-server if missing (apt) and starts a
+# private one on a free loopback port, stopped at the end.
+# Usage: bash scripts/demo.sh [seconds=5] [rooms=4]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -11,15 +12,26 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-echo "==> Running the roomcast-core run-loop example (core/src/lib.rs crate docs)"
-out=$(mktemp)
-trap 'rm -f "$out"' EXIT
-cargo test -p roomcast-core --doc -- 'src/lib.rs' 2>&1 | tee "$out"
-if ! grep -qE 'test result: ok\. [1-9][0-9]* passed' "$out"; then
-    echo "error: the crate-docs example did not run (was it moved out of core/src/lib.rs?)" >&2
-    exit 1
+if [ -z "${REDIS_URL:-}" ]; then
+    if ! command -v redis-server >/dev/null 2>&1; then
+        echo "==> redis-server missing: installing it with apt-get"
+        SUDO=""
+        [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+        $SUDO apt-get update
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools
+    fi
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 16379)
+    dir=$(mktemp -d)
+    redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no --daemonize no \
+        --dir "$dir" >"$dir/redis.log" 2>&1 &
+    redis_pid=$!
+    trap 'kill $redis_pid 2>/dev/null || true; rm -rf "$dir"' EXIT
+    for _ in $(seq 1 100); do
+        redis-cli -p "$port" ping >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    export REDIS_URL="redis://127.0.0.1:$port"
+    echo "==> private redis-server on $REDIS_URL"
 fi
-echo
-echo "The example above drove one Hub through join, publish and its poll loop, with no I/O."
-echo "This is a placeholder: the live demo (a CLI running several instances through one"
-echo "redis-server) arrives with the CLI issue and is not built yet."
+
+cargo run --release -q -p roomcast --example demo -- "${1:-5}" "${2:-4}"

@@ -27,6 +27,12 @@ else
     $SUDO apt-get update
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools
 fi
+# The TLS tests make their certificates with the openssl command line.
+if ! command -v openssl >/dev/null 2>&1; then
+    echo "openssl missing: installing it with apt"
+    ${SUDO:-} apt-get update
+    ${SUDO:-} env DEBIAN_FRONTEND=noninteractive apt-get install -y openssl
+fi
 # The tests start their own servers; nothing here may point them at a shared one.
 unset REDIS_URL REDIS_CHANNEL_PREFIX REDIS_POOL_SIZE
 

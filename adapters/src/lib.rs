@@ -207,3 +207,8 @@ pub fn random_identity() -> Result<Identity, Error> {
         epoch: u64::from_le_bytes(c.try_into().unwrap_or_default()),
     })
 }
+
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
