@@ -38,7 +38,8 @@
 //! - Output limits count encoded bytes (Redis counts allocated memory); input beyond
 //!   [`Limits::max_query_buffer`] closes the connection, also while it is stalled.
 //! - With `hello_supported: false` only `HELLO` (unknown) and the unknown-command text
-//!   (Redis 5's backquoted form) change; everything else stays 7.0.
+//!   (Redis 5's backquoted form, as Redis-derived sources print it; not captured from
+//!   a Redis 5 server) change; `AUTH user pass`, `RESET` and the rest stay 7.0.
 //! - Script errors raised through [`Keyspace::call`] lack Redis's `script: <sha>, on
 //!   @user_script:<line>.` suffix.
 
@@ -56,7 +57,7 @@ mod tests;
 #[cfg(test)]
 mod transcript_tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 pub use glob::glob_match;
@@ -180,9 +181,9 @@ pub struct ModelRedis {
     next_client: u32,
     next_server_id: i64,
     dbs: Vec<Keyspace>,
-    channels: BTreeMap<Vec<u8>, std::collections::BTreeSet<ClientId>>,
-    patterns: BTreeMap<Vec<u8>, std::collections::BTreeSet<ClientId>>,
-    shard_channels: BTreeMap<Vec<u8>, std::collections::BTreeSet<ClientId>>,
+    channels: BTreeMap<Vec<u8>, BTreeSet<ClientId>>,
+    patterns: BTreeMap<Vec<u8>, BTreeSet<ClientId>>,
+    shard_channels: BTreeMap<Vec<u8>, BTreeSet<ClientId>>,
     scripts: BTreeMap<String, Vec<u8>>,
     script_impls: HashMap<Vec<u8>, ScriptFn>,
     epoch: Option<Instant>,
