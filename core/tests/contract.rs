@@ -521,3 +521,73 @@ fn payloads_are_shared_not_copied_per_recipient() {
     assert_eq!(d.len(), 1, "one event per message, not per member");
     assert_eq!(d[0].recipient_count(), 3);
 }
+
+#[test]
+fn duplicated_and_reordered_confirmations_end_in_the_right_state() {
+    let mut s = sim(1);
+    s.redis.duplicate_subscribe_confirmations(true);
+    s.redis.shuffle_unsubscribe_confirmations(Some(7));
+    let rooms: Vec<String> = (0..50).map(|i| format!("r{i}")).collect();
+    for r in &rooms {
+        s.nodes[0].hub.join(r, "a").unwrap();
+    }
+    s.settle();
+    for r in &rooms {
+        assert_eq!(s.nodes[0].hub.room_state(r), Some(RoomState::Live));
+    }
+    // Leave half, rejoin some while their UNSUBSCRIBE is in flight.
+    for r in &rooms[..25] {
+        s.nodes[0].hub.leave(r, "a").unwrap();
+    }
+    s.step();
+    for r in &rooms[..10] {
+        s.nodes[0].hub.join(r, "b").unwrap();
+    }
+    s.advance(Duration::from_secs(2));
+    let client = s.nodes[0].client(SUBSCRIBER).unwrap();
+    let mut subscribed = s.redis.subscriptions_of(client);
+    subscribed.sort();
+    let mut want: Vec<Vec<u8>> = rooms[..10]
+        .iter()
+        .chain(&rooms[25..])
+        .map(|r| {
+            s.nodes[0]
+                .hub
+                .namer()
+                .room_channel(&r.as_str().try_into().unwrap())
+                .to_vec()
+        })
+        .collect();
+    want.push(
+        s.nodes[0]
+            .hub
+            .namer()
+            .control_channel(InstanceId(0x1000))
+            .to_vec(),
+    );
+    want.sort();
+    assert_eq!(subscribed, want);
+    for r in &rooms[10..25] {
+        assert_eq!(s.nodes[0].hub.room_state(r), None);
+    }
+    assert!(s.nodes[0].hub.metrics().stray_confirmations > 0);
+    assert_eq!(s.nodes[0].hub.metrics().subscriptions_in_flight, 0);
+}
+
+#[test]
+fn joins_in_one_turn_become_one_subscribe_per_batch() {
+    let mut s = sim(1);
+    for i in 0..1200 {
+        s.nodes[0].hub.join(&format!("r{i}"), "a").unwrap();
+    }
+    let mut commands = 0;
+    while let Some(tx) = s.nodes[0].hub.poll_transmit() {
+        commands += tx
+            .bytes
+            .windows(b"SUBSCRIBE".len())
+            .filter(|w| *w == b"SUBSCRIBE")
+            .count();
+    }
+    // 1,200 channels in batches of 512.
+    assert_eq!(commands, 3);
+}
