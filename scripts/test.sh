@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything CI checks, in the order CI checks it: formatting, lints, tests, the core's
-# dependency rule, and the fuzz targets' build. Installs redis-server when it is missing
-# (the integration tests start private servers of their own on free loopback ports).
+# dependency rule, and the fuzz targets' build. Installs redis-server (and openssl, for the
+# TLS tests' certificates) with apt when missing; the integration tests start private
+# servers of their own on free loopback ports.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -9,29 +10,38 @@ start=$(date +%s)
 
 step() { printf '\n==> %s  (+%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
 
-step "redis-server"
-if command -v redis-server >/dev/null 2>&1; then
-    echo "redis-server present: skipping apt"
-else
-    echo "redis-server missing: installing redis-server and redis-tools with apt"
-    SUDO=""
+# Installs Debian packages (one apt-get update for all), as root or through sudo.
+apt_install() {
+    local sudo=""
     if [ "$(id -u)" -ne 0 ]; then
         if command -v sudo >/dev/null 2>&1; then
-            SUDO="sudo"
+            sudo="sudo"
         else
-            echo "error: redis-server is missing and this is not root; install it with" >&2
-            echo "       apt-get install -y redis-server redis-tools" >&2
+            echo "error: $* missing and this is not root; install with: apt-get install -y $*" >&2
             exit 1
         fi
     fi
-    $SUDO apt-get update
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools
+    $sudo apt-get update
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
+}
+
+step "system packages"
+missing=()
+if command -v redis-server >/dev/null 2>&1; then
+    echo "redis-server present: skipping apt for it"
+else
+    echo "redis-server missing: will install redis-server and redis-tools"
+    missing+=(redis-server redis-tools)
 fi
 # The TLS tests make their certificates with the openssl command line.
-if ! command -v openssl >/dev/null 2>&1; then
-    echo "openssl missing: installing it with apt"
-    ${SUDO:-} apt-get update
-    ${SUDO:-} env DEBIAN_FRONTEND=noninteractive apt-get install -y openssl
+if command -v openssl >/dev/null 2>&1; then
+    echo "openssl present"
+else
+    echo "openssl missing: will install it"
+    missing+=(openssl)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt_install "${missing[@]}"
 fi
 # The tests start their own servers; nothing here may point them at a shared one.
 unset REDIS_URL REDIS_CHANNEL_PREFIX REDIS_POOL_SIZE
