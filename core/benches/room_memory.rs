@@ -2,20 +2,30 @@
 //! takes 100,000 live rooms with one member each, less the room id bytes themselves.
 //! Prints the figures; asserts nothing about them.
 //!
-//! Measured as the growth of `VmRSS` (Linux `/proc/self/status`), so it includes the
-//! allocator's own overhead per allocation and any memory freed but kept by the allocator
-//! (a few hundred KiB of transient buffers while subscribing, against tens of MiB for the
-//! rooms). A counting `#[global_allocator]` would give exact heap bytes, but it needs an
-//! `unsafe impl GlobalAlloc`, which the workspace's `unsafe_code = "forbid"` refuses in every
-//! target of the core, benches included.
+//! Measured two ways: exact live heap bytes, counted by `stats_alloc`'s instrumented
+//! allocator (what the hub's data structures hold, without malloc's own overhead), and the
+//! growth of `VmRSS` (Linux `/proc/self/status`), which adds the allocator's overhead and
+//! memory freed but kept. Twice: every room with its own connection, and one connection in
+//! all rooms (the shape of a client that subscribes channels, for comparison with them).
 //!
 //! `cargo bench -p roomcast-core --bench room_memory`
 
 mod common;
 
 use roomcast_core::Config;
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 use common::Rig;
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
+
+/// Live heap bytes now (allocated minus freed since the region began; `stats_alloc` already
+/// adds a reallocation's growth to `bytes_allocated` and its shrinkage to `bytes_deallocated`).
+fn heap_bytes(region: &Region<'_, std::alloc::System>) -> isize {
+    let s = region.change();
+    s.bytes_allocated as isize - s.bytes_deallocated as isize
+}
 
 const ROOMS: usize = 100_000;
 
@@ -27,42 +37,71 @@ fn rss_bytes() -> Option<usize> {
     Some(kib * 1024)
 }
 
+fn measure(rooms: usize, shared_conn: bool) {
+    let mut rig = Rig::ready(Config::default());
+    rig.serve();
+    let region = Region::new(GLOBAL);
+    let rss_before = rss_bytes();
+    let heap_before = heap_bytes(&region);
+    for i in 0..rooms {
+        let conn = if shared_conn {
+            "c".to_string()
+        } else {
+            format!("c{i}")
+        };
+        rig.hub.join(&format!("room/{i}"), &conn).expect("join");
+        if i % 4096 == 4095 {
+            rig.serve();
+        }
+    }
+    rig.serve();
+    let heap = heap_bytes(&region) - heap_before;
+    let rss = rss_bytes()
+        .zip(rss_before)
+        .map(|(a, b)| a.saturating_sub(b));
+    let m = rig.hub.metrics();
+    assert_eq!(m.rooms_live, rooms, "every room live");
+    assert_eq!(m.members, rooms);
+    let id_bytes: usize = (0..rooms).map(|i| format!("room/{i}").len()).sum();
+    let conn_bytes: usize = if shared_conn {
+        1
+    } else {
+        (0..rooms).map(|i| format!("c{i}").len()).sum()
+    };
+    let per = |b: isize| b as f64 / rooms as f64;
+    println!(
+        "room_memory: {rooms} live rooms, one member each, {} (default Config, RESP2)",
+        if shared_conn {
+            "one connection in all rooms"
+        } else {
+            "a connection per room"
+        }
+    );
+    println!(
+        "  heap per room                        : {:.0} bytes",
+        per(heap)
+    );
+    println!(
+        "  heap per room less room and conn ids : {:.0} bytes (id strings: {:.1} + {:.1} bytes a room)",
+        per(heap - (id_bytes + conn_bytes) as isize),
+        id_bytes as f64 / rooms as f64,
+        conn_bytes as f64 / rooms as f64
+    );
+    if let Some(rss) = rss {
+        println!(
+            "  resident memory per room             : {:.0} bytes",
+            per(rss as isize)
+        );
+    }
+}
+
 fn main() {
     // Bench targets also run in test mode (`cargo test --benches`), without `--bench`:
     // keep that fast by measuring fewer rooms.
     let bench_mode = std::env::args().any(|a| a == "--bench");
     let rooms = if bench_mode { ROOMS } else { 1_000 };
-
-    let mut rig = Rig::ready(Config::default());
-    rig.serve();
-    let Some(before) = rss_bytes() else {
-        println!("room_memory: /proc/self/status has no VmRSS here; nothing measured");
-        return;
-    };
-
-    rig.join_live("room/", rooms);
-    let after = rss_bytes().unwrap_or(before);
-    let m = rig.hub.metrics();
-    assert_eq!(m.rooms_live, rooms, "every room live");
-    assert_eq!(m.members, rooms);
-
-    let id_bytes: usize = (0..rooms).map(|i| format!("room/{i}").len()).sum();
-    let conn_bytes: usize = (0..rooms).map(|i| format!("c{i}").len()).sum();
-    let grown = after.saturating_sub(before);
-    let per_room = grown as f64 / rooms as f64;
-    let less_id = grown.saturating_sub(id_bytes) as f64 / rooms as f64;
-    let less_ids = grown.saturating_sub(id_bytes + conn_bytes) as f64 / rooms as f64;
-    println!("room_memory: {rooms} live rooms, one member each (default Config, RESP2)");
-    println!("  resident memory grown             : {grown} bytes");
-    println!("  per room                          : {per_room:.0} bytes");
-    println!(
-        "  per room, less room id bytes      : {less_id:.0} bytes (ids average {:.1} bytes)",
-        id_bytes as f64 / rooms as f64
-    );
-    println!(
-        "  per room, less room and conn ids  : {less_ids:.0} bytes (conn ids average {:.1} bytes)",
-        conn_bytes as f64 / rooms as f64
-    );
+    measure(rooms, false);
+    measure(rooms, true);
     if !bench_mode {
         println!(
             "  (test mode: {rooms} rooms, too few to mean much; `cargo bench` measures {ROOMS})"

@@ -7,10 +7,11 @@
 //! join that arrives while UNSUBSCRIBE is in flight always ends subscribed, and confirmations
 //! that are duplicated or reordered cannot confuse it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use foldhash::fast::FixedState;
+use hashbrown::HashMap;
 
 use crate::envelope::{InstanceId, Trailer};
 use crate::event::RoomState;
@@ -37,40 +38,110 @@ pub(crate) enum SeqCheck {
     Gap(std::ops::RangeInclusive<u64>),
 }
 
+/// One value or several: most rooms of a busy server have one local member and most
+/// connections are in one room, so that case needs no allocation of its own.
 #[derive(Debug)]
-pub(crate) struct Room {
-    pub(crate) id: RoomId,
-    members: Vec<ConnId>,
+enum Few<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T: PartialEq + Clone> Few<T> {
+    fn as_slice(&self) -> &[T] {
+        match self {
+            Few::One(c) => std::slice::from_ref(c),
+            Few::Many(v) => v,
+        }
+    }
+
+    fn push(&mut self, x: T) {
+        match self {
+            Few::Many(v) if v.is_empty() => *self = Few::One(x),
+            Few::Many(v) => v.push(x),
+            Few::One(first) => {
+                let first = first.clone();
+                *self = Few::Many(vec![first, x]);
+            }
+        }
+    }
+
+    fn remove(&mut self, x: &T) -> bool {
+        match self {
+            Few::One(c) if c == x => {
+                *self = Few::Many(Vec::new());
+                true
+            }
+            Few::One(_) => false,
+            Few::Many(v) => match v.iter().position(|c| c == x) {
+                Some(i) => {
+                    v.swap_remove(i);
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+}
+
+/// What only rooms that receive messages need: kept out of line so that a quiet room costs
+/// one pointer for it.
+#[derive(Debug, Default)]
+struct Traffic {
     snapshot: Option<Arc<[ConnId]>>,
-    pub(crate) state: RoomState,
-    queued: bool,
     origins: Vec<OriginSeq>,
 }
 
+#[derive(Debug)]
+pub(crate) struct Room {
+    members: Few<ConnId>,
+    traffic: Option<Box<Traffic>>,
+    pub(crate) state: RoomState,
+    queued: bool,
+}
+
 impl Room {
+    fn new() -> Room {
+        Room {
+            members: Few::Many(Vec::new()),
+            traffic: None,
+            state: RoomState::Pending,
+            queued: false,
+        }
+    }
+
     fn wanted(&self) -> bool {
-        !self.members.is_empty()
+        !self.members.as_slice().is_empty()
+    }
+
+    fn members_changed(&mut self) {
+        if let Some(t) = &mut self.traffic {
+            t.snapshot = None;
+        }
     }
 
     /// The members, shared with every delivery until membership changes.
     pub(crate) fn recipients(&mut self) -> Arc<[ConnId]> {
-        self.snapshot
-            .get_or_insert_with(|| Arc::from(self.members.as_slice()))
+        let members = &self.members;
+        self.traffic
+            .get_or_insert_with(Box::default)
+            .snapshot
+            .get_or_insert_with(|| Arc::from(members.as_slice()))
             .clone()
     }
 
     pub(crate) fn members(&self) -> &[ConnId] {
-        &self.members
+        self.members.as_slice()
     }
 
     pub(crate) fn has_member(&self, conn: &str) -> Option<&ConnId> {
-        self.members.iter().find(|c| c.as_str() == conn)
+        self.members.as_slice().iter().find(|c| c.as_str() == conn)
     }
 
     /// Checks a trailer against what this origin sent before and records it.
     pub(crate) fn check_seq(&mut self, t: &Trailer, max_origins: usize) -> SeqCheck {
-        if let Some(i) = self.origins.iter().position(|o| o.origin == t.origin) {
-            let o = &mut self.origins[i];
+        let origins = &mut self.traffic.get_or_insert_with(Box::default).origins;
+        if let Some(i) = origins.iter().position(|o| o.origin == t.origin) {
+            let o = &mut origins[i];
             let check = if o.epoch != t.epoch {
                 o.epoch = t.epoch;
                 o.last = t.seq;
@@ -86,14 +157,14 @@ impl Room {
                 SeqCheck::Gap(gap)
             };
             // Most recently seen goes last, so eviction takes the least recent.
-            let o = self.origins.remove(i);
-            self.origins.push(o);
+            let o = origins.remove(i);
+            origins.push(o);
             check
         } else {
-            if self.origins.len() >= max_origins {
-                self.origins.remove(0);
+            if origins.len() >= max_origins {
+                origins.remove(0);
             }
-            self.origins.push(OriginSeq {
+            origins.push(OriginSeq {
                 origin: t.origin,
                 epoch: t.epoch,
                 last: t.seq,
@@ -120,7 +191,7 @@ pub(crate) enum Transition {
 #[derive(Debug)]
 pub(crate) struct Rooms {
     map: HashMap<RoomId, Room, FixedState>,
-    conns: HashMap<ConnId, Vec<RoomId>, FixedState>,
+    conns: HashMap<ConnId, Few<RoomId>, FixedState>,
     dirty: VecDeque<RoomId>,
     in_flight: usize,
     memberships: usize,
@@ -145,6 +216,11 @@ impl Rooms {
         self.map.get_mut(room)
     }
 
+    /// The room and its (shared) id, in one lookup.
+    pub(crate) fn get_with_id(&mut self, room: &str) -> Option<(&RoomId, &mut Room)> {
+        self.map.get_key_value_mut(room)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
@@ -166,7 +242,7 @@ impl Rooms {
     }
 
     pub(crate) fn rooms_of(&self, conn: &str) -> &[RoomId] {
-        self.conns.get(conn).map(Vec::as_slice).unwrap_or(&[])
+        self.conns.get(conn).map(Few::as_slice).unwrap_or(&[])
     }
 
     pub(crate) fn count_in(&self, state: RoomState) -> usize {
@@ -182,24 +258,29 @@ impl Rooms {
 
     /// Adds a member. Returns false if it already was one.
     pub(crate) fn join(&mut self, id: &RoomId, conn: &ConnId) -> bool {
-        let room = self.map.entry(id.clone()).or_insert_with(|| Room {
-            id: id.clone(),
-            members: Vec::new(),
-            snapshot: None,
-            state: RoomState::Pending,
-            queued: false,
-            origins: Vec::new(),
-        });
-        if room.members.contains(conn) {
+        // One allocation per room id and per connection id, however many memberships.
+        let id = match self.map.get_key_value(id.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => id.clone(),
+        };
+        let conn = match self.conns.get_key_value(conn.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => conn.clone(),
+        };
+        let room = self.map.entry(id.clone()).or_insert_with(Room::new);
+        if room.members().contains(&conn) {
             return false;
         }
         let was_wanted = room.wanted();
         room.members.push(conn.clone());
-        room.snapshot = None;
+        room.members_changed();
         self.memberships += 1;
-        self.conns.entry(conn.clone()).or_default().push(id.clone());
+        self.conns
+            .entry(conn)
+            .or_insert(Few::Many(Vec::new()))
+            .push(id.clone());
         if !was_wanted && room.state == RoomState::Pending {
-            Self::mark_dirty(&mut self.dirty, id, room);
+            Self::mark_dirty(&mut self.dirty, &id, room);
         }
         true
     }
@@ -209,17 +290,14 @@ impl Rooms {
         let Some(room) = self.map.get_mut(id) else {
             return false;
         };
-        let Some(i) = room.members.iter().position(|c| c == conn) else {
+        if !room.members.remove(conn) {
             return false;
-        };
-        room.members.swap_remove(i);
-        room.snapshot = None;
+        }
+        room.members_changed();
         self.memberships -= 1;
         if let Some(rooms) = self.conns.get_mut(conn) {
-            if let Some(j) = rooms.iter().position(|r| r == id) {
-                rooms.swap_remove(j);
-            }
-            if rooms.is_empty() {
+            rooms.remove(id);
+            if rooms.as_slice().is_empty() {
                 self.conns.remove(conn);
             }
         }
@@ -239,7 +317,7 @@ impl Rooms {
 
     /// Removes a connection from every room; returns the rooms it left.
     pub(crate) fn disconnect(&mut self, conn: &ConnId) -> Vec<RoomId> {
-        let rooms = self.conns.get(conn).cloned().unwrap_or_default();
+        let rooms = self.rooms_of(conn.as_str()).to_vec();
         for r in &rooms {
             self.leave(r, conn);
         }
@@ -253,6 +331,7 @@ impl Rooms {
         let mut unsub = Vec::new();
         while self.in_flight < cap {
             let Some(id) = self.dirty.pop_front() else {
+                crate::hub::shrink_idle(&mut self.dirty);
                 break;
             };
             let Some(room) = self.map.get_mut(&id) else {
@@ -482,14 +561,8 @@ mod tests {
 
     #[test]
     fn sequence_checks() {
-        let mut room = Room {
-            id: RoomId::try_from("t").unwrap(),
-            members: vec![],
-            snapshot: None,
-            state: RoomState::Live,
-            queued: false,
-            origins: vec![],
-        };
+        let mut room = Room::new();
+        room.state = RoomState::Live;
         let t = |origin, epoch, seq| Trailer {
             origin: InstanceId(origin),
             epoch,

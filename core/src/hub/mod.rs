@@ -568,13 +568,21 @@ impl Hub {
     /// The next link to open or close.
     #[must_use]
     pub fn poll_link_request(&mut self) -> Option<LinkRequest> {
-        self.requests.pop_front()
+        let r = self.requests.pop_front();
+        if r.is_none() {
+            shrink_idle(&mut self.requests);
+        }
+        r
     }
 
     /// The next event for the application.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let e = self.events.pop_front();
+        if e.is_none() {
+            shrink_idle(&mut self.events);
+        }
+        e
     }
 
     /// When [`Hub::handle_timeout`] must be called next, if ever.
@@ -604,5 +612,13 @@ impl Hub {
             self.now = now;
         }
         self.now
+    }
+}
+
+/// A drained queue gives back what a burst made it grow to (100,000 `RoomLive` events after a
+/// mass join would otherwise hold ~14 MiB for good).
+pub(crate) fn shrink_idle<T>(q: &mut VecDeque<T>) {
+    if q.is_empty() && q.capacity() > 1024 {
+        q.shrink_to(64);
     }
 }

@@ -178,7 +178,7 @@ impl Hub {
             });
             return;
         };
-        let Some(room) = self.rooms.get_mut(&name) else {
+        let Some((room_id, room)) = self.rooms.get_with_id(&name) else {
             self.metrics.dropped_unknown_channel += 1;
             return;
         };
@@ -188,7 +188,7 @@ impl Hub {
                 self.metrics.dropped_malformed += 1;
                 self.events.push_back(Event::Dropped {
                     cause: DropCause::Malformed(e.to_string()),
-                    room: RoomId::new(&name, max_room).ok(),
+                    room: Some(room_id.clone()),
                 });
                 return;
             }
@@ -231,7 +231,7 @@ impl Hub {
             _ => None,
         };
         let recipients = room.recipients();
-        let room_id = room.id.clone();
+        let room_id = room_id.clone();
         if let Some((origin, epoch, missing)) = gap {
             self.metrics.gaps += 1;
             self.events.push_back(Event::Gap {
