@@ -214,3 +214,49 @@ fn garbage_breaks_only_that_link() {
     )));
     assert_eq!(hub.health().links[1].state, roomcast_core::LinkState::Ready);
 }
+
+#[test]
+fn stray_messages_and_server_unsubscribes_are_handled_on_the_live_link() {
+    let (mut hub, now) = hub("redis://127.0.0.1:6390");
+    open_all(&mut hub, now);
+    let _ = sent(&mut hub, SUBSCRIBER);
+    feed(&mut hub, SUBSCRIBER, b"+OK\r\n", now);
+    hub.join("r", "a").unwrap();
+    let _ = sent(&mut hub, SUBSCRIBER);
+    let ctl = b"graphwiz:ctl:0000000000000007";
+    let mut confirm = format!("*3\r\n$9\r\nsubscribe\r\n${}\r\n", ctl.len()).into_bytes();
+    confirm.extend_from_slice(ctl);
+    confirm
+        .extend_from_slice(b"\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$15\r\ngraphwiz:room:r\r\n:2\r\n");
+    feed(&mut hub, SUBSCRIBER, &confirm, now);
+    assert_eq!(hub.room_state("r"), Some(roomcast_core::RoomState::Live));
+    let _ = events(&mut hub);
+    // A message for a channel nobody here wants: dropped and counted, the link stays up.
+    feed(
+        &mut hub,
+        SUBSCRIBER,
+        b"*3\r\n$7\r\nmessage\r\n$17\r\ngraphwiz:room:zzz\r\n$3\r\nxyz\r\n",
+        now,
+    );
+    assert_eq!(hub.metrics().dropped_unknown_channel, 1);
+    assert_eq!(hub.health().links[0].state, roomcast_core::LinkState::Ready);
+    // The server drops our subscription on its own: the room is not live, and is resubscribed.
+    feed(
+        &mut hub,
+        SUBSCRIBER,
+        b"*3\r\n$11\r\nunsubscribe\r\n$15\r\ngraphwiz:room:r\r\n:1\r\n",
+        now,
+    );
+    assert!(events(&mut hub).iter().any(|e| matches!(
+        e,
+        Event::RoomNotLive {
+            reason: roomcast_core::NotLiveReason::ServerUnsubscribed,
+            ..
+        }
+    )));
+    assert_eq!(
+        sent(&mut hub, SUBSCRIBER),
+        b"*2\r\n$9\r\nSUBSCRIBE\r\n$15\r\ngraphwiz:room:r\r\n"
+    );
+    assert_eq!(hub.metrics().server_unsubscribes, 1);
+}
