@@ -77,6 +77,7 @@ struct ShutdownState {
 #[must_use = "the driver does nothing unless polled"]
 pub struct Driver {
     state: Box<State>,
+    span: tracing::Span,
 }
 
 impl std::fmt::Debug for Driver {
@@ -112,10 +113,18 @@ impl Driver {
         hub: Option<Hub>,
         options: Options,
         cmds: mpsc::Receiver<Command>,
+        identity: roomcast_core::Identity,
     ) -> Driver {
         let (ctl_tx, ctl_rx) = mpsc::unbounded();
         let n = hub.as_ref().map_or(0, |h| h.config().pool_size + 1);
+        // Every log line of this instance carries its id; payloads and passwords never appear.
+        let span = tracing::info_span!(
+            "roomcast",
+            instance = %identity.instance,
+            standalone = hub.is_none()
+        );
         Driver {
+            span,
             state: Box::new(State {
                 rt,
                 hub,
@@ -144,7 +153,9 @@ impl Future for Driver {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let s = &mut *self.state;
+        let this = &mut *self;
+        let _entered = this.span.enter();
+        let s = &mut *this.state;
         for _round in 0..64 {
             let mut progress = s.poll_commands(cx);
             for i in 0..s.links.len() {
@@ -789,9 +800,20 @@ impl State {
                     return;
                 };
                 let message = Arc::new(d.message.clone());
+                let mut closed = Vec::new();
                 for conn in d.recipients() {
                     if let Some(m) = entry.members.get(conn) {
-                        m.queue.push(message.clone());
+                        if !m.queue.push(message.clone()) {
+                            closed.push((conn.clone(), m.token));
+                        }
+                    }
+                }
+                // A membership whose stream ended (overflow under `Overflow::Close`, or a
+                // consumer that is gone) leaves the room.
+                for (conn, token) in closed {
+                    let room = d.message.room.as_str();
+                    if let Err(e) = self.leave(room, conn.as_str(), Some(token)) {
+                        warn!(%e, room, "leaving after overflow failed");
                     }
                 }
                 return;

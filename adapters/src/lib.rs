@@ -135,7 +135,7 @@ impl Builder {
             None => None,
         };
         let (tx, rx) = mpsc::channel(self.options.command_queue.max(1));
-        let driver = Driver::new(runtime, hub, self.options, rx);
+        let driver = Driver::new(runtime, hub, self.options, rx, identity);
         Ok((Roomcast { tx, identity }, driver))
     }
 

@@ -20,13 +20,14 @@ const PATIENCE: Duration = Duration::from_secs(20);
 enum Rt {
     Tokio,
     AsyncStd,
+    Smol,
 }
 
 impl Rt {
     fn runtime(self) -> Arc<dyn Runtime> {
         match self {
             Rt::Tokio => Arc::new(roomcast::runtime::tokio::TokioRuntime),
-            Rt::AsyncStd => Arc::new(roomcast::runtime::async_io::AsyncIoRuntime),
+            Rt::AsyncStd | Rt::Smol => Arc::new(roomcast::runtime::async_io::AsyncIoRuntime),
         }
     }
 
@@ -34,6 +35,13 @@ impl Rt {
         match self {
             Rt::Tokio => builder.connect_tokio().await,
             Rt::AsyncStd => builder.connect_async_std().await,
+            Rt::Smol => {
+                // The same async-io runtime, with the driver spawned on smol's executor.
+                let (handle, driver) = builder.build(self.runtime())?;
+                smol::spawn(driver).detach();
+                handle.wait_ready().await?;
+                Ok(handle)
+            }
         }
     }
 
@@ -63,6 +71,8 @@ impl Rt {
     }
 }
 
+/// Every scenario on tokio, on async-std, and on smol (the async-io runtime under smol's
+/// executor).
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -79,6 +89,10 @@ macro_rules! on_both {
             fn async_std() {
                 async_std::task::block_on(super::$name(super::Rt::AsyncStd));
             }
+            #[test]
+            fn smol() {
+                smol::block_on(super::$name(super::Rt::Smol));
+            }
         }
     )*};
 }
@@ -93,6 +107,7 @@ on_both!(
     acl_user_right_and_wrong_password,
     interop_with_bincode_1,
     slow_member_is_bounded_and_alone,
+    overflow_close_ends_only_the_slow_membership,
     health_and_standalone,
 );
 
@@ -518,6 +533,7 @@ async fn health_and_standalone(rt: Rt) {
     match rt {
         Rt::Tokio => drop(tokio::spawn(driver)),
         Rt::AsyncStd => drop(async_std::task::spawn(driver)),
+        Rt::Smol => smol::spawn(driver).detach(),
     }
     let mut x = solo.join("r", "x").await.unwrap();
     assert!(x.is_live());
@@ -566,4 +582,47 @@ fn runs_on_a_third_executor() {
         assert_eq!(m.next().await.unwrap().data, &b"x"[..]);
         handle.shutdown(Duration::from_secs(5)).await.unwrap();
     });
+}
+
+async fn overflow_close_ends_only_the_slow_membership(rt: Rt) {
+    let server = RedisServer::start();
+    let options = Options {
+        member_queue: 8,
+        overflow: Overflow::Close,
+        ..Options::default()
+    };
+    let a = rt
+        .connect(Builder::new(config(&server)).options(options))
+        .await
+        .unwrap();
+    let mut slow = a.join("r", "slow").await.unwrap();
+    let mut fast = a.join("r", "fast").await.unwrap();
+    rt.timeout(PATIENCE, Box::pin(fast.wait_live()))
+        .await
+        .unwrap();
+    for batch in 0..5 {
+        for k in 0..5 {
+            a.publish(PubSubMessage::broadcast("r", format!("{batch}-{k}")))
+                .await
+                .unwrap();
+        }
+        for k in 0..5 {
+            let msg = next(rt, &mut fast)
+                .await
+                .expect("fast member keeps its stream");
+            assert_eq!(msg.data, format!("{batch}-{k}").as_bytes());
+        }
+    }
+    // The slow member saw its queue overflow: it gets what was queued, then the stream ends.
+    let mut got = 0;
+    while let Some(Some(_)) = rt.timeout(Duration::from_millis(500), slow.next()).await {
+        got += 1;
+    }
+    assert_eq!(got, 8);
+    assert!(slow.overflowed());
+    assert!(slow.dropped() >= 1);
+    // ...and it left the room.
+    let conns = a.room_connections("r").await.unwrap();
+    assert_eq!(conns.len(), 1, "{conns:?}");
+    assert_eq!(conns[0].as_str(), "fast");
 }
