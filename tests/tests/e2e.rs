@@ -108,6 +108,7 @@ on_both!(
     interop_with_bincode_1,
     slow_member_is_bounded_and_alone,
     overflow_close_ends_only_the_slow_membership,
+    gaps_are_reported_end_to_end_and_shutdown_flushes,
     health_and_standalone,
 );
 
@@ -625,4 +626,71 @@ async fn overflow_close_ends_only_the_slow_membership(rt: Rt) {
     let conns = a.room_connections("r").await.unwrap();
     assert_eq!(conns.len(), 1, "{conns:?}");
     assert_eq!(conns[0].as_str(), "fast");
+}
+
+async fn gaps_are_reported_end_to_end_and_shutdown_flushes(rt: Rt) {
+    let server = RedisServer::start();
+    let a = instance(rt, &server).await;
+    // B reconnects slowly, so messages published while it is away are surely missed.
+    let b = rt
+        .connect(Builder::new(Config {
+            backoff_min: Duration::from_millis(600),
+            backoff_max: Duration::from_millis(600),
+            ..config(&server)
+        }))
+        .await
+        .unwrap();
+    let mut events = b.events().await.unwrap();
+    let mut all = b.subscribe_room("r").await.unwrap();
+    let _m = b.join("r", "m").await.unwrap();
+    rt.timeout(PATIENCE, Box::pin(all.wait_live()))
+        .await
+        .unwrap();
+    a.publish(PubSubMessage::broadcast("r", "1")).await.unwrap();
+    assert_eq!(
+        rt.timeout(PATIENCE, all.next())
+            .await
+            .flatten()
+            .unwrap()
+            .data,
+        &b"1"[..]
+    );
+    server.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    a.publish(PubSubMessage::broadcast("r", "2")).await.unwrap();
+    a.publish(PubSubMessage::broadcast("r", "3")).await.unwrap();
+    rt.until("B live again", || async {
+        b.room_state("r").await.unwrap() == Some(RoomState::Live)
+    })
+    .await;
+    a.publish(PubSubMessage::broadcast("r", "4")).await.unwrap();
+    assert_eq!(
+        rt.timeout(PATIENCE, all.next())
+            .await
+            .flatten()
+            .unwrap()
+            .data,
+        &b"4"[..]
+    );
+    let mut gap = None;
+    while let Some(Some(e)) = rt.timeout(Duration::from_millis(300), events.next()).await {
+        if let Event::Gap {
+            missing, origin, ..
+        } = e
+        {
+            gap = Some((missing, origin));
+        }
+    }
+    assert_eq!(gap, Some((2..=3, a.instance())));
+    // Shutdown waits for what is queued: this publish is confirmed, not dropped.
+    let pending = {
+        let a = a.clone();
+        async move { a.publish(PubSubMessage::broadcast("r", "last")).await }
+    };
+    let (published, shut) = futures_util::join!(pending, a.shutdown(PATIENCE));
+    assert_eq!(published.unwrap(), 1);
+    shut.unwrap();
+    assert!(matches!(
+        a.publish(PubSubMessage::broadcast("r", "after")).await,
+        Err(roomcast::Error::Closed)
+    ));
 }
