@@ -181,6 +181,17 @@ pub struct Config {
     pub backoff_min: Duration,
     /// Longest reconnect delay (default 2 s).
     pub backoff_max: Duration,
+    /// Keep presence (who is in which room, across instances) in Redis (default true).
+    pub presence: bool,
+    /// The instance's lease: a crashed instance's members vanish within this long
+    /// (default 5 s; the heartbeat runs every third of it).
+    pub lease: Duration,
+    /// Also publish a `PresenceEvent` message to the room on every join and leave, so other
+    /// instances can tell their clients (default false). Its data is a
+    /// [`crate::presence::PresenceChange`].
+    pub presence_events: bool,
+    /// What presence queries do while this instance is not registered (default: error).
+    pub presence_when_down: crate::presence::PresenceWhenDown,
     /// Seed for reconnect jitter. Give each instance a different one (the adapters derive it
     /// from the instance id) so that instances do not reconnect in lockstep.
     pub rng_seed: u64,
@@ -215,6 +226,10 @@ impl Default for Config {
             probe_timeout: Duration::from_secs(2),
             backoff_min: Duration::from_millis(25),
             backoff_max: Duration::from_secs(2),
+            presence: true,
+            lease: Duration::from_secs(5),
+            presence_events: false,
+            presence_when_down: crate::presence::PresenceWhenDown::Error,
             rng_seed: 0x5eed,
         }
     }
@@ -371,6 +386,12 @@ impl Config {
             if d.is_zero() {
                 return Err(bad(field, "must be longer than zero"));
             }
+        }
+        if self.lease < Duration::from_millis(300) {
+            return Err(bad(
+                "lease",
+                "must be at least 300 ms (the heartbeat runs every third of it)",
+            ));
         }
         if self.backoff_min > self.backoff_max {
             return Err(bad("backoff_min", "must not exceed backoff_max"));

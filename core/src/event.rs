@@ -169,6 +169,19 @@ pub enum Event {
         /// The room, where known.
         room: Option<RoomId>,
     },
+    /// The answer to a presence query ([`crate::Hub::query_presence`]).
+    Presence {
+        /// The query.
+        id: crate::presence::QueryId,
+        /// The answer, or why there is none.
+        result: Result<crate::presence::PresenceAnswer, crate::presence::PresenceError>,
+        /// True when the answer is this instance's own view only
+        /// (`PresenceWhenDown::Local` while not registered).
+        local_only: bool,
+    },
+    /// This instance's lease and members are registered in Redis (after start, a reconnect,
+    /// or a lease lost during a stall): presence answers are whole again.
+    PresenceReady,
     /// A PING sent by [`crate::Hub::ping`] was answered.
     Pong {
         /// The link.

@@ -57,6 +57,7 @@ mod hub;
 mod link;
 pub mod metrics;
 pub mod naming;
+pub mod presence;
 mod resp;
 mod rooms;
 #[cfg(any(test, feature = "sim"))]
@@ -76,4 +77,7 @@ pub use hub::{
 pub use link::LinkState;
 pub use metrics::Metrics;
 pub use naming::{ChannelNamer, ConnId, NameError, RoomId};
+pub use presence::{
+    Member, PresenceAnswer, PresenceChange, PresenceError, PresenceQuery, PresenceWhenDown, QueryId,
+};
 pub use resp::{FrameError, Value};

@@ -58,6 +58,27 @@ pub(crate) enum Request {
     Probe { token: u64 },
     /// A SUBSCRIBE or UNSUBSCRIBE awaiting this many confirmations.
     Subscription { remaining: usize },
+    /// A presence command.
+    Presence(PresenceReq),
+}
+
+/// Presence commands, by what their reply means.
+#[derive(Debug)]
+pub(crate) enum PresenceReq {
+    /// A write; `register` ones count toward (re-)registration `gen`.
+    Write { gen: u64, register: bool },
+    /// PEXPIRE of the lease: 0 means the lease was lost.
+    Heartbeat,
+    /// SCRIPT LOAD; the reply is the script's SHA.
+    Load(crate::presence::Script),
+    /// A query and whether it was already retried after NOSCRIPT.
+    Query {
+        id: crate::presence::QueryId,
+        query: crate::presence::PresenceQuery,
+        retried: bool,
+    },
+    /// The instances sweep.
+    Sweep,
 }
 
 /// Handshake commands.

@@ -56,6 +56,10 @@ pub struct Metrics {
     pub stray_confirmations: u64,
     /// Channels Redis unsubscribed on its own.
     pub server_unsubscribes: u64,
+    /// Presence commands Redis refused.
+    pub presence_errors: u64,
+    /// Leases found expired by the heartbeat (a long stall) and registered again.
+    pub leases_lost: u64,
     /// Bytes read from Redis.
     pub bytes_in: u64,
     /// Bytes handed to the adapter for Redis.

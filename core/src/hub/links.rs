@@ -76,6 +76,7 @@ impl Hub {
         l.inflight_publishes = 0;
         let fifo = std::mem::take(&mut l.fifo);
         let mut resend = Vec::new();
+        let mut presence_lost = Vec::new();
         for (_, req) in fifo {
             match req {
                 Request::Publish(o) => match self.config.unconfirmed {
@@ -85,8 +86,12 @@ impl Hub {
                     }
                 },
                 Request::Probe { .. } => self.probe = None,
+                Request::Presence(p) => presence_lost.push(p),
                 _ => {}
             }
+        }
+        if idx == super::presence::PRESENCE_LINK {
+            self.presence_link_lost(presence_lost);
         }
         let l = &mut self.links[idx];
         self.queued_total += resend.len();
@@ -137,6 +142,9 @@ impl Hub {
             outage,
             missed_rooms,
         });
+        if idx == super::presence::PRESENCE_LINK {
+            self.presence_link_ready(now);
+        }
         if role == LinkRole::Publisher {
             self.pump(idx, now);
         }

@@ -4,6 +4,7 @@
 //! `publish` (sending), `receive` (frames from Redis) and `links` (link life and probes).
 
 mod links;
+mod presence;
 mod publish;
 mod receive;
 
@@ -179,6 +180,7 @@ pub struct Hub {
     shutting_down: bool,
     closed: bool,
     scratch: Vec<u8>,
+    presence: presence::PresenceState,
 }
 
 impl Hub {
@@ -201,6 +203,7 @@ impl Hub {
             ));
         }
         let control = namer.control_channel(id.instance);
+        let namer_for_keys = namer.clone();
         let next_probe = now + config.probe_interval;
         let mut hub = Hub {
             rooms: Rooms::new(seed),
@@ -227,6 +230,10 @@ impl Hub {
             shutting_down: false,
             closed: false,
             scratch: Vec::new(),
+            presence: presence::PresenceState::new(crate::presence::Keys::new(
+                &namer_for_keys,
+                id.instance,
+            )),
             config,
         };
         for i in 0..hub.links.len() {
@@ -320,6 +327,10 @@ impl Hub {
             && self.queued_total == 0
             && self.links.iter().all(|l| l.inflight_publishes == 0)
             && self.rooms.len() == 0
+            && !self.links[presence::PRESENCE_LINK]
+                .fifo
+                .iter()
+                .any(|(_, r)| matches!(r, Request::Presence(_)))
     }
 
     /// The publish link a room always uses.
@@ -420,6 +431,7 @@ impl Hub {
             }
         }
         self.probe_timers(now);
+        self.presence_timers(now);
     }
 
     // ----- commands -----
@@ -436,6 +448,10 @@ impl Hub {
         let conn = ConnId::new(conn, self.config.max_conn_id_bytes)
             .map_err(MemberError::InvalidConnection)?;
         let added = self.rooms.join(&room, &conn);
+        if added {
+            self.presence_join(room.as_str(), conn.as_str());
+            self.presence_event(&room, &conn, true);
+        }
         let state = self
             .rooms
             .get(room.as_str())
@@ -449,14 +465,54 @@ impl Hub {
         let room = self.check_room(room)?;
         let conn = ConnId::new(conn, self.config.max_conn_id_bytes)
             .map_err(MemberError::InvalidConnection)?;
-        Ok(self.rooms.leave(&room, &conn))
+        let left = self.rooms.leave(&room, &conn);
+        if left {
+            let gone = self.rooms.rooms_of(conn.as_str()).is_empty();
+            self.presence_leave(room.as_str(), conn.as_str(), gone);
+            self.presence_event(&room, &conn, false);
+        }
+        Ok(left)
     }
 
     /// Removes a local connection from all its rooms; returns them.
     pub fn disconnect(&mut self, conn: &str) -> Result<Vec<RoomId>, MemberError> {
         let conn = ConnId::new(conn, self.config.max_conn_id_bytes)
             .map_err(MemberError::InvalidConnection)?;
-        Ok(self.rooms.disconnect(&conn))
+        let rooms = self.rooms.disconnect(&conn);
+        for (i, room) in rooms.iter().enumerate() {
+            self.presence_leave(room.as_str(), conn.as_str(), i + 1 == rooms.len());
+            self.presence_event(room, &conn, false);
+        }
+        Ok(rooms)
+    }
+
+    /// With `presence_events` on: tells the room's instances that a member came or went.
+    fn presence_event(&mut self, room: &RoomId, conn: &ConnId, joined: bool) {
+        if !self.config.presence_events || conn.as_str().starts_with(crate::naming::OBSERVER_PREFIX)
+        {
+            return;
+        }
+        let data = crate::presence::PresenceChange {
+            joined,
+            instance: self.id.instance,
+            conn: conn.as_str().to_string(),
+            meta: Bytes::new(),
+        }
+        .encode();
+        let now = self.now;
+        let sent = self.try_publish(
+            &Publish {
+                room: room.as_str(),
+                message_type: MessageType::PresenceEvent,
+                data: &data,
+                exclude_connection: None,
+                timestamp: 0,
+            },
+            now,
+        );
+        if sent.is_err() {
+            self.metrics.publish_refused += 1;
+        }
     }
 
     /// Publishes a message to its room on every instance. Refused at once (no number used,
@@ -495,7 +551,6 @@ impl Hub {
         if self.shutting_down {
             return;
         }
-        self.shutting_down = true;
         let conns: Vec<ConnId> = {
             let mut seen: Vec<ConnId> = Vec::new();
             for (_, r) in self.rooms.iter() {
@@ -506,8 +561,10 @@ impl Hub {
             seen
         };
         for c in conns {
-            self.rooms.disconnect(&c);
+            let _ = self.disconnect(c.as_str());
         }
+        self.presence_goodbye();
+        self.shutting_down = true;
     }
 
     /// Closes every link (asking the adapter to close them) and fails what is still queued
@@ -601,6 +658,11 @@ impl Hub {
             }
         } else if self.probe_possible() {
             take(self.next_probe);
+        }
+        if self.links[presence::PRESENCE_LINK].is_ready() {
+            if let Some(d) = self.presence.deadline() {
+                take(d);
+            }
         }
         t
     }

@@ -148,6 +148,7 @@ impl Hub {
                     _ => self.probe = None,
                 }
             }
+            Request::Presence(req) => self.on_presence_reply(req, v, now),
             Request::Subscription { .. } => {
                 // An error instead of confirmations (e.g. an ACL refusing the channel): the
                 // subscriptions are in an unknown state, so start the link over.

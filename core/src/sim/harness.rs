@@ -82,8 +82,10 @@ impl Sim {
                 connecting: Vec::new(),
             })
             .collect();
+        let mut redis = ModelRedis::new(model);
+        super::scripts::register_presence_scripts(&mut redis);
         Sim {
-            redis: ModelRedis::new(model),
+            redis,
             nodes,
             now,
             refuse_connections: false,

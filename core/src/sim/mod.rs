@@ -4,6 +4,7 @@
 //! targets and benches use it).
 pub mod harness;
 pub mod model;
+pub mod scripts;
 
 pub use harness::{Node, Sim, Split};
 pub use model::{ClientId, ModelConfig, ModelRedis};

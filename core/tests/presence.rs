@@ -1,0 +1,282 @@
+//! Presence across instances against the model Redis, with a virtual clock: leases, crash,
+//! graceful shutdown, outages, lost leases, NOSCRIPT, and presence events.
+
+use std::time::Duration;
+
+use roomcast_core::envelope::MessageType;
+use roomcast_core::sim::{ModelConfig, Sim};
+use roomcast_core::{
+    Config, Event, Hub, Identity, InstanceId, LinkId, Member, PresenceAnswer, PresenceChange,
+    PresenceError, PresenceQuery, PresenceWhenDown,
+};
+
+fn config() -> Config {
+    Config {
+        pool_size: 2,
+        ..Config::default()
+    }
+}
+
+fn sim(n: usize) -> Sim {
+    let mut s = Sim::new(n, ModelConfig::default(), |_| config());
+    s.settle();
+    for node in &s.nodes {
+        assert!(node.hub.presence_ready(), "registered");
+    }
+    s.take_events();
+    s
+}
+
+/// Asks node `n` and runs the simulation until the answer is there.
+fn ask(s: &mut Sim, n: usize, q: PresenceQuery) -> Result<PresenceAnswer, PresenceError> {
+    let now = s.now;
+    let id = s.nodes[n].hub.query_presence(q, now)?;
+    s.settle();
+    let events = s.nodes[n].take_events();
+    events
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Presence { id: i, result, .. } if i == id => Some(result),
+            _ => None,
+        })
+        .expect("an answer")
+}
+
+fn room(s: &mut Sim, n: usize, r: &str) -> Vec<(u64, String)> {
+    let q = s.nodes[n].hub.presence_room(r).unwrap();
+    match ask(s, n, q).unwrap() {
+        PresenceAnswer::Room(m) => m
+            .into_iter()
+            .map(|Member { instance, conn }| (instance.0, conn.as_str().to_string()))
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn instances(s: &mut Sim, n: usize) -> Vec<u64> {
+    match ask(s, n, PresenceQuery::Instances).unwrap() {
+        PresenceAnswer::Instances(i) => i.into_iter().map(|i| i.0).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn every_instance_gives_the_same_answer() {
+    let mut s = sim(3);
+    // Overlapping rooms; the same connection id on two instances; unusual room ids.
+    for (n, r, c) in [
+        (0, "lobby", "a"),
+        (1, "lobby", "b"),
+        (2, "lobby", "a"),
+        (1, "hub/x:y", "b"),
+        (2, "ünï/😀", "z"),
+    ] {
+        s.nodes[n].hub.join(r, c).unwrap();
+    }
+    s.settle();
+    let want = vec![
+        (0x1000, "a".to_string()),
+        (0x1001, "b".to_string()),
+        (0x1002, "a".to_string()),
+    ];
+    for n in 0..3 {
+        assert_eq!(room(&mut s, n, "lobby"), want);
+        assert_eq!(room(&mut s, n, "hub/x:y"), vec![(0x1001, "b".into())]);
+        assert_eq!(room(&mut s, n, "ünï/😀"), vec![(0x1002, "z".into())]);
+        assert_eq!(instances(&mut s, n), vec![0x1000, 0x1001, 0x1002]);
+        let q = s.nodes[n].hub.presence_connection("a").unwrap();
+        assert_eq!(
+            ask(&mut s, n, q).unwrap(),
+            PresenceAnswer::Connection(vec![InstanceId(0x1000), InstanceId(0x1002)])
+        );
+    }
+    // Leaving and disconnecting show at once.
+    s.nodes[0].hub.leave("lobby", "a").unwrap();
+    s.nodes[2].hub.disconnect("a").unwrap();
+    s.settle();
+    assert_eq!(room(&mut s, 1, "lobby"), vec![(0x1001, "b".into())]);
+    let q = s.nodes[1].hub.presence_connection("a").unwrap();
+    assert_eq!(
+        ask(&mut s, 1, q).unwrap(),
+        PresenceAnswer::Connection(vec![])
+    );
+}
+
+#[test]
+fn a_crashed_instance_vanishes_within_one_lease_and_its_entries_are_swept() {
+    let mut s = sim(3);
+    for n in 0..3 {
+        s.nodes[n].hub.join("r", &format!("c{n}")).unwrap();
+        s.nodes[n].hub.join(&format!("own{n}"), "x").unwrap();
+    }
+    s.settle();
+    assert_eq!(room(&mut s, 0, "r").len(), 3);
+    // Node 2 crashes: its connections die with no shutdown, and it comes back as a new
+    // instance with nothing joined.
+    for l in 0..3 {
+        s.kill_link(2, LinkId(l));
+    }
+    s.nodes[2].hub = Hub::new(
+        config(),
+        Identity {
+            instance: InstanceId(0x2222),
+            epoch: 9,
+        },
+        s.now,
+    )
+    .unwrap();
+    s.advance(Duration::from_millis(5200));
+    assert_eq!(
+        room(&mut s, 0, "r"),
+        vec![(0x1000, "c0".into()), (0x1001, "c1".into())]
+    );
+    assert_eq!(instances(&mut s, 1), vec![0x1000, 0x1001, 0x2222]);
+    // The sweep removed the dead instance's entries everywhere, without a scan.
+    let ks = s.redis.keyspace(0);
+    let leftovers: Vec<String> = ks
+        .keys()
+        .iter()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .filter(|k| k.contains("0000000000001002"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(s.redis.keyspace(0).contains(b"graphwiz:presence:room:own0"));
+    assert!(!s.redis.keyspace(0).contains(b"graphwiz:presence:room:own2"));
+}
+
+#[test]
+fn graceful_shutdown_removes_members_at_once() {
+    let mut s = sim(2);
+    s.nodes[0].hub.join("r", "a").unwrap();
+    s.nodes[1].hub.join("r", "b").unwrap();
+    s.settle();
+    let now = s.now;
+    s.nodes[1].hub.begin_shutdown(now);
+    s.run();
+    assert!(s.nodes[1].hub.is_drained());
+    assert_eq!(room(&mut s, 0, "r"), vec![(0x1000, "a".into())]);
+    assert_eq!(instances(&mut s, 0), vec![0x1000]);
+}
+
+#[test]
+fn an_outage_refuses_queries_then_registers_again() {
+    let mut s = sim(2);
+    s.nodes[0].hub.join("r", "a").unwrap();
+    s.nodes[1].hub.join("r", "b").unwrap();
+    s.settle();
+    s.refuse_connections = true;
+    s.kill_link(1, LinkId(1));
+    s.run();
+    assert!(!s.nodes[1].hub.presence_ready());
+    let q = s.nodes[1].hub.presence_room("r").unwrap();
+    let now = s.now;
+    assert_eq!(
+        s.nodes[1].hub.query_presence(q, now),
+        Err(PresenceError::Unavailable)
+    );
+    // While node 1 is away longer than its lease, the others stop seeing its members...
+    s.advance(Duration::from_secs(6));
+    assert_eq!(room(&mut s, 0, "r"), vec![(0x1000, "a".into())]);
+    // ...and after the reconnect it registers them again.
+    s.refuse_connections = false;
+    s.advance(Duration::from_secs(3));
+    assert!(s.nodes[1].hub.presence_ready());
+    assert!(s.nodes[1]
+        .take_events()
+        .iter()
+        .any(|e| matches!(e, Event::PresenceReady)));
+    assert_eq!(
+        room(&mut s, 0, "r"),
+        vec![(0x1000, "a".into()), (0x1001, "b".into())]
+    );
+}
+
+#[test]
+fn local_view_when_configured() {
+    let mut s = Sim::new(1, ModelConfig::default(), |_| Config {
+        presence_when_down: PresenceWhenDown::Local,
+        ..config()
+    });
+    s.refuse_connections = true;
+    s.settle();
+    s.nodes[0].hub.join("r", "a").unwrap();
+    let q = s.nodes[0].hub.presence_room("r").unwrap();
+    let now = s.now;
+    let id = s.nodes[0].hub.query_presence(q, now).unwrap();
+    let ev: Vec<Event> = std::iter::from_fn(|| s.nodes[0].hub.poll_event()).collect();
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        Event::Presence { id: i, result: Ok(PresenceAnswer::Room(m)), local_only: true }
+            if *i == id && m.len() == 1
+    )));
+}
+
+#[test]
+fn a_lease_lost_during_a_stall_is_noticed_and_registered_again() {
+    let mut s = sim(2);
+    s.nodes[1].hub.join("r", "b").unwrap();
+    s.settle();
+    // The lease vanishes while the link stays up (as after a stall longer than the lease).
+    s.redis
+        .keyspace_mut(0)
+        .call(&[b"DEL", b"graphwiz:presence:lease:0000000000001001"]);
+    assert_eq!(room(&mut s, 0, "r"), vec![]);
+    s.advance(Duration::from_secs(2));
+    assert_eq!(s.nodes[1].hub.metrics().leases_lost, 1);
+    assert_eq!(room(&mut s, 0, "r"), vec![(0x1001, "b".into())]);
+}
+
+#[test]
+fn scripts_forgotten_by_the_server_are_sent_again_transparently() {
+    let mut s = sim(2);
+    s.nodes[1].hub.join("r", "b").unwrap();
+    s.settle();
+    let c = s.redis.connect();
+    let now = s.now;
+    s.redis
+        .input(c, b"*2\r\n$6\r\nSCRIPT\r\n$5\r\nFLUSH\r\n", now);
+    assert_eq!(s.redis.take_output(c), b"+OK\r\n");
+    assert_eq!(room(&mut s, 0, "r"), vec![(0x1001, "b".into())]);
+    assert_eq!(room(&mut s, 0, "r"), vec![(0x1001, "b".into())]);
+    assert_eq!(s.nodes[0].hub.metrics().presence_errors, 0);
+}
+
+#[test]
+fn presence_events_tell_other_instances() {
+    let mut s = Sim::new(2, ModelConfig::default(), |_| Config {
+        presence_events: true,
+        ..config()
+    });
+    s.settle();
+    s.nodes[0].hub.join("r", "watcher").unwrap();
+    s.settle();
+    s.take_events();
+    s.nodes[1].hub.join("r", "newcomer").unwrap();
+    s.settle();
+    s.nodes[1].hub.leave("r", "newcomer").unwrap();
+    s.settle();
+    let changes: Vec<PresenceChange> = s.nodes[0]
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Delivery(d) if d.message.message_type == MessageType::PresenceEvent => {
+                PresenceChange::decode(&d.message.data)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert!(changes[0].joined && !changes[1].joined);
+    assert_eq!(changes[0].conn, "newcomer");
+    assert_eq!(changes[0].instance, InstanceId(0x1001));
+}
+
+#[test]
+fn observers_are_not_members() {
+    let mut s = sim(1);
+    let observer = format!("{}observer-1", roomcast_core::naming::OBSERVER_PREFIX);
+    s.nodes[0].hub.join("r", &observer).unwrap();
+    s.nodes[0].hub.join("r", "real").unwrap();
+    s.settle();
+    assert_eq!(room(&mut s, 0, "r"), vec![(0x1000, "real".into())]);
+}
