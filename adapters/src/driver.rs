@@ -29,9 +29,8 @@ use crate::runtime::{BoxFuture, BoxedIo, Runtime};
 use crate::Options;
 
 /// Connection ids of room observers ([`crate::Roomcast::subscribe_room`]) start with this
-/// non-character, so that they cannot clash with application ids in practice and are left out
-/// of `room_connections`.
-pub(crate) const OBSERVER_PREFIX: char = '\u{FFFF}';
+/// non-character: the core leaves them out of presence.
+pub(crate) use roomcast_core::naming::OBSERVER_PREFIX;
 
 const READ_CHUNK: usize = 64 << 10;
 /// Reads per link per poll before yielding to the others.
@@ -98,6 +97,8 @@ struct State {
     rooms: HashMap<RoomId, RoomEntry>,
     next_token: u64,
     publishes: HashMap<PublishId, Reply<u64>>,
+    queries: HashMap<roomcast_core::QueryId, Reply<roomcast_core::PresenceAnswer>>,
+    identity: roomcast_core::Identity,
     health: Vec<HealthWaiter>,
     ready_waiters: Vec<Reply<()>>,
     event_subs: Vec<Arc<Queue<Event>>>,
@@ -137,6 +138,8 @@ impl Driver {
                 rooms: HashMap::new(),
                 next_token: 0,
                 publishes: HashMap::new(),
+                queries: HashMap::new(),
+                identity,
                 health: Vec::new(),
                 ready_waiters: Vec::new(),
                 event_subs: Vec::new(),
@@ -276,6 +279,7 @@ impl State {
                 let _ = reply.send(Ok(EventStream { queue: q }));
             }
             Command::Shutdown { timeout, reply } => self.begin_shutdown(timeout, Some(reply)),
+            Command::Presence { ask, reply } => self.presence(ask, reply, now),
             Command::WaitReady { reply } => {
                 if self.all_ready() {
                     let _ = reply.send(Ok(()));
@@ -448,10 +452,79 @@ impl State {
         Ok(1)
     }
 
+    fn presence(
+        &mut self,
+        ask: crate::handle::PresenceAsk,
+        reply: Reply<roomcast_core::PresenceAnswer>,
+        now: Instant,
+    ) {
+        use crate::handle::PresenceAsk;
+        use roomcast_core::{Member, PresenceAnswer};
+        let me = self.identity.instance;
+        let hidden = |c: &ConnId| c.as_str().starts_with(OBSERVER_PREFIX);
+        let Some(hub) = &mut self.hub else {
+            // Standalone: this process is the whole cluster.
+            let answer = match ask {
+                PresenceAsk::Room(room) => PresenceAnswer::Room({
+                    let mut m: Vec<Member> = self
+                        .rooms
+                        .get(room.as_str())
+                        .map(|r| {
+                            r.members
+                                .keys()
+                                .filter(|c| !hidden(c))
+                                .map(|c| Member {
+                                    instance: me,
+                                    conn: c.clone(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    m.sort();
+                    m
+                }),
+                PresenceAsk::Connection(conn) => PresenceAnswer::Connection(
+                    if self
+                        .rooms
+                        .values()
+                        .any(|r| r.members.contains_key(conn.as_str()))
+                    {
+                        vec![me]
+                    } else {
+                        vec![]
+                    },
+                ),
+                PresenceAsk::Instances => PresenceAnswer::Instances(vec![me]),
+            };
+            let _ = reply.send(Ok(answer));
+            return;
+        };
+        let query = match ask {
+            PresenceAsk::Room(room) => hub.presence_room(&room),
+            PresenceAsk::Connection(conn) => {
+                if !hub.rooms_of(&conn).is_empty() && !conn.starts_with(OBSERVER_PREFIX) {
+                    // Present here: no round trip needed to say it exists.
+                    let _ = reply.send(Ok(PresenceAnswer::Connection(vec![me])));
+                    return;
+                }
+                hub.presence_connection(&conn)
+            }
+            PresenceAsk::Instances => Ok(roomcast_core::PresenceQuery::Instances),
+        };
+        match query.and_then(|q| hub.query_presence(q, now)) {
+            Ok(id) => {
+                self.queries.insert(id, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(Error::Presence(e)));
+            }
+        }
+    }
+
     fn query(&self, q: Query) -> QueryAnswer {
         let hidden = |c: &ConnId| c.as_str().starts_with(OBSERVER_PREFIX);
         match q {
-            Query::RoomConnections(room) => QueryAnswer::Connections(match &self.hub {
+            Query::LocalConnections(room) => QueryAnswer::Connections(match &self.hub {
                 Some(hub) => hub
                     .members(&room)
                     .iter()
@@ -463,13 +536,6 @@ impl State {
                     .get(room.as_str())
                     .map(|r| r.members.keys().filter(|c| !hidden(c)).cloned().collect())
                     .unwrap_or_default(),
-            }),
-            Query::ConnectionExists(conn) => QueryAnswer::Exists(match &self.hub {
-                Some(hub) => !hub.rooms_of(&conn).is_empty(),
-                None => self
-                    .rooms
-                    .values()
-                    .any(|r| r.members.contains_key(conn.as_str())),
             }),
             Query::RoomState(room) => QueryAnswer::State(match &self.hub {
                 Some(hub) => hub.room_state(&room),
@@ -595,6 +661,9 @@ impl State {
         }
         for (_, r) in self.publishes.drain() {
             let _ = r.send(Err(Error::Publish(PublishError::Shutdown)));
+        }
+        for (_, r) in self.queries.drain() {
+            let _ = r.send(Err(Error::Closed));
         }
         for q in self.event_subs.drain(..) {
             q.close();
@@ -871,6 +940,13 @@ impl State {
                     }
                 }
             }
+            Event::Presence { id, ref result, .. } => {
+                if let Some(r) = self.queries.remove(&id) {
+                    let _ = r.send(result.clone().map_err(Error::Presence));
+                }
+                return;
+            }
+            Event::PresenceReady => info!("presence registered"),
             Event::Pong { link, rtt } => {
                 for w in &mut self.health {
                     if let Some(p) = w.pending.iter().position(|l| *l == link) {

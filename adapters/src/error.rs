@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use roomcast_core::{ConfigError, LinkError, MemberError, PublishError};
+use roomcast_core::{ConfigError, LinkError, MemberError, PresenceError, PublishError};
 
 /// Why a roomcast call failed. Every message says what was wrong and what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +16,8 @@ pub enum Error {
     Publish(PublishError),
     /// Connecting to Redis failed.
     Connect(LinkError),
+    /// A presence query could not be answered across instances.
+    Presence(PresenceError),
     /// The health check failed.
     Unhealthy(String),
     /// The instance is shut down (or its driver is no longer polled).
@@ -29,6 +31,7 @@ impl fmt::Display for Error {
             Error::Member(e) => e.fmt(f),
             Error::Publish(e) => e.fmt(f),
             Error::Connect(e) => write!(f, "cannot connect to Redis: {e}"),
+            Error::Presence(e) => e.fmt(f),
             Error::Unhealthy(why) => write!(f, "unhealthy: {why}"),
             Error::Closed => write!(
                 f,
@@ -53,5 +56,10 @@ impl From<MemberError> for Error {
 impl From<PublishError> for Error {
     fn from(e: PublishError) -> Self {
         Error::Publish(e)
+    }
+}
+impl From<PresenceError> for Error {
+    fn from(e: PresenceError) -> Self {
+        Error::Presence(e)
     }
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use futures_channel::{mpsc, oneshot};
 use futures_core::Stream;
 use roomcast_core::{
-    ConnId, Event, Identity, InstanceId, Message, MessageType, Metrics, RoomId, RoomState,
+    ConnId, Event, Identity, InstanceId, Member, Message, MessageType, Metrics, PresenceAnswer,
+    RoomId, RoomState,
 };
 
 use crate::error::Error;
@@ -119,18 +120,26 @@ pub(crate) enum Command {
     WaitReady {
         reply: Reply<()>,
     },
+    Presence {
+        ask: PresenceAsk,
+        reply: Reply<PresenceAnswer>,
+    },
+}
+
+pub(crate) enum PresenceAsk {
+    Room(String),
+    Connection(String),
+    Instances,
 }
 
 pub(crate) enum Query {
-    RoomConnections(String),
-    ConnectionExists(String),
+    LocalConnections(String),
     RoomState(String),
     Metrics,
 }
 
 pub(crate) enum QueryAnswer {
     Connections(Vec<ConnId>),
-    Exists(bool),
     State(Option<RoomState>),
     Metrics(Box<Metrics>),
 }
@@ -394,26 +403,55 @@ impl Roomcast {
         }
     }
 
-    /// The local connections in a room.
-    pub async fn room_connections(&self, room: &str) -> Result<Vec<ConnId>, Error> {
-        let q = Query::RoomConnections(room.to_string());
+    async fn presence(&self, ask: PresenceAsk) -> Result<PresenceAnswer, Error> {
+        self.call(|reply| Command::Presence { ask, reply }).await
+    }
+
+    /// The room's members on every instance (one round trip to Redis; sorted). A member is a
+    /// connection id qualified by its instance: the same id on two instances is two members.
+    /// Fails with [`Error::Presence`] while this instance is not registered with Redis
+    /// (link down, re-registering), unless `Config::presence_when_down` asks for the local
+    /// view.
+    pub async fn room_connections(&self, room: &str) -> Result<Vec<Member>, Error> {
+        match self.presence(PresenceAsk::Room(room.to_string())).await? {
+            PresenceAnswer::Room(m) => Ok(m),
+            _ => Err(Error::Closed),
+        }
+    }
+
+    /// How many members the room has on every instance.
+    pub async fn room_member_count(&self, room: &str) -> Result<usize, Error> {
+        Ok(self.room_connections(room).await?.len())
+    }
+
+    /// Whether a connection id is present on any instance (answered locally, without a round
+    /// trip, when it is present here).
+    pub async fn connection_exists(&self, conn: &str) -> Result<bool, Error> {
+        match self
+            .presence(PresenceAsk::Connection(conn.to_string()))
+            .await?
+        {
+            PresenceAnswer::Connection(i) => Ok(!i.is_empty()),
+            _ => Err(Error::Closed),
+        }
+    }
+
+    /// The instances that hold a live lease (sorted).
+    pub async fn instances(&self) -> Result<Vec<InstanceId>, Error> {
+        match self.presence(PresenceAsk::Instances).await? {
+            PresenceAnswer::Instances(i) => Ok(i),
+            _ => Err(Error::Closed),
+        }
+    }
+
+    /// The connections in a room on this instance only (no round trip).
+    pub async fn local_connections(&self, room: &str) -> Result<Vec<ConnId>, Error> {
+        let q = Query::LocalConnections(room.to_string());
         match self
             .call(|reply| Command::Query { query: q, reply })
             .await?
         {
             QueryAnswer::Connections(c) => Ok(c),
-            _ => Err(Error::Closed),
-        }
-    }
-
-    /// Whether a connection is in any room on this instance.
-    pub async fn connection_exists(&self, conn: &str) -> Result<bool, Error> {
-        let q = Query::ConnectionExists(conn.to_string());
-        match self
-            .call(|reply| Command::Query { query: q, reply })
-            .await?
-        {
-            QueryAnswer::Exists(b) => Ok(b),
             _ => Err(Error::Closed),
         }
     }

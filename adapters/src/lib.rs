@@ -43,8 +43,8 @@ pub use handle::{
 pub use queue::Overflow;
 pub use roomcast_core as core;
 pub use roomcast_core::{
-    Config, ConnId, DeliveryMode, Event, Identity, InstanceId, Message, MessageType, Metrics,
-    RoomId, RoomState, UnconfirmedPolicy,
+    Config, ConnId, DeliveryMode, Event, Identity, InstanceId, Member, Message, MessageType,
+    Metrics, PresenceChange, PresenceError, PresenceWhenDown, RoomId, RoomState, UnconfirmedPolicy,
 };
 
 use futures_channel::mpsc;

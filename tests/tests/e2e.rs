@@ -57,6 +57,21 @@ impl Rt {
         }
     }
 
+    /// Spawns a driver; dropping the returned handle's abort kills it like a crash would
+    /// (sockets closed, no shutdown).
+    fn spawn_killable(self, driver: roomcast::Driver) -> futures_util::future::AbortHandle {
+        let (task, abort) = futures_util::future::abortable(driver);
+        let task = async move {
+            let _ = task.await;
+        };
+        match self {
+            Rt::Tokio => drop(tokio::spawn(task)),
+            Rt::AsyncStd => drop(async_std::task::spawn(task)),
+            Rt::Smol => smol::spawn(task).detach(),
+        }
+        abort
+    }
+
     /// Polls `cond` until it holds, failing after PATIENCE.
     async fn until<F, Fut>(self, what: &str, mut cond: F)
     where
@@ -109,6 +124,9 @@ on_both!(
     slow_member_is_bounded_and_alone,
     overflow_close_ends_only_the_slow_membership,
     gaps_are_reported_end_to_end_and_shutdown_flushes,
+    presence_every_instance_same_answer,
+    presence_crash_vanishes_within_a_lease_and_shutdown_at_once,
+    presence_whole_again_after_client_kill,
     health_and_standalone,
 );
 
@@ -551,10 +569,11 @@ async fn health_and_standalone(rt: Rt) {
         .await
         .unwrap()
         .iter()
-        .map(|c| c.as_str().to_string())
+        .map(|m| m.conn.as_str().to_string())
         .collect();
     conns.sort();
     assert_eq!(conns, vec!["x", "y"]);
+    assert_eq!(solo.instances().await.unwrap(), vec![solo.instance()]);
     assert!(solo.connection_exists("x").await.unwrap());
     assert!(!solo.connection_exists("z").await.unwrap());
     solo.health_check(PATIENCE).await.unwrap();
@@ -623,9 +642,13 @@ async fn overflow_close_ends_only_the_slow_membership(rt: Rt) {
     assert!(slow.overflowed());
     assert!(slow.dropped() >= 1);
     // ...and it left the room.
-    let conns = a.room_connections("r").await.unwrap();
+    let conns = a.local_connections("r").await.unwrap();
     assert_eq!(conns.len(), 1, "{conns:?}");
     assert_eq!(conns[0].as_str(), "fast");
+    let members = a.room_connections("r").await.unwrap();
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert_eq!(members[0].conn.as_str(), "fast");
+    assert_eq!(members[0].instance, a.instance());
 }
 
 async fn gaps_are_reported_end_to_end_and_shutdown_flushes(rt: Rt) {
@@ -693,4 +716,153 @@ async fn gaps_are_reported_end_to_end_and_shutdown_flushes(rt: Rt) {
         a.publish(PubSubMessage::broadcast("r", "after")).await,
         Err(roomcast::Error::Closed)
     ));
+}
+
+fn presence_config(server: &RedisServer) -> Config {
+    Config {
+        lease: Duration::from_millis(1500),
+        ..config(server)
+    }
+}
+
+async fn members(node: &Roomcast, room: &str) -> Vec<(roomcast::InstanceId, String)> {
+    node.room_connections(room)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.instance, m.conn.as_str().to_string()))
+        .collect()
+}
+
+async fn presence_every_instance_same_answer(rt: Rt) {
+    let server = RedisServer::start();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(
+            rt.connect(Builder::new(presence_config(&server)))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut keep = Vec::new();
+    for (n, room, conn) in [
+        (0, "lobby", "a"),
+        (1, "lobby", "b"),
+        (2, "lobby", "a"),
+        (1, "hub/x:y", "b"),
+        (2, "ünï/😀", "z"),
+    ] {
+        keep.push(nodes[n].join(room, conn).await.unwrap());
+    }
+    let mut want = vec![
+        (nodes[0].instance(), "a".to_string()),
+        (nodes[1].instance(), "b".to_string()),
+        (nodes[2].instance(), "a".to_string()),
+    ];
+    want.sort();
+    let mut all = vec![
+        nodes[0].instance(),
+        nodes[1].instance(),
+        nodes[2].instance(),
+    ];
+    all.sort();
+    // Each instance's writes travel on its own connection: another instance sees them within
+    // a round trip, not at the instant join returns.
+    for node in &nodes {
+        rt.until("every join visible", || async {
+            members(node, "lobby").await.len() == 3 && members(node, "ünï/😀").await.len() == 1
+        })
+        .await;
+    }
+    for node in &nodes {
+        assert_eq!(members(node, "lobby").await, want);
+        assert_eq!(
+            members(node, "hub/x:y").await,
+            vec![(nodes[1].instance(), "b".to_string())]
+        );
+        assert_eq!(node.room_member_count("ünï/😀").await.unwrap(), 1);
+        assert!(node.connection_exists("a").await.unwrap());
+        assert!(node.connection_exists("z").await.unwrap());
+        assert!(!node.connection_exists("nobody").await.unwrap());
+        assert_eq!(node.instances().await.unwrap(), all);
+    }
+    // An instance's own leave is visible to its own next query (same connection, in order),
+    // and to the others right after.
+    nodes[0].leave("lobby", "a").await.unwrap();
+    assert_eq!(members(&nodes[0], "lobby").await.len(), 2);
+    rt.until("leave visible elsewhere", || async {
+        members(&nodes[2], "lobby").await.len() == 2
+    })
+    .await;
+}
+
+async fn presence_crash_vanishes_within_a_lease_and_shutdown_at_once(rt: Rt) {
+    let server = RedisServer::start();
+    let a = rt
+        .connect(Builder::new(presence_config(&server)))
+        .await
+        .unwrap();
+    let b = rt
+        .connect(Builder::new(presence_config(&server)))
+        .await
+        .unwrap();
+    let (c, driver) = Builder::new(presence_config(&server))
+        .build(rt.runtime())
+        .unwrap();
+    let crash = rt.spawn_killable(driver);
+    c.wait_ready().await.unwrap();
+    let _ma = a.join("r", "a").await.unwrap();
+    let _mb = b.join("r", "b").await.unwrap();
+    let _mc = c.join("r", "c").await.unwrap();
+    rt.until("three members", || async {
+        members(&a, "r").await.len() == 3
+    })
+    .await;
+    // C crashes: no shutdown, its sockets just close. Its lease runs out and it vanishes.
+    crash.abort();
+    let t = Instant::now();
+    rt.until("crashed instance gone", || async {
+        members(&a, "r").await.len() == 2
+    })
+    .await;
+    let gone_after = t.elapsed();
+    assert!(gone_after < Duration::from_secs(10), "{gone_after:?}");
+    assert!(!a.connection_exists("c").await.unwrap());
+    // B shuts down gracefully: gone at once, no lease to wait for.
+    b.shutdown(PATIENCE).await.unwrap();
+    assert_eq!(
+        members(&a, "r").await,
+        vec![(a.instance(), "a".to_string())]
+    );
+    assert_eq!(a.instances().await.unwrap(), vec![a.instance()]);
+}
+
+async fn presence_whole_again_after_client_kill(rt: Rt) {
+    let server = RedisServer::start();
+    let a = rt
+        .connect(Builder::new(presence_config(&server)))
+        .await
+        .unwrap();
+    let b = rt
+        .connect(Builder::new(presence_config(&server)))
+        .await
+        .unwrap();
+    let _ma = a.join("r", "a").await.unwrap();
+    let _mb = b.join("r", "b").await.unwrap();
+    rt.until("two members", || async {
+        members(&a, "r").await.len() == 2
+    })
+    .await;
+    server.cmd(&["CLIENT", "KILL", "TYPE", "normal"]);
+    // Queries fail clearly (never a partial answer) until both re-registered; then whole.
+    rt.until("presence whole again", || async {
+        match (a.room_connections("r").await, b.room_connections("r").await) {
+            (Ok(x), Ok(y)) => x.len() == 2 && x == y,
+            (Err(roomcast::Error::Presence(_)), _) | (_, Err(roomcast::Error::Presence(_))) => {
+                false
+            }
+            (Err(e), _) | (_, Err(e)) => panic!("unexpected error: {e}"),
+        }
+    })
+    .await;
 }
