@@ -1,0 +1,653 @@
+//! `roomcast demo`: WebSocket room servers (the `ws` module) on several roomcast instances
+//! sharing rooms through Redis, simulated clients that chat, a live view and a summary.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use roomcast::{Config, Roomcast};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::redis::{self, PrivateRedis};
+use crate::ws;
+
+/// What `roomcast demo` was asked for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub duration: Duration,
+    pub clients: usize,
+    pub rooms: usize,
+    pub instances: usize,
+    /// Messages per second per client.
+    pub rate: f64,
+    /// Mean time between a client's reconnects.
+    pub churn: Option<Duration>,
+    pub standalone: bool,
+    /// REDIS_URL or --url was given: use that server, start none.
+    pub redis_given: bool,
+}
+
+/// Counters shared by the simulated clients.
+#[derive(Default)]
+struct Shared {
+    /// Per instance: broadcasts received by its clients.
+    received: Vec<AtomicU64>,
+    /// Client messages sent, per instance.
+    sent: Vec<AtomicU64>,
+    presence: AtomicU64,
+    lost: AtomicU64,
+    out_of_order: AtomicU64,
+    reconnects: AtomicU64,
+    connect_failures: AtomicU64,
+    connected: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    /// Latencies in microseconds since the last view tick, and over the whole run.
+    window_cross: Mutex<Vec<u32>>,
+    all_cross: Mutex<Vec<u32>>,
+    all_local: Mutex<Vec<u32>>,
+}
+
+/// Samples kept for the summary (beyond that the earliest are kept).
+const MAX_SAMPLES: usize = 4_000_000;
+
+struct Instance {
+    rc: Roomcast,
+    server: ws::Server,
+}
+
+pub async fn run(mut config: Config, o: Options) -> Result<(), String> {
+    // Where the rooms are shared.
+    let mut private: Option<PrivateRedis> = None;
+    let backend: String;
+    let standalone = if o.standalone {
+        backend = "standalone (asked for): one in-process roomcast, no Redis".into();
+        true
+    } else if o.redis_given {
+        backend = format!("Redis at {}:{}", config.server.host, config.server.port);
+        false
+    } else if let Some(binary) = redis::find_redis_server() {
+        let server = tokio::task::spawn_blocking(move || PrivateRedis::start(&binary))
+            .await
+            .map_err(|e| e.to_string())??;
+        config.server = Config::from_url(&server.url())
+            .map_err(|e| e.to_string())?
+            .server;
+        backend = format!("private redis-server at {}", server.url());
+        private = Some(server);
+        false
+    } else {
+        eprintln!(
+            "roomcast: redis-server is not installed; {}.\nroomcast: running standalone: the servers share one in-process roomcast (no Redis).",
+            redis::INSTALL_HINT
+        );
+        backend = "standalone (no redis-server): one in-process roomcast, no Redis".into();
+        true
+    };
+    let version = if standalone {
+        None
+    } else {
+        let server = config.server.clone();
+        tokio::task::spawn_blocking(move || redis::server_version(&server, Duration::from_secs(2)))
+            .await
+            .ok()
+            .flatten()
+    };
+    let backend = match version {
+        Some(v) => format!("{backend} (redis {v})"),
+        None => backend,
+    };
+
+    // The instances: a roomcast instance and a WebSocket server each.
+    let shared_standalone = standalone.then(roomcast::standalone);
+    let mut instances = Vec::new();
+    for i in 0..o.instances {
+        let rc = match &shared_standalone {
+            Some(rc) => rc.clone(),
+            None => {
+                let mut c = config.clone();
+                c.client_name = format!("roomcast-demo-{i}");
+                crate::connect(c).await?
+            }
+        };
+        let server = ws::Server::bind("127.0.0.1:0", rc.clone())
+            .await
+            .map_err(|e| format!("cannot listen on a loopback port: {e}"))?;
+        instances.push(Instance { rc, server });
+    }
+    println!(
+        "roomcast demo: {} WebSocket server(s) on {}; {} clients in {} rooms, {} msg/s each, for {:.0?}",
+        o.instances,
+        instances
+            .iter()
+            .map(|i| format!("ws://{}", i.server.addr()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        o.clients,
+        o.rooms,
+        o.rate,
+        o.duration,
+    );
+    println!("rooms shared through {backend}");
+
+    // The clients.
+    let shared = Arc::new(Shared {
+        received: (0..o.instances).map(|_| AtomicU64::new(0)).collect(),
+        sent: (0..o.instances).map(|_| AtomicU64::new(0)).collect(),
+        ..Shared::default()
+    });
+    let epoch = Instant::now();
+    let deadline = epoch + o.duration;
+    let mut clients = tokio::task::JoinSet::new();
+    for id in 0..o.clients {
+        let inst = id % o.instances;
+        let room = format!("demo/room-{}", (id / o.instances) % o.rooms);
+        let spec = ClientSpec {
+            id: id as u64,
+            instance: inst,
+            url: instances[inst].server.url(&room),
+            addr: instances[inst].server.addr(),
+            epoch,
+            deadline,
+            period: Duration::from_secs_f64(1.0 / o.rate),
+            churn: o.churn,
+        };
+        clients.spawn(client(spec, shared.clone()));
+    }
+
+    // The live view.
+    let tty = std::io::stdout().is_terminal();
+    let tick = if tty {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(1)
+    };
+    let mut view = View::new(o.instances, tty);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut interrupted = false;
+    let mut ticker = tokio::time::interval(tick);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = &mut ctrl_c => {
+                interrupted = true;
+            }
+        }
+        let snapshot = Snapshot::take(&instances, &shared, epoch).await;
+        view.draw(&o, &snapshot);
+        if interrupted || Instant::now() >= deadline {
+            break;
+        }
+    }
+    let ran = epoch.elapsed().min(o.duration);
+    if interrupted {
+        clients.abort_all();
+    }
+    // Clients stop at the deadline by themselves; let the last messages arrive.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while clients.join_next().await.is_some() {}
+    })
+    .await;
+    let end = Snapshot::take(&instances, &shared, epoch).await;
+    let mut rcs = Vec::new();
+    for inst in instances {
+        inst.server.shutdown(Duration::from_secs(2)).await;
+        rcs.push(inst.rc);
+    }
+    for rc in &rcs {
+        let _ = rc.shutdown(Duration::from_secs(2)).await;
+    }
+    summary(&o, &shared, &end, ran, &backend, interrupted);
+    drop(private);
+    Ok(())
+}
+
+/// Counters at one moment.
+struct Snapshot {
+    at: Duration,
+    frames_in: Vec<u64>,
+    frames_out: Vec<u64>,
+    connections: Vec<usize>,
+    rooms_live: Vec<usize>,
+    rooms: Vec<usize>,
+    redis_reconnects: u64,
+    roomcast_drops: u64,
+    gaps: u64,
+    slow_client_drops: u64,
+    server_errors: u64,
+    last_server_error: Option<String>,
+    window_cross: Vec<u32>,
+    client_reconnects: u64,
+    presence: u64,
+    lost: u64,
+}
+
+impl Snapshot {
+    async fn take(instances: &[Instance], shared: &Shared, epoch: Instant) -> Snapshot {
+        let mut s = Snapshot {
+            at: epoch.elapsed(),
+            frames_in: Vec::new(),
+            frames_out: Vec::new(),
+            connections: Vec::new(),
+            rooms_live: Vec::new(),
+            rooms: Vec::new(),
+            redis_reconnects: 0,
+            roomcast_drops: 0,
+            gaps: 0,
+            slow_client_drops: 0,
+            server_errors: 0,
+            last_server_error: None,
+            window_cross: std::mem::take(&mut *lock(&shared.window_cross)),
+            client_reconnects: shared.reconnects.load(Ordering::Relaxed),
+            presence: shared.presence.load(Ordering::Relaxed),
+            lost: shared.lost.load(Ordering::Relaxed),
+        };
+        let mut seen = Vec::new();
+        for inst in instances {
+            let st = inst.server.stats();
+            s.frames_in.push(st.frames_in.load(Ordering::Relaxed));
+            s.frames_out.push(st.frames_out.load(Ordering::Relaxed));
+            s.connections.push(st.connections.load(Ordering::Relaxed));
+            s.slow_client_drops += st.dropped.load(Ordering::Relaxed);
+            s.server_errors += st.errors.load(Ordering::Relaxed);
+            if let Some(e) = lock(&st.last_error).clone() {
+                s.last_server_error = Some(e);
+            }
+            let m = inst.rc.metrics().await.unwrap_or_default();
+            s.rooms_live.push(m.rooms_live);
+            s.rooms.push(m.rooms);
+            // Standalone: every server shares one instance; count its metrics once.
+            if !seen.contains(&inst.rc.instance()) {
+                seen.push(inst.rc.instance());
+                s.redis_reconnects += m.reconnects;
+                s.roomcast_drops += m.dropped_malformed + m.dropped_room_mismatch;
+                s.gaps += m.gaps;
+            }
+        }
+        s
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Draws the live view: in place on a terminal, one line per tick otherwise.
+struct View {
+    tty: bool,
+    lines: usize,
+    last: Option<(Duration, Vec<u64>, Vec<u64>)>,
+}
+
+impl View {
+    fn new(instances: usize, tty: bool) -> View {
+        View {
+            tty,
+            lines: 0,
+            last: Some((Duration::ZERO, vec![0; instances], vec![0; instances])),
+        }
+    }
+
+    fn draw(&mut self, o: &Options, s: &Snapshot) {
+        let (dt, rate_in, rate_out) = match &self.last {
+            Some((at, fin, fout)) => {
+                let dt = (s.at - *at).as_secs_f64().max(1e-3);
+                let r = |now: &[u64], then: &[u64]| -> Vec<f64> {
+                    now.iter()
+                        .zip(then)
+                        .map(|(a, b)| a.saturating_sub(*b) as f64 / dt)
+                        .collect()
+                };
+                (dt, r(&s.frames_in, fin), r(&s.frames_out, fout))
+            }
+            None => (
+                0.0,
+                vec![0.0; s.frames_in.len()],
+                vec![0.0; s.frames_out.len()],
+            ),
+        };
+        let _ = dt;
+        self.last = Some((s.at, s.frames_in.clone(), s.frames_out.clone()));
+        let mut w = s.window_cross.clone();
+        w.sort_unstable();
+        let lat = if w.is_empty() {
+            "no samples yet".to_string()
+        } else {
+            format!(
+                "p50 {}  p90 {}  p99 {}  ({} samples)",
+                ms(pct(&w, 0.50)),
+                ms(pct(&w, 0.90)),
+                ms(pct(&w, 0.99)),
+                w.len()
+            )
+        };
+        let secs = s.at.as_secs_f64().min(o.duration.as_secs_f64());
+        let total = o.duration.as_secs_f64();
+        let conns: usize = s.connections.iter().sum();
+        if !self.tty {
+            println!(
+                "[{secs:5.1}/{total:.0} s] in {:>6.0} msg/s  out {:>7.0} msg/s  clients {conns}  rooms live {}  cross-instance latency {lat}",
+                rate_in.iter().sum::<f64>(),
+                rate_out.iter().sum::<f64>(),
+                s.rooms_live.iter().sum::<usize>(),
+            );
+            return;
+        }
+        let mut out = String::new();
+        let width = 30;
+        let done = ((secs / total) * width as f64).round() as usize;
+        out.push_str(&format!(
+            "[{}{}] {secs:5.1} / {total:.0} s\n",
+            "#".repeat(done.min(width)),
+            "-".repeat(width - done.min(width))
+        ));
+        out.push_str("instance  clients  in msg/s  out msg/s  rooms live\n");
+        for i in 0..s.frames_in.len() {
+            out.push_str(&format!(
+                "{i:>8}  {:>7}  {:>8.0}  {:>9.0}  {:>4}/{}\n",
+                s.connections[i], rate_in[i], rate_out[i], s.rooms_live[i], s.rooms[i]
+            ));
+        }
+        out.push_str(&format!(
+            "cross-instance latency (last {:.1} s): {lat}\n",
+            dt
+        ));
+        out.push_str(&format!(
+            "reconnects: Redis {}, clients {}   presence events {}   lost {}   gaps {}   drops {}\n",
+            s.redis_reconnects,
+            s.client_reconnects,
+            s.presence,
+            s.lost,
+            s.gaps,
+            s.roomcast_drops + s.slow_client_drops
+        ));
+        let mut stdout = std::io::stdout().lock();
+        if self.lines > 0 {
+            // Up to the first line of the previous view, and clear below.
+            let _ = write!(stdout, "\x1b[{}A\x1b[J", self.lines);
+        }
+        let _ = write!(stdout, "{out}");
+        let _ = stdout.flush();
+        self.lines = out.lines().count();
+    }
+}
+
+fn pct(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn ms(micros: u32) -> String {
+    format!("{:.2} ms", f64::from(micros) / 1000.0)
+}
+
+fn summary(
+    o: &Options,
+    shared: &Shared,
+    s: &Snapshot,
+    ran: Duration,
+    backend: &str,
+    interrupted: bool,
+) {
+    let secs = ran.as_secs_f64().max(1e-3);
+    let sent: u64 = shared.sent.iter().map(|a| a.load(Ordering::Relaxed)).sum();
+    let received: u64 = shared
+        .received
+        .iter()
+        .map(|a| a.load(Ordering::Relaxed))
+        .sum();
+    let mut cross = lock(&shared.all_cross).clone();
+    let mut local = lock(&shared.all_local).clone();
+    cross.sort_unstable();
+    local.sort_unstable();
+    let lost = shared.lost.load(Ordering::Relaxed);
+    let unordered = shared.out_of_order.load(Ordering::Relaxed);
+    println!();
+    println!(
+        "summary{}: {:.1} s, {} instance(s), {} clients, {} rooms; {backend}",
+        if interrupted { " (interrupted)" } else { "" },
+        ran.as_secs_f64(),
+        o.instances,
+        o.clients,
+        o.rooms
+    );
+    println!(
+        "  messages sent by clients   {sent:>9}  ({:.0}/s)",
+        sent as f64 / secs
+    );
+    println!(
+        "  delivered to clients       {received:>9}  ({:.0}/s, {:.1} per message)",
+        received as f64 / secs,
+        if sent > 0 {
+            received as f64 / sent as f64
+        } else {
+            0.0
+        }
+    );
+    let line = |name: &str, v: &[u32]| {
+        if v.is_empty() {
+            println!("  {name:<26} no samples");
+        } else {
+            println!(
+                "  {name:<26} p50 {}  p90 {}  p99 {}  max {}  ({} samples)",
+                ms(pct(v, 0.50)),
+                ms(pct(v, 0.90)),
+                ms(pct(v, 0.99)),
+                ms(*v.last().unwrap_or(&0)),
+                v.len()
+            );
+        }
+    };
+    line("cross-instance latency", &cross);
+    line("same-instance latency", &local);
+    for i in 0..o.instances {
+        println!(
+            "  instance {i}: {} client messages in, {} frames out",
+            s.frames_in.get(i).copied().unwrap_or(0),
+            s.frames_out.get(i).copied().unwrap_or(0)
+        );
+    }
+    println!(
+        "  lost {lost}, out of order {unordered}; presence events {}; client reconnects {}; Redis reconnects {}; roomcast gaps {}, drops {}",
+        shared.presence.load(Ordering::Relaxed),
+        shared.reconnects.load(Ordering::Relaxed),
+        s.redis_reconnects,
+        s.gaps,
+        s.roomcast_drops + s.slow_client_drops,
+    );
+    let failures = shared.connect_failures.load(Ordering::Relaxed);
+    if failures > 0 || s.server_errors > 0 {
+        println!(
+            "  client connect failures {failures}, server errors {}; last: {}",
+            s.server_errors,
+            lock(&shared.last_error)
+                .clone()
+                .or_else(|| s.last_server_error.clone())
+                .unwrap_or_default()
+        );
+    }
+    if lost == 0 && unordered == 0 {
+        println!("  every message reached every member that was in its room, in order");
+    }
+}
+
+struct ClientSpec {
+    id: u64,
+    instance: usize,
+    url: String,
+    addr: SocketAddr,
+    epoch: Instant,
+    deadline: Instant,
+    period: Duration,
+    churn: Option<Duration>,
+}
+
+/// A small xorshift for jitter.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+async fn connect_ws(spec: &ClientSpec) -> Result<Ws, String> {
+    let tcp = TcpStream::connect(spec.addr)
+        .await
+        .map_err(|e| format!("connect {}: {e}", spec.addr))?;
+    let _ = tcp.set_nodelay(true);
+    let (mut ws, _) = tokio_tungstenite::client_async(spec.url.as_str(), tcp)
+        .await
+        .map_err(|e| format!("handshake {}: {e}", spec.url))?;
+    // Wait for the welcome: the room is live on this instance.
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.as_str().contains("\"welcome\"") => return Ok(ws),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(format!("before welcome: {e}")),
+            None => return Err("closed before welcome".into()),
+        }
+    }
+}
+
+/// One simulated client: connects, sends `"{instance} {client} {seq} {micros}"` every
+/// period, checks what it receives, reconnects now and then, stops at the deadline.
+async fn client(spec: ClientSpec, shared: Arc<Shared>) {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (spec.id + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
+    let mut seq = 0u64;
+    let mut first = true;
+    while Instant::now() < spec.deadline {
+        let mut ws = match tokio::time::timeout(Duration::from_secs(10), connect_ws(&spec)).await {
+            Ok(Ok(ws)) => ws,
+            Ok(Err(e)) => {
+                shared.connect_failures.fetch_add(1, Ordering::Relaxed);
+                *lock(&shared.last_error) = Some(e);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(_) => {
+                shared.connect_failures.fetch_add(1, Ordering::Relaxed);
+                *lock(&shared.last_error) = Some("no welcome within 10 s".into());
+                continue;
+            }
+        };
+        if !first {
+            shared.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        first = false;
+        shared.connected.fetch_add(1, Ordering::Relaxed);
+        let leave_at = match spec.churn {
+            Some(c) => (Instant::now() + c.mul_f64(0.5 + rng.next())).min(spec.deadline),
+            None => spec.deadline,
+        };
+        // Last sequence number seen per sender, for this connection's lifetime.
+        let mut last: HashMap<u64, u64> = HashMap::new();
+        let mut ticker = tokio::time::interval_at(
+            tokio::time::Instant::now() + spec.period.mul_f64(rng.next()),
+            spec.period,
+        );
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let leave = tokio::time::sleep_until(leave_at.into());
+        tokio::pin!(leave);
+        let mut broken = false;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    seq += 1;
+                    let micros = spec.epoch.elapsed().as_micros() as u64;
+                    let text = format!("{} {} {seq} {micros}", spec.instance, spec.id);
+                    if ws.send(Message::text(text)).await.is_err() {
+                        broken = true;
+                        break;
+                    }
+                    shared.sent[spec.instance].fetch_add(1, Ordering::Relaxed);
+                }
+                frame = ws.next() => match frame {
+                    Some(Ok(Message::Text(t))) => receive(&spec, &shared, &mut last, t.as_str()),
+                    Some(Ok(_)) => {}
+                    _ => {
+                        broken = true;
+                        break;
+                    }
+                },
+                _ = &mut leave => break,
+            }
+        }
+        if !broken {
+            // Close, and take what is still on the way until the server's close reply.
+            let _ = ws.close(None).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Some(Ok(frame)) = ws.next().await {
+                    if let Message::Text(t) = frame {
+                        receive(&spec, &shared, &mut last, t.as_str());
+                    }
+                }
+            })
+            .await;
+        }
+        shared.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn receive(spec: &ClientSpec, shared: &Shared, last: &mut HashMap<u64, u64>, text: &str) {
+    let Ok(v) = serde_json::from_str::<Value>(text) else {
+        return;
+    };
+    match v.get("type").and_then(Value::as_str) {
+        Some("broadcast") => {}
+        Some("presence") => {
+            shared.presence.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        _ => return,
+    }
+    let Some(data) = v.get("data").and_then(Value::as_str) else {
+        return;
+    };
+    let mut f = data.split(' ').map(|x| x.parse::<u64>().ok());
+    let (Some(Some(inst)), Some(Some(sender)), Some(Some(seq)), Some(Some(sent))) =
+        (f.next(), f.next(), f.next(), f.next())
+    else {
+        return;
+    };
+    let now = spec.epoch.elapsed().as_micros() as u64;
+    let micros = now.saturating_sub(sent).min(u64::from(u32::MAX)) as u32;
+    shared.received[spec.instance].fetch_add(1, Ordering::Relaxed);
+    if inst as usize != spec.instance {
+        lock(&shared.window_cross).push(micros);
+        let mut all = lock(&shared.all_cross);
+        if all.len() < MAX_SAMPLES {
+            all.push(micros);
+        }
+    } else {
+        let mut all = lock(&shared.all_local);
+        if all.len() < MAX_SAMPLES {
+            all.push(micros);
+        }
+    }
+    match last.insert(sender, seq) {
+        Some(prev) if seq > prev + 1 => {
+            shared.lost.fetch_add(seq - prev - 1, Ordering::Relaxed);
+        }
+        Some(prev) if seq <= prev => {
+            shared.out_of_order.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+}
