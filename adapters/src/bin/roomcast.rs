@@ -56,10 +56,10 @@ Usage: roomcast tail [OPTIONS] ROOM...
 
 Joins the rooms as one connection (tail-<pid>) and prints each delivered message on stdout:
   {\"room\":\"lobby\",\"type\":\"broadcast\",\"data\":\"hi\",\"encoding\":\"utf8\",
-   \"exclude\":null,\"timestamp\":1700000000,\"origin\":\"4f1c0e2a9b7d3c11\",\"epoch\":7,\"seq\":1}
+   \"exclude\":null,\"timestamp\":1700000000,\"origin\":\"4f1c0e2a9b7d3c11\",\"epoch\":\"00000000000003e8\",\"seq\":1}
 type is broadcast, presence or system; data is the payload as UTF-8 text when it is valid
-UTF-8 (encoding utf8), else base64 (encoding base64); origin (16 hex digits), epoch and seq
-are null for messages from publishers that write no trailer.
+UTF-8 (encoding utf8), else base64 (encoding base64); origin and epoch (16 hex digits each,
+as strings) and seq (a number) are null for messages from publishers that write no trailer.
 stderr says when the rooms are live, and reports Redis links going down and up, gaps
 (messages that never arrived) and drops.
 
@@ -420,6 +420,9 @@ pub(crate) async fn connect(config: Config) -> Result<Roomcast, String> {
     let builder = roomcast::Builder::new(config);
     match tokio::time::timeout(limit, builder.connect_tokio()).await {
         Ok(Ok(rc)) => Ok(rc),
+        Ok(Err(roomcast::Error::Connect(e))) => {
+            Err(format!("cannot connect to Redis at {target}: {e}"))
+        }
         Ok(Err(e)) => Err(format!("{e} (Redis at {target})")),
         Err(_) => Err(format!(
             "cannot connect to Redis at {target}: no answer within {limit:?}"
@@ -585,7 +588,7 @@ fn json_line(msg: &Message) -> String {
         opt(msg.exclude_connection.as_deref().map(s)),
         msg.timestamp,
         opt(msg.origin.map(|t| format!("\"{}\"", t.origin))),
-        opt(msg.origin.map(|t| t.epoch.to_string())),
+        opt(msg.origin.map(|t| format!("\"{:016x}\"", t.epoch))),
         opt(msg.origin.map(|t| t.seq.to_string())),
     )
 }
@@ -647,7 +650,18 @@ async fn publish(
 
 async fn who(config: Config, room: String) -> Result<(), Fail> {
     let rc = connect(config).await.map_err(Fail::Error)?;
-    let members = rc.room_connections(&room).await;
+    // Right after connecting, the instance registers itself; presence answers after that.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let members = loop {
+        match rc.room_connections(&room).await {
+            Err(roomcast::Error::Presence(roomcast::core::PresenceError::Unavailable))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => break other,
+        }
+    };
     let _ = rc.shutdown(Duration::from_secs(2)).await;
     for m in members? {
         println!("{} {}", m.instance, m.conn.as_str());
