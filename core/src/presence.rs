@@ -73,6 +73,22 @@ for i = 1, #m do
 end
 return out"#;
 
+/// Removes every entry of one instance through its index sets (used inside the
+/// re-registration transaction, so that entries written before a link broke, and no longer
+/// true, do not survive it). ARGV[1] = index key prefix, ARGV[2] = the instance.
+pub const CLEAR_SCRIPT: &str = r#"local inst = ARGV[2]
+local rooms = redis.call('SMEMBERS', ARGV[1] .. inst .. ':rooms')
+for j = 1, #rooms do
+  local f = redis.call('HGETALL', rooms[j])
+  for k = 1, #f, 2 do
+    if f[k + 1] == inst then redis.call('HDEL', rooms[j], f[k]) end
+  end
+end
+local conns = redis.call('SMEMBERS', ARGV[1] .. inst .. ':conns')
+for j = 1, #conns do redis.call('SREM', conns[j], inst) end
+redis.call('DEL', ARGV[1] .. inst .. ':rooms', ARGV[1] .. inst .. ':conns')
+return #rooms"#;
+
 /// The three scripts, in the order of [`Script`].
 pub(crate) const SCRIPTS: [&str; 3] = [ROOM_SCRIPT, CONN_SCRIPT, SWEEP_SCRIPT];
 

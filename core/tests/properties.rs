@@ -236,6 +236,44 @@ fn run(ops: Vec<Op>, protocol: Protocol, split: Split) -> Result<(), TestCaseErr
         prop_assert_eq!(node.hub.metrics().inflight_publishes, 0);
         prop_assert_eq!(node.hub.metrics().queued_publishes, 0);
     }
+    // Presence agrees with the hubs: every room's answer, from every instance, is the union of
+    // the local members.
+    for r in ROOMS {
+        let mut want: Vec<(u64, String)> = Vec::new();
+        for node in &sim.nodes {
+            let me = node.hub.identity().instance.0;
+            want.extend(
+                node.hub
+                    .members(r)
+                    .iter()
+                    .map(|c| (me, c.as_str().to_string())),
+            );
+        }
+        want.sort();
+        for n in 0..NODES {
+            let now = sim.now;
+            let q = sim.nodes[n].hub.presence_room(r).unwrap();
+            let id = sim.nodes[n].hub.query_presence(q, now).unwrap();
+            sim.run();
+            let answer = sim.nodes[n]
+                .take_events()
+                .into_iter()
+                .find_map(|e| match e {
+                    Event::Presence { id: i, result, .. } if i == id => Some(result),
+                    _ => None,
+                });
+            let Some(Ok(roomcast_core::PresenceAnswer::Room(m))) = answer else {
+                return Err(TestCaseError::fail(format!(
+                    "no presence answer: {answer:?}"
+                )));
+            };
+            let got: Vec<(u64, String)> = m
+                .into_iter()
+                .map(|m| (m.instance.0, m.conn.as_str().to_string()))
+                .collect();
+            prop_assert_eq!(&got, &want, "presence of room {} from node {}", r, n);
+        }
+    }
     // Everyone leaves: nothing is left, in the hubs or in Redis.
     for node in &mut sim.nodes {
         for c in CONNS {

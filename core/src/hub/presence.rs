@@ -89,6 +89,20 @@ impl Hub {
         self.presence.pending = 0;
         let lease_ms = self.config.lease.as_millis().to_string();
         let k = self.presence.keys.clone();
+        // One transaction: clear whatever this instance wrote before (a leave written while
+        // the link was down never reached Redis), then write the truth. Other instances never
+        // see a half-registered state.
+        self.presence_write(&[b"MULTI"], true);
+        self.presence_write(
+            &[
+                b"EVAL",
+                crate::presence::CLEAR_SCRIPT.as_bytes(),
+                b"0",
+                &k.index_prefix,
+                &k.me,
+            ],
+            true,
+        );
         self.presence_write(&[b"SET", &k.lease, b"1", b"PX", lease_ms.as_bytes()], true);
         self.presence_write(&[b"SADD", &k.instances, &k.me], true);
         let rooms: Vec<(RoomId, Vec<ConnId>)> = self
@@ -119,6 +133,7 @@ impl Hub {
             self.presence_write(&[b"SADD", ck, &k.me], true);
             self.presence_write(&[b"SADD", &k.idx_conns, ck], true);
         }
+        self.presence_write(&[b"EXEC"], true);
         self.presence.next_heartbeat = Some(now + self.config.lease / 3);
     }
 

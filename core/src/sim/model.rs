@@ -153,7 +153,12 @@ struct Client {
     shard_channels: OrderedSet,
     stalled: bool,
     soft_limit_since_s: Option<i64>,
+    /// Inside MULTI: the queued commands, and whether one was refused (EXECABORT).
+    multi: Option<(Vec<Queued>, bool)>,
 }
+
+/// A command queued inside MULTI: its resolved name and arguments.
+type Queued = (String, Vec<Vec<u8>>);
 
 impl Client {
     fn pubsub_count(&self) -> usize {
@@ -256,6 +261,7 @@ impl ModelRedis {
                 shard_channels: OrderedSet::new(),
                 stalled: false,
                 soft_limit_since_s: None,
+                multi: None,
             },
         );
         id

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::model::{Keyspace, ModelRedis, Reply};
-use crate::presence::{CONN_SCRIPT, ROOM_SCRIPT, SWEEP_SCRIPT};
+use crate::presence::{CLEAR_SCRIPT, CONN_SCRIPT, ROOM_SCRIPT, SWEEP_SCRIPT};
 
 fn strings(r: Reply) -> Vec<Vec<u8>> {
     match r {
@@ -74,6 +74,28 @@ fn conn(ks: &mut Keyspace, keys: &[Vec<u8>], argv: &[Vec<u8>], _: Instant) -> Re
     array(out)
 }
 
+/// Removes one instance's entries through its index sets; returns how many rooms it had.
+fn clear_instance(ks: &mut Keyspace, idx: &[u8], inst: &[u8]) -> usize {
+    let rooms_key = cat(&cat(idx, inst), b":rooms");
+    let conns_key = cat(&cat(idx, inst), b":conns");
+    let rooms = strings(ks.call(&[b"SMEMBERS", &rooms_key]));
+    for room in &rooms {
+        let f = strings(ks.call(&[b"HGETALL", room]));
+        for pair in f.chunks(2) {
+            if let [field, owner] = pair {
+                if owner == inst {
+                    ks.call(&[b"HDEL", room, field]);
+                }
+            }
+        }
+    }
+    for c in strings(ks.call(&[b"SMEMBERS", &conns_key])) {
+        ks.call(&[b"SREM", &c, inst]);
+    }
+    ks.call(&[b"DEL", &rooms_key, &conns_key]);
+    rooms.len()
+}
+
 fn sweep(ks: &mut Keyspace, keys: &[Vec<u8>], argv: &[Vec<u8>], _: Instant) -> Reply {
     let (Some(key), Some(lease), Some(idx)) = (keys.first(), argv.first(), argv.get(1)) else {
         return Reply::error("wrong number of keys or args");
@@ -84,25 +106,17 @@ fn sweep(ks: &mut Keyspace, keys: &[Vec<u8>], argv: &[Vec<u8>], _: Instant) -> R
             out.push(inst);
             continue;
         }
-        let rooms_key = cat(&cat(idx, &inst), b":rooms");
-        let conns_key = cat(&cat(idx, &inst), b":conns");
-        for room in strings(ks.call(&[b"SMEMBERS", &rooms_key])) {
-            let f = strings(ks.call(&[b"HGETALL", &room]));
-            for pair in f.chunks(2) {
-                if let [field, owner] = pair {
-                    if *owner == inst {
-                        ks.call(&[b"HDEL", &room, field]);
-                    }
-                }
-            }
-        }
-        for c in strings(ks.call(&[b"SMEMBERS", &conns_key])) {
-            ks.call(&[b"SREM", &c, &inst]);
-        }
-        ks.call(&[b"DEL", &rooms_key, &conns_key]);
+        clear_instance(ks, idx, &inst);
         ks.call(&[b"SREM", key, &inst]);
     }
     array(out)
+}
+
+fn clear(ks: &mut Keyspace, _: &[Vec<u8>], argv: &[Vec<u8>], _: Instant) -> Reply {
+    let (Some(idx), Some(inst)) = (argv.first(), argv.get(1)) else {
+        return Reply::error("wrong number of args");
+    };
+    Reply::Integer(clear_instance(ks, idx, inst) as i64)
 }
 
 /// Teaches a model the presence scripts.
@@ -110,4 +124,5 @@ pub fn register_presence_scripts(redis: &mut ModelRedis) {
     redis.register_script_impl(ROOM_SCRIPT, room);
     redis.register_script_impl(CONN_SCRIPT, conn);
     redis.register_script_impl(SWEEP_SCRIPT, sweep);
+    redis.register_script_impl(CLEAR_SCRIPT, clear);
 }

@@ -115,9 +115,73 @@ fn valid_client_name(name: &[u8]) -> bool {
 impl ModelRedis {
     /// Runs one request from `c`.
     pub(super) fn execute(&mut self, c: ClientId, argv: Vec<Vec<u8>>) {
+        let in_multi = self.clients.get(&c).is_some_and(|cl| cl.multi.is_some());
         let Some(fullname) = self.resolve(c, &argv) else {
+            if in_multi {
+                if let Some((_, refused)) =
+                    self.clients.get_mut(&c).and_then(|cl| cl.multi.as_mut())
+                {
+                    *refused = true;
+                }
+            }
             return;
         };
+        // MULTI / EXEC / DISCARD, as far as roomcast uses them.
+        match (fullname.as_str(), in_multi) {
+            ("multi", true) => {
+                self.emit(c, &Reply::error("MULTI calls can not be nested"));
+                return;
+            }
+            ("multi", false) => {
+                if let Some(cl) = self.clients.get_mut(&c) {
+                    cl.multi = Some((Vec::new(), false));
+                }
+                self.emit(c, &Reply::ok());
+                return;
+            }
+            ("exec" | "discard", false) => {
+                let r = format!("{} without MULTI", fullname.to_ascii_uppercase());
+                self.emit(c, &Reply::error(r));
+                return;
+            }
+            ("discard", true) => {
+                if let Some(cl) = self.clients.get_mut(&c) {
+                    cl.multi = None;
+                }
+                self.emit(c, &Reply::ok());
+                return;
+            }
+            ("exec", true) => {
+                let Some((queued, refused)) =
+                    self.clients.get_mut(&c).and_then(|cl| cl.multi.take())
+                else {
+                    return;
+                };
+                if refused {
+                    self.emit(
+                        c,
+                        &Reply::error(
+                            "-EXECABORT Transaction discarded because of previous errors.",
+                        ),
+                    );
+                    return;
+                }
+                let replies = queued
+                    .into_iter()
+                    .map(|(name, argv)| self.run(c, &name, &argv).unwrap_or(Reply::Nil))
+                    .collect();
+                self.emit(c, &Reply::Array(replies));
+                return;
+            }
+            (_, true) => {
+                if let Some((q, _)) = self.clients.get_mut(&c).and_then(|cl| cl.multi.as_mut()) {
+                    q.push((fullname, argv));
+                }
+                self.emit(c, &Reply::status("QUEUED"));
+                return;
+            }
+            _ => {}
+        }
         let reply = self.run(c, &fullname, &argv);
         if let Some(r) = reply {
             self.emit(c, &r);
