@@ -127,6 +127,7 @@ on_both!(
     presence_every_instance_same_answer,
     presence_crash_vanishes_within_a_lease_and_shutdown_at_once,
     presence_whole_again_after_client_kill,
+    health_fails_when_the_subscriber_hears_nothing,
     health_and_standalone,
 );
 
@@ -863,6 +864,31 @@ async fn presence_whole_again_after_client_kill(rt: Rt) {
             }
             (Err(e), _) | (_, Err(e)) => panic!("unexpected error: {e}"),
         }
+    })
+    .await;
+}
+
+async fn health_fails_when_the_subscriber_hears_nothing(rt: Rt) {
+    let server = RedisServer::start();
+    // No presence here: its heartbeat is a write, which would hold a PING behind it.
+    let a = rt
+        .connect(Builder::new(Config {
+            presence: false,
+            ..config(&server)
+        }))
+        .await
+        .unwrap();
+    a.health_check(PATIENCE).await.unwrap();
+    // CLIENT PAUSE WRITE holds every PUBLISH (the probe included) while PINGs are still
+    // answered on every link: a health check built on PING alone would pass.
+    server.cmd(&["CLIENT", "PAUSE", "2500", "WRITE"]);
+    let err = a
+        .health_check(Duration::from_millis(800))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("probe"), "{err}");
+    rt.until("healthy again", || async {
+        a.health_check(Duration::from_secs(2)).await.is_ok()
     })
     .await;
 }
