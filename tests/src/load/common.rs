@@ -1,0 +1,559 @@
+//! What every system's worker shares: the job description, results, process statistics,
+//! the payload layout, delivery tracking and end-to-end flow control.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+/// One scenario run by one system in one worker process.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// `S1` .. `S6`.
+    pub scenario: String,
+    /// `roomcast`, `redis-benchmark`, `redis-rs`, `fred`.
+    pub system: String,
+    /// Variant within the scenario (`1room`, `rooms`, `one-in-flight`, `paced`, ...).
+    pub variant: String,
+    /// Payload bytes.
+    pub size: usize,
+    /// Rooms (channels).
+    pub rooms: usize,
+    /// Messages to publish (or rooms to join, members to add: per scenario).
+    pub count: u64,
+    /// Wall-clock limit of the measured phase.
+    pub limit: Duration,
+    /// `redis://127.0.0.1:PORT`.
+    pub url: String,
+    /// The server's pid when it is ours (for its CPU time).
+    pub server_pid: Option<u32>,
+    /// Target publish rate (S2 paced), messages/s.
+    pub rate: f64,
+    /// Members or subscriber connections receiving every message (S1, S2).
+    pub receivers: usize,
+    /// Members in the fan-out room (S4).
+    pub members: usize,
+    /// Publishes not yet delivered everywhere that a publisher may have outstanding.
+    pub window: u64,
+    /// Channel prefix (distinct per worker, so nothing leaks between runs).
+    pub prefix: String,
+}
+
+impl Job {
+    /// The command-line arguments that make a worker run this job.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut a = vec![
+            "--worker".to_string(),
+            format!("--scenario={}", self.scenario),
+            format!("--system={}", self.system),
+            format!("--variant={}", self.variant),
+            format!("--size={}", self.size),
+            format!("--rooms={}", self.rooms),
+            format!("--count={}", self.count),
+            format!("--limit-ms={}", self.limit.as_millis()),
+            format!("--url={}", self.url),
+            format!("--rate={}", self.rate),
+            format!("--receivers={}", self.receivers),
+            format!("--members={}", self.members),
+            format!("--window={}", self.window),
+            format!("--prefix={}", self.prefix),
+        ];
+        if let Some(p) = self.server_pid {
+            a.push(format!("--server-pid={p}"));
+        }
+        a
+    }
+
+    /// Parses what [`Job::to_args`] wrote.
+    pub fn from_args(args: &[String]) -> Result<Job, String> {
+        let mut m = BTreeMap::new();
+        for a in args {
+            if let Some(kv) = a.strip_prefix("--") {
+                if let Some((k, v)) = kv.split_once('=') {
+                    m.insert(k.to_string(), v.to_string());
+                }
+            }
+        }
+        let get = |k: &str| m.get(k).cloned().ok_or(format!("worker: --{k} missing"));
+        let num = |k: &str| -> Result<u64, String> {
+            get(k)?.parse().map_err(|e| format!("worker: --{k}: {e}"))
+        };
+        Ok(Job {
+            scenario: get("scenario")?,
+            system: get("system")?,
+            variant: get("variant")?,
+            size: num("size")? as usize,
+            rooms: num("rooms")? as usize,
+            count: num("count")?,
+            limit: Duration::from_millis(num("limit-ms")?),
+            url: get("url")?,
+            server_pid: m.get("server-pid").and_then(|p| p.parse().ok()),
+            rate: get("rate")?.parse().map_err(|e| format!("--rate: {e}"))?,
+            receivers: num("receivers")? as usize,
+            members: num("members")? as usize,
+            window: num("window")?,
+            prefix: get("prefix")?,
+        })
+    }
+
+    /// A result line for this job with its identifying fields filled in.
+    pub fn result(&self) -> Res {
+        let mut r = Res::default();
+        r.set("scenario", self.scenario.as_str());
+        r.set("system", self.system.as_str());
+        r.set("variant", self.variant.as_str());
+        r.set("size", self.size as u64);
+        r.set("rooms", self.rooms as u64);
+        r
+    }
+
+    /// Host and port of the server.
+    pub fn host_port(&self) -> (String, u16) {
+        let rest = self
+            .url
+            .trim_start_matches("redis://")
+            .trim_end_matches('/');
+        let rest = rest.rsplit('@').next().unwrap_or(rest);
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().unwrap_or(6379)),
+            None => (rest.to_string(), 6379),
+        }
+    }
+
+    /// The channel of room `i` for the peers and the raw clients (`redis-benchmark`'s
+    /// `__rand_int__` writes 12 digits, so every system's channels look alike).
+    pub fn channel(&self, i: usize) -> String {
+        format!("{}:{:012}", self.prefix, i)
+    }
+
+    /// The room id of room `i` for roomcast.
+    pub fn room(&self, i: usize) -> String {
+        format!("{:012}", i)
+    }
+}
+
+/// One result: an ordered JSON object.
+#[derive(Debug, Clone, Default)]
+pub struct Res(pub Map<String, Value>);
+
+impl Res {
+    /// Sets a field.
+    pub fn set(&mut self, k: &str, v: impl Into<Value>) {
+        self.0.insert(k.to_string(), v.into());
+    }
+
+    /// Sets a float field rounded to 4 significant decimals (`null` when not finite).
+    pub fn setf(&mut self, k: &str, v: f64) {
+        let v = if v.is_finite() {
+            serde_json::Number::from_f64((v * 1e4).round() / 1e4).map_or(Value::Null, Value::Number)
+        } else {
+            Value::Null
+        };
+        self.0.insert(k.to_string(), v);
+    }
+
+    /// A field as a number.
+    pub fn num(&self, k: &str) -> Option<f64> {
+        self.0.get(k).and_then(Value::as_f64)
+    }
+
+    /// A field as text.
+    pub fn text(&self, k: &str) -> String {
+        match self.0.get(k) {
+            Some(Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+            None => String::new(),
+        }
+    }
+
+    /// One JSON line.
+    pub fn to_json(&self) -> String {
+        Value::Object(self.0.clone()).to_string()
+    }
+
+    /// Parses one JSON line.
+    pub fn from_json(line: &str) -> Option<Res> {
+        match serde_json::from_str(line).ok()? {
+            Value::Object(m) => Some(Res(m)),
+            _ => None,
+        }
+    }
+
+    /// Adds the CPU, memory and server figures measured between `before` and now, per
+    /// `delivered` messages.
+    pub fn add_usage(&mut self, before: &Usage, delivered: u64) {
+        let after = Usage::now(before.server_pid);
+        let cpu = after.cpu_s - before.cpu_s;
+        self.setf("client_cpu_s", cpu);
+        if delivered > 0 {
+            self.setf("cpu_s_per_m", cpu / (delivered as f64 / 1e6));
+        }
+        if let (Some(a), Some(b)) = (after.server_cpu_s, before.server_cpu_s) {
+            self.setf("server_cpu_s", a - b);
+        }
+        self.setf("wall_s", before.at.elapsed().as_secs_f64());
+        self.set("rss_kb", after.rss_kb);
+        self.set("peak_rss_kb", after.hwm_kb);
+        self.set("load1", load_average());
+    }
+}
+
+/// CPU time and memory of this process (all threads, and waited-for children) and of the
+/// server, at one moment.
+#[derive(Debug, Clone)]
+pub struct Usage {
+    /// When.
+    pub at: Instant,
+    /// User + system seconds of this process and its reaped children.
+    pub cpu_s: f64,
+    /// The server's user + system seconds.
+    pub server_cpu_s: Option<f64>,
+    /// The server's pid.
+    pub server_pid: Option<u32>,
+    /// Resident set, kB.
+    pub rss_kb: u64,
+    /// Peak resident set, kB.
+    pub hwm_kb: u64,
+}
+
+impl Usage {
+    /// Reads `/proc` now.
+    pub fn now(server_pid: Option<u32>) -> Usage {
+        let (cpu_s, _) = proc_cpu("self").unwrap_or((0.0, 0.0));
+        let (rss_kb, hwm_kb) = rss_kb();
+        Usage {
+            at: Instant::now(),
+            cpu_s,
+            server_cpu_s: server_pid.and_then(|p| proc_cpu(&p.to_string()).map(|c| c.0)),
+            server_pid,
+            rss_kb,
+            hwm_kb,
+        }
+    }
+}
+
+/// Clock ticks per second of `/proc/*/stat` (`USER_HZ`, 100 on Linux/x86 and arm64).
+const USER_HZ: f64 = 100.0;
+
+/// (user + system + children's user + system, own only) seconds of `/proc/PID/stat`.
+fn proc_cpu(pid: &str) -> Option<(f64, f64)> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // After the command: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14).
+    let own = (f.get(11)? + f.get(12)?) as f64 / USER_HZ;
+    let children = (f.get(13)? + f.get(14)?) as f64 / USER_HZ;
+    Some((own + children, own))
+}
+
+/// (VmRSS, VmHWM) of this process in kB.
+pub fn rss_kb() -> (u64, u64) {
+    let s = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> f64 {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// Nanoseconds since this process's first call (all threads share the origin).
+pub fn now_ns() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// A payload of `size` bytes (at least 16) carrying a sequence number and a send time.
+pub fn payload(seq: u64, sent_ns: u64, size: usize) -> Vec<u8> {
+    let mut v = vec![b'x'; size.max(16)];
+    v[..8].copy_from_slice(&seq.to_le_bytes());
+    v[8..16].copy_from_slice(&sent_ns.to_le_bytes());
+    v
+}
+
+/// (sequence, send time) of a payload.
+pub fn parse_payload(p: &[u8]) -> Option<(u64, u64)> {
+    if p.len() < 16 {
+        return None;
+    }
+    let seq = u64::from_le_bytes(p[..8].try_into().ok()?);
+    let sent = u64::from_le_bytes(p[8..16].try_into().ok()?);
+    Some((seq, sent))
+}
+
+/// Which message numbers one receiver (an instance or a subscriber connection) has seen:
+/// exactly-once means every bit set once and no duplicate.
+#[derive(Debug)]
+pub struct Tracker {
+    bits: Vec<AtomicU64>,
+    /// Messages received (duplicates included).
+    pub count: AtomicU64,
+    /// Messages received whose bit was already set.
+    pub dups: AtomicU64,
+    /// Messages with a number out of range or an unreadable payload.
+    pub bad: AtomicU64,
+    /// [`now_ns`] of the latest message.
+    pub last_ns: AtomicU64,
+}
+
+impl Tracker {
+    /// For message numbers `0..n`.
+    pub fn new(n: u64) -> Arc<Tracker> {
+        Arc::new(Tracker {
+            bits: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            dups: AtomicU64::new(0),
+            bad: AtomicU64::new(0),
+            last_ns: AtomicU64::new(0),
+        })
+    }
+
+    /// Records message `seq`.
+    pub fn record(&self, seq: u64) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        match self.bits.get((seq / 64) as usize) {
+            Some(w) => {
+                let bit = 1u64 << (seq % 64);
+                if w.fetch_or(bit, Ordering::Relaxed) & bit != 0 {
+                    self.dups.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            None => {
+                self.bad.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.last_ns.fetch_max(now_ns(), Ordering::Relaxed);
+    }
+
+    /// Distinct messages seen.
+    pub fn unique(&self) -> u64 {
+        self.bits
+            .iter()
+            .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
+            .sum()
+    }
+
+    /// Messages received.
+    pub fn received(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// Sums over the receivers: (received, unique, duplicates, bad, latest arrival ns).
+pub fn tally(trackers: &[Arc<Tracker>]) -> (u64, u64, u64, u64, u64) {
+    let mut t = (0, 0, 0, 0, 0);
+    for k in trackers {
+        t.0 += k.received();
+        t.1 += k.unique();
+        t.2 += k.dups.load(Ordering::Relaxed);
+        t.3 += k.bad.load(Ordering::Relaxed);
+        t.4 = t.4.max(k.last_ns.load(Ordering::Relaxed));
+    }
+    t
+}
+
+/// End-to-end flow control shared by a publisher and its receivers: the publisher may have
+/// at most `window` messages not yet delivered to every receiver. A message that is lost
+/// holds its place for good, so a lossy system stalls and is stopped by the time limit:
+/// losses are never hidden by the window.
+#[derive(Debug)]
+pub struct Flow {
+    delivered: AtomicU64,
+    wake_at: AtomicU64,
+    notify: tokio::sync::Notify,
+    per_msg: u64,
+    window: u64,
+}
+
+impl Flow {
+    /// `per_msg` deliveries make one message complete.
+    pub fn new(per_msg: u64, window: u64) -> Arc<Flow> {
+        Arc::new(Flow {
+            delivered: AtomicU64::new(0),
+            wake_at: AtomicU64::new(u64::MAX),
+            notify: tokio::sync::Notify::new(),
+            per_msg: per_msg.max(1),
+            window: window.max(1),
+        })
+    }
+
+    /// A receiver got one message.
+    pub fn delivered(&self) {
+        let d = self.delivered.fetch_add(1, Ordering::Relaxed) + 1;
+        if d >= self.wake_at.load(Ordering::Relaxed) {
+            self.wake_at.store(u64::MAX, Ordering::Relaxed);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Deliveries so far.
+    pub fn deliveries(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Waits until message number `published` (counting from 0) may be sent: fewer than
+    /// `window` messages outstanding. Returns false if `deadline` passed first.
+    pub async fn admit(&self, published: u64, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let need = published.saturating_sub(self.window) * self.per_msg;
+            if published < self.window || self.delivered.load(Ordering::Relaxed) >= need {
+                return true;
+            }
+            // Wake when half the window is free again (fewer wake-ups than one per message).
+            let half = published.saturating_sub(self.window / 2) * self.per_msg;
+            self.wake_at.store(half.max(need), Ordering::Relaxed);
+            if self.delivered.load(Ordering::Relaxed) >= need {
+                self.wake_at.store(u64::MAX, Ordering::Relaxed);
+                return true;
+            }
+            let slice = tokio::time::Instant::now() + Duration::from_millis(100);
+            if tokio::time::timeout_at(slice.min(deadline), self.notify.notified())
+                .await
+                .is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
+                return false;
+            }
+        }
+    }
+
+    /// Waits until every delivery of message number `seq` is in (one in flight): false on
+    /// timeout.
+    pub async fn wait_done(&self, seq: u64, deadline: tokio::time::Instant) -> bool {
+        let need = (seq + 1) * self.per_msg;
+        loop {
+            if self.delivered.load(Ordering::Relaxed) >= need {
+                return true;
+            }
+            self.wake_at.store(need, Ordering::Relaxed);
+            if self.delivered.load(Ordering::Relaxed) >= need {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, self.notify.notified())
+                .await
+                .is_err()
+            {
+                return self.delivered.load(Ordering::Relaxed) >= need;
+            }
+        }
+    }
+}
+
+/// Waits (polling every few ms) until `done` or no progress in `stall` or `deadline`;
+/// returns whether `done` held.
+pub fn wait_for(
+    deadline: Instant,
+    stall: Duration,
+    mut progress: impl FnMut() -> u64,
+    mut done: impl FnMut() -> bool,
+) -> bool {
+    let mut last = progress();
+    let mut last_change = Instant::now();
+    loop {
+        if done() {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        let p = progress();
+        if p != last {
+            last = p;
+            last_change = now;
+        } else if now - last_change >= stall {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Percentiles (in µs) of latencies given in ns; fills p50, p99, p999, max and samples.
+pub fn add_latency(r: &mut Res, lat_ns: &mut [u64]) {
+    lat_ns.sort_unstable();
+    let n = lat_ns.len();
+    r.set("samples", n as u64);
+    if n == 0 {
+        return;
+    }
+    let at = |q: f64| lat_ns[(((n as f64) * q).ceil() as usize).clamp(1, n) - 1] as f64 / 1e3;
+    r.setf("p50_us", at(0.50));
+    r.setf("p99_us", at(0.99));
+    r.setf("p999_us", at(0.999));
+    r.setf("max_us", lat_ns[n - 1] as f64 / 1e3);
+}
+
+/// A current-thread tokio runtime on a thread of its own: one client instance's world.
+pub struct Node {
+    /// Spawns onto the node's runtime.
+    pub rt: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Starts a node named `name`.
+    pub fn start(name: &str) -> Node {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a tokio runtime");
+                let _ = tx.send(rt.handle().clone());
+                rt.block_on(async {
+                    let _ = stop_rx.await;
+                });
+                rt.shutdown_timeout(Duration::from_millis(200));
+            })
+            .expect("a thread");
+        Node {
+            rt: rx.recv().expect("the node's runtime"),
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Runs `fut` on the node and waits for its output from this (non-async) thread.
+    pub fn run<F>(&self, fut: F) -> F::Output
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.rt.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv().expect("the node's task panicked")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

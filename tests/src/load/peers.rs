@@ -1,0 +1,492 @@
+//! The same work through the `redis` crate and the `fred` crate (feature `peers`), each in
+//! its fastest lossless configuration: explicit pipelines for `redis` (several in flight on a
+//! multiplexed connection), pipelines and a subscriber broadcast buffer larger than the
+//! window for `fred`. Same topology as roomcast: the publisher on node A, every subscriber
+//! connection on a node of its own.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+
+use super::common::{
+    add_latency, now_ns, parse_payload, payload, tally, wait_for, Flow, Job, Node, Res, Tracker,
+    Usage,
+};
+
+const STALL: Duration = Duration::from_secs(3);
+/// Commands per pipeline.
+const PIPELINE: u64 = 256;
+/// Pipelines in flight at once.
+const PIPELINES_IN_FLIGHT: u64 = 4;
+/// Channels per SUBSCRIBE call.
+const SUBSCRIBE_CHUNK: usize = 10_000;
+
+/// Which client crate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Redis,
+    Fred,
+}
+
+/// A publishing connection.
+#[derive(Clone)]
+enum Pub {
+    Redis(redis::aio::MultiplexedConnection),
+    Fred(fred::clients::Client),
+}
+
+impl Pub {
+    async fn connect(kind: Kind, url: String) -> Result<Pub, String> {
+        match kind {
+            Kind::Redis => {
+                let c = redis::Client::open(url).map_err(|e| e.to_string())?;
+                Ok(Pub::Redis(
+                    c.get_multiplexed_async_connection()
+                        .await
+                        .map_err(|e| e.to_string())?,
+                ))
+            }
+            Kind::Fred => {
+                use fred::prelude::*;
+                let cfg = Config::from_url(&url).map_err(|e| e.to_string())?;
+                let c = Builder::from_config(cfg)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                c.init().await.map_err(|e| e.to_string())?;
+                Ok(Pub::Fred(c))
+            }
+        }
+    }
+
+    /// Publishes every (channel, payload) as one pipeline and waits for the replies.
+    async fn pipeline(&mut self, batch: Vec<(String, Vec<u8>)>) -> Result<(), String> {
+        match self {
+            Pub::Redis(con) => {
+                let mut p = redis::pipe();
+                for (ch, data) in &batch {
+                    p.cmd("PUBLISH").arg(ch).arg(data).ignore();
+                }
+                p.query_async::<()>(con).await.map_err(|e| e.to_string())
+            }
+            Pub::Fred(c) => {
+                use fred::prelude::*;
+                let p = c.pipeline();
+                for (ch, data) in batch {
+                    let _: () = p
+                        .publish(ch, data.as_slice())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                let _: Vec<i64> = p.all().await.map_err(|e| e.to_string())?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn one(&mut self, ch: String, data: Vec<u8>) -> Result<(), String> {
+        match self {
+            Pub::Redis(con) => redis::cmd("PUBLISH")
+                .arg(ch)
+                .arg(data)
+                .query_async::<i64>(con)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Pub::Fred(c) => {
+                use fred::prelude::*;
+                c.publish::<i64, _, _>(ch, data.as_slice())
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+/// A subscriber connection on its node: subscribes, then records every message.
+struct Sub {
+    _node: Node,
+}
+
+impl Sub {
+    /// Subscribes `channels` (time until all confirmed is what S3 measures) and starts
+    /// consuming into `tracker` / `flow` (and latencies into `lat`).
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        kind: Kind,
+        job: &Job,
+        name: &str,
+        channels: Vec<String>,
+        buffer: usize,
+        tracker: Arc<Tracker>,
+        flow: Arc<Flow>,
+        lat: Option<Arc<Mutex<Vec<u64>>>>,
+    ) -> Result<Sub, String> {
+        let node = Node::start(name);
+        let url = job.url.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        node.rt.spawn(async move {
+            let mut rec = Recorder { tracker, flow, lat };
+            match kind {
+                Kind::Redis => {
+                    let setup = async {
+                        let c = redis::Client::open(url).map_err(|e| e.to_string())?;
+                        let mut ps = c.get_async_pubsub().await.map_err(|e| e.to_string())?;
+                        for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
+                            ps.subscribe(chunk).await.map_err(|e| e.to_string())?;
+                        }
+                        Ok::<_, String>(ps)
+                    };
+                    let ps = match setup.await {
+                        Ok(ps) => ps,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    let mut stream = ps.into_on_message();
+                    while let Some(m) = stream.next().await {
+                        rec.record(m.get_payload_bytes());
+                    }
+                }
+                Kind::Fred => {
+                    use fred::prelude::*;
+                    let setup = async {
+                        let cfg = Config::from_url(&url).map_err(|e| e.to_string())?;
+                        let sub = Builder::from_config(cfg)
+                            .with_performance_config(|p| p.broadcast_channel_capacity = buffer)
+                            .build_subscriber_client()
+                            .map_err(|e| e.to_string())?;
+                        sub.init().await.map_err(|e| e.to_string())?;
+                        let rx = sub.message_rx();
+                        for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
+                            sub.subscribe(chunk.to_vec())
+                                .await
+                                .map_err(|e| e.to_string())?;
+                        }
+                        Ok::<_, String>((sub, rx))
+                    };
+                    let (sub, mut rx) = match setup.await {
+                        Ok(x) => x,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    loop {
+                        match rx.recv().await {
+                            Ok(m) => rec.record(m.value.as_bytes().unwrap_or_default()),
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                            Err(_) => break,
+                        }
+                    }
+                    drop(sub);
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(120))
+            .map_err(|_| "subscriber did not start".to_string())??;
+        Ok(Sub { _node: node })
+    }
+}
+
+/// Records what one subscriber connection receives.
+struct Recorder {
+    tracker: Arc<Tracker>,
+    flow: Arc<Flow>,
+    lat: Option<Arc<Mutex<Vec<u64>>>>,
+}
+
+impl Recorder {
+    fn record(&mut self, p: &[u8]) {
+        match parse_payload(p) {
+            Some((seq, sent)) => {
+                self.tracker.record(seq);
+                if let Some(l) = &self.lat {
+                    // The stream never ends by itself: hand each latency over at once.
+                    l.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(now_ns().saturating_sub(sent));
+                }
+            }
+            None => {
+                self.tracker.bad.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.flow.delivered();
+    }
+}
+
+fn kind(job: &Job) -> Result<Kind, String> {
+    match job.system.as_str() {
+        "redis-rs" => Ok(Kind::Redis),
+        "fred" => Ok(Kind::Fred),
+        s => Err(format!("unknown peer {s}")),
+    }
+}
+
+/// Runs one job through a peer client crate.
+pub fn run(job: &Job) -> Result<Vec<Res>, String> {
+    match job.scenario.as_str() {
+        "S1" => throughput(job, false),
+        "S2" => throughput(job, true),
+        "S3" => many_channels(job),
+        s => Err(format!("{} does not run {s}", job.system)),
+    }
+}
+
+/// Publishes message `i` (for `i` in `0..n`) to `channel(i)` from node `a` with pipelines
+/// in flight under `flow`'s window; counts into `published`.
+#[allow(clippy::too_many_arguments)]
+fn pipelined(
+    a: &Node,
+    p: Pub,
+    n: u64,
+    channel: Arc<dyn Fn(u64) -> String + Send + Sync>,
+    size: usize,
+    flow: Arc<Flow>,
+    deadline: Instant,
+    published: Arc<AtomicU64>,
+) {
+    let next = Arc::new(AtomicU64::new(0));
+    for _ in 0..PIPELINES_IN_FLIGHT {
+        let (mut p, next, channel, flow, published) = (
+            p.clone(),
+            next.clone(),
+            channel.clone(),
+            flow.clone(),
+            published.clone(),
+        );
+        a.rt.spawn(async move {
+            let tdeadline = tokio::time::Instant::from_std(deadline);
+            loop {
+                let first = next.fetch_add(PIPELINE, Ordering::Relaxed);
+                if first >= n {
+                    break;
+                }
+                let end = (first + PIPELINE).min(n);
+                if !flow.admit(end - 1, tdeadline).await {
+                    break;
+                }
+                let batch: Vec<(String, Vec<u8>)> = (first..end)
+                    .map(|i| (channel(i), payload(i, now_ns(), size)))
+                    .collect();
+                if p.pipeline(batch).await.is_err() {
+                    break;
+                }
+                published.fetch_add(end - first, Ordering::Relaxed);
+            }
+        });
+    }
+}
+
+fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
+    let kind = kind(job)?;
+    let n = job.count;
+    let rooms = job.rooms.max(1);
+    let channels: Vec<String> = (0..rooms).map(|i| job.channel(i)).collect();
+    let receivers = job.receivers.max(1);
+    let flow = Flow::new(receivers as u64, job.window);
+    let trackers: Vec<Arc<Tracker>> = (0..receivers).map(|_| Tracker::new(n)).collect();
+    let lat = latency.then(|| Arc::new(Mutex::new(Vec::new())));
+    let buffer = (job.window as usize * 2).max(1024);
+    let mut subs = Vec::new();
+    for (k, t) in trackers.iter().enumerate() {
+        subs.push(Sub::start(
+            kind,
+            job,
+            &format!("r{k}"),
+            channels.clone(),
+            buffer,
+            t.clone(),
+            flow.clone(),
+            lat.clone(),
+        )?);
+    }
+    let a = Node::start("a");
+    let url = job.url.clone();
+    let p = a.run(Pub::connect(kind, url))?;
+    let usage = Usage::now(job.server_pid);
+    let start_ns = now_ns();
+    let deadline = Instant::now() + job.limit;
+    let published = Arc::new(AtomicU64::new(0));
+    let paced = job.variant == "paced";
+    if latency {
+        let (flow, published, channel, size, rate) = (
+            flow.clone(),
+            published.clone(),
+            channels[0].clone(),
+            job.size,
+            job.rate,
+        );
+        let mut p = p;
+        a.rt.spawn(async move {
+            let tdeadline = tokio::time::Instant::from_std(deadline);
+            let t0 = tokio::time::Instant::now();
+            let base = now_ns();
+            let mut i = 0;
+            while i < n {
+                if paced {
+                    // Open loop: every message due by now goes out in one pipeline; each
+                    // one's latency counts from when it was due.
+                    let now = tokio::time::Instant::now();
+                    let due_by = (((now - t0).as_secs_f64() * rate) as u64 + 1).min(n);
+                    if due_by <= i {
+                        let next = t0 + Duration::from_secs_f64(i as f64 / rate);
+                        tokio::time::sleep_until(next).await;
+                        continue;
+                    }
+                    let batch: Vec<(String, Vec<u8>)> = (i..due_by)
+                        .map(|j| {
+                            let due_ns = (j as f64 * 1e9 / rate) as u64;
+                            (channel.clone(), payload(j, base + due_ns, size))
+                        })
+                        .collect();
+                    if p.pipeline(batch).await.is_err() {
+                        break;
+                    }
+                    published.fetch_add(due_by - i, Ordering::Relaxed);
+                    i = due_by;
+                } else {
+                    if p.one(channel.clone(), payload(i, now_ns(), size))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    published.fetch_add(1, Ordering::Relaxed);
+                    if !flow.wait_done(i, tdeadline).await {
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+        });
+    } else {
+        let chans = channels.clone();
+        pipelined(
+            &a,
+            p,
+            n,
+            Arc::new(move |i| chans[(i % rooms as u64) as usize].clone()),
+            job.size,
+            flow.clone(),
+            deadline,
+            published.clone(),
+        );
+    }
+    let expected = n * receivers as u64;
+    let complete = wait_for(
+        deadline,
+        STALL,
+        || flow.deliveries(),
+        || flow.deliveries() >= expected,
+    );
+    let (received, unique, dups, bad, last) = tally(&trackers);
+    let elapsed = (last.saturating_sub(start_ns) as f64 / 1e9).max(1e-9);
+    let mut res = job.result();
+    res.set("receivers", receivers as u64);
+    res.set("published", published.load(Ordering::Relaxed));
+    res.setf("msgs_per_s", unique as f64 / receivers as f64 / elapsed);
+    res.setf("deliveries_per_s", unique as f64 / elapsed);
+    res.set("delivered", received);
+    res.set("expected", expected);
+    res.set("duplicates", dups);
+    res.set("lost", expected - unique.min(expected));
+    res.set(
+        "exactly_once",
+        complete && dups == 0 && bad == 0 && unique == expected,
+    );
+    if paced {
+        res.setf("rate", job.rate);
+    }
+    res.add_usage(&usage, unique);
+    // Let the subscribers drain what may still arrive before their nodes stop.
+    drop(a);
+    drop(subs);
+    if let Some(l) = lat {
+        let mut l = std::mem::take(&mut *l.lock().unwrap_or_else(|p| p.into_inner()));
+        add_latency(&mut res, &mut l);
+    }
+    Ok(vec![res])
+}
+
+/// S3: one subscriber connection subscribes `rooms` channels; time until confirmed, memory
+/// per channel; then one message per channel.
+fn many_channels(job: &Job) -> Result<Vec<Res>, String> {
+    let kind = kind(job)?;
+    let n = job.rooms as u64;
+    let channels: Vec<String> = (0..job.rooms).map(|i| job.channel(i)).collect();
+    let flow = Flow::new(1, job.window);
+    let tracker = Tracker::new(n);
+    let a = Node::start("a");
+    let p = a.run(Pub::connect(kind, job.url.clone()))?;
+    std::thread::sleep(Duration::from_millis(100));
+    let before = Usage::now(job.server_pid);
+    let t0 = Instant::now();
+    let sub = Sub::start(
+        kind,
+        job,
+        "b",
+        channels.clone(),
+        (job.window as usize * 2).max(1024),
+        tracker.clone(),
+        flow.clone(),
+        None,
+    )?;
+    let live_s = t0.elapsed().as_secs_f64();
+    let after = Usage::now(job.server_pid);
+    let mut res = job.result();
+    res.setf("live_s", live_s);
+    res.setf("rooms_per_s", n as f64 / live_s);
+    res.setf(
+        "bytes_per_room",
+        (after.rss_kb as f64 - before.rss_kb as f64) * 1024.0 / n as f64,
+    );
+    res.setf("join_cpu_s", after.cpu_s - before.cpu_s);
+    if let (Some(x), Some(y)) = (after.server_cpu_s, before.server_cpu_s) {
+        res.setf("join_server_cpu_s", x - y);
+    }
+    let usage = Usage::now(job.server_pid);
+    let start_ns = now_ns();
+    let deadline = Instant::now() + job.limit;
+    let published = Arc::new(AtomicU64::new(0));
+    pipelined(
+        &a,
+        p,
+        n,
+        Arc::new(move |i| channels[i as usize].clone()),
+        job.size,
+        flow.clone(),
+        deadline,
+        published,
+    );
+    let complete = wait_for(
+        deadline,
+        STALL,
+        || flow.deliveries(),
+        || flow.deliveries() >= n,
+    );
+    let (received, unique, dups, bad, last) = tally(std::slice::from_ref(&tracker));
+    res.setf(
+        "msgs_per_s",
+        unique as f64 / (last.saturating_sub(start_ns) as f64 / 1e9).max(1e-9),
+    );
+    res.set("delivered", received);
+    res.set("expected", n);
+    res.set("duplicates", dups);
+    res.set("lost", n - unique.min(n));
+    res.set(
+        "exactly_once",
+        complete && dups == 0 && bad == 0 && unique == n,
+    );
+    res.add_usage(&usage, unique);
+    drop(a);
+    drop(sub);
+    Ok(vec![res])
+}

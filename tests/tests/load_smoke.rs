@@ -1,0 +1,69 @@
+//! CI's smoke test of the load generator: `roomcast-load --quick --json` against a private
+//! redis-server. It checks that every scenario runs, stops by itself and reports
+//! exactly-once delivery and matching subscriptions for roomcast; it asserts no timing.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use roomcast_tests::RedisServer;
+
+fn has(binary: &str) -> bool {
+    Command::new(binary)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn roomcast_load_quick_runs_every_scenario() {
+    let server = RedisServer::start();
+    let mut systems = vec!["roomcast"];
+    if has("redis-benchmark") {
+        systems.push("redis-benchmark");
+    }
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_roomcast-load"))
+        .args(["--quick", "--json", "--systems", &systems.join(",")])
+        .env("REDIS_URL", server.url())
+        .stdin(Stdio::null())
+        .output()
+        .expect("roomcast-load runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "roomcast-load --quick failed ({:?}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let field = |v: &serde_json::Value, k: &str| v.get(k).cloned().unwrap_or_default();
+    for v in &lines {
+        assert!(v.get("error").is_none(), "a scenario failed: {v}\n{stderr}");
+    }
+    for s in ["S1", "S2", "S3", "S4", "S5", "S6"] {
+        let rc: Vec<&serde_json::Value> = lines
+            .iter()
+            .filter(|v| field(v, "scenario") == s && field(v, "system") == "roomcast")
+            .collect();
+        assert!(!rc.is_empty(), "no roomcast result for {s}:\n{stdout}");
+        for v in rc {
+            if s == "S5" {
+                assert_eq!(field(v, "subscriptions_match"), true, "{v}");
+            } else {
+                assert_eq!(field(v, "exactly_once"), true, "{v}");
+            }
+        }
+    }
+    eprintln!(
+        "roomcast-load --quick: {} result lines in {:?}",
+        lines.len(),
+        started.elapsed()
+    );
+    // Bounded by construction; a generous guard against a hang in a debug build.
+    assert!(started.elapsed() < Duration::from_secs(300));
+}
