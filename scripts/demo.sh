@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# The demo: three roomcast instances share rooms through one Redis, clients on every instance
-# chat, and it prints delivered messages/s and publish→member latency, then a summary.
-# Uses REDIS_URL when set; otherwise installs redis-server if missing (apt) and starts a
-# private one on a free loopback port, stopped at the end.
-# Usage: bash scripts/demo.sh [seconds=5] [rooms=4]
+# The demo: `roomcast demo`. Three WebSocket room servers (the server of
+# adapters/examples/ws_rooms.rs), each on its own roomcast instance, share rooms through one
+# Redis; simulated WebSocket clients on every server join rooms and chat (and reconnect now
+# and then). A live view shows messages/s per instance, cross-instance latency percentiles,
+# rooms live and reconnects; it stops by itself and prints a summary.
+#
+# Redis: REDIS_URL when set; otherwise the command starts a private redis-server from PATH on
+# a free loopback port and stops it at the end. When redis-server is missing this script
+# installs it with apt-get where it can; failing that the demo runs standalone (no Redis).
+#
+# Usage: bash scripts/demo.sh [seconds] [rooms] [roomcast demo options]
+#   e.g. bash scripts/demo.sh 20 8 --clients 60 --rate 50   (see: roomcast demo --help)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -12,26 +19,29 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-if [ -z "${REDIS_URL:-}" ]; then
-    if ! command -v redis-server >/dev/null 2>&1; then
+if [ -z "${REDIS_URL:-}" ] && ! command -v redis-server >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
+    if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; }; then
         echo "==> redis-server missing: installing it with apt-get"
-        SUDO=""
-        [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-        $SUDO apt-get update
-        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools
+        if ! { $SUDO apt-get update -qq &&
+            $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools; }; then
+            echo "==> could not install redis-server; the demo runs standalone" >&2
+        fi
     fi
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 16379)
-    dir=$(mktemp -d)
-    redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no --daemonize no \
-        --dir "$dir" >"$dir/redis.log" 2>&1 &
-    redis_pid=$!
-    trap 'kill $redis_pid 2>/dev/null || true; rm -rf "$dir"' EXIT
-    for _ in $(seq 1 100); do
-        redis-cli -p "$port" ping >/dev/null 2>&1 && break
-        sleep 0.1
-    done
-    export REDIS_URL="redis://127.0.0.1:$port"
-    echo "==> private redis-server on $REDIS_URL"
 fi
 
-cargo run --release -q -p roomcast --example demo -- "${1:-5}" "${2:-4}"
+# The old positional form: [seconds] [rooms].
+args=()
+if [[ "${1:-}" =~ ^[0-9]+([.][0-9]+)?$ ]]; then
+    args+=(--duration "$1")
+    shift
+    if [[ "${1:-}" =~ ^[0-9]+$ ]]; then
+        args+=(--rooms "$1")
+        shift
+    fi
+fi
+
+echo "==> building the roomcast command (release)"
+cargo build --release -q -p roomcast --features cli --bin roomcast
+exec cargo run --release -q -p roomcast --features cli --bin roomcast -- demo ${args[@]+"${args[@]}"} "$@"

@@ -168,7 +168,11 @@ pub async fn run(mut config: Config, o: Options) -> Result<(), String> {
     } else {
         Duration::from_secs(1)
     };
-    let mut view = View::new(o.instances, tty);
+    let ids = instances
+        .iter()
+        .map(|i| i.rc.instance().to_string())
+        .collect();
+    let mut view = View::new(ids, tty);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut interrupted = false;
@@ -282,14 +286,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Draws the live view: in place on a terminal, one line per tick otherwise.
 struct View {
+    /// Instance ids (16 hex digits).
+    ids: Vec<String>,
     tty: bool,
     lines: usize,
     last: Option<(Duration, Vec<u64>, Vec<u64>)>,
 }
 
 impl View {
-    fn new(instances: usize, tty: bool) -> View {
+    fn new(ids: Vec<String>, tty: bool) -> View {
+        let instances = ids.len();
         View {
+            ids,
             tty,
             lines: 0,
             last: Some((Duration::ZERO, vec![0; instances], vec![0; instances])),
@@ -349,11 +357,16 @@ impl View {
             "#".repeat(done.min(width)),
             "-".repeat(width - done.min(width))
         ));
-        out.push_str("instance  clients  in msg/s  out msg/s  rooms live\n");
+        out.push_str("instance               clients  from clients/s  to clients/s  rooms live\n");
         for i in 0..s.frames_in.len() {
             out.push_str(&format!(
-                "{i:>8}  {:>7}  {:>8.0}  {:>9.0}  {:>4}/{}\n",
-                s.connections[i], rate_in[i], rate_out[i], s.rooms_live[i], s.rooms[i]
+                "{i} {:<16}  {:>9}  {:>14.0}  {:>12.0}  {:>6}/{}\n",
+                self.ids.get(i).map_or("", |s| s.as_str()),
+                s.connections[i],
+                rate_in[i],
+                rate_out[i],
+                s.rooms_live[i],
+                s.rooms[i]
             ));
         }
         out.push_str(&format!(

@@ -171,6 +171,8 @@ async fn connection(
 ) {
     let _ = tcp.set_nodelay(true);
     let mut room: Option<String> = None;
+    // The callback's type is tungstenite's.
+    #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         match room_from_path(req.uri().path()) {
             Some(r) => {
