@@ -50,44 +50,47 @@ for i = 1, #m do
 end
 return out"#;
 
+/// A Lua function shared by the sweep and the clear scripts: removes every entry of one
+/// instance through its index sets, and returns how many rooms it had.
+macro_rules! clear_footprint_lua {
+    () => {
+        r#"local function clear(idx, inst)
+  local rooms = redis.call('SMEMBERS', idx .. inst .. ':rooms')
+  for j = 1, #rooms do
+    local f = redis.call('HGETALL', rooms[j])
+    for k = 1, #f, 2 do
+      if f[k + 1] == inst then redis.call('HDEL', rooms[j], f[k]) end
+    end
+  end
+  local conns = redis.call('SMEMBERS', idx .. inst .. ':conns')
+  for j = 1, #conns do redis.call('SREM', conns[j], inst) end
+  redis.call('DEL', idx .. inst .. ':rooms', idx .. inst .. ':conns')
+  return #rooms
+end
+"#
+    };
+}
+
 /// Lists live instances and removes every entry of dead ones through their index sets.
 /// KEYS[1] = instances set, ARGV[1] = lease key prefix, ARGV[2] = index key prefix.
-pub const SWEEP_SCRIPT: &str = r#"local m = redis.call('SMEMBERS', KEYS[1])
+pub const SWEEP_SCRIPT: &str = concat!(
+    clear_footprint_lua!(),
+    r#"local m = redis.call('SMEMBERS', KEYS[1])
 local out = {}
 for i = 1, #m do
-  local inst = m[i]
-  if redis.call('EXISTS', ARGV[1] .. inst) == 1 then out[#out + 1] = inst
+  if redis.call('EXISTS', ARGV[1] .. m[i]) == 1 then out[#out + 1] = m[i]
   else
-    local rooms = redis.call('SMEMBERS', ARGV[2] .. inst .. ':rooms')
-    for j = 1, #rooms do
-      local f = redis.call('HGETALL', rooms[j])
-      for k = 1, #f, 2 do
-        if f[k + 1] == inst then redis.call('HDEL', rooms[j], f[k]) end
-      end
-    end
-    local conns = redis.call('SMEMBERS', ARGV[2] .. inst .. ':conns')
-    for j = 1, #conns do redis.call('SREM', conns[j], inst) end
-    redis.call('DEL', ARGV[2] .. inst .. ':rooms', ARGV[2] .. inst .. ':conns')
-    redis.call('SREM', KEYS[1], inst)
+    clear(ARGV[2], m[i])
+    redis.call('SREM', KEYS[1], m[i])
   end
 end
-return out"#;
+return out"#
+);
 
 /// Removes every entry of one instance through its index sets (used inside the
 /// re-registration transaction, so that entries written before a link broke, and no longer
 /// true, do not survive it). ARGV[1] = index key prefix, ARGV[2] = the instance.
-pub const CLEAR_SCRIPT: &str = r#"local inst = ARGV[2]
-local rooms = redis.call('SMEMBERS', ARGV[1] .. inst .. ':rooms')
-for j = 1, #rooms do
-  local f = redis.call('HGETALL', rooms[j])
-  for k = 1, #f, 2 do
-    if f[k + 1] == inst then redis.call('HDEL', rooms[j], f[k]) end
-  end
-end
-local conns = redis.call('SMEMBERS', ARGV[1] .. inst .. ':conns')
-for j = 1, #conns do redis.call('SREM', conns[j], inst) end
-redis.call('DEL', ARGV[1] .. inst .. ':rooms', ARGV[1] .. inst .. ':conns')
-return #rooms"#;
+pub const CLEAR_SCRIPT: &str = concat!(clear_footprint_lua!(), "return clear(ARGV[1], ARGV[2])");
 
 /// The three scripts, in the order of [`Script`].
 pub(crate) const SCRIPTS: [&str; 3] = [ROOM_SCRIPT, CONN_SCRIPT, SWEEP_SCRIPT];

@@ -836,6 +836,8 @@ async fn presence_crash_vanishes_within_a_lease_and_shutdown_at_once(rt: Rt) {
         vec![(a.instance(), "a".to_string())]
     );
     assert_eq!(a.instances().await.unwrap(), vec![a.instance()]);
+    // Every presence command and script ran without an error on the real server.
+    assert_eq!(a.metrics().await.unwrap().presence_errors, 0);
 }
 
 async fn presence_whole_again_after_client_kill(rt: Rt) {

@@ -327,6 +327,13 @@ impl Hub {
         let err = error_text(&v).map(|e| String::from_utf8_lossy(e).into_owned());
         match req {
             PresenceReq::Write { gen, register } => {
+                // EXEC answers with one reply per queued command; any error among them counts.
+                let err = err.or_else(|| match &v {
+                    Value::Array(items) => items.iter().find_map(|x| {
+                        error_text(x).map(|e| String::from_utf8_lossy(e).into_owned())
+                    }),
+                    _ => None,
+                });
                 if err.is_some() {
                     self.metrics.presence_errors += 1;
                 }
