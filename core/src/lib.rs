@@ -53,6 +53,8 @@
 pub mod config;
 pub mod envelope;
 pub mod event;
+#[cfg(feature = "sim")]
+pub mod fuzz;
 mod hub;
 mod link;
 pub mod metrics;

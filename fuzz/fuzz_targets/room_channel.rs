@@ -1,0 +1,4 @@
+//! `roomcast_core::fuzz::room_channel` under libFuzzer; the body and its checks live in the core.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| roomcast_core::fuzz::room_channel(data));
