@@ -54,6 +54,9 @@ struct Shared {
     all_local: Mutex<Vec<u32>>,
 }
 
+/// How long clients go on after the view's last tick.
+const LINGER: Duration = Duration::from_millis(300);
+
 /// Samples kept for the summary (beyond that the earliest are kept).
 const MAX_SAMPLES: usize = 4_000_000;
 
@@ -154,7 +157,8 @@ pub async fn run(mut config: Config, o: Options) -> Result<(), String> {
             url: instances[inst].server.url(&room),
             addr: instances[inst].server.addr(),
             epoch,
-            deadline,
+            // A little past the view's end, so that its last tick sees every client.
+            deadline: deadline + LINGER,
             period: Duration::from_secs_f64(1.0 / o.rate),
             churn: o.churn,
         };
@@ -173,25 +177,25 @@ pub async fn run(mut config: Config, o: Options) -> Result<(), String> {
         .map(|i| i.rc.instance().to_string())
         .collect();
     let mut view = View::new(ids, tty);
-    let ctrl_c = tokio::signal::ctrl_c();
+    let ctrl_c = stop_signal();
     tokio::pin!(ctrl_c);
     let mut interrupted = false;
-    let mut ticker = tokio::time::interval(tick);
-    ticker.tick().await;
-    loop {
+    let mut next = Instant::now() + tick;
+    let last = loop {
         tokio::select! {
-            _ = ticker.tick() => {}
+            _ = tokio::time::sleep_until(next.min(deadline).into()) => {}
             _ = &mut ctrl_c => {
                 interrupted = true;
             }
         }
+        next += tick;
         let snapshot = Snapshot::take(&instances, &shared, epoch).await;
         view.draw(&o, &snapshot);
         if interrupted || Instant::now() >= deadline {
-            break;
+            break snapshot;
         }
-    }
-    let ran = epoch.elapsed().min(o.duration);
+    };
+    let ran = last.at.min(o.duration);
     if interrupted {
         clients.abort_all();
     }
@@ -209,7 +213,7 @@ pub async fn run(mut config: Config, o: Options) -> Result<(), String> {
     for rc in &rcs {
         let _ = rc.shutdown(Duration::from_secs(2)).await;
     }
-    summary(&o, &shared, &end, ran, &backend, interrupted);
+    summary(&o, &shared, &last, &end, ran, &backend, interrupted);
     drop(private);
     Ok(())
 }
@@ -232,6 +236,9 @@ struct Snapshot {
     client_reconnects: u64,
     presence: u64,
     lost: u64,
+    /// Messages sent by clients, and broadcasts they received.
+    sent: u64,
+    received: u64,
 }
 
 impl Snapshot {
@@ -253,6 +260,12 @@ impl Snapshot {
             client_reconnects: shared.reconnects.load(Ordering::Relaxed),
             presence: shared.presence.load(Ordering::Relaxed),
             lost: shared.lost.load(Ordering::Relaxed),
+            sent: shared.sent.iter().map(|a| a.load(Ordering::Relaxed)).sum(),
+            received: shared
+                .received
+                .iter()
+                .map(|a| a.load(Ordering::Relaxed))
+                .sum(),
         };
         let mut seen = Vec::new();
         for inst in instances {
@@ -278,6 +291,34 @@ impl Snapshot {
         }
         s
     }
+}
+
+/// Ctrl-C, and on Unix also SIGTERM and SIGHUP (a closed terminal), so that the private
+/// redis-server is always stopped.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut hup = signal(SignalKind::hangup()).ok();
+        let other = async {
+            match (&mut term, &mut hup) {
+                (Some(t), Some(h)) => {
+                    tokio::select! {
+                        _ = t.recv() => {}
+                        _ = h.recv() => {}
+                    }
+                }
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = other => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -405,21 +446,20 @@ fn ms(micros: u32) -> String {
     format!("{:.2} ms", f64::from(micros) / 1000.0)
 }
 
+/// `last` is the view's last snapshot (rates are counted up to it), `s` the one after the
+/// clients stopped.
+#[allow(clippy::too_many_arguments)]
 fn summary(
     o: &Options,
     shared: &Shared,
+    last: &Snapshot,
     s: &Snapshot,
     ran: Duration,
     backend: &str,
     interrupted: bool,
 ) {
     let secs = ran.as_secs_f64().max(1e-3);
-    let sent: u64 = shared.sent.iter().map(|a| a.load(Ordering::Relaxed)).sum();
-    let received: u64 = shared
-        .received
-        .iter()
-        .map(|a| a.load(Ordering::Relaxed))
-        .sum();
+    let (sent, received) = (last.sent, last.received);
     let mut cross = lock(&shared.all_cross).clone();
     let mut local = lock(&shared.all_local).clone();
     cross.sort_unstable();
@@ -467,8 +507,8 @@ fn summary(
     for i in 0..o.instances {
         println!(
             "  instance {i}: {} client messages in, {} frames out",
-            s.frames_in.get(i).copied().unwrap_or(0),
-            s.frames_out.get(i).copied().unwrap_or(0)
+            last.frames_in.get(i).copied().unwrap_or(0),
+            last.frames_out.get(i).copied().unwrap_or(0)
         );
     }
     println!(
