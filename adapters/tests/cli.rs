@@ -220,8 +220,16 @@ fn tail_prints_what_publish_sends_and_who_sees_it() {
             .args(args);
         c
     };
-    let who = run_cmd(cmd(&["who", "lobby"]), None);
-    assert_eq!(who.code, 0, "{}", who.stderr);
+    // The tail's membership reaches the presence registry shortly after its room is live.
+    let deadline = Instant::now() + PATIENCE;
+    let who = loop {
+        let who = run_cmd(cmd(&["who", "lobby"]), None);
+        assert_eq!(who.code, 0, "{}", who.stderr);
+        if !who.stdout.is_empty() || Instant::now() > deadline {
+            break who;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
     let members: Vec<&str> = who.stdout.lines().collect();
     assert_eq!(members.len(), 1, "{}", who.stdout);
     assert!(
