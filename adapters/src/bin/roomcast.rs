@@ -12,6 +12,7 @@ mod redis;
 #[path = "roomcast/ws.rs"]
 mod ws;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -465,6 +466,7 @@ async fn tail(
     tokio::pin!(sleep);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    let mut reporter = Reporter::default();
     let mut dropped = vec![0u64; members.len()];
     let mut seen = 0u64;
     let mut stdout = std::io::stdout().lock();
@@ -490,7 +492,7 @@ async fn tail(
                 }
                 seen += 1;
             }
-            Some(ev) = events.next() => report(&ev),
+            Some(ev) = events.next() => reporter.report(&ev),
             _ = &mut sleep => break,
             _ = &mut ctrl_c => break,
         }
@@ -525,50 +527,72 @@ fn next_message(
     })
 }
 
-/// Link, gap and drop events on stderr.
-fn report(ev: &Event) {
-    match ev {
-        Event::LinkDown { link, role, cause } => {
-            eprintln!("roomcast: {link} ({role:?}) down: {cause}")
-        }
-        Event::LinkUp {
-            link,
-            role,
-            outage: Some(outage),
-            missed_rooms,
-        } => {
-            let missed: Vec<&str> = missed_rooms.iter().map(|r| r.as_str()).collect();
-            if missed.is_empty() {
-                eprintln!("roomcast: {link} ({role:?}) up after {outage:.1?}");
-            } else {
-                eprintln!(
-                    "roomcast: {link} ({role:?}) up after {outage:.1?}; may have missed messages: {}",
-                    missed.join(", ")
-                );
+/// Link, room, gap and drop events on stderr: a link's failed reconnects and a room's
+/// resubscriptions are reported once, until it is back.
+#[derive(Default)]
+struct Reporter {
+    links_down: HashSet<roomcast::core::LinkId>,
+    rooms_down: HashSet<String>,
+}
+
+impl Reporter {
+    fn report(&mut self, ev: &Event) {
+        match ev {
+            Event::LinkDown { link, role, cause } => {
+                if self.links_down.insert(*link) {
+                    eprintln!("roomcast: {link} ({role:?}) down: {cause}; reconnecting");
+                }
             }
+            Event::LinkUp {
+                link,
+                role,
+                outage,
+                missed_rooms,
+            } => {
+                self.links_down.remove(link);
+                let Some(outage) = outage else { return };
+                let missed: Vec<&str> = missed_rooms.iter().map(|r| r.as_str()).collect();
+                if missed.is_empty() {
+                    eprintln!("roomcast: {link} ({role:?}) up after {outage:.1?}");
+                } else {
+                    eprintln!(
+                        "roomcast: {link} ({role:?}) up after {outage:.1?}; may have missed messages: {}",
+                        missed.join(", ")
+                    );
+                }
+            }
+            Event::RoomNotLive { room, reason } => {
+                if self.rooms_down.insert(room.as_str().to_string()) {
+                    eprintln!(
+                        "roomcast: {} not live ({reason:?}); resubscribing",
+                        room.as_str()
+                    );
+                }
+            }
+            Event::RoomLive { room } => {
+                if self.rooms_down.remove(room.as_str()) {
+                    eprintln!("roomcast: {} live again", room.as_str());
+                }
+            }
+            Event::Gap {
+                room,
+                origin,
+                epoch,
+                missing,
+            } => eprintln!(
+                "roomcast: gap in {}: messages {}..={} from {origin} (epoch {epoch:016x}) never arrived",
+                room.as_str(),
+                missing.start(),
+                missing.end()
+            ),
+            Event::Dropped { cause, room } => eprintln!(
+                "roomcast: dropped a message{}: {cause:?}",
+                room.as_ref()
+                    .map(|r| format!(" in {}", r.as_str()))
+                    .unwrap_or_default()
+            ),
+            _ => {}
         }
-        Event::Gap {
-            room,
-            origin,
-            epoch,
-            missing,
-        } => eprintln!(
-            "roomcast: gap in {}: messages {}..={} from {origin} (epoch {epoch}) never arrived",
-            room.as_str(),
-            missing.start(),
-            missing.end()
-        ),
-        Event::Dropped { cause, room } => eprintln!(
-            "roomcast: dropped a message{}: {cause:?}",
-            room.as_ref()
-                .map(|r| format!(" in {}", r.as_str()))
-                .unwrap_or_default()
-        ),
-        Event::RoomNotLive { room, reason } => eprintln!(
-            "roomcast: {} not live ({reason:?}); resubscribing",
-            room.as_str()
-        ),
-        _ => {}
     }
 }
 
