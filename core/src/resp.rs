@@ -282,6 +282,12 @@ impl Reader {
                 }
                 return Ok(None);
             };
+            if rel == 0 {
+                // A line with no type byte ("\r\n" alone).
+                return Err(malformed(
+                    "an empty line where a RESP type byte was expected",
+                ));
+            }
             let ty = buf[pos];
             let line = &buf[pos + 1..pos + rel];
             let after = pos + rel + 2;
@@ -313,6 +319,14 @@ impl Reader {
                             });
                         }
                         let end = after + len as usize;
+                        // Refuse before buffering: waiting for the data of a frame that
+                        // is over the limit anyway would hold up to twice the limit.
+                        if end + 2 > lim.max_frame_bytes {
+                            return Err(FrameError::TooLarge {
+                                len: (end + 2) as u64,
+                                max: lim.max_frame_bytes,
+                            });
+                        }
                         if end + 2 > buf.len() {
                             self.need = end + 2;
                             return Ok(None);
@@ -621,6 +635,35 @@ mod tests {
             Err(FrameError::Malformed { .. })
         ));
         assert!(all(Protocol::Resp2, b"$-2\r\n").is_err());
+        // Found by fuzzing (link_input): an empty line used to panic on a slice index.
+        for p in [Protocol::Resp2, Protocol::Resp3] {
+            for bytes in [&b"\r\n"[..], b"%1\r\n+a\r\n\r\n", b"*2\r\n:1\r\n\r\n"] {
+                assert!(matches!(all(p, bytes), Err(FrameError::Malformed { .. })));
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_is_refused_before_its_data_arrives() {
+        // Two bulks of 600 KiB each: each under the 1 MiB limit, the frame over it. The
+        // second header is enough to know; nothing more is buffered.
+        let mut r = reader(Protocol::Resp2);
+        let len = 600 << 10;
+        let mut buf = BytesMut::from(format!("*2\r\n${len}\r\n").as_bytes());
+        buf.extend_from_slice(&vec![b'x'; len]);
+        buf.extend_from_slice(format!("\r\n${len}\r\n").as_bytes());
+        assert!(matches!(r.next(&mut buf), Err(FrameError::TooLarge { .. })));
+        let mut r = reader(Protocol::Resp2);
+        let mut buf = BytesMut::from(format!("${}\r\n", 1 << 20).as_bytes());
+        assert!(matches!(r.next(&mut buf), Err(FrameError::TooLarge { .. })));
+        // Exactly at the limit is still a frame.
+        let mut r = reader(Protocol::Resp2);
+        let len = (1 << 20) - 12;
+        let mut buf = BytesMut::from(format!("${len}\r\n").as_bytes());
+        buf.extend_from_slice(&vec![b'x'; len]);
+        buf.extend_from_slice(b"\r\n");
+        assert_eq!(buf.len(), 1 << 20);
+        assert!(matches!(r.next(&mut buf), Ok(Some(_))));
     }
 
     #[test]
