@@ -354,10 +354,16 @@ impl State {
         }
         let left = match &mut self.hub {
             Some(hub) => hub.leave(room, conn)?,
-            None => self
-                .rooms
-                .get(room)
-                .is_some_and(|r| r.members.contains_key(conn)),
+            None => {
+                // Refuse what the hub would refuse, so both modes answer alike.
+                RoomId::new(room, roomcast_core::naming::DEFAULT_MAX_ROOM_ID_BYTES)
+                    .map_err(roomcast_core::MemberError::InvalidRoom)?;
+                ConnId::new(conn, roomcast_core::naming::DEFAULT_MAX_CONN_ID_BYTES)
+                    .map_err(roomcast_core::MemberError::InvalidConnection)?;
+                self.rooms
+                    .get(room)
+                    .is_some_and(|r| r.members.contains_key(conn))
+            }
         };
         self.forget_member(room, conn, token);
         Ok(left)
@@ -421,6 +427,10 @@ impl State {
             roomcast_core::naming::DEFAULT_MAX_ROOM_ID_BYTES,
         )
         .map_err(PublishError::InvalidRoom)?;
+        if let Some(c) = &msg.exclude_connection {
+            ConnId::new(c, roomcast_core::naming::DEFAULT_MAX_CONN_ID_BYTES)
+                .map_err(PublishError::InvalidExclude)?;
+        }
         let len = roomcast_core::envelope::encoded_len(
             &msg.room_id,
             msg.data.len(),
@@ -588,6 +598,11 @@ impl State {
     }
 
     fn check_health(&mut self, now: Instant) {
+        // Called after every batch of events: with no check waiting it must cost nothing
+        // (`Hub::metrics` counts the live rooms one by one, `Hub::health` allocates).
+        if self.health.is_empty() {
+            return;
+        }
         let Some(hub) = &self.hub else { return };
         let probe_ok = hub.health().last_probe_ok;
         let metrics = hub.metrics();
