@@ -538,10 +538,8 @@ struct Reporter {
 impl Reporter {
     fn report(&mut self, ev: &Event) {
         match ev {
-            Event::LinkDown { link, role, cause } => {
-                if self.links_down.insert(*link) {
-                    eprintln!("roomcast: {link} ({role:?}) down: {cause}; reconnecting");
-                }
+            Event::LinkDown { link, role, cause } if self.links_down.insert(*link) => {
+                eprintln!("roomcast: {link} ({role:?}) down: {cause}; reconnecting");
             }
             Event::LinkUp {
                 link,
@@ -561,18 +559,16 @@ impl Reporter {
                     );
                 }
             }
-            Event::RoomNotLive { room, reason } => {
-                if self.rooms_down.insert(room.as_str().to_string()) {
-                    eprintln!(
-                        "roomcast: {} not live ({reason:?}); resubscribing",
-                        room.as_str()
-                    );
-                }
+            Event::RoomNotLive { room, reason }
+                if self.rooms_down.insert(room.as_str().to_string()) =>
+            {
+                eprintln!(
+                    "roomcast: {} not live ({reason:?}); resubscribing",
+                    room.as_str()
+                );
             }
-            Event::RoomLive { room } => {
-                if self.rooms_down.remove(room.as_str()) {
-                    eprintln!("roomcast: {} live again", room.as_str());
-                }
+            Event::RoomLive { room } if self.rooms_down.remove(room.as_str()) => {
+                eprintln!("roomcast: {} live again", room.as_str());
             }
             Event::Gap {
                 room,
