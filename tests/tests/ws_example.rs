@@ -59,7 +59,11 @@ async fn next_json(ws: &mut Ws) -> Value {
 
 /// Asserts that the next frame is a presence event.
 async fn expect_presence(ws: &mut Ws, event: &str, conn: &Value) {
-    let v = next_json(ws).await;
+    // Skip other connections' presence events (this client's own join may still be on its way).
+    let mut v = next_json(ws).await;
+    while v["type"] == "presence" && &v["data"]["connection"] != conn {
+        v = next_json(ws).await;
+    }
     assert_eq!(v["type"], "presence", "{v}");
     assert_eq!(v["data"]["event"], event, "{v}");
     assert_eq!(&v["data"]["connection"], conn, "{v}");
@@ -67,7 +71,12 @@ async fn expect_presence(ws: &mut Ws, event: &str, conn: &Value) {
 
 /// Asserts that the next frame is a broadcast of `data` from `from`.
 async fn expect_broadcast(ws: &mut Ws, data: &str, from: &Value) {
-    let v = next_json(ws).await;
+    // Presence events of other clients (or of this one, which may arrive after its own join
+    // returned) can come first: they are checked elsewhere.
+    let mut v = next_json(ws).await;
+    while v["type"] == "presence" {
+        v = next_json(ws).await;
+    }
     assert_eq!(v["type"], "broadcast", "{v}");
     assert_eq!(v["data"], data, "{v}");
     assert_eq!(&v["from"], from, "{v}");
