@@ -290,8 +290,12 @@ impl State {
         }
     }
 
+    /// Every link through its handshake and, with presence on, this instance registered (so
+    /// that a presence query right after `connect` is answered, not refused).
     fn all_ready(&self) -> bool {
-        self.hub.as_ref().is_none_or(|h| h.health().all_ready())
+        self.hub
+            .as_ref()
+            .is_none_or(|h| h.health().all_ready() && (!h.config().presence || h.presence_ready()))
     }
 
     fn join(&mut self, room: &str, conn: &str) -> Result<Membership, Error> {
@@ -552,7 +556,18 @@ impl State {
                 None => self.rooms.get(room.as_str()).map(|_| RoomState::Live),
             }),
             Query::Metrics => QueryAnswer::Metrics(Box::new(match &self.hub {
-                Some(hub) => hub.metrics(),
+                Some(hub) => {
+                    let mut m = hub.metrics();
+                    m.buffered_output += self
+                        .links
+                        .iter()
+                        .map(|l| match l {
+                            LinkIo::Open { wq, .. } => wq.iter().map(Bytes::len).sum(),
+                            _ => 0,
+                        })
+                        .sum::<usize>();
+                    m
+                }
                 None => {
                     let mut m = roomcast_core::Metrics::default();
                     m.rooms = self.rooms.len();
@@ -961,7 +976,14 @@ impl State {
                 }
                 return;
             }
-            Event::PresenceReady => info!("presence registered"),
+            Event::PresenceReady => {
+                info!("presence registered");
+                if self.all_ready() {
+                    for r in self.ready_waiters.drain(..) {
+                        let _ = r.send(Ok(()));
+                    }
+                }
+            }
             Event::Pong { link, rtt } => {
                 for w in &mut self.health {
                     if let Some(p) = w.pending.iter().position(|l| *l == link) {

@@ -334,8 +334,9 @@ impl Roomcast {
         rx.await.map_err(|_| Error::Closed)?
     }
 
-    /// Resolves once every link is connected and through its handshake, or fails with the
-    /// first link error (wrong password, refused connection, ...).
+    /// Resolves once every link is connected and through its handshake (and, with presence
+    /// on, this instance is registered), or fails with the first link error (wrong password,
+    /// refused connection, ...).
     pub async fn wait_ready(&self) -> Result<(), Error> {
         self.call(|reply| Command::WaitReady { reply }).await
     }
