@@ -107,6 +107,8 @@ pub(crate) struct Link {
     pub queue: VecDeque<Outgoing>,
     pub inflight_publishes: usize,
     pub last_pong: Option<Instant>,
+    /// Bytes of a partial frame the adapter holds for this link, as of the last input.
+    pub held_input: usize,
 }
 
 impl Link {
@@ -126,6 +128,7 @@ impl Link {
             queue: VecDeque::new(),
             inflight_publishes: 0,
             last_pong: None,
+            held_input: 0,
         }
     }
 
@@ -140,6 +143,7 @@ impl Link {
         self.out.clear();
         self.fifo.clear();
         self.reader = Reader::new(s.protocol, frame_limits(config));
+        self.held_input = 0;
         match s.protocol {
             Protocol::Resp3 => {
                 let mut args: Vec<&[u8]> = vec![b"HELLO", b"3"];

@@ -20,6 +20,13 @@ pub struct Metrics {
     pub subscriptions_in_flight: usize,
     /// Gauge: links ready for traffic.
     pub links_ready: usize,
+    /// Gauge: bytes of partial frames from Redis that the adapter holds for the hub (its read
+    /// buffers, as of the last `handle_input`): at most `max_frame_bytes + 2` per link, since
+    /// a frame over the limit is refused as soon as its size is known.
+    pub buffered_input: usize,
+    /// Gauge: bytes for Redis not yet written: [`crate::Hub::buffered_output`], plus what the
+    /// async adapter has queued for its sockets when the snapshot comes from it.
+    pub buffered_output: usize,
     /// Publishes accepted by `publish`.
     pub published: u64,
     /// Publishes Redis confirmed.

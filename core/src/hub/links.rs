@@ -73,6 +73,7 @@ impl Hub {
         }
         l.last_error = Some(cause.clone());
         l.out.clear();
+        l.held_input = 0;
         l.inflight_publishes = 0;
         let fifo = std::mem::take(&mut l.fifo);
         let mut resend = Vec::new();

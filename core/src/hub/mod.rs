@@ -295,6 +295,8 @@ impl Hub {
         m.inflight_publishes = self.links.iter().map(|l| l.inflight_publishes).sum();
         m.subscriptions_in_flight = self.rooms.in_flight();
         m.links_ready = self.links.iter().filter(|l| l.is_ready()).count();
+        m.buffered_input = self.links.iter().map(|l| l.held_input).sum();
+        m.buffered_output = self.buffered_output();
         m
     }
 
@@ -368,6 +370,7 @@ impl Hub {
         };
         if !matches!(l.state, LinkState::Ready | LinkState::Handshaking { .. }) {
             buf.clear();
+            l.held_input = 0;
             return;
         }
         self.metrics.bytes_in += buf.len() as u64;
@@ -376,11 +379,15 @@ impl Hub {
             let l = &mut self.links[idx];
             if !matches!(l.state, LinkState::Ready | LinkState::Handshaking { .. }) {
                 buf.clear();
+                l.held_input = 0;
                 return;
             }
             match l.reader.next(buf) {
                 Ok(Some(frame)) => self.on_frame(idx, frame, now),
-                Ok(None) => break,
+                Ok(None) => {
+                    l.held_input = buf.len();
+                    break;
+                }
                 Err(e) => {
                     buf.clear();
                     self.link_failed(idx, LinkError::Protocol(e.to_string()), true, now);
@@ -586,6 +593,7 @@ impl Hub {
                 let queue = std::mem::take(&mut l.queue);
                 l.state = LinkState::Closed;
                 l.out.clear();
+                l.held_input = 0;
                 l.inflight_publishes = 0;
                 for (_, req) in fifo {
                     if let Request::Publish(o) = req {
