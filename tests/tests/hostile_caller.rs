@@ -334,6 +334,9 @@ async fn state(rc: &Roomcast) -> (Metrics, Vec<String>) {
     m.publish_refused = 0;
     m.bytes_in = 0;
     m.bytes_out = 0;
+    // Keepalives come and go on their own.
+    m.buffered_input = 0;
+    m.buffered_output = 0;
     let conns = rc
         .local_connections("lobby")
         .await

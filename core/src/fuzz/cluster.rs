@@ -28,6 +28,11 @@ impl Peer {
     pub fn client(&self, link: LinkId) -> Option<ClientId> {
         self.clients.get(&link).copied()
     }
+
+    /// Bytes of partial frames held for the hub.
+    pub fn held_input(&self) -> usize {
+        self.inbox.values().map(BytesMut::len).sum()
+    }
 }
 
 #[derive(Debug)]

@@ -165,16 +165,19 @@ impl Bench {
         while let Some(ev) = self.hub.poll_event() {
             if let Event::LinkDown { link, cause, .. } = &ev {
                 assert_eq!(*link, self.flags.link(), "another link went down: {ev:?}");
-                let typed = match cause {
-                    LinkError::Protocol(why)
-                    | LinkError::Auth(why)
-                    | LinkError::NoResp3(why)
-                    | LinkError::Handshake(why) => !why.is_empty(),
-                    // A probe answer of 0 receivers on the publish link fails the subscriber.
-                    LinkError::Deaf => true,
-                    _ => false,
-                };
+                // What Redis said is passed on as it is: an empty error reply (`-\r\n`) is
+                // an empty text, but still a typed cause with a message around it.
+                let typed = matches!(
+                    cause,
+                    LinkError::Protocol(_)
+                        | LinkError::Auth(_)
+                        | LinkError::NoResp3(_)
+                        | LinkError::Handshake(_)
+                        // A probe answer of 0 receivers on the publish link fails the subscriber.
+                        | LinkError::Deaf
+                );
                 assert!(typed, "unexpected cause for bytes from Redis: {cause:?}");
+                assert!(cause.to_string().len() > 20);
                 self.link_failed = true;
             }
             if let Event::LinkUp { link, .. } = ev {
@@ -200,6 +203,7 @@ impl Bench {
                 buf.len(),
                 config.max_frame_bytes
             );
+            assert_eq!(self.hub.metrics().buffered_input, buf.len());
             let bound = (config.pool_size + 1) * (config.max_output_bytes + (64 << 10));
             assert!(self.hub.buffered_output() <= bound);
             self.drain();

@@ -503,6 +503,9 @@ impl Checker {
                     || m.queued_publishes + m.inflight_publishes <= e.pending.len(),
                 "node {i}: more publishes queued or in flight than accepted and unanswered"
             );
+            assert_eq!(m.buffered_input, p.held_input(), "node {i}: input gauge");
+            assert!(m.buffered_input <= (pool + 1) * (self.config.max_frame_bytes + 2));
+            assert_eq!(m.buffered_output, hub.buffered_output());
             let bound = (pool + 1) * (self.config.max_output_bytes + self.config.max_frame_bytes);
             assert!(
                 hub.buffered_output() <= bound,
