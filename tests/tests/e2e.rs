@@ -290,25 +290,26 @@ async fn client_kill_while_traffic_flows(rt: Rt) {
     let mut m = b.join("r", "m").await.unwrap();
     rt.timeout(PATIENCE, Box::pin(m.wait_live())).await.unwrap();
     for kind in ["pubsub", "normal"] {
+        let before = b.metrics().await.unwrap().reconnects;
         // Publishes race the kill: each must resolve (confirmed or refused), none vanish.
-        let mut pending = Vec::new();
-        for k in 0..50 {
+        let publishes = futures_util::future::join_all((0..50).map(|k| {
             let a = a.clone();
-            pending.push(async move {
+            async move {
                 a.publish(PubSubMessage::broadcast("r", format!("{k}")))
                     .await
-            });
-            if k == 25 {
-                server.cmd(&["CLIENT", "KILL", "TYPE", kind]);
             }
-        }
-        for p in pending {
-            let r = rt
-                .timeout(PATIENCE, Box::pin(p))
-                .await
-                .expect("publish resolved");
-            let _ = r; // confirmed, or a clear error: both are accounted for
-        }
+        }));
+        let kill = async {
+            rt.sleep(Duration::from_millis(1)).await;
+            server.cmd(&["CLIENT", "KILL", "TYPE", kind]);
+        };
+        let (results, ()) = futures_util::join!(rt.timeout(PATIENCE, Box::pin(publishes)), kill);
+        // Confirmed, or a clear error: both are accounted for; none hangs.
+        assert_eq!(results.expect("every publish resolved").len(), 50);
+        rt.until("B reconnected", || async {
+            b.metrics().await.unwrap().reconnects > before
+        })
+        .await;
         rt.until("room live again", || async {
             b.room_state("r").await.unwrap() == Some(RoomState::Live)
         })
@@ -680,6 +681,11 @@ async fn gaps_are_reported_end_to_end_and_shutdown_flushes(rt: Rt) {
         &b"1"[..]
     );
     server.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    // B must have noticed the kill (its reconnect waits 300-600 ms) before 2 and 3 go out.
+    rt.until("B noticed the outage", || async {
+        b.room_state("r").await.unwrap() != Some(RoomState::Live)
+    })
+    .await;
     a.publish(PubSubMessage::broadcast("r", "2")).await.unwrap();
     a.publish(PubSubMessage::broadcast("r", "3")).await.unwrap();
     rt.until("B live again", || async {
