@@ -984,6 +984,8 @@ impl State {
                     }
                 }
             }
+            // Health waiters are checked after every drain that had events.
+            Event::SubscriberVerified { .. } => return,
             Event::Pong { link, rtt } => {
                 for w in &mut self.health {
                     if let Some(p) = w.pending.iter().position(|l| *l == link) {

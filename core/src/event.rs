@@ -182,6 +182,12 @@ pub enum Event {
     /// This instance's lease and members are registered in Redis (after start, a reconnect,
     /// or a lease lost during a stall): presence answers are whole again.
     PresenceReady,
+    /// A probe went from a publish link through Redis back to the subscriber: the
+    /// subscriber really receives (sent every `probe_interval`, and by [`crate::Hub::ping`]).
+    SubscriberVerified {
+        /// Round trip from the probe's PUBLISH to its arrival.
+        rtt: std::time::Duration,
+    },
     /// A PING sent by [`crate::Hub::ping`] was answered.
     Pong {
         /// The link.

@@ -193,6 +193,7 @@ impl Hub {
         l.fifo.push_back((now, Request::Probe { token }));
         self.probe = Some(Probe {
             token,
+            sent: now,
             confirmed: None,
         });
         self.next_probe = now + self.config.probe_interval;

@@ -135,6 +135,7 @@ struct Stream {
 #[derive(Debug)]
 struct Probe {
     token: u64,
+    sent: Instant,
     confirmed: Option<Instant>,
 }
 

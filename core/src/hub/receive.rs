@@ -266,9 +266,11 @@ impl Hub {
         };
         if let Some(p) = &self.probe {
             if p.token == token {
+                let rtt = now.saturating_duration_since(p.sent);
                 self.last_probe_ok = Some(now);
                 self.probe = None;
                 self.next_probe = now + self.config.probe_interval;
+                self.events.push_back(Event::SubscriberVerified { rtt });
             }
         }
     }
