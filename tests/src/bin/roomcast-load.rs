@@ -378,6 +378,11 @@ fn jobs(
                     plan.s3_rooms as u64,
                 ));
             }
+            if has("roomcast") {
+                // The same with presence on (roomcast's default): a hash write per join.
+                let n = plan.s3_rooms;
+                v.push(base("roomcast", "100k-rooms+presence", 64, n, n as u64));
+            }
         }
         "S4" if has("roomcast") => {
             let mut j = base("roomcast", "fan-out", 64, 1, plan.s4_count);

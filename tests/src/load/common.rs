@@ -394,10 +394,20 @@ impl Flow {
     }
 
     /// A receiver got one message.
+    ///
+    /// `delivered` and `wake_at` are a store-then-load pair on each side (the publisher
+    /// stores `wake_at` then loads `delivered`; a receiver the reverse): only `SeqCst` on
+    /// all four keeps both sides from reading the old value (a lost wake-up, seen on x86
+    /// with `Relaxed` as a one-in-flight run that stopped).
     pub fn delivered(&self) {
-        let d = self.delivered.fetch_add(1, Ordering::Relaxed) + 1;
-        if d >= self.wake_at.load(Ordering::Relaxed) {
-            self.wake_at.store(u64::MAX, Ordering::Relaxed);
+        let d = self.delivered.fetch_add(1, Ordering::SeqCst) + 1;
+        let w = self.wake_at.load(Ordering::SeqCst);
+        if d >= w
+            && self
+                .wake_at
+                .compare_exchange(w, u64::MAX, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
             self.notify.notify_one();
         }
     }
@@ -412,14 +422,14 @@ impl Flow {
     pub async fn admit(&self, published: u64, deadline: tokio::time::Instant) -> bool {
         loop {
             let need = published.saturating_sub(self.window) * self.per_msg;
-            if published < self.window || self.delivered.load(Ordering::Relaxed) >= need {
+            if published < self.window || self.delivered.load(Ordering::SeqCst) >= need {
                 return true;
             }
             // Wake when half the window is free again (fewer wake-ups than one per message).
             let half = published.saturating_sub(self.window / 2) * self.per_msg;
-            self.wake_at.store(half.max(need), Ordering::Relaxed);
-            if self.delivered.load(Ordering::Relaxed) >= need {
-                self.wake_at.store(u64::MAX, Ordering::Relaxed);
+            self.wake_at.store(half.max(need), Ordering::SeqCst);
+            if self.delivered.load(Ordering::SeqCst) >= need {
+                self.wake_at.store(u64::MAX, Ordering::SeqCst);
                 return true;
             }
             let slice = tokio::time::Instant::now() + Duration::from_millis(100);
@@ -438,18 +448,21 @@ impl Flow {
     pub async fn wait_done(&self, seq: u64, deadline: tokio::time::Instant) -> bool {
         let need = (seq + 1) * self.per_msg;
         loop {
-            if self.delivered.load(Ordering::Relaxed) >= need {
+            if self.delivered.load(Ordering::SeqCst) >= need {
                 return true;
             }
-            self.wake_at.store(need, Ordering::Relaxed);
-            if self.delivered.load(Ordering::Relaxed) >= need {
+            self.wake_at.store(need, Ordering::SeqCst);
+            if self.delivered.load(Ordering::SeqCst) >= need {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, self.notify.notified())
+            // Slices, so that even a missed wake-up costs at most 100 ms, never the run.
+            let slice = tokio::time::Instant::now() + Duration::from_millis(100);
+            if tokio::time::timeout_at(slice.min(deadline), self.notify.notified())
                 .await
                 .is_err()
+                && tokio::time::Instant::now() >= deadline
             {
-                return self.delivered.load(Ordering::Relaxed) >= need;
+                return self.delivered.load(Ordering::SeqCst) >= need;
             }
         }
     }

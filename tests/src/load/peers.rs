@@ -426,6 +426,7 @@ fn many_channels(job: &Job) -> Result<Vec<Res>, String> {
     let tracker = Tracker::new(n);
     let a = Node::start("a");
     let p = a.run(Pub::connect(kind, job.url.clone()))?;
+    let names = channels.clone();
     std::thread::sleep(Duration::from_millis(100));
     let before = Usage::now(job.server_pid);
     let t0 = Instant::now();
@@ -433,7 +434,7 @@ fn many_channels(job: &Job) -> Result<Vec<Res>, String> {
         kind,
         job,
         "b",
-        channels.clone(),
+        names,
         (job.window as usize * 2).max(1024),
         tracker.clone(),
         flow.clone(),

@@ -30,6 +30,12 @@ fn config(job: &Job, name: &str) -> Result<Config, String> {
     let mut c = Config::from_url(&job.url).map_err(|e| e.to_string())?;
     c.channel_prefix = job.prefix.clone();
     c.client_name = format!("{}-{name}", job.prefix);
+    // The peers do pub/sub only: S1–S3 compare the same work, so presence (a Redis hash
+    // write per join) is off there unless the variant asks for it; S4–S6 use the defaults.
+    c.presence = match job.scenario.as_str() {
+        "S1" | "S2" | "S3" => job.variant.ends_with("+presence"),
+        _ => c.presence,
+    };
     Ok(c)
 }
 
@@ -248,6 +254,10 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
     res.add_usage(&usage, unique);
     if let Some(l) = lat {
         let mut l = std::mem::take(&mut *l.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Ok(path) = std::env::var("ROOMCAST_LOAD_DUMP") {
+            let text: Vec<String> = l.iter().map(|x| x.to_string()).collect();
+            let _ = std::fs::write(path, text.join("\n"));
+        }
         add_latency(&mut res, &mut l);
     }
     let mut insts = vec![a];
@@ -263,11 +273,12 @@ fn many_rooms(job: &Job) -> Result<Vec<Res>, String> {
     let rooms: Vec<String> = (0..job.rooms).map(|i| job.room(i)).collect();
     let a = start(job, "a", options(1024))?;
     let b = start(job, "b", options(1024))?;
-    // Settle the allocator, then measure the joins alone.
+    // Settle the allocator, then measure the joins alone (the room names are made before).
+    let names = rooms.clone();
     std::thread::sleep(Duration::from_millis(100));
     let before = Usage::now(job.server_pid);
     let t0 = Instant::now();
-    let members = join_all(&b, rooms.clone(), "m".to_string())?;
+    let members = join_all(&b, names, "m".to_string())?;
     let live_s = t0.elapsed().as_secs_f64();
     let after = Usage::now(job.server_pid);
     let mut res = job.result();
@@ -309,7 +320,11 @@ fn many_rooms(job: &Job) -> Result<Vec<Res>, String> {
         complete && dups == 0 && bad == 0 && unique == n,
     );
     res.add_usage(&usage, unique);
-    shutdown(vec![a, b]);
+    // No graceful shutdown here: `Hub::begin_shutdown` disconnects the one connection from
+    // its 100,000 rooms, and leaving is linear in the connection's rooms (quadratic in all:
+    // tens of seconds of CPU, see BENCHMARKS.md). Dropping the nodes just frees everything.
+    drop(a);
+    drop(b);
     Ok(vec![res])
 }
 
