@@ -301,27 +301,47 @@ impl Rooms {
                 self.conns.remove(conn);
             }
         }
-        if !room.wanted() {
-            match room.state {
-                // Nothing sent yet: forget it.
-                RoomState::Pending => {
-                    self.map.remove(id);
-                }
-                RoomState::Live => Self::mark_dirty(&mut self.dirty, id, room),
-                // Waiting for a confirmation; the reconciler acts when it comes.
-                RoomState::Subscribing | RoomState::Unsubscribing => {}
-            }
-        }
+        self.unwanted(id);
         true
     }
 
-    /// Removes a connection from every room; returns the rooms it left.
+    /// Removes a connection from every room; returns the rooms it left. Linear in the
+    /// connection's rooms (its room list is taken whole, not searched once per room).
     pub(crate) fn disconnect(&mut self, conn: &ConnId) -> Vec<RoomId> {
-        let rooms = self.rooms_of(conn.as_str()).to_vec();
-        for r in &rooms {
-            self.leave(r, conn);
+        let rooms = match self.conns.remove(conn.as_str()) {
+            Some(Few::One(r)) => vec![r],
+            Some(Few::Many(v)) => v,
+            None => return Vec::new(),
+        };
+        for id in &rooms {
+            if let Some(room) = self.map.get_mut(id) {
+                if room.members.remove(conn) {
+                    room.members_changed();
+                    self.memberships -= 1;
+                    self.unwanted(id);
+                }
+            }
         }
         rooms
+    }
+
+    /// What a room that just lost a member does if it has none left.
+    fn unwanted(&mut self, id: &RoomId) {
+        let Some(room) = self.map.get_mut(id) else {
+            return;
+        };
+        if room.wanted() {
+            return;
+        }
+        match room.state {
+            // Nothing sent yet: forget it.
+            RoomState::Pending => {
+                self.map.remove(id);
+            }
+            RoomState::Live => Self::mark_dirty(&mut self.dirty, id, room),
+            // Waiting for a confirmation; the reconciler acts when it comes.
+            RoomState::Subscribing | RoomState::Unsubscribing => {}
+        }
     }
 
     /// Takes the next commands to send, at most `cap` channels in flight in all.
