@@ -68,7 +68,13 @@ impl Hub {
                 epoch,
                 seq,
             });
-            if let Some(r) = self.rooms.get_mut(room.as_str()) {
+            // A room whose last member left only waits for its UNSUBSCRIBE: nobody to deliver
+            // to, as on the receiving side.
+            let room_with_members = self
+                .rooms
+                .get_mut(room.as_str())
+                .filter(|r| !r.members().is_empty());
+            if let Some(r) = room_with_members {
                 let excluded = exclude.and_then(|e| r.has_member(e.as_str()).cloned());
                 let message = Message {
                     room,
@@ -174,5 +180,45 @@ impl Hub {
     pub(super) fn fail_publish(&mut self, id: PublishId, error: PublishError) {
         self.metrics.publish_failed += 1;
         self.events.push_back(Event::PublishFailed { id, error });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::sim::{ModelConfig, Sim};
+    use crate::{Config, DeliveryMode, Event, MessageType, Publish};
+
+    #[test]
+    fn local_first_delivers_nothing_to_a_room_being_left() {
+        let mut s = Sim::new(1, ModelConfig::default(), |_| Config {
+            delivery: DeliveryMode::LocalFirst,
+            pool_size: 1,
+            ..Config::default()
+        });
+        s.settle();
+        let hub = &mut s.nodes[0].hub;
+        hub.join("r", "a").unwrap();
+        s.settle();
+        s.take_events();
+        // The last member left; the room waits for its UNSUBSCRIBE to be confirmed.
+        let hub = &mut s.nodes[0].hub;
+        hub.leave("r", "a").unwrap();
+        assert!(hub.room_state("r").is_some());
+        let msg = Publish {
+            room: "r",
+            message_type: MessageType::Broadcast,
+            data: b"x",
+            exclude_connection: None,
+            timestamp: 0,
+        };
+        let now = s.now;
+        s.nodes[0].hub.publish(&msg, now).unwrap();
+        s.settle();
+        let events = s.nodes[0].take_events();
+        assert!(
+            !events.iter().any(|e| matches!(e, Event::Delivery(_))),
+            "a delivery for a room without members: {events:?}"
+        );
+        assert_eq!(s.nodes[0].hub.metrics().delivered, 0);
     }
 }
