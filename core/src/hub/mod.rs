@@ -581,6 +581,8 @@ impl Hub {
         let now = self.tick(now);
         self.shutting_down = true;
         self.closed = true;
+        // A probe under way would keep a timer, and count the subscriber deaf when it fired.
+        self.probe = None;
         for idx in 0..self.links.len() {
             let l = &mut self.links[idx];
             if l.state != LinkState::Closed {
