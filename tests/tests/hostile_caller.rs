@@ -473,6 +473,20 @@ fn roomcast_with_redis_refuses_bad_input_and_calls_after_shutdown() {
         let m = rc.metrics().await.unwrap();
         assert_eq!(m.link_failures, 0);
         assert!(m.publish_refused >= 8 + 8 + 2);
+        // The fire-and-forget publisher cannot return the refusal; it is counted instead
+        // (as its docs say), and nothing is sent.
+        let mut publisher = rc.publisher();
+        publisher
+            .send(PubSubMessage::broadcast("", "x"))
+            .await
+            .unwrap();
+        within("refusal counted", async {
+            while rc.metrics().await.unwrap().publish_refused == m.publish_refused {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert_eq!(rc.metrics().await.unwrap().published, m.published);
         refuses_after_shutdown(&rc).await;
         use futures_util::StreamExt;
         while let Some(e) = within("events end", events.next()).await {
