@@ -622,13 +622,16 @@ async fn client(spec: ClientSpec, shared: Arc<Shared>) {
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
-                    seq += 1;
+                    // A number is used only by a frame the socket took: a send that fails is
+                    // not a message (receivers would count the skipped number as lost).
+                    let next = seq + 1;
                     let micros = spec.epoch.elapsed().as_micros() as u64;
-                    let text = format!("{} {} {seq} {micros}", spec.instance, spec.id);
+                    let text = format!("{} {} {next} {micros}", spec.instance, spec.id);
                     if ws.send(Message::text(text)).await.is_err() {
                         broken = true;
                         break;
                     }
+                    seq = next;
                     shared.sent[spec.instance].fetch_add(1, Ordering::Relaxed);
                 }
                 frame = ws.next() => match frame {
