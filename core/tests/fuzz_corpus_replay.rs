@@ -86,6 +86,21 @@ fn every_target_has_a_corpus_and_takes_any_bytes() {
     }
 }
 
+/// Triage: `ROOMCAST_FUZZ_TARGET=operations ROOMCAST_FUZZ_INPUT=fuzz/artifacts/... cargo test
+/// -p roomcast-core --test fuzz_corpus_replay -- --ignored one_input --nocapture`, with
+/// `ROOMCAST_FUZZ_DEBUG=1` to print the decoded operations.
+#[test]
+#[ignore = "runs the input named by ROOMCAST_FUZZ_INPUT"]
+fn one_input() {
+    let target = std::env::var("ROOMCAST_FUZZ_TARGET").expect("ROOMCAST_FUZZ_TARGET");
+    let input = std::env::var("ROOMCAST_FUZZ_INPUT").expect("ROOMCAST_FUZZ_INPUT");
+    let (_, body) = fuzz::TARGETS
+        .iter()
+        .find(|(name, _)| *name == target)
+        .expect("a known target");
+    body(&fs::read(input).expect("a readable input"));
+}
+
 // ----- seed capture (needs redis-server) -----
 
 struct Server {
