@@ -15,6 +15,7 @@
 //!
 //! A failed check panics, which is what libFuzzer reports as a crash.
 
+mod checker;
 mod cluster;
 mod link_input;
 mod operations;
