@@ -122,6 +122,9 @@ impl Server {
     }
 }
 
+/// Connection numbers, process-wide.
+static NEXT_CONN: AtomicU64 = AtomicU64::new(0);
+
 async fn accept_loop(
     listener: TcpListener,
     rc: Roomcast,
@@ -129,13 +132,15 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
-    let mut next = 0u64;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _peer)) => {
-                    next += 1;
-                    // Unique across instances: exclusion is by connection id.
+                    // Unique across instances (the instance id) and across the servers that
+                    // share one instance (a process-wide counter: the demo's standalone mode
+                    // runs three servers on one in-process roomcast, and a per-server counter
+                    // gave two live connections the same id there).
+                    let next = NEXT_CONN.fetch_add(1, Ordering::Relaxed) + 1;
                     let conn = format!("c{}-{next}", rc.instance());
                     conns.spawn(connection(tcp, conn, rc.clone(), stats.clone(), stop.clone()));
                 }
