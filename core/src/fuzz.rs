@@ -9,9 +9,9 @@
 //! | target | input | checks |
 //! |---|---|---|
 //! | [`link_input`] | a flag byte, then bytes "from Redis" into one link, during or after its handshake | no panic; the partial frame kept is bounded; a broken stream is a typed `LinkDown` and the link is reopened; gauges stay consistent |
-//! | [`envelope`] | an envelope payload | no panic; what decodes re-encodes to the same body and decodes to the same fields |
+//! | [`envelope()`] | an envelope payload | no panic; what decodes re-encodes to the same body and decodes to the same fields |
 //! | [`room_channel`] | a limit, two room ids and a channel | accepted ids map to a channel and back; two different ids never share one; any channel that parses re-encodes to itself |
-//! | [`operations`] | an [`arbitrary`] sequence of commands, network faults, hostile bytes and clock jumps on up to three hubs against the model Redis | the invariants of [`operations`] after every step and at the end |
+//! | [`operations`] | an [`arbitrary`] sequence of commands, network faults, hostile bytes and clock jumps on up to three hubs against the model Redis | the invariants listed on [`run_operations`], after every step and at the end |
 //!
 //! A failed check panics, which is what libFuzzer reports as a crash.
 
