@@ -21,8 +21,8 @@ use tracing::{debug, info, warn};
 
 use crate::error::Error;
 use crate::handle::{
-    Command, EventStream, HealthReport, Liveness, Membership, PubSubMessage, Query, QueryAnswer,
-    Reply, RoomStream,
+    Command, Connection, EventStream, HealthReport, Liveness, Membership, PubSubMessage, Query,
+    QueryAnswer, Reply, RoomStream,
 };
 use crate::queue::Queue;
 use crate::runtime::{BoxFuture, BoxedIo, Runtime};
@@ -47,8 +47,24 @@ enum LinkIo {
 }
 
 struct Member {
-    queue: Arc<Queue<Arc<Message>>>,
+    queue: Arc<Queue<Message>>,
     token: u64,
+}
+
+/// A connection attached with `Roomcast::connection`: one queue for all its rooms. With Redis
+/// its rooms live in the core only (nothing per room here); standalone, its rooms are
+/// `RoomEntry` members sharing this queue.
+struct Attached {
+    queue: Arc<Queue<Message>>,
+    token: u64,
+}
+
+/// A `Connection::wait_live` call: the connection's rooms not yet live, in join order (the
+/// order their subscriptions go out), checked from the front.
+struct LiveWaiter {
+    conn: ConnId,
+    pending: VecDeque<RoomId>,
+    reply: Reply<()>,
 }
 
 #[derive(Default)]
@@ -95,6 +111,8 @@ struct State {
     links: Vec<LinkIo>,
     timer: Option<(Instant, BoxFuture<()>)>,
     rooms: HashMap<RoomId, RoomEntry>,
+    conns: HashMap<ConnId, Attached>,
+    live_waiters: Vec<LiveWaiter>,
     next_token: u64,
     publishes: HashMap<PublishId, Reply<u64>>,
     queries: HashMap<roomcast_core::QueryId, Reply<roomcast_core::PresenceAnswer>>,
@@ -136,6 +154,8 @@ impl Driver {
                 links: (0..n).map(|_| LinkIo::Idle).collect(),
                 timer: None,
                 rooms: HashMap::new(),
+                conns: HashMap::new(),
+                live_waiters: Vec::new(),
                 next_token: 0,
                 publishes: HashMap::new(),
                 queries: HashMap::new(),
@@ -189,7 +209,9 @@ impl State {
         self.rt.now()
     }
 
-    fn poll_commands(&mut self, cx: &mut Context<'_>) -> bool {
+    /// Control commands (drops of memberships and connections, their calls) go first, and
+    /// again before every handle command: a drop that happened before a call is seen by it.
+    fn poll_control(&mut self, cx: &mut Context<'_>) -> bool {
         let mut progress = false;
         for _ in 0..1024 {
             match Pin::new(&mut self.ctl_rx).poll_next(cx) {
@@ -200,8 +222,14 @@ impl State {
                 _ => break,
             }
         }
+        progress
+    }
+
+    fn poll_commands(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = self.poll_control(cx);
         if !self.handles_gone {
             for _ in 0..1024 {
+                progress |= self.poll_control(cx);
                 match Pin::new(&mut self.cmds).poll_next(cx) {
                     Poll::Ready(Some(c)) => {
                         self.command(c);
@@ -265,6 +293,60 @@ impl State {
                 }
                 let _ = reply.send(result);
             }
+            Command::Attach { conn, reply } => {
+                let _ = reply.send(self.attach(&conn));
+            }
+            Command::ConnJoin {
+                conn,
+                token,
+                rooms,
+                reply,
+            } => {
+                let _ = reply.send(self.conn_join(&conn, token, &rooms));
+            }
+            Command::ConnLeave {
+                conn,
+                token,
+                room,
+                reply,
+            } => {
+                let result = self
+                    .attached(&conn, token)
+                    .and_then(|()| match &mut self.hub {
+                        Some(hub) => hub.leave(&room, conn.as_str()).map_err(Error::from),
+                        None => self.leave(&room, conn.as_str(), Some(token)),
+                    });
+                let _ = reply.send(result);
+            }
+            Command::ConnRooms { conn, token, reply } => {
+                let result = self.attached(&conn, token).map(|()| match &self.hub {
+                    Some(hub) => hub.rooms_of(conn.as_str()).to_vec(),
+                    None => self.standalone_rooms_of(conn.as_str()),
+                });
+                let _ = reply.send(result);
+            }
+            Command::ConnWaitLive { conn, token, reply } => {
+                if let Err(e) = self.attached(&conn, token) {
+                    let _ = reply.send(Err(e));
+                } else {
+                    let pending: VecDeque<RoomId> = match &self.hub {
+                        Some(hub) => hub
+                            .rooms_of(conn.as_str())
+                            .iter()
+                            .filter(|r| hub.room_state(r.as_str()) != Some(RoomState::Live))
+                            .cloned()
+                            .collect(),
+                        None => VecDeque::new(),
+                    };
+                    self.live_waiters.push(LiveWaiter {
+                        conn,
+                        pending,
+                        reply,
+                    });
+                    self.check_live_waiters();
+                }
+            }
+            Command::Detach { conn, token } => self.detach(&conn, token),
             Command::Publish { msg, reply } => self.publish(msg, reply, now),
             Command::Query { query, reply } => {
                 let _ = reply.send(Ok(self.query(query)));
@@ -301,6 +383,12 @@ impl State {
     fn join(&mut self, room: &str, conn: &str) -> Result<Membership, Error> {
         if self.shutdown.is_some() {
             return Err(Error::Member(roomcast_core::MemberError::Shutdown));
+        }
+        if self.reap_attached(conn) {
+            return Err(Error::ConnectionInUse {
+                conn: conn.to_string(),
+                held_by: "a Connection (Roomcast::connection)",
+            });
         }
         let (room_id, conn_id, live) = match &mut self.hub {
             Some(hub) => {
@@ -342,6 +430,210 @@ impl State {
             ctl: self.ctl_tx.clone(),
             token,
         })
+    }
+
+    /// True if `conn` is attached to a live `Connection`. An attached connection whose
+    /// `Connection` was dropped (its `Detach` may still be on the way) is detached here, so
+    /// that dropping and re-attaching an id never races.
+    fn reap_attached(&mut self, conn: &str) -> bool {
+        let Some(a) = self.conns.get(conn) else {
+            return false;
+        };
+        if !a.queue.is_closed() {
+            return true;
+        }
+        let token = a.token;
+        if let Ok(conn) = ConnId::new(conn, usize::MAX) {
+            self.detach(&conn, token);
+        }
+        false
+    }
+
+    fn attach(&mut self, conn: &str) -> Result<Connection, Error> {
+        if self.shutdown.is_some() {
+            return Err(Error::Member(roomcast_core::MemberError::Shutdown));
+        }
+        let max = self
+            .hub
+            .as_ref()
+            .map_or(roomcast_core::naming::DEFAULT_MAX_CONN_ID_BYTES, |h| {
+                h.config().max_conn_id_bytes
+            });
+        let conn_id =
+            ConnId::new(conn, max).map_err(roomcast_core::MemberError::InvalidConnection)?;
+        if self.reap_attached(conn) {
+            return Err(Error::ConnectionInUse {
+                conn: conn.to_string(),
+                held_by: "another Connection",
+            });
+        }
+        let joined = match &self.hub {
+            Some(hub) => !hub.rooms_of(conn).is_empty(),
+            None => self.rooms.values().any(|r| r.members.contains_key(conn)),
+        };
+        if joined {
+            return Err(Error::ConnectionInUse {
+                conn: conn.to_string(),
+                held_by: "memberships from Roomcast::join",
+            });
+        }
+        self.next_token += 1;
+        let token = self.next_token;
+        let queue = Arc::new(Queue::new(self.options.member_queue, self.options.overflow));
+        self.conns.insert(
+            conn_id.clone(),
+            Attached {
+                queue: queue.clone(),
+                token,
+            },
+        );
+        Ok(Connection {
+            conn: conn_id,
+            queue,
+            ctl: self.ctl_tx.clone(),
+            token,
+        })
+    }
+
+    /// Ok if `conn` is attached with this token (the `Connection` calling is the current one).
+    fn attached(&self, conn: &ConnId, token: u64) -> Result<(), Error> {
+        if self.shutdown.is_some() {
+            return Err(Error::Member(roomcast_core::MemberError::Shutdown));
+        }
+        match self.conns.get(conn) {
+            Some(a) if a.token == token => Ok(()),
+            _ => Err(Error::Closed),
+        }
+    }
+
+    fn conn_join(&mut self, conn: &ConnId, token: u64, rooms: &[String]) -> Result<usize, Error> {
+        self.attached(conn, token)?;
+        let max = self
+            .hub
+            .as_ref()
+            .map_or(roomcast_core::naming::DEFAULT_MAX_ROOM_ID_BYTES, |h| {
+                h.config().max_room_id_bytes
+            });
+        // Every id first: all or nothing.
+        for (i, room) in rooms.iter().enumerate() {
+            let checked = match &self.hub {
+                Some(hub) => hub.check_room(room).map(drop),
+                None => RoomId::new(room, max)
+                    .map(drop)
+                    .map_err(roomcast_core::MemberError::InvalidRoom),
+            };
+            if let Err(e) = checked {
+                return Err(if rooms.len() == 1 {
+                    e.into()
+                } else {
+                    Error::Batch { index: i, error: e }
+                });
+            }
+        }
+        let mut added = 0;
+        match &mut self.hub {
+            Some(hub) => {
+                for room in rooms {
+                    added += usize::from(hub.join(room, conn.as_str())?.added);
+                }
+            }
+            None => {
+                let Some(a) = self.conns.get(conn) else {
+                    return Err(Error::Closed);
+                };
+                for room in rooms {
+                    let room =
+                        RoomId::new(room, max).map_err(roomcast_core::MemberError::InvalidRoom)?;
+                    let entry = self.rooms.entry(room).or_default();
+                    entry.live.set(true);
+                    if !entry.members.contains_key(conn.as_str()) {
+                        entry.members.insert(
+                            conn.clone(),
+                            Member {
+                                queue: a.queue.clone(),
+                                token: a.token,
+                            },
+                        );
+                        added += 1;
+                    }
+                }
+            }
+        }
+        Ok(added)
+    }
+
+    fn standalone_rooms_of(&self, conn: &str) -> Vec<RoomId> {
+        let mut v: Vec<RoomId> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.members.contains_key(conn))
+            .map(|(id, _)| id.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A `Connection` was dropped (or overflowed under `Overflow::Close`): it leaves every
+    /// room, if `token` is still the attached one.
+    fn detach(&mut self, conn: &ConnId, token: u64) {
+        if self.conns.get(conn).is_none_or(|a| a.token != token) {
+            return;
+        }
+        if let Some(a) = self.conns.remove(conn) {
+            a.queue.close();
+        }
+        match &mut self.hub {
+            Some(hub) => {
+                if let Err(e) = hub.disconnect(conn.as_str()) {
+                    warn!(%e, "detaching a connection failed");
+                }
+            }
+            None => {
+                for room in self.standalone_rooms_of(conn.as_str()) {
+                    self.forget_member(room.as_str(), conn.as_str(), Some(token));
+                }
+            }
+        }
+        let mut i = 0;
+        while i < self.live_waiters.len() {
+            if self.live_waiters[i].conn == *conn {
+                let w = self.live_waiters.swap_remove(i);
+                let _ = w.reply.send(Err(Error::Closed));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Answers the `wait_live` calls whose rooms are all live (or left).
+    fn check_live_waiters(&mut self) {
+        if self.live_waiters.is_empty() {
+            return;
+        }
+        let Some(hub) = &self.hub else {
+            for w in self.live_waiters.drain(..) {
+                let _ = w.reply.send(Ok(()));
+            }
+            return;
+        };
+        let mut i = 0;
+        while i < self.live_waiters.len() {
+            let w = &mut self.live_waiters[i];
+            while let Some(front) = w.pending.front() {
+                match hub.room_state(front.as_str()) {
+                    Some(RoomState::Live) | None => {
+                        w.pending.pop_front();
+                    }
+                    Some(_) => break,
+                }
+            }
+            if w.pending.is_empty() || w.reply.is_canceled() {
+                let w = self.live_waiters.swap_remove(i);
+                let _ = w.reply.send(Ok(()));
+            } else {
+                i += 1;
+            }
+        }
     }
 
     fn leave(&mut self, room: &str, conn: &str, token: Option<u64>) -> Result<bool, Error> {
@@ -450,14 +742,14 @@ impl State {
         let Some(entry) = self.rooms.get(&room) else {
             return Ok(0);
         };
-        let message = Arc::new(Message {
+        let message = Message {
             room,
             message_type: msg.message_type,
             data: Bytes::copy_from_slice(&msg.data),
             exclude_connection: msg.exclude_connection.as_deref().map(Into::into),
             timestamp: msg.timestamp,
             origin: None,
-        });
+        };
         for (conn, m) in &entry.members {
             if msg.exclude_connection.as_deref() != Some(conn.as_str()) {
                 m.queue.push(message.clone());
@@ -668,6 +960,14 @@ impl State {
             for (_, m) in entry.members {
                 m.queue.close();
             }
+        }
+        for (_, a) in self.conns.drain() {
+            a.queue.close();
+        }
+        for w in self.live_waiters.drain(..) {
+            let _ = w
+                .reply
+                .send(Err(Error::Member(roomcast_core::MemberError::Shutdown)));
         }
         if let Some(hub) = &mut self.hub {
             hub.begin_shutdown(now);
@@ -884,10 +1184,15 @@ impl State {
         if !events.is_empty() {
             progress = true;
             let now = self.rt.now();
+            let mut live_changed = false;
             for ev in events {
+                live_changed |= matches!(ev, Event::RoomLive { .. });
                 self.dispatch(ev);
             }
             self.check_health(now);
+            if live_changed {
+                self.check_live_waiters();
+            }
         }
         progress
     }
@@ -895,25 +1200,34 @@ impl State {
     fn dispatch(&mut self, ev: Event) {
         match ev {
             Event::Delivery(d) => {
-                let Some(entry) = self.rooms.get(&d.message.room) else {
-                    return;
+                let entry = if self.rooms.is_empty() {
+                    None
+                } else {
+                    self.rooms.get(&d.message.room)
                 };
-                let message = Arc::new(d.message.clone());
                 let mut closed = Vec::new();
+                let mut detached = Vec::new();
                 for conn in d.recipients() {
-                    if let Some(m) = entry.members.get(conn) {
-                        if !m.queue.push(message.clone()) {
+                    if let Some(a) = self.conns.get(conn) {
+                        if !a.queue.push(d.message.clone()) {
+                            detached.push((conn.clone(), a.token));
+                        }
+                    } else if let Some(m) = entry.and_then(|e| e.members.get(conn)) {
+                        if !m.queue.push(d.message.clone()) {
                             closed.push((conn.clone(), m.token));
                         }
                     }
                 }
                 // A membership whose stream ended (overflow under `Overflow::Close`, or a
-                // consumer that is gone) leaves the room.
+                // consumer that is gone) leaves the room; such a connection leaves all.
                 for (conn, token) in closed {
                     let room = d.message.room.as_str();
                     if let Err(e) = self.leave(room, conn.as_str(), Some(token)) {
                         warn!(%e, room, "leaving after overflow failed");
                     }
+                }
+                for (conn, token) in detached {
+                    self.detach(&conn, token);
                 }
                 return;
             }

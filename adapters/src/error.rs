@@ -20,6 +20,20 @@ pub enum Error {
     Presence(PresenceError),
     /// The health check failed.
     Unhealthy(String),
+    /// One room of a [`crate::Connection::join_many`] batch was refused; nothing was joined.
+    Batch {
+        /// The position of the refused room in the batch (from 0).
+        index: usize,
+        /// Why it was refused.
+        error: MemberError,
+    },
+    /// A connection id is already in use by another API or another [`crate::Connection`].
+    ConnectionInUse {
+        /// The connection id.
+        conn: String,
+        /// What holds it.
+        held_by: &'static str,
+    },
     /// The instance is shut down (or its driver is no longer polled).
     Closed,
 }
@@ -33,6 +47,16 @@ impl fmt::Display for Error {
             Error::Connect(e) => write!(f, "cannot connect to Redis: {e}"),
             Error::Presence(e) => e.fmt(f),
             Error::Unhealthy(why) => write!(f, "unhealthy: {why}"),
+            Error::Batch { index, error } => write!(
+                f,
+                "room {index} of the batch (counting from 0): {error}; nothing in the batch was \
+                 joined"
+            ),
+            Error::ConnectionInUse { conn, held_by } => write!(
+                f,
+                "connection id {conn:?} is already held by {held_by}; drop that first, or use \
+                 one API (Roomcast::connection or Roomcast::join) per connection id"
+            ),
             Error::Closed => write!(
                 f,
                 "roomcast is shut down (or its driver is not being polled); create a new instance"

@@ -1,4 +1,5 @@
-//! The application's side: a cloneable [`Roomcast`] handle, memberships and room streams.
+//! The application's side: a cloneable [`Roomcast`] handle, connections, memberships and room
+//! streams.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -98,6 +99,37 @@ pub(crate) enum Command {
         conn: String,
         reply: Reply<Vec<RoomId>>,
     },
+    Attach {
+        conn: String,
+        reply: Reply<Connection>,
+    },
+    ConnJoin {
+        conn: ConnId,
+        token: u64,
+        rooms: Vec<String>,
+        reply: Reply<usize>,
+    },
+    ConnLeave {
+        conn: ConnId,
+        token: u64,
+        room: String,
+        reply: Reply<bool>,
+    },
+    ConnRooms {
+        conn: ConnId,
+        token: u64,
+        reply: Reply<Vec<RoomId>>,
+    },
+    ConnWaitLive {
+        conn: ConnId,
+        token: u64,
+        reply: Reply<()>,
+    },
+    /// A dropped [`Connection`]: leave its rooms if it is still the attached one.
+    Detach {
+        conn: ConnId,
+        token: u64,
+    },
     Publish {
         msg: PubSubMessage,
         reply: Option<Reply<u64>>,
@@ -142,6 +174,40 @@ pub(crate) enum QueryAnswer {
     Connections(Vec<ConnId>),
     State(Option<RoomState>),
     Metrics(Box<Metrics>),
+}
+
+/// `Stream` for a type whose `queue` field is the consumer end of a [`Queue`].
+/// With `counters`, also the queue's counters as methods.
+macro_rules! queue_stream {
+    ($t:ty, $item:ty) => {
+        impl Stream for $t {
+            type Item = $item;
+            fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<$item>> {
+                self.queue.poll_next(cx)
+            }
+        }
+    };
+    ($t:ty, $item:ty, counters) => {
+        queue_stream!($t, $item);
+
+        impl $t {
+            /// Messages dropped because the queue was full (under `Overflow::DropOldest`).
+            pub fn dropped(&self) -> u64 {
+                self.queue.dropped()
+            }
+
+            /// Messages waiting to be taken.
+            pub fn queued(&self) -> usize {
+                self.queue.len()
+            }
+
+            /// True if the stream ended because the queue overflowed under
+            /// [`crate::Overflow::Close`].
+            pub fn overflowed(&self) -> bool {
+                self.queue.overflowed()
+            }
+        }
+    };
 }
 
 /// Whether a room's subscription is confirmed, shared by its memberships.
@@ -196,7 +262,7 @@ impl Future for WaitLive {
 pub struct Membership {
     pub(crate) room: RoomId,
     pub(crate) conn: ConnId,
-    pub(crate) queue: Arc<Queue<Arc<Message>>>,
+    pub(crate) queue: Arc<Queue<Message>>,
     pub(crate) live: Arc<Liveness>,
     pub(crate) ctl: mpsc::UnboundedSender<Command>,
     pub(crate) token: u64,
@@ -223,29 +289,9 @@ impl Membership {
     pub fn wait_live(&self) -> impl Future<Output = ()> + Send + 'static {
         WaitLive(self.live.clone())
     }
-
-    /// Messages dropped because this membership's queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.queue.dropped()
-    }
-
-    /// Messages waiting to be taken.
-    pub fn queued(&self) -> usize {
-        self.queue.len()
-    }
-
-    /// True if the stream ended because the queue overflowed under [`crate::Overflow::Close`].
-    pub fn overflowed(&self) -> bool {
-        self.queue.overflowed()
-    }
 }
 
-impl Stream for Membership {
-    type Item = Arc<Message>;
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.queue.poll_next(cx)
-    }
-}
+queue_stream!(Membership, Message, counters);
 
 impl Drop for Membership {
     fn drop(&mut self) {
@@ -286,7 +332,7 @@ impl RoomStream {
 }
 
 impl Stream for RoomStream {
-    type Item = Arc<Message>;
+    type Item = Message;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         Pin::new(&mut self.inner).poll_next(cx)
     }
@@ -305,12 +351,7 @@ impl EventStream {
     }
 }
 
-impl Stream for EventStream {
-    type Item = Event;
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        self.queue.poll_next(cx)
-    }
-}
+queue_stream!(EventStream, Event);
 
 impl Drop for EventStream {
     fn drop(&mut self) {
@@ -328,10 +369,7 @@ pub struct Roomcast {
 
 impl Roomcast {
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, Error> {
-        let (reply, rx) = oneshot::channel();
-        let mut tx = self.tx.clone();
-        futures_sink_send(&mut tx, make(reply)).await?;
-        rx.await.map_err(|_| Error::Closed)?
+        call(&self.tx, make).await
     }
 
     /// Resolves once every link is connected and through its handshake (and, with presence
@@ -349,6 +387,19 @@ impl Roomcast {
     /// This instance's id.
     pub fn instance(&self) -> InstanceId {
         self.identity.instance
+    }
+
+    /// Attaches a local connection (typically one WebSocket): one stream of the messages of
+    /// every room it joins through the returned [`Connection`]. This is the cheap way to put
+    /// a connection in many rooms: no per-room stream, queue or task; a delivery costs one
+    /// push onto the connection's queue. Dropping the `Connection` leaves all its rooms.
+    ///
+    /// Fails if the id is invalid, if a `Connection` with this id is still held, or if the
+    /// id already joined rooms through [`Roomcast::join`] (use one of the two APIs per
+    /// connection id).
+    pub async fn connection(&self, conn: &str) -> Result<Connection, Error> {
+        let conn = conn.to_string();
+        self.call(|reply| Command::Attach { conn, reply }).await
     }
 
     /// Adds a local connection to a room and returns its stream of the room's messages.
@@ -505,6 +556,116 @@ impl Roomcast {
         self.call(|reply| Command::Shutdown { timeout, reply })
             .await
     }
+}
+
+/// One local connection attached with [`Roomcast::connection`]: a `Stream` of the messages
+/// of every room it is in, in the order this instance received them (per room: the order
+/// Redis delivered). Dropping it leaves every room.
+#[derive(Debug)]
+pub struct Connection {
+    pub(crate) conn: ConnId,
+    pub(crate) queue: Arc<Queue<Message>>,
+    pub(crate) ctl: mpsc::UnboundedSender<Command>,
+    pub(crate) token: u64,
+}
+
+impl Connection {
+    /// The connection's id.
+    pub fn id(&self) -> &ConnId {
+        &self.conn
+    }
+
+    /// Joins a room (the first local member subscribes it). Returns false if the connection
+    /// was already in it. Messages are promised once the room is live: see
+    /// [`Connection::wait_live`].
+    pub async fn join(&self, room: &str) -> Result<bool, Error> {
+        Ok(self.join_many([room]).await? == 1)
+    }
+
+    /// Joins many rooms in one call (one trip to the driver; the subscriptions go out in
+    /// batches). Every id is checked first: if one is invalid, none is joined and the error
+    /// names it. Returns how many rooms were newly joined.
+    pub async fn join_many<I>(&self, rooms: I) -> Result<usize, Error>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let rooms: Vec<String> = rooms.into_iter().map(|r| r.as_ref().to_string()).collect();
+        let (conn, token) = (self.conn.clone(), self.token);
+        call_ctl(&self.ctl, |reply| Command::ConnJoin {
+            conn,
+            token,
+            rooms,
+            reply,
+        })
+        .await
+    }
+
+    /// Leaves a room; returns false if the connection was not in it.
+    pub async fn leave(&self, room: &str) -> Result<bool, Error> {
+        let (conn, token, room) = (self.conn.clone(), self.token, room.to_string());
+        call_ctl(&self.ctl, |reply| Command::ConnLeave {
+            conn,
+            token,
+            room,
+            reply,
+        })
+        .await
+    }
+
+    /// The rooms the connection is in, in the order it joined them.
+    pub async fn rooms(&self) -> Result<Vec<RoomId>, Error> {
+        let (conn, token) = (self.conn.clone(), self.token);
+        call_ctl(&self.ctl, |reply| Command::ConnRooms { conn, token, reply }).await
+    }
+
+    /// Resolves once every room the connection is in (when called) is live: Redis confirmed
+    /// the subscriptions, so messages published from then on arrive. Waits through outages;
+    /// put a timeout around it if you need one.
+    pub async fn wait_live(&self) -> Result<(), Error> {
+        let (conn, token) = (self.conn.clone(), self.token);
+        call_ctl(&self.ctl, |reply| Command::ConnWaitLive {
+            conn,
+            token,
+            reply,
+        })
+        .await
+    }
+}
+
+// Under `Overflow::Close` an overflowed connection leaves every room.
+queue_stream!(Connection, Message, counters);
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.queue.close();
+        let _ = self.ctl.unbounded_send(Command::Detach {
+            conn: self.conn.clone(),
+            token: self.token,
+        });
+    }
+}
+
+/// Sends a command on the driver's unbounded control channel (a `Connection` must not keep
+/// the driver's handle channel open) and waits for its reply.
+async fn call_ctl<T>(
+    ctl: &mpsc::UnboundedSender<Command>,
+    make: impl FnOnce(Reply<T>) -> Command,
+) -> Result<T, Error> {
+    let (reply, rx) = oneshot::channel();
+    ctl.unbounded_send(make(reply)).map_err(|_| Error::Closed)?;
+    rx.await.map_err(|_| Error::Closed)?
+}
+
+/// Sends a command and waits for its reply.
+async fn call<T>(
+    tx: &mpsc::Sender<Command>,
+    make: impl FnOnce(Reply<T>) -> Command,
+) -> Result<T, Error> {
+    let (reply, rx) = oneshot::channel();
+    let mut tx = tx.clone();
+    futures_sink_send(&mut tx, make(reply)).await?;
+    rx.await.map_err(|_| Error::Closed)?
 }
 
 /// Publishes without waiting for Redis; clone it into any task. It is also a

@@ -38,7 +38,8 @@ use std::sync::Arc;
 pub use driver::Driver;
 pub use error::Error;
 pub use handle::{
-    EventStream, HealthReport, Membership, PubSubMessage, Publisher, RoomStream, Roomcast,
+    Connection, EventStream, HealthReport, Membership, PubSubMessage, Publisher, RoomStream,
+    Roomcast,
 };
 pub use queue::Overflow;
 pub use roomcast_core as core;

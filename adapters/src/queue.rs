@@ -1,4 +1,5 @@
-//! A bounded single-consumer queue with an overflow policy, for memberships and event streams.
+//! A bounded single-consumer queue with an overflow policy, for connections, memberships and
+//! event streams.
 //!
 //! The driver pushes without ever waiting, so one slow consumer can never delay the others:
 //! when a queue is full the policy decides what gives, and every drop is counted.
@@ -112,6 +113,11 @@ impl<T> Queue<T> {
             _ => q.waker = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+
+    /// Whether the consumer is gone or the stream was ended.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -142,7 +142,19 @@ async fn instance(rt: Rt, server: &RedisServer) -> Roomcast {
     rt.connect(Builder::new(config(server))).await.unwrap()
 }
 
-async fn next(rt: Rt, m: &mut Membership) -> Option<Arc<roomcast::Message>> {
+/// An instance whose member queues hold `queue` messages, with `overflow` when full.
+async fn bounded(rt: Rt, server: &RedisServer, queue: usize, overflow: Overflow) -> Roomcast {
+    let options = Options {
+        member_queue: queue,
+        overflow,
+        ..Options::default()
+    };
+    rt.connect(Builder::new(config(server)).options(options))
+        .await
+        .unwrap()
+}
+
+async fn next(rt: Rt, m: &mut Membership) -> Option<roomcast::Message> {
     rt.timeout(PATIENCE, m.next()).await.flatten()
 }
 
@@ -509,15 +521,7 @@ async fn interop_with_bincode_1(rt: Rt) {
 
 async fn slow_member_is_bounded_and_alone(rt: Rt) {
     let server = RedisServer::start();
-    let options = Options {
-        member_queue: 16,
-        overflow: Overflow::DropOldest,
-        ..Options::default()
-    };
-    let a = rt
-        .connect(Builder::new(config(&server)).options(options))
-        .await
-        .unwrap();
+    let a = bounded(rt, &server, 16, Overflow::DropOldest).await;
     let slow = a.join("r", "slow").await.unwrap();
     let mut fast = a.join("r", "fast").await.unwrap();
     rt.timeout(PATIENCE, Box::pin(fast.wait_live()))
@@ -608,15 +612,7 @@ fn runs_on_a_third_executor() {
 
 async fn overflow_close_ends_only_the_slow_membership(rt: Rt) {
     let server = RedisServer::start();
-    let options = Options {
-        member_queue: 8,
-        overflow: Overflow::Close,
-        ..Options::default()
-    };
-    let a = rt
-        .connect(Builder::new(config(&server)).options(options))
-        .await
-        .unwrap();
+    let a = bounded(rt, &server, 8, Overflow::Close).await;
     let mut slow = a.join("r", "slow").await.unwrap();
     let mut fast = a.join("r", "fast").await.unwrap();
     rt.timeout(PATIENCE, Box::pin(fast.wait_live()))
@@ -899,4 +895,266 @@ async fn health_fails_when_the_subscriber_hears_nothing(rt: Rt) {
         a.health_check(Duration::from_secs(2)).await.is_ok()
     })
     .await;
+}
+
+// ----- Connection: one stream per connection for all its rooms -----
+
+on_both!(
+    connection_gets_every_room_once_in_order,
+    connection_ids_are_exclusive_and_drop_leaves,
+    connection_overflow_close_leaves_every_room,
+    connection_standalone,
+);
+
+/// Ids as plain strings, for comparisons.
+fn names<T: AsRef<str>>(ids: Vec<T>) -> Vec<String> {
+    ids.iter().map(|i| i.as_ref().to_string()).collect()
+}
+
+async fn next_of(rt: Rt, c: &mut roomcast::Connection) -> Option<roomcast::Message> {
+    rt.timeout(PATIENCE, c.next()).await.flatten()
+}
+
+fn spawn_standalone(rt: Rt, options: Options) -> Roomcast {
+    let (solo, driver) = Builder::standalone()
+        .options(options)
+        .build(rt.runtime())
+        .unwrap();
+    match rt {
+        Rt::Tokio => drop(tokio::spawn(driver)),
+        Rt::AsyncStd => drop(async_std::task::spawn(driver)),
+        Rt::Smol => smol::spawn(driver).detach(),
+    }
+    solo
+}
+
+async fn connection_gets_every_room_once_in_order(rt: Rt) {
+    let server = RedisServer::start();
+    let a = instance(rt, &server).await;
+    let b = instance(rt, &server).await;
+    let rooms: Vec<String> = (0..50).map(|i| format!("room-{i}")).collect();
+    let mut gw = b.connection("gw").await.unwrap();
+    assert_eq!(gw.id().as_str(), "gw");
+    assert_eq!(gw.join_many(&rooms).await.unwrap(), 50);
+    // Joining again adds nothing.
+    assert_eq!(gw.join_many(&rooms[..10]).await.unwrap(), 0);
+    assert!(!gw.join("room-3").await.unwrap());
+    let mut x = b.connection("x").await.unwrap();
+    assert!(x.join("room-0").await.unwrap());
+    // An invalid id anywhere in a batch: nothing joined, and the error names its position.
+    let bad = vec!["fresh-1".to_string(), String::new(), "fresh-2".to_string()];
+    match gw.join_many(&bad).await {
+        Err(roomcast::Error::Batch { index: 1, .. }) => {}
+        other => panic!("expected a batch error at 1, got {other:?}"),
+    }
+    let joined = names(gw.rooms().await.unwrap());
+    assert_eq!(
+        joined, rooms,
+        "rooms in join order, nothing from the refused batch"
+    );
+    rt.timeout(PATIENCE, Box::pin(gw.wait_live()))
+        .await
+        .expect("every room live")
+        .unwrap();
+    rt.timeout(PATIENCE, Box::pin(x.wait_live()))
+        .await
+        .expect("room-0 live")
+        .unwrap();
+    for r in &rooms {
+        assert_eq!(b.room_state(r).await.unwrap(), Some(RoomState::Live));
+    }
+    // Five messages per room from the other instance, interleaved across rooms.
+    let per_room = 5;
+    let mut p = a.publisher();
+    for k in 0..per_room {
+        for r in &rooms {
+            p.send(PubSubMessage::broadcast(r.clone(), format!("{r}/{k}")))
+                .await
+                .unwrap();
+        }
+    }
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    for _ in 0..rooms.len() * per_room {
+        let msg = next_of(rt, &mut gw).await.expect("gw gets every message");
+        let room = msg.room.as_str().to_string();
+        let k = seen.entry(room.clone()).or_default();
+        assert_eq!(msg.data, format!("{room}/{k}").as_bytes(), "per-room order");
+        *k += 1;
+    }
+    assert!(seen.values().all(|&k| k == per_room), "{seen:?}");
+    for k in 0..per_room {
+        let msg = next_of(rt, &mut x).await.expect("x gets room-0's");
+        assert_eq!(msg.data, format!("room-0/{k}").as_bytes());
+    }
+    // Exclusion applies on the publisher's instance: "x" sends, "gw" receives, "x" not.
+    b.publish(PubSubMessage::broadcast("room-0", "from x").excluding("x"))
+        .await
+        .unwrap();
+    b.publish(PubSubMessage::broadcast("room-0", "to all"))
+        .await
+        .unwrap();
+    for c in [&mut gw, &mut x] {
+        let first = next_of(rt, c).await.unwrap();
+        let expect: &[u8] = if c.id().as_str() == "gw" {
+            b"from x"
+        } else {
+            b"to all"
+        };
+        assert_eq!(&first.data[..], expect);
+    }
+    assert_eq!(next_of(rt, &mut gw).await.unwrap().data, &b"to all"[..]);
+    // Leaving one room: its messages stop, the others' keep coming, and nothing is doubled.
+    assert!(gw.leave("room-7").await.unwrap());
+    assert!(!gw.leave("room-7").await.unwrap());
+    b.until_state(rt, "room-7", None).await;
+    a.publish(PubSubMessage::broadcast("room-7", "gone"))
+        .await
+        .unwrap();
+    a.publish(PubSubMessage::broadcast("room-8", "still"))
+        .await
+        .unwrap();
+    let msg = next_of(rt, &mut gw).await.unwrap();
+    assert_eq!(
+        (msg.room.as_str(), &msg.data[..]),
+        ("room-8", &b"still"[..])
+    );
+    assert_eq!(gw.dropped(), 0);
+    assert_eq!(gw.queued(), 0);
+    // Presence sees the attached connection like any member.
+    assert!(a.connection_exists("gw").await.unwrap());
+    let members = a.room_connections("room-0").await.unwrap();
+    let names: Vec<&str> = members.iter().map(|m| m.conn.as_str()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&"gw") && names.contains(&"x"));
+}
+
+/// Polling helpers on a handle.
+trait Until {
+    async fn until_state(&self, rt: Rt, room: &str, want: Option<RoomState>);
+}
+
+impl Until for Roomcast {
+    async fn until_state(&self, rt: Rt, room: &str, want: Option<RoomState>) {
+        rt.until(&format!("{room} in state {want:?}"), || async {
+            self.room_state(room).await.unwrap() == want
+        })
+        .await
+    }
+}
+
+async fn connection_ids_are_exclusive_and_drop_leaves(rt: Rt) {
+    let server = RedisServer::start();
+    let a = instance(rt, &server).await;
+    let c = a.connection("c").await.unwrap();
+    c.join_many(["r1", "r2"]).await.unwrap();
+    match a.connection("c").await {
+        Err(roomcast::Error::ConnectionInUse { conn, .. }) => assert_eq!(conn, "c"),
+        other => panic!("a second Connection for the same id: {other:?}"),
+    }
+    match a.join("r1", "c").await {
+        Err(roomcast::Error::ConnectionInUse { .. }) => {}
+        other => panic!("join on an attached id: {other:?}"),
+    }
+    let _m = a.join("r3", "m").await.unwrap();
+    match a.connection("m").await {
+        Err(roomcast::Error::ConnectionInUse { .. }) => {}
+        other => panic!("attaching an id with memberships: {other:?}"),
+    }
+    assert!(matches!(
+        a.connection("").await,
+        Err(roomcast::Error::Member(_))
+    ));
+    // Dropping the Connection leaves its rooms; the id can be attached again at once.
+    drop(c);
+    let c2 = a.connection("c").await.unwrap();
+    assert!(c2.rooms().await.unwrap().is_empty());
+    a.until_state(rt, "r1", None).await;
+    a.until_state(rt, "r2", None).await;
+    assert!(!a.connection_exists("c").await.unwrap());
+    // A waiter on a connection with no rooms resolves at once.
+    rt.timeout(PATIENCE, Box::pin(c2.wait_live()))
+        .await
+        .unwrap()
+        .unwrap();
+    // After shutdown, calls on a Connection fail instead of hanging.
+    a.shutdown(PATIENCE).await.unwrap();
+    assert!(c2.join("r1").await.is_err());
+}
+
+async fn connection_overflow_close_leaves_every_room(rt: Rt) {
+    let server = RedisServer::start();
+    let a = bounded(rt, &server, 4, Overflow::Close).await;
+    let mut slow = a.connection("slow").await.unwrap();
+    slow.join_many(["s1", "s2"]).await.unwrap();
+    let mut ok = a.connection("ok").await.unwrap();
+    ok.join("s1").await.unwrap();
+    rt.timeout(PATIENCE, Box::pin(slow.wait_live()))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut p = a.publisher();
+    for k in 0..3 {
+        // "ok" reads as it goes; "slow" never does until its queue overflows.
+        p.send(PubSubMessage::broadcast("s1", format!("{k}")))
+            .await
+            .unwrap();
+        p.send(PubSubMessage::broadcast("s2", format!("{k}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_of(rt, &mut ok).await.unwrap().data,
+            format!("{k}").as_bytes()
+        );
+    }
+    // The first four queued are still readable, then the stream ends.
+    let mut got = 0;
+    while next_of(rt, &mut slow).await.is_some() {
+        got += 1;
+    }
+    assert_eq!(got, 4);
+    assert!(slow.overflowed());
+    // It left both rooms; s2 had no one else and is unsubscribed, s1 keeps "ok".
+    a.until_state(rt, "s2", None).await;
+    assert_eq!(
+        a.local_connections("s1")
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().to_string())
+            .collect::<Vec<_>>(),
+        vec!["ok"]
+    );
+}
+
+async fn connection_standalone(rt: Rt) {
+    let solo = spawn_standalone(rt, Options::default());
+    let mut c = solo.connection("c").await.unwrap();
+    let mut d = solo.connection("d").await.unwrap();
+    assert_eq!(c.join_many(["r1", "r2"]).await.unwrap(), 2);
+    assert!(d.join("r2").await.unwrap());
+    c.wait_live().await.unwrap();
+    assert_eq!(
+        solo.publish(PubSubMessage::broadcast("r2", "both"))
+            .await
+            .unwrap(),
+        1
+    );
+    solo.publish(PubSubMessage::broadcast("r1", "c only").excluding("d"))
+        .await
+        .unwrap();
+    assert_eq!(next_of(rt, &mut c).await.unwrap().data, &b"both"[..]);
+    assert_eq!(next_of(rt, &mut c).await.unwrap().data, &b"c only"[..]);
+    assert_eq!(next_of(rt, &mut d).await.unwrap().data, &b"both"[..]);
+    let rooms = names(c.rooms().await.unwrap());
+    assert_eq!(rooms, ["r1", "r2"]);
+    assert!(c.leave("r1").await.unwrap());
+    assert_eq!(solo.room_state("r1").await.unwrap(), None);
+    drop(c);
+    // d is still in r2, c is gone from it.
+    solo.publish(PubSubMessage::broadcast("r2", "d only"))
+        .await
+        .unwrap();
+    assert_eq!(next_of(rt, &mut d).await.unwrap().data, &b"d only"[..]);
+    let left = names(solo.local_connections("r2").await.unwrap());
+    assert_eq!(left, ["d"]);
 }

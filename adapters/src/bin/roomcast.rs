@@ -16,7 +16,6 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::io::{Read, Write};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -507,9 +506,7 @@ async fn tail(
 }
 
 /// The next message of any membership, with its index (round robin from the first).
-fn next_message(
-    members: &mut [Membership],
-) -> impl Future<Output = Option<(usize, Arc<Message>)>> + '_ {
+fn next_message(members: &mut [Membership]) -> impl Future<Output = Option<(usize, Message)>> + '_ {
     std::future::poll_fn(move |cx| {
         let mut ended = 0;
         for (i, m) in members.iter_mut().enumerate() {

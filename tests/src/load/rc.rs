@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{stream, StreamExt};
-use roomcast::{Builder, Config, Event, Membership, MessageType, Options, PubSubMessage, Roomcast};
+use roomcast::{
+    Builder, Config, Connection, Event, Membership, MessageType, Options, PubSubMessage, Roomcast,
+};
 
 use roomcast::core::LinkId;
 
@@ -60,6 +62,12 @@ fn options(member_queue: usize) -> Options {
     }
 }
 
+/// A connection's queue that holds a whole window: one connection receives every room's
+/// messages, and the closed loop never has more than a window undelivered.
+fn window_queue(job: &Job) -> usize {
+    (job.window as usize * 2).max(1024)
+}
+
 fn shutdown(insts: Vec<Inst>) {
     for i in &insts {
         let rc = i.rc.clone();
@@ -80,38 +88,31 @@ fn message(room: &str, data: Vec<u8>) -> PubSubMessage {
     }
 }
 
-/// Joins `rooms` on `inst` with connection `conn` (many joins in flight), waits until every
-/// room is live; returns the memberships in room order.
-fn join_all(inst: &Inst, rooms: Vec<String>, conn: String) -> Result<Vec<Membership>, String> {
+/// Rooms per `Connection::join_many` call (the peers subscribe in chunks of 10,000 too).
+const JOIN_CHUNK: usize = 10_000;
+
+/// Attaches connection `conn` on `inst` (one stream for all its rooms, as a WebSocket
+/// server would), joins `rooms` in chunks and waits until every room is live.
+fn join_all(inst: &Inst, rooms: Vec<String>, conn: String) -> Result<Connection, String> {
     let rc = inst.rc.clone();
     inst.node.run(async move {
-        let len = rooms.len();
-        let joined: Vec<_> = stream::iter(rooms.into_iter().enumerate())
-            .map(move |(i, r)| {
-                let rc = rc.clone();
-                let conn = conn.clone();
-                async move { (i, rc.join(&r, &conn).await) }
-            })
-            .buffer_unordered(1024)
-            .collect()
-            .await;
-        let mut out: Vec<Option<Membership>> = (0..len).map(|_| None).collect();
-        for (i, m) in joined {
-            out[i] = Some(m.map_err(|e| format!("join: {e}"))?);
+        let c = rc
+            .connection(&conn)
+            .await
+            .map_err(|e| format!("attach: {e}"))?;
+        for chunk in rooms.chunks(JOIN_CHUNK) {
+            c.join_many(chunk).await.map_err(|e| format!("join: {e}"))?;
         }
-        let out: Vec<Membership> = out.into_iter().flatten().collect();
-        for m in &out {
-            m.wait_live().await;
-        }
-        Ok(out)
+        c.wait_live().await.map_err(|e| format!("wait_live: {e}"))?;
+        Ok(c)
     })
 }
 
-/// Consumes a membership: records every message in `tracker` (and its latency when `lat`),
-/// until `expect` messages or the stream's end.
+/// Consumes a connection's stream: records every message in `tracker` (and its latency when
+/// `lat`), until `expect` messages or the stream's end.
 fn consume(
     inst: &Inst,
-    mut m: Membership,
+    mut m: Connection,
     expect: u64,
     tracker: Arc<Tracker>,
     flow: Arc<Flow>,
@@ -137,7 +138,7 @@ fn consume(
             }
             flow.delivered();
         }
-        // Keep the membership until the instance shuts down, so its room stays subscribed.
+        // Keep the connection until the instance shuts down, so its rooms stay subscribed.
         while m.next().await.is_some() {}
     });
 }
@@ -160,7 +161,7 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
     let n = job.count;
     let rooms: Vec<String> = (0..job.rooms.max(1)).map(|i| job.room(i)).collect();
     let r = rooms.len() as u64;
-    let queue = (job.window as usize * 2).max(1024);
+    let queue = window_queue(job);
     let a = start(job, "a", options(queue))?;
     let mut receivers = Vec::new();
     for k in 0..job.receivers.max(1) {
@@ -170,11 +171,10 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
     let trackers: Vec<Arc<Tracker>> = receivers.iter().map(|_| Tracker::new(n)).collect();
     let lat = latency.then(|| Arc::new(Mutex::new(Vec::new())));
     for (inst, tracker) in receivers.iter().zip(&trackers) {
-        let members = join_all(inst, rooms.clone(), format!("{}-member", inst.name))?;
-        for (i, m) in members.into_iter().enumerate() {
-            let expect = n / r + u64::from((i as u64) < n % r);
-            consume(inst, m, expect, tracker.clone(), flow.clone(), lat.clone());
-        }
+        // One member (connection) per receiving instance, in every room: the counterpart of
+        // a peer's one subscriber connection.
+        let member = join_all(inst, rooms.clone(), format!("{}-member", inst.name))?;
+        consume(inst, member, n, tracker.clone(), flow.clone(), lat.clone());
     }
     let usage = Usage::now(job.server_pid);
     let start_ns = now_ns();
@@ -271,8 +271,8 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
 fn many_rooms(job: &Job) -> Result<Vec<Res>, String> {
     let n = job.rooms as u64;
     let rooms: Vec<String> = (0..job.rooms).map(|i| job.room(i)).collect();
-    let a = start(job, "a", options(1024))?;
-    let b = start(job, "b", options(1024))?;
+    let a = start(job, "a", options(window_queue(job)))?;
+    let b = start(job, "b", options(window_queue(job)))?;
     // Settle the allocator, then measure the joins alone (the room names are made before).
     let names = rooms.clone();
     std::thread::sleep(Duration::from_millis(100));
@@ -295,9 +295,7 @@ fn many_rooms(job: &Job) -> Result<Vec<Res>, String> {
     // One message per room.
     let flow = Flow::new(1, job.window);
     let tracker = Tracker::new(n);
-    for m in members {
-        consume(&b, m, 1, tracker.clone(), flow.clone(), None);
-    }
+    consume(&b, members, n, tracker.clone(), flow.clone(), None);
     let usage = Usage::now(job.server_pid);
     let start_ns = now_ns();
     let deadline = Instant::now() + job.limit;
@@ -320,11 +318,7 @@ fn many_rooms(job: &Job) -> Result<Vec<Res>, String> {
         complete && dups == 0 && bad == 0 && unique == n,
     );
     res.add_usage(&usage, unique);
-    // No graceful shutdown here: `Hub::begin_shutdown` disconnects the one connection from
-    // its 100,000 rooms, and leaving is linear in the connection's rooms (quadratic in all:
-    // tens of seconds of CPU, see BENCHMARKS.md). Dropping the nodes just frees everything.
-    drop(a);
-    drop(b);
+    shutdown(vec![a, b]);
     Ok(vec![res])
 }
 
@@ -636,14 +630,12 @@ fn churn(job: &Job) -> Result<Vec<Res>, String> {
 fn recovery(job: &Job) -> Result<Vec<Res>, String> {
     let n = job.rooms as u64;
     let rooms: Vec<String> = (0..job.rooms).map(|i| job.room(i)).collect();
-    let a = start(job, "a", options(1024))?;
-    let b = start(job, "b", options(1024))?;
+    let a = start(job, "a", options(window_queue(job)))?;
+    let b = start(job, "b", options(window_queue(job)))?;
     let members = join_all(&b, rooms.clone(), "m".into())?;
     let flow = Flow::new(1, job.window);
     let tracker = Tracker::new(n);
-    for m in members {
-        consume(&b, m, 1, tracker.clone(), flow.clone(), None);
-    }
+    consume(&b, members, n, tracker.clone(), flow.clone(), None);
     // Watch B's events: the subscriber going down and up, and rooms going live again.
     let rc = b.rc.clone();
     let mut events = b
