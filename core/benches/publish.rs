@@ -7,6 +7,11 @@
 //!   `PublishConfirmed` event, one by one.
 //!
 //! `cargo bench -p roomcast-core --bench publish -- --quick`
+//!
+//! With `ROOMCAST_PUBLISH_LOOP=N` in the environment the binary skips criterion and runs N
+//! publishes (replies fed every 1024, events drained) and exits, for instruction counts:
+//! `ROOMCAST_PUBLISH_LOOP=100000 valgrind --tool=callgrind target/release/deps/publish-*`
+//! (with `ROOMCAST_PUBLISH_LOCAL_FIRST=1`: LocalFirst delivery to one local member).
 // criterion_group! defines an undocumented `pub fn`.
 #![allow(missing_docs)]
 
@@ -16,8 +21,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use roomcast_core::{Config, MessageType, Publish};
+use criterion::{criterion_group, Criterion, Throughput};
+use roomcast_core::{Config, DeliveryMode, MessageType, Publish};
 
 use common::Rig;
 
@@ -91,9 +96,66 @@ fn publish(c: &mut Criterion) {
     group.finish();
 }
 
+/// The `ROOMCAST_PUBLISH_LOOP` mode: `n` publishes with their replies, no criterion.
+fn publish_loop(n: u64, local_first: bool) {
+    let config = Config {
+        delivery: if local_first {
+            DeliveryMode::LocalFirst
+        } else {
+            DeliveryMode::Ordered
+        },
+        ..Config::default()
+    };
+    let mut rig = Rig::ready(config);
+    if local_first {
+        rig.hub.join(ROOM, "member-1").expect("join");
+        rig.serve();
+    }
+    let link = rig.hub.publish_link(ROOM);
+    let now = rig.now;
+    let data = [0x5au8; 64];
+    let mut replies = BytesMut::new();
+    let (mut bytes, mut events, mut done) = (0usize, 0usize, 0u64);
+    while done < n {
+        let batch = CONFIRM_EVERY.min(n - done);
+        for _ in 0..batch {
+            black_box(rig.hub.publish(&msg(&data), now).expect("publish"));
+            while let Some(tx) = rig.hub.poll_transmit() {
+                bytes += tx.bytes.len();
+            }
+            while let Some(e) = rig.hub.poll_event() {
+                black_box(e);
+                events += 1;
+            }
+        }
+        for _ in 0..batch {
+            replies.extend_from_slice(b":1\r\n");
+        }
+        rig.hub.handle_input(link, &mut replies, now);
+        while let Some(e) = rig.hub.poll_event() {
+            black_box(e);
+            events += 1;
+        }
+        done += batch;
+    }
+    println!("{n} publishes, {bytes} bytes written, {events} events");
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30);
     targets = publish
 }
-criterion_main!(benches);
+
+fn main() {
+    if let Some(n) = std::env::var("ROOMCAST_PUBLISH_LOOP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        let local_first = std::env::var_os("ROOMCAST_PUBLISH_LOCAL_FIRST").is_some();
+        publish_loop(n, local_first);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

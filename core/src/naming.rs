@@ -21,9 +21,10 @@
 
 use std::borrow::{Borrow, Cow};
 use std::fmt;
+use std::ops::DerefMut;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 
 use crate::envelope::InstanceId;
 
@@ -148,6 +149,13 @@ impl std::error::Error for NameError {}
 /// `0xC2` is always a lead byte, so this never matches inside another character.
 fn first_control(s: &str) -> Option<usize> {
     let bytes = s.as_bytes();
+    // Most ids are printable ASCII: one pass without early exit (which vectorizes) proves it.
+    let printable_ascii = bytes
+        .iter()
+        .fold(true, |ok, &b| ok & (0x20..0x7F).contains(&b));
+    if printable_ascii {
+        return None;
+    }
     bytes.iter().enumerate().find_map(|(i, &b)| {
         let is_control =
             b < 0x20 || b == 0x7F || (b == 0xC2 && matches!(bytes.get(i + 1), Some(0x80..=0x9F)));
@@ -186,6 +194,11 @@ macro_rules! id_type {
             pub fn new(id: &str, max_bytes: usize) -> Result<Self, NameError> {
                 validate_id(id, max_bytes, $kind)?;
                 Ok(Self(Arc::from(id)))
+            }
+
+            /// Checks `id` exactly as [`Self::new`] does, without building (allocating) one.
+            pub(crate) fn check(id: &str, max_bytes: usize) -> Result<(), NameError> {
+                validate_id(id, max_bytes, $kind)
             }
 
             /// The id as text.
@@ -247,6 +260,13 @@ id_type!(
     RoomId,
     IdKind::Room
 );
+
+impl RoomId {
+    /// Builds one from an `id` that already passed [`RoomId::check`].
+    pub(crate) fn from_checked(id: &str) -> Self {
+        Self(Arc::from(id))
+    }
+}
 
 id_type!(
     /// A validated connection id, unique per instance. Cheap to clone (shared).
@@ -316,9 +336,37 @@ impl ChannelNamer {
 
     /// Appends `{prefix}:room:{escaped id}` to `out`.
     pub fn write_room_channel(&self, room: &RoomId, out: &mut Vec<u8>) {
+        out.reserve(self.room_channel_len(room));
+        self.put_room_channel(room, out);
+    }
+
+    /// The length of `room`'s channel: what [`ChannelNamer::write_room_channel`] appends.
+    pub(crate) fn room_channel_len(&self, room: &RoomId) -> usize {
         let id = room.as_str().as_bytes();
-        out.reserve(self.room_head.len() + id.len());
-        out.extend_from_slice(&self.room_head);
+        let escaped = id.iter().filter(|&&b| b == b'%' || b == b':').count();
+        self.room_head.len() + id.len() + 2 * escaped
+    }
+
+    /// Appends `room`'s channel to any buffer (the caller reserves room for it).
+    pub(crate) fn put_room_channel<B>(&self, room: &RoomId, out: &mut B)
+    where
+        B: BufMut + DerefMut<Target = [u8]>,
+    {
+        let id = room.as_str().as_bytes();
+        out.put_slice(&self.room_head);
+        // Common case, nothing to percent-encode: copy the id whole, then turn `/` into `:` in
+        // place (both loops run without branching per byte).
+        let plain = id
+            .iter()
+            .fold(true, |ok, &b| ok & (b != b'%') & (b != b':'));
+        if plain {
+            let at = out.len();
+            out.put_slice(id);
+            for b in out.get_mut(at..).unwrap_or_default() {
+                *b = if *b == b'/' { b':' } else { *b };
+            }
+            return;
+        }
         // Unescaped runs are copied whole; only `%`, `:` and `/` are rewritten.
         let mut run_start = 0;
         for (i, &b) in id.iter().enumerate() {
@@ -328,11 +376,11 @@ impl ChannelNamer {
                 b'/' => b":",
                 _ => continue,
             };
-            out.extend_from_slice(id.get(run_start..i).unwrap_or_default());
-            out.extend_from_slice(replacement);
+            out.put_slice(id.get(run_start..i).unwrap_or_default());
+            out.put_slice(replacement);
             run_start = i + 1;
         }
-        out.extend_from_slice(id.get(run_start..).unwrap_or_default());
+        out.put_slice(id.get(run_start..).unwrap_or_default());
     }
 
     /// The channel of `room`: `{prefix}:room:{escaped id}`.

@@ -86,10 +86,7 @@ fn malformed(reason: impl Into<String>) -> FrameError {
 
 /// Appends one command (an array of bulk strings) to `out`.
 pub(crate) fn encode_command(out: &mut BytesMut, args: &[&[u8]]) {
-    let mut buf = itoa_buf();
-    out.extend_from_slice(b"*");
-    out.extend_from_slice(fmt_usize(&mut buf, args.len()));
-    out.extend_from_slice(b"\r\n");
+    encode_array_header(out, args.len());
     for a in args {
         encode_bulk(out, a);
     }
@@ -97,29 +94,28 @@ pub(crate) fn encode_command(out: &mut BytesMut, args: &[&[u8]]) {
 
 /// Appends the header `*n\r\n` of a command with `n` arguments; follow with `n` [`encode_bulk`].
 pub(crate) fn encode_array_header(out: &mut BytesMut, n: usize) {
-    let mut buf = itoa_buf();
-    out.extend_from_slice(b"*");
-    out.extend_from_slice(fmt_usize(&mut buf, n));
-    out.extend_from_slice(b"\r\n");
+    encode_len_line(out, b'*', n);
 }
 
 /// Appends one bulk string.
 pub(crate) fn encode_bulk(out: &mut BytesMut, a: &[u8]) {
-    let mut buf = itoa_buf();
     out.reserve(a.len() + 16);
-    out.extend_from_slice(b"$");
-    out.extend_from_slice(fmt_usize(&mut buf, a.len()));
-    out.extend_from_slice(b"\r\n");
+    encode_bulk_header(out, a.len());
     out.extend_from_slice(a);
     out.extend_from_slice(b"\r\n");
 }
 
-fn itoa_buf() -> [u8; 20] {
-    [0u8; 20]
+/// Appends the header `$len\r\n` of a bulk string; follow with `len` bytes and `\r\n`.
+pub(crate) fn encode_bulk_header(out: &mut BytesMut, len: usize) {
+    encode_len_line(out, b'$', len);
 }
 
-fn fmt_usize(buf: &mut [u8; 20], mut n: usize) -> &[u8] {
-    let mut i = buf.len();
+/// Appends `{kind}{n}\r\n`, built on the stack and appended at once.
+fn encode_len_line(out: &mut BytesMut, kind: u8, mut n: usize) {
+    // The type byte, up to 20 digits (usize::MAX), CRLF.
+    let mut buf = [0u8; 23];
+    let mut i = buf.len() - 2;
+    buf[i..].copy_from_slice(b"\r\n");
     loop {
         i -= 1;
         buf[i] = b'0' + (n % 10) as u8;
@@ -128,7 +124,9 @@ fn fmt_usize(buf: &mut [u8; 20], mut n: usize) -> &[u8] {
             break;
         }
     }
-    &buf[i..]
+    i -= 1;
+    buf[i] = kind;
+    out.extend_from_slice(buf.get(i..).unwrap_or_default());
 }
 
 /// A decoded value (a reply, or part of one).
@@ -228,6 +226,17 @@ impl Reader {
             }
         };
         self.need = 0;
+        if buf.first() == Some(&b':') {
+            // An integer (every PUBLISH reply): the scan found its CRLF and checked the limits;
+            // the number is parsed as redis-protocol parses it (UTF-8, then `i64::from_str`).
+            let line = buf.get(1..scan.len - 2).unwrap_or_default();
+            let n = std::str::from_utf8(line)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+                .ok_or_else(|| malformed("an integer reply is not a number"))?;
+            bytes::Buf::advance(buf, scan.len);
+            return Ok(Some(Incoming::Reply(Value::Int(n))));
+        }
         if let Some(b) = scan.bulks {
             let head = &buf[b[0].0..b[0].1];
             if head == b"message" || head == b"smessage" {
@@ -664,6 +673,57 @@ mod tests {
         buf.extend_from_slice(b"\r\n");
         assert_eq!(buf.len(), 1 << 20);
         assert!(matches!(r.next(&mut buf), Ok(Some(_))));
+    }
+
+    #[test]
+    fn integers_are_read_as_redis_protocol_reads_them() {
+        let lines: &[&[u8]] = &[
+            b"0",
+            b"1",
+            b"-1",
+            b"+7",
+            b"0042",
+            b"9223372036854775807",
+            b"-9223372036854775808",
+            b"9223372036854775808",
+            b"",
+            b"-",
+            b"+",
+            b"1.5",
+            b" 1",
+            b"1 ",
+            b"abc",
+            b"\xff1",
+            b"1\r",
+            b"\n1",
+        ];
+        for p in [Protocol::Resp2, Protocol::Resp3] {
+            for line in lines {
+                let frame = [&b":"[..], line, b"\r\n"].concat();
+                let ours = all(p, &frame);
+                // The decoder every integer reply went through before the core read them.
+                let mut buf = BytesMut::from(&frame[..]);
+                let oracle = match p {
+                    Protocol::Resp2 => redis_protocol::resp2::decode::decode_bytes_mut(&mut buf)
+                        .ok()
+                        .flatten()
+                        .map(|(f, _, _)| from2(f)),
+                    Protocol::Resp3 => {
+                        redis_protocol::resp3::decode::complete::decode_bytes_mut(&mut buf)
+                            .ok()
+                            .flatten()
+                            .map(|(f, _, _)| from3(f))
+                    }
+                };
+                match (ours, oracle) {
+                    (Ok(got), Some(Value::Int(n))) => {
+                        assert_eq!(got, vec![Incoming::Reply(Value::Int(n))], "{frame:?}")
+                    }
+                    (Err(FrameError::Malformed { .. }), None) => {}
+                    (got, want) => panic!("{p:?} {frame:?}: {got:?}, redis-protocol {want:?}"),
+                }
+            }
+        }
     }
 
     #[test]

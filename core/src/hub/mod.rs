@@ -8,11 +8,12 @@ mod presence;
 mod publish;
 mod receive;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use foldhash::fast::FixedState;
+use hashbrown::HashMap;
 
 use crate::config::{Config, ConfigError, DeliveryMode, UnconfirmedPolicy};
 use crate::envelope::{self, InstanceId, MessageType, Trailer, TRAILER_LEN};
@@ -23,7 +24,9 @@ use crate::event::{
 use crate::link::{error_text, handshake_error, Link, LinkState, Outgoing, Request, Rng};
 use crate::metrics::Metrics;
 use crate::naming::{ChannelNamer, ConnId, RoomId};
-use crate::resp::{encode_array_header, encode_bulk, encode_command, Incoming, Value};
+use crate::resp::{
+    encode_array_header, encode_bulk, encode_bulk_header, encode_command, Incoming, Value,
+};
 use crate::rooms::{Rooms, SeqCheck, Transition};
 
 /// The subscriber link.
@@ -620,11 +623,12 @@ impl Hub {
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.flush_subscriptions();
         let n = self.links.len();
-        for k in 0..n {
-            let idx = (self.next_transmit + k) % n;
+        let start = self.next_transmit.min(n);
+        // Round robin from `next_transmit`, without a division per link.
+        for idx in (start..n).chain(0..start) {
             let l = &mut self.links[idx];
             if !l.out.is_empty() {
-                self.next_transmit = (idx + 1) % n;
+                self.next_transmit = if idx + 1 == n { 0 } else { idx + 1 };
                 let bytes = l.out.split().freeze();
                 self.metrics.bytes_out += bytes.len() as u64;
                 return Some(Transmit { link: l.id, bytes });

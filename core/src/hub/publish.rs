@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// A PUBLISH command's array header and name: `*3`, `$7 PUBLISH`.
+const PUBLISH_HEAD: &[u8] = b"*3\r\n$7\r\nPUBLISH\r\n";
+
 impl Hub {
     pub(super) fn try_publish(
         &mut self,
@@ -11,13 +14,13 @@ impl Hub {
         if self.shutting_down {
             return Err(PublishError::Shutdown);
         }
-        let room = RoomId::new(msg.room, self.config.max_room_id_bytes)
+        // Checked without building ids: the room's id is shared from the maps below when known.
+        RoomId::check(msg.room, self.config.max_room_id_bytes)
             .map_err(PublishError::InvalidRoom)?;
-        let exclude = msg
-            .exclude_connection
-            .map(|c| ConnId::new(c, self.config.max_conn_id_bytes))
-            .transpose()
-            .map_err(PublishError::InvalidExclude)?;
+        if let Some(c) = msg.exclude_connection {
+            ConnId::check(c, self.config.max_conn_id_bytes)
+                .map_err(PublishError::InvalidExclude)?;
+        }
         let len = envelope::encoded_len(msg.room, msg.data.len(), msg.exclude_connection, true);
         if len > self.config.max_envelope_bytes {
             return Err(PublishError::TooLarge {
@@ -32,9 +35,10 @@ impl Hub {
                 max: self.config.max_queued_publishes,
             });
         }
+        // Nothing below refuses the publish.
         self.next_publish += 1;
         let id = PublishId(self.next_publish);
-        let mut body = Vec::with_capacity(len);
+        let mut body = Vec::with_capacity(len - TRAILER_LEN);
         envelope::encode(
             &mut body,
             msg.room,
@@ -45,24 +49,38 @@ impl Hub {
             None,
         );
         let body = Bytes::from(body);
-        let data = body.slice(
-            envelope::data_offset(msg.room)..envelope::data_offset(msg.room) + msg.data.len(),
-        );
+        let local_first = self.config.delivery == DeliveryMode::LocalFirst;
+        // Slicing shares (and so promotes) the body: only done when it is delivered here.
+        let data = local_first.then(|| {
+            let at = envelope::data_offset(msg.room);
+            body.slice(at..at + msg.data.len())
+        });
         self.metrics.published += 1;
-        let out = Outgoing {
-            id,
-            room: room.clone(),
-            body,
-            seq: None,
-        };
-        let seq = if writable {
-            Some(self.write_publish(idx, out, now))
+        // The id again for a local delivery (a reference count, no copy).
+        let (seq, local_room) = if writable {
+            let (room, epoch, seq) = self.take_seq(msg.room);
+            let local_room = data.as_ref().map(|_| room.clone());
+            let out = Outgoing {
+                id,
+                room,
+                body,
+                seq: Some((epoch, seq)),
+            };
+            self.emit_publish(idx, out, epoch, seq, now);
+            (Some((epoch, seq)), local_room)
         } else {
-            self.links[idx].queue.push_back(out);
+            let room = self.known_room(msg.room);
+            let local_room = data.as_ref().map(|_| room.clone());
+            self.links[idx].queue.push_back(Outgoing {
+                id,
+                room,
+                body,
+                seq: None,
+            });
             self.queued_total += 1;
-            None
+            (None, local_room)
         };
-        if self.config.delivery == DeliveryMode::LocalFirst {
+        if let (Some(data), Some(room)) = (data, local_room) {
             let origin = seq.map(|(epoch, seq)| Trailer {
                 origin: self.id.instance,
                 epoch,
@@ -72,10 +90,12 @@ impl Hub {
             // to, as on the receiving side.
             let room_with_members = self
                 .rooms
-                .get_mut(room.as_str())
+                .get_mut(msg.room)
                 .filter(|r| !r.members().is_empty());
             if let Some(r) = room_with_members {
-                let excluded = exclude.and_then(|e| r.has_member(e.as_str()).cloned());
+                let excluded = msg
+                    .exclude_connection
+                    .and_then(|e| r.has_member(e).cloned());
                 let message = Message {
                     room,
                     message_type: msg.message_type,
@@ -91,6 +111,31 @@ impl Hub {
             }
         }
         Ok(id)
+    }
+
+    /// The shared id of a room that passed `RoomId::check`: from the publish streams or the
+    /// joined rooms when either knows it, built only otherwise.
+    fn known_room(&mut self, room: &str) -> RoomId {
+        if let Some((id, _)) = self.streams.get_key_value(room) {
+            return id.clone();
+        }
+        match self.rooms.get_with_id(room) {
+            Some((id, _)) => id.clone(),
+            None => RoomId::from_checked(room),
+        }
+    }
+
+    /// Numbers a new publish to a checked room: its shared id, epoch and sequence number, with
+    /// one map lookup when the room has published before.
+    fn take_seq(&mut self, room: &str) -> (RoomId, u64, u64) {
+        if let Some((id, s)) = self.streams.get_key_value_mut(room) {
+            let seq = s.next;
+            s.next += 1;
+            return (id.clone(), s.epoch, seq);
+        }
+        let id = self.known_room(room);
+        let (epoch, seq) = self.next_seq(&id);
+        (id, epoch, seq)
     }
 
     pub(super) fn can_write(&self, idx: usize) -> bool {
@@ -116,29 +161,35 @@ impl Hub {
             None => self.next_seq(&o.room),
         };
         o.seq = Some((epoch, seq));
+        self.emit_publish(idx, o, epoch, seq, now);
+        (epoch, seq)
+    }
+
+    /// Appends `PUBLISH channel body+trailer` to the link's output in one pass (no scratch
+    /// copy of the channel) and files the publish as awaiting its reply.
+    fn emit_publish(&mut self, idx: usize, o: Outgoing, epoch: u64, seq: u64, now: Instant) {
         let trailer = Trailer {
             origin: self.id.instance,
             epoch,
             seq,
         }
         .to_bytes();
-        self.scratch.clear();
-        self.namer.write_room_channel(&o.room, &mut self.scratch);
-        let l = &mut self.links[idx];
-        encode_array_header(&mut l.out, 3);
-        encode_bulk(&mut l.out, b"PUBLISH");
-        encode_bulk(&mut l.out, &self.scratch);
+        let channel_len = self.namer.room_channel_len(&o.room);
         let total = o.body.len() + TRAILER_LEN;
-        l.out.reserve(total + 24);
-        l.out.extend_from_slice(b"$");
-        l.out.extend_from_slice(total.to_string().as_bytes());
+        let l = &mut self.links[idx];
+        // Header, two bulk headers (at most 24 bytes each), both payloads and their CRLFs.
+        l.out
+            .reserve(PUBLISH_HEAD.len() + 2 * 24 + channel_len + total + 4);
+        l.out.extend_from_slice(PUBLISH_HEAD);
+        encode_bulk_header(&mut l.out, channel_len);
+        self.namer.put_room_channel(&o.room, &mut l.out);
         l.out.extend_from_slice(b"\r\n");
+        encode_bulk_header(&mut l.out, total);
         l.out.extend_from_slice(&o.body);
         l.out.extend_from_slice(&trailer);
         l.out.extend_from_slice(b"\r\n");
         l.inflight_publishes += 1;
         l.fifo.push_back((now, Request::Publish(o)));
-        (epoch, seq)
     }
 
     pub(super) fn next_seq(&mut self, room: &RoomId) -> (u64, u64) {
