@@ -348,6 +348,11 @@ impl State {
             }
             Command::Detach { conn, token } => self.detach(&conn, token),
             Command::Publish { msg, reply } => self.publish(msg, reply, now),
+            Command::PublishBatch { msgs } => {
+                for msg in msgs {
+                    self.publish(msg, None, now);
+                }
+            }
             Command::Query { query, reply } => {
                 let _ = reply.send(Ok(self.query(query)));
             }
@@ -1177,18 +1182,16 @@ impl State {
                 wq.push_back(tx.bytes);
             }
         }
-        let mut events = Vec::new();
-        while let Some(ev) = hub.poll_event() {
-            events.push(ev);
+        let mut any = false;
+        let mut live_changed = false;
+        while let Some(ev) = self.hub.as_mut().and_then(Hub::poll_event) {
+            any = true;
+            live_changed |= matches!(ev, Event::RoomLive { .. });
+            self.dispatch(ev);
         }
-        if !events.is_empty() {
+        if any {
             progress = true;
             let now = self.rt.now();
-            let mut live_changed = false;
-            for ev in events {
-                live_changed |= matches!(ev, Event::RoomLive { .. });
-                self.dispatch(ev);
-            }
             self.check_health(now);
             if live_changed {
                 self.check_live_waiters();
@@ -1232,6 +1235,10 @@ impl State {
                 return;
             }
             Event::PublishConfirmed { id, receivers } => {
+                // Fire-and-forget publishes (the Publisher) wait for no reply.
+                if self.publishes.is_empty() {
+                    return;
+                }
                 if let Some(r) = self.publishes.remove(&id) {
                     let _ = r.send(Ok(receivers));
                 }

@@ -134,6 +134,10 @@ pub(crate) enum Command {
         msg: PubSubMessage,
         reply: Option<Reply<u64>>,
     },
+    /// Fire-and-forget publishes from a [`Publisher`], in order.
+    PublishBatch {
+        msgs: Vec<PubSubMessage>,
+    },
     Query {
         query: Query,
         reply: Reply<QueryAnswer>,
@@ -365,6 +369,7 @@ impl Drop for EventStream {
 pub struct Roomcast {
     pub(crate) tx: mpsc::Sender<Command>,
     pub(crate) identity: Identity,
+    pub(crate) publish_batch: usize,
 }
 
 impl Roomcast {
@@ -452,6 +457,8 @@ impl Roomcast {
     pub fn publisher(&self) -> Publisher {
         Publisher {
             tx: self.tx.clone(),
+            buf: Vec::new(),
+            batch: self.publish_batch.max(1),
         }
     }
 
@@ -668,20 +675,69 @@ async fn call<T>(
     rx.await.map_err(|_| Error::Closed)?
 }
 
-/// Publishes without waiting for Redis; clone it into any task. It is also a
-/// `futures::Sink<PubSubMessage>`, so a stream of messages can be forwarded into it (the
-/// GraphWiz design's `new(config, receiver)` publishing queue).
-#[derive(Debug, Clone)]
+/// Publishes without waiting for Redis; one per task (it is `Clone`, and clones are
+/// independent). It is also a `futures::Sink<PubSubMessage>` (the GraphWiz design's
+/// publishing queue), so a stream of messages can be forwarded into it.
+///
+/// Messages fed into the `Sink` are handed to the driver in batches of up to
+/// `Options::publish_batch` — one command and one wake-up per batch instead of per message —
+/// when a batch is full and whenever the sink is flushed (`SinkExt::send`, `send_all` and
+/// `forward` flush for you). [`Publisher::send`] and [`Publisher::send_batch`] flush at once.
+/// Dropping a `Publisher` hands over what it still holds.
+#[derive(Debug)]
 pub struct Publisher {
     tx: mpsc::Sender<Command>,
+    buf: Vec<PubSubMessage>,
+    batch: usize,
+}
+
+impl Clone for Publisher {
+    fn clone(&self) -> Self {
+        Publisher {
+            tx: self.tx.clone(),
+            buf: Vec::new(),
+            batch: self.batch,
+        }
+    }
 }
 
 impl Publisher {
-    /// Queues a message (waits only while the driver's command queue is full). Failures after
-    /// acceptance are reported on [`Roomcast::events`] as [`Event::PublishFailed`]; refusals
-    /// (invalid, too large, queue full) are logged and counted in `Metrics::publish_refused`.
+    /// Queues a message (waits only while the driver's command queue is full), after any
+    /// messages fed into the sink before. Failures after acceptance are reported on
+    /// [`Roomcast::events`] as [`Event::PublishFailed`]; refusals (invalid, too large, queue
+    /// full) are logged and counted in `Metrics::publish_refused`.
     pub async fn send(&mut self, msg: PubSubMessage) -> Result<(), Error> {
-        futures_sink_send(&mut self.tx, Command::Publish { msg, reply: None }).await
+        self.buf.push(msg);
+        std::future::poll_fn(|cx| self.poll_hand_over(cx)).await
+    }
+
+    /// Queues many messages as one command to the driver (the explicit pipeline): they are
+    /// published in order, with the same reporting as [`Publisher::send`].
+    pub async fn send_batch(
+        &mut self,
+        msgs: impl IntoIterator<Item = PubSubMessage>,
+    ) -> Result<(), Error> {
+        self.buf.extend(msgs);
+        std::future::poll_fn(|cx| self.poll_hand_over(cx)).await
+    }
+
+    /// Hands what is buffered to the driver as one command.
+    fn poll_hand_over(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.buf.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        match self.tx.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {
+                let msgs = std::mem::take(&mut self.buf);
+                Poll::Ready(
+                    self.tx
+                        .start_send(Command::PublishBatch { msgs })
+                        .map_err(|_| Error::Closed),
+                )
+            }
+            Poll::Ready(Err(_)) => Poll::Ready(Err(Error::Closed)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -689,26 +745,51 @@ impl futures_sink::Sink<PubSubMessage> for Publisher {
     type Error = Error;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.get_mut().tx.poll_ready(cx).map_err(|_| Error::Closed)
+        let this = self.get_mut();
+        if this.buf.len() < this.batch {
+            return Poll::Ready(Ok(()));
+        }
+        this.poll_hand_over(cx)
     }
 
     fn start_send(self: Pin<&mut Self>, msg: PubSubMessage) -> Result<(), Error> {
-        self.get_mut()
-            .tx
-            .start_send(Command::Publish { msg, reply: None })
-            .map_err(|_| Error::Closed)
+        let this = self.get_mut();
+        if this.tx.is_closed() {
+            return Err(Error::Closed);
+        }
+        this.buf.push(msg);
+        Ok(())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Pin::new(&mut self.get_mut().tx)
-            .poll_flush(cx)
-            .map_err(|_| Error::Closed)
+        self.get_mut().poll_hand_over(cx)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Pin::new(&mut self.get_mut().tx)
-            .poll_close(cx)
-            .map_err(|_| Error::Closed)
+        let this = self.get_mut();
+        match this.poll_hand_over(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.tx)
+                .poll_close(cx)
+                .map_err(|_| Error::Closed),
+            other => other,
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            let msgs = std::mem::take(&mut self.buf);
+            let n = msgs.len();
+            // A sender that is not waiting always has a slot of its own in the channel.
+            if self.tx.try_send(Command::PublishBatch { msgs }).is_err() {
+                tracing::warn!(
+                    messages = n,
+                    "a Publisher dropped with unflushed messages while the driver's queue was \
+                     full or closed; they are lost (flush the sink before dropping it)"
+                );
+            }
+        }
     }
 }
 

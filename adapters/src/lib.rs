@@ -62,6 +62,9 @@ pub struct Options {
     pub event_queue: usize,
     /// Commands from handles queued for the driver before callers wait (default 4,096).
     pub command_queue: usize,
+    /// Messages a [`Publisher`] used as a `Sink` gathers into one command to the driver
+    /// before it hands them over (default 256; it also hands over on every flush).
+    pub publish_batch: usize,
     /// TLS settings for `rediss://` (default: trust the Mozilla roots).
     #[cfg(feature = "tls")]
     pub tls: Option<std::sync::Arc<tls::rustls::ClientConfig>>,
@@ -74,6 +77,7 @@ impl Default for Options {
             overflow: Overflow::DropOldest,
             event_queue: 1024,
             command_queue: 4096,
+            publish_batch: 256,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -136,8 +140,16 @@ impl Builder {
             None => None,
         };
         let (tx, rx) = mpsc::channel(self.options.command_queue.max(1));
+        let publish_batch = self.options.publish_batch;
         let driver = Driver::new(runtime, hub, self.options, rx, identity);
-        Ok((Roomcast { tx, identity }, driver))
+        Ok((
+            Roomcast {
+                tx,
+                identity,
+                publish_batch,
+            },
+            driver,
+        ))
     }
 
     /// Builds on tokio, spawns the driver and waits until every link is ready (fails with the

@@ -904,6 +904,7 @@ on_both!(
     connection_ids_are_exclusive_and_drop_leaves,
     connection_overflow_close_leaves_every_room,
     connection_standalone,
+    publisher_batches_keep_order_and_drop_hands_over,
 );
 
 /// Ids as plain strings, for comparisons.
@@ -1157,4 +1158,62 @@ async fn connection_standalone(rt: Rt) {
     assert_eq!(next_of(rt, &mut d).await.unwrap().data, &b"d only"[..]);
     let left = names(solo.local_connections("r2").await.unwrap());
     assert_eq!(left, ["d"]);
+}
+
+async fn publisher_batches_keep_order_and_drop_hands_over(rt: Rt) {
+    use futures_util::SinkExt;
+    let server = RedisServer::start();
+    let a = bounded(rt, &server, 4096, Overflow::DropOldest).await;
+    let b = bounded(rt, &server, 4096, Overflow::DropOldest).await;
+    let mut m = b.connection("m").await.unwrap();
+    m.join_many(["p1", "p2"]).await.unwrap();
+    rt.timeout(PATIENCE, Box::pin(m.wait_live()))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut p = a.publisher();
+    let mut expect = Vec::new();
+    let mut k = 0;
+    let mut msg = |expect: &mut Vec<String>| {
+        let text = format!("{k}");
+        k += 1;
+        expect.push(text.clone());
+        PubSubMessage::broadcast(if k % 3 == 0 { "p2" } else { "p1" }, text)
+    };
+    // Fed through the Sink: full batches (256 by default) go on their own, the rest on flush.
+    for _ in 0..1000 {
+        p.feed(msg(&mut expect)).await.unwrap();
+    }
+    // `send` hands over what was fed before it, then itself.
+    p.send(msg(&mut expect)).await.unwrap();
+    p.send_batch((0..100).map(|_| msg(&mut expect)))
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        p.feed(msg(&mut expect)).await.unwrap();
+    }
+    p.flush().await.unwrap();
+    // What a dropped publisher still holds is handed over, after everything before it.
+    for _ in 0..7 {
+        p.feed(msg(&mut expect)).await.unwrap();
+    }
+    drop(p);
+    // Order holds per room (rooms may be published on different links).
+    let mut per_room: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for _ in 0..expect.len() {
+        let got = next_of(rt, &mut m).await.expect("every message arrives");
+        per_room
+            .entry(got.room.as_str().to_string())
+            .or_default()
+            .push(String::from_utf8(got.data.to_vec()).unwrap());
+    }
+    for (room, got) in per_room {
+        let want: Vec<&String> = expect
+            .iter()
+            .filter(|t| ((t.parse::<u32>().unwrap() + 1) % 3 == 0) == (room == "p2"))
+            .collect();
+        assert_eq!(got.iter().collect::<Vec<_>>(), want, "order in {room}");
+    }
+    assert_eq!(m.dropped(), 0);
+    assert_eq!(a.metrics().await.unwrap().published, expect.len() as u64);
 }

@@ -417,6 +417,13 @@ impl Flow {
         self.delivered.load(Ordering::Relaxed)
     }
 
+    /// Whether message number `published` may be sent now, without waiting.
+    pub fn ready(&self, published: u64) -> bool {
+        published < self.window
+            || self.delivered.load(Ordering::SeqCst)
+                >= published.saturating_sub(self.window) * self.per_msg
+    }
+
     /// Waits until message number `published` (counting from 0) may be sent: fewer than
     /// `window` messages outstanding. Returns false if `deadline` passed first.
     pub async fn admit(&self, published: u64, deadline: tokio::time::Instant) -> bool {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{stream, StreamExt};
+use futures_util::{stream, SinkExt, StreamExt};
 use roomcast::{
     Builder, Config, Connection, Event, Membership, MessageType, Options, PubSubMessage, Roomcast,
 };
@@ -202,16 +202,27 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
                     }
                     base + due_ns
                 } else {
-                    if !one && !flow.admit(i, tdeadline).await {
-                        break;
+                    // The window is full: hand over what is gathered, then wait.
+                    if !one && !flow.ready(i) {
+                        if p.flush().await.is_err() {
+                            break;
+                        }
+                        if !flow.admit(i, tdeadline).await {
+                            break;
+                        }
                     }
                     now_ns()
                 };
                 let room = &rooms[(i % r) as usize];
-                if p.send(message(room, payload(i, stamp, size)))
-                    .await
-                    .is_err()
-                {
+                let msg = message(room, payload(i, stamp, size));
+                // Closed loop: the publisher's Sink gathers batches (the explicit pipeline,
+                // as the peers use); one in flight and paced: every message at once.
+                let sent = if one || paced {
+                    p.send(msg).await
+                } else {
+                    p.feed(msg).await
+                };
+                if sent.is_err() {
                     break;
                 }
                 published.fetch_add(1, Ordering::Relaxed);
@@ -219,6 +230,7 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
                     break;
                 }
             }
+            let _ = p.flush().await;
             let _ = done_tx.send(());
         });
     }
@@ -337,10 +349,11 @@ fn publish_per_room(
         let tdeadline = tokio::time::Instant::from_std(deadline);
         let mut p = rc.publisher();
         for (i, room) in rooms.iter().enumerate() {
-            if !flow.admit(i as u64, tdeadline).await {
+            let i = i as u64;
+            if !flow.ready(i) && (p.flush().await.is_err() || !flow.admit(i, tdeadline).await) {
                 break;
             }
-            if p.send(message(room, payload(i as u64, now_ns(), size)))
+            if p.feed(message(room, payload(i, now_ns(), size)))
                 .await
                 .is_err()
             {
@@ -348,6 +361,7 @@ fn publish_per_room(
             }
             p2.fetch_add(1, Ordering::Relaxed);
         }
+        let _ = p.flush().await;
     });
     published
 }
