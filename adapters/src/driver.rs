@@ -1,7 +1,10 @@
 //! The driver: one future that moves bytes, timers and link openings between the sockets and
 //! the core, and fans deliveries out to memberships. It never interprets Redis replies.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+/// The driver's maps: keyed by ids it hands out or validated, hashed with a per-map seed.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -122,6 +125,7 @@ struct State {
     event_subs: Vec<Arc<Queue<Event>>>,
     shutdown: Option<ShutdownState>,
     scratch: Box<[u8]>,
+    round_now: Option<Instant>,
     handles_gone: bool,
     done: bool,
 }
@@ -153,18 +157,19 @@ impl Driver {
                 ctl_tx,
                 links: (0..n).map(|_| LinkIo::Idle).collect(),
                 timer: None,
-                rooms: HashMap::new(),
-                conns: HashMap::new(),
+                rooms: HashMap::default(),
+                conns: HashMap::default(),
                 live_waiters: Vec::new(),
                 next_token: 0,
-                publishes: HashMap::new(),
-                queries: HashMap::new(),
+                publishes: HashMap::default(),
+                queries: HashMap::default(),
                 identity,
                 health: Vec::new(),
                 ready_waiters: Vec::new(),
                 event_subs: Vec::new(),
                 shutdown: None,
                 scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
+                round_now: None,
                 handles_gone: false,
                 done: false,
             }),
@@ -180,6 +185,7 @@ impl Future for Driver {
         let _entered = this.span.enter();
         let s = &mut *this.state;
         for _round in 0..64 {
+            s.round_now = None;
             let mut progress = s.poll_commands(cx);
             for i in 0..s.links.len() {
                 progress |= s.poll_link(i, cx);
@@ -205,8 +211,10 @@ impl Future for Driver {
 }
 
 impl State {
-    fn now(&self) -> Instant {
-        self.rt.now()
+    /// The time, read once per round of the driver's loop (a clock read per frame or
+    /// command showed up in profiles; the core's timers need no finer grain).
+    fn now(&mut self) -> Instant {
+        *self.round_now.get_or_insert_with(|| self.rt.now())
     }
 
     /// Control commands (drops of memberships and connections, their calls) go first, and
@@ -363,7 +371,10 @@ impl State {
                     crate::Overflow::DropOldest,
                 ));
                 self.event_subs.push(q.clone());
-                let _ = reply.send(Ok(EventStream { queue: q }));
+                let _ = reply.send(Ok(EventStream {
+                    queue: q,
+                    local: VecDeque::new(),
+                }));
             }
             Command::Shutdown { timeout, reply } => self.begin_shutdown(timeout, Some(reply)),
             Command::Presence { ask, reply } => self.presence(ask, reply, now),
@@ -431,6 +442,7 @@ impl State {
             room: room_id,
             conn: conn_id,
             queue,
+            local: VecDeque::new(),
             live: entry.live.clone(),
             ctl: self.ctl_tx.clone(),
             token,
@@ -495,6 +507,7 @@ impl State {
         Ok(Connection {
             conn: conn_id,
             queue,
+            local: VecDeque::new(),
             ctl: self.ctl_tx.clone(),
             token,
         })
@@ -980,10 +993,12 @@ impl State {
     }
 
     fn check_shutdown(&mut self) {
-        let Some(s) = &self.shutdown else { return };
+        let Some(deadline) = self.shutdown.as_ref().map(|s| s.deadline) else {
+            return;
+        };
         let now = self.now();
         let drained = self.hub.as_ref().is_none_or(Hub::is_drained);
-        if !(drained || now >= s.deadline) {
+        if !(drained || now >= deadline) {
             return;
         }
         if let Some(hub) = &mut self.hub {
@@ -1018,7 +1033,7 @@ impl State {
             LinkIo::Connecting(fut) => match fut.as_mut().poll(cx) {
                 Poll::Pending => false,
                 Poll::Ready(result) => {
-                    let now = self.rt.now();
+                    let now = self.now();
                     match result {
                         Ok(io) => {
                             self.links[i] = LinkIo::Open {
@@ -1043,6 +1058,7 @@ impl State {
             LinkIo::Open { .. } => {
                 let mut progress = false;
                 for _ in 0..READ_BUDGET {
+                    let now = self.now();
                     let LinkIo::Open { io, rbuf, .. } = &mut self.links[i] else {
                         break;
                     };
@@ -1054,7 +1070,6 @@ impl State {
                         }
                         Poll::Ready(Ok(n)) => {
                             rbuf.extend_from_slice(&self.scratch[..n]);
-                            let now = self.rt.now();
                             if let Some(hub) = &mut self.hub {
                                 hub.handle_input(link, rbuf, now);
                             }
@@ -1075,7 +1090,7 @@ impl State {
 
     fn closed_by_peer(&mut self, i: usize, cause: String) {
         self.links[i] = LinkIo::Idle;
-        let now = self.rt.now();
+        let now = self.now();
         if let Some(hub) = &mut self.hub {
             hub.handle_disconnected(LinkId(i as u16), &cause, now);
         }
@@ -1191,7 +1206,7 @@ impl State {
         }
         if any {
             progress = true;
-            let now = self.rt.now();
+            let now = self.now();
             self.check_health(now);
             if live_changed {
                 self.check_live_waiters();

@@ -1,6 +1,7 @@
 //! The application's side: a cloneable [`Roomcast`] handle, connections, memberships and room
 //! streams.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -187,7 +188,8 @@ macro_rules! queue_stream {
         impl Stream for $t {
             type Item = $item;
             fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<$item>> {
-                self.queue.poll_next(cx)
+                let this = self.get_mut();
+                this.queue.poll_take(cx, &mut this.local)
             }
         }
     };
@@ -202,7 +204,7 @@ macro_rules! queue_stream {
 
             /// Messages waiting to be taken.
             pub fn queued(&self) -> usize {
-                self.queue.len()
+                self.queue.len() + self.local.len()
             }
 
             /// True if the stream ended because the queue overflowed under
@@ -267,6 +269,8 @@ pub struct Membership {
     pub(crate) room: RoomId,
     pub(crate) conn: ConnId,
     pub(crate) queue: Arc<Queue<Message>>,
+    /// Taken from the queue in one batch, not yet returned by the stream.
+    pub(crate) local: VecDeque<Message>,
     pub(crate) live: Arc<Liveness>,
     pub(crate) ctl: mpsc::UnboundedSender<Command>,
     pub(crate) token: u64,
@@ -346,6 +350,7 @@ impl Stream for RoomStream {
 #[derive(Debug)]
 pub struct EventStream {
     pub(crate) queue: Arc<Queue<Event>>,
+    pub(crate) local: VecDeque<Event>,
 }
 
 impl EventStream {
@@ -572,6 +577,8 @@ impl Roomcast {
 pub struct Connection {
     pub(crate) conn: ConnId,
     pub(crate) queue: Arc<Queue<Message>>,
+    /// Taken from the queue in one batch, not yet returned by the stream.
+    pub(crate) local: VecDeque<Message>,
     pub(crate) ctl: mpsc::UnboundedSender<Command>,
     pub(crate) token: u64,
 }

@@ -54,7 +54,9 @@ use roomcast_core::Hub;
 /// Adapter settings (the core's are in [`Config`]).
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Messages queued per membership before the overflow policy applies (default 1,024).
+    /// Messages queued per membership or connection, not yet taken by its stream, before the
+    /// overflow policy applies (default 1,024). A stream takes what is queued in one batch
+    /// and hands it out one by one, so at most twice this many are held per stream.
     pub member_queue: usize,
     /// What a full membership queue does (default: drop the oldest, counted).
     pub overflow: Overflow,

@@ -100,10 +100,22 @@ impl<T> Queue<T> {
         }
     }
 
-    pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        let mut q = self.lock();
-        if let Some(item) = q.items.pop_front() {
+    /// Takes the next item, moving everything queued into the consumer's `local` buffer
+    /// under one lock (one lock per batch instead of per item; the queue's bound applies to
+    /// what the consumer has not taken yet).
+    pub(crate) fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        local: &mut VecDeque<T>,
+    ) -> Poll<Option<T>> {
+        if let Some(item) = local.pop_front() {
             return Poll::Ready(Some(item));
+        }
+        let mut q = self.lock();
+        if !q.items.is_empty() {
+            std::mem::swap(&mut q.items, local);
+            drop(q);
+            return Poll::Ready(local.pop_front());
         }
         if q.closed {
             return Poll::Ready(None);
@@ -138,6 +150,17 @@ mod tests {
     use super::*;
     use std::task::Waker;
 
+    /// One item at a time, with a fresh local buffer each time (pushes it back unused).
+    fn take<T>(q: &Queue<T>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let mut local = VecDeque::new();
+        let r = q.poll_take(cx, &mut local);
+        let mut inner = q.lock();
+        while let Some(x) = local.pop_back() {
+            inner.items.push_front(x);
+        }
+        r
+    }
+
     #[test]
     fn drop_oldest_keeps_the_newest_and_counts() {
         let q = Queue::new(2, Overflow::DropOldest);
@@ -146,9 +169,9 @@ mod tests {
         }
         assert_eq!(q.dropped(), 3);
         let mut cx = Context::from_waker(Waker::noop());
-        assert_eq!(q.poll_next(&mut cx), Poll::Ready(Some(3)));
-        assert_eq!(q.poll_next(&mut cx), Poll::Ready(Some(4)));
-        assert_eq!(q.poll_next(&mut cx), Poll::Pending);
+        assert_eq!(take(&q, &mut cx), Poll::Ready(Some(3)));
+        assert_eq!(take(&q, &mut cx), Poll::Ready(Some(4)));
+        assert_eq!(take(&q, &mut cx), Poll::Pending);
     }
 
     #[test]
@@ -158,8 +181,32 @@ mod tests {
         assert!(!q.push(2));
         assert!(q.overflowed());
         let mut cx = Context::from_waker(Waker::noop());
-        assert_eq!(q.poll_next(&mut cx), Poll::Ready(Some(1)));
-        assert_eq!(q.poll_next(&mut cx), Poll::Ready(None));
+        assert_eq!(take(&q, &mut cx), Poll::Ready(Some(1)));
+        assert_eq!(take(&q, &mut cx), Poll::Ready(None));
         assert!(!q.push(3));
+    }
+
+    #[test]
+    fn take_moves_a_batch_and_keeps_order_and_the_bound() {
+        let q = Queue::new(3, Overflow::DropOldest);
+        let mut local = VecDeque::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        for i in 0..3 {
+            assert!(q.push(i));
+        }
+        assert_eq!(q.poll_take(&mut cx, &mut local), Poll::Ready(Some(0)));
+        assert_eq!((local.len(), q.len()), (2, 0));
+        // The bound applies to what was not taken yet.
+        for i in 3..7 {
+            assert!(q.push(i));
+        }
+        assert_eq!(q.dropped(), 1);
+        let mut got = Vec::new();
+        while let Poll::Ready(Some(x)) = q.poll_take(&mut cx, &mut local) {
+            got.push(x);
+        }
+        assert_eq!(got, [1, 2, 4, 5, 6]);
+        q.close();
+        assert_eq!(q.poll_take(&mut cx, &mut local), Poll::Ready(None));
     }
 }

@@ -38,6 +38,11 @@ fn config(job: &Job, name: &str) -> Result<Config, String> {
         "S1" | "S2" | "S3" => job.variant.ends_with("+presence"),
         _ => c.presence,
     };
+    // The same connections as a peer: one to publish, one to subscribe (the default pool of
+    // ten publishing links splits every batch ten ways when rooms spread over them).
+    if matches!(job.scenario.as_str(), "S1" | "S2" | "S3") {
+        c.pool_size = 1;
+    }
     Ok(c)
 }
 
