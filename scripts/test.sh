@@ -40,6 +40,13 @@ else
     echo "openssl missing: will install it"
     missing+=(openssl)
 fi
+# The fuzz targets link libFuzzer, which cargo builds from C++ sources.
+if command -v g++ >/dev/null 2>&1; then
+    echo "g++ present"
+else
+    echo "g++ missing: will install it (the fuzz targets' libFuzzer is C++)"
+    missing+=(g++)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
