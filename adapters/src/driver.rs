@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use crate::error::Error;
 use crate::handle::{
     Command, Connection, EventStream, HealthReport, Liveness, Membership, PubSubMessage, Query,
-    QueryAnswer, Reply, RoomStream,
+    QueryAnswer, Reply, RoomList, RoomStream,
 };
 use crate::queue::Queue;
 use crate::runtime::{BoxFuture, BoxedIo, Runtime};
@@ -524,7 +524,7 @@ impl State {
         }
     }
 
-    fn conn_join(&mut self, conn: &ConnId, token: u64, rooms: &[String]) -> Result<usize, Error> {
+    fn conn_join(&mut self, conn: &ConnId, token: u64, rooms: &RoomList) -> Result<usize, Error> {
         self.attached(conn, token)?;
         let max = self
             .hub
@@ -551,7 +551,7 @@ impl State {
         let mut added = 0;
         match &mut self.hub {
             Some(hub) => {
-                for room in rooms {
+                for room in rooms.iter() {
                     added += usize::from(hub.join(room, conn.as_str())?.added);
                 }
             }
@@ -559,7 +559,7 @@ impl State {
                 let Some(a) = self.conns.get(conn) else {
                     return Err(Error::Closed);
                 };
-                for room in rooms {
+                for room in rooms.iter() {
                     let room =
                         RoomId::new(room, max).map_err(roomcast_core::MemberError::InvalidRoom)?;
                     let entry = self.rooms.entry(room).or_default();

@@ -107,7 +107,7 @@ pub(crate) enum Command {
     ConnJoin {
         conn: ConnId,
         token: u64,
-        rooms: Vec<String>,
+        rooms: RoomList,
         reply: Reply<usize>,
     },
     ConnLeave {
@@ -604,7 +604,7 @@ impl Connection {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        let rooms: Vec<String> = rooms.into_iter().map(|r| r.as_ref().to_string()).collect();
+        let rooms = RoomList::new(rooms);
         let (conn, token) = (self.conn.clone(), self.token);
         call_ctl(&self.ctl, |reply| Command::ConnJoin {
             conn,
@@ -657,6 +657,39 @@ impl Drop for Connection {
             conn: self.conn.clone(),
             token: self.token,
         });
+    }
+}
+
+/// Room ids for the driver packed into one string (two allocations for a whole batch).
+#[derive(Debug, Default)]
+pub(crate) struct RoomList {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl RoomList {
+    fn new<I>(rooms: I) -> RoomList
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let mut list = RoomList::default();
+        for r in rooms {
+            list.text.push_str(r.as_ref());
+            list.ends.push(list.text.len());
+        }
+        list
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(a, b)| self.text.get(a..b).unwrap_or_default())
     }
 }
 
