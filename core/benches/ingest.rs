@@ -2,6 +2,12 @@
 //! duplicate/gap check and fan-out into `Delivery` events. Messages per second.
 //!
 //! `cargo bench -p roomcast-core --bench ingest -- --quick`
+//!
+//! With `ROOMCAST_INGEST_LOOP=N` in the environment the binary skips criterion, feeds N
+//! 64-byte messages in reads of 1000 frames, drains the events and exits, for instruction
+//! counts. The frames are built before the measured function, [`ingest_loop_feed`], so its
+//! inclusive cost divided by N is the cost of one message:
+//! `ROOMCAST_INGEST_LOOP=100000 valgrind --tool=callgrind --toggle-collect='ingest::ingest_loop_feed' target/release/deps/ingest-*`
 // criterion_group! defines an undocumented `pub fn`.
 #![allow(missing_docs)]
 
@@ -10,7 +16,7 @@ mod common;
 use std::hint::black_box;
 
 use bytes::BytesMut;
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion, Throughput};
 use roomcast_core::{Config, Event, SUBSCRIBER};
 
 use common::Rig;
@@ -90,4 +96,45 @@ criterion_group! {
     config = Criterion::default().sample_size(20);
     targets = ingest
 }
-criterion_main!(benches);
+
+/// The `ROOMCAST_INGEST_LOOP` mode: `n` 64-byte messages, no criterion.
+fn ingest_loop(n: u64) {
+    let mut rig = Rig::ready(Config::default());
+    rig.join_live("bench/", ROOMS);
+    let room = "bench/500";
+    let channel = rig.hub.namer().room_channel(&rig.room_id(room));
+    let data = [0xabu8; 64];
+    let mut reads = Vec::new();
+    let mut seq = 1;
+    while seq <= n {
+        let count = K.min(n + 1 - seq);
+        reads.push(common::messages(&channel, room, &data, seq, count));
+        seq += count;
+    }
+    let delivered = ingest_loop_feed(&mut rig, reads);
+    assert_eq!(delivered, n, "every message delivered once");
+    println!("{n} messages, {delivered} delivered");
+}
+
+/// The measured part of the loop mode: every read through `handle_input`, events drained.
+#[inline(never)]
+fn ingest_loop_feed(rig: &mut Rig, reads: Vec<BytesMut>) -> u64 {
+    let mut delivered = 0;
+    for mut buf in reads {
+        rig.hub.handle_input(SUBSCRIBER, &mut buf, rig.now);
+        delivered += drain(rig);
+    }
+    delivered
+}
+
+fn main() {
+    if let Some(n) = std::env::var("ROOMCAST_INGEST_LOOP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        ingest_loop(n);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -199,6 +199,7 @@ impl EnvelopeError {
 /// The body as read, borrowing from the payload. Text fields are read as bytes (same wire
 /// form) and the variant as its u32, so every error is reported without allocating.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct BodyIn<'a> {
     #[serde(borrow)]
     room_id: &'a [u8],
@@ -229,9 +230,11 @@ pub fn decode(payload: &Bytes, max_bytes: usize) -> Result<Decoded<'_>, Envelope
         });
     }
     let buf: &[u8] = payload;
-    let (body, used): (BodyIn<'_>, usize) =
-        bincode::serde::borrow_decode_from_slice(buf, decode_config())
-            .map_err(|err| EnvelopeError::from_bincode(&err))?;
+    let (body, used) = match read_body(buf) {
+        Some(read) => read,
+        None => bincode::serde::borrow_decode_from_slice(buf, decode_config())
+            .map_err(|err| EnvelopeError::from_bincode(&err))?,
+    };
     let room_id = std::str::from_utf8(body.room_id)
         .map_err(|_| EnvelopeError::malformed("the room id is not valid UTF-8"))?;
     let exclude_connection = match body.exclude_connection {
@@ -253,6 +256,49 @@ pub fn decode(payload: &Bytes, max_bytes: usize) -> Result<Decoded<'_>, Envelope
         timestamp: body.timestamp,
         trailer,
     })
+}
+
+/// Reads a well-formed body field by field, as bincode reads it, and says how many bytes it
+/// took; `None` for anything else, which is then left to bincode and its errors. Where this
+/// reads a body, bincode reads the same one: the fields are a fixed layout (see the module
+/// docs), and bincode's limit cannot be reached by a payload within [`decode`]'s maximum.
+fn read_body(buf: &[u8]) -> Option<(BodyIn<'_>, usize)> {
+    let mut rest = buf;
+    let room_id = take_bytes(&mut rest)?;
+    let message_type = u32::from_le_bytes(take_array(&mut rest)?);
+    let data = take_bytes(&mut rest)?;
+    let exclude_connection = match take_array::<1>(&mut rest)? {
+        [0] => None,
+        [1] => Some(take_bytes(&mut rest)?),
+        _ => return None,
+    };
+    let timestamp = i64::from_le_bytes(take_array(&mut rest)?);
+    let body = BodyIn {
+        room_id,
+        message_type,
+        data,
+        exclude_connection,
+        timestamp,
+    };
+    Some((body, buf.len() - rest.len()))
+}
+
+/// `N` bytes off the front of `rest`.
+fn take_array<const N: usize>(rest: &mut &[u8]) -> Option<[u8; N]> {
+    let (head, tail) = rest.split_first_chunk::<N>()?;
+    *rest = tail;
+    Some(*head)
+}
+
+/// A bincode 1 string or byte vector (u64 LE length, then the bytes) off the front of `rest`.
+fn take_bytes<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = usize::try_from(u64::from_le_bytes(take_array(rest)?)).ok()?;
+    if len > rest.len() {
+        return None;
+    }
+    let (bytes, tail) = rest.split_at(len);
+    *rest = tail;
+    Some(bytes)
 }
 
 /// Reads the bytes after the body; see the [module docs](self) for the rules.
@@ -480,5 +526,78 @@ mod tests {
         assert!(range.contains(&d.data.as_ptr()));
         assert!(d.data.as_ptr_range().end <= range.end);
         assert!(range.contains(&d.room_id.as_ptr()));
+    }
+
+    /// What bincode makes of a body, the specification [`read_body`] keeps.
+    fn bincode_body(buf: &[u8]) -> Result<(BodyIn<'_>, usize), DecodeError> {
+        bincode::serde::borrow_decode_from_slice(buf, decode_config())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        /// Bodies, whole or cut, with bytes overwritten (lengths, tags and all): wherever the
+        /// hand-written reader reads a body, bincode reads the same; every body `encode`
+        /// writes, it reads.
+        #[test]
+        fn read_body_agrees_with_bincode(
+            room in "[a-z/]{0,6}",
+            data in proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+            exclude in proptest::option::of("[a-z]{0,4}"),
+            trailer in proptest::bool::ANY,
+            edits in proptest::collection::vec((0usize..64, proptest::num::u8::ANY), 0..3),
+            cut in proptest::option::of(0usize..80),
+        ) {
+            let t = Trailer { origin: InstanceId(3), epoch: 1, seq: 9 };
+            let mut buf = Vec::new();
+            let ty = MessageType::SystemNotification;
+            encode(&mut buf, &room, ty, &data, exclude.as_deref(), -5, trailer.then_some(&t));
+            let intact = edits.is_empty() && cut.is_none();
+            for (at, byte) in edits {
+                if let Some(b) = buf.get_mut(at) {
+                    // Small values, so that lengths and tags land near the valid ones.
+                    *b = byte % 4;
+                }
+            }
+            if let Some(cut) = cut {
+                buf.truncate(cut);
+            }
+            let ours = read_body(&buf);
+            if intact {
+                proptest::prop_assert!(ours.is_some());
+            }
+            if let Some(ours) = ours {
+                proptest::prop_assert_eq!(Some(ours), bincode_body(&buf).ok());
+            }
+        }
+    }
+
+    #[test]
+    fn read_body_refuses_what_bincode_refuses() {
+        let mut body = Vec::new();
+        encode(
+            &mut body,
+            "r",
+            MessageType::Broadcast,
+            b"d",
+            Some("c"),
+            1,
+            None,
+        );
+        // The exclude_connection tag (after 8 + 1 + 4 + 8 + 1 bytes) set to 2; a length
+        // prefix past the end; one over `usize` on 32-bit targets; a cut in each field.
+        let mut bad_tag = body.clone();
+        bad_tag[22] = 2;
+        let mut long_room = body.clone();
+        long_room[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        for bad in [&bad_tag[..], &long_room] {
+            assert!(read_body(bad).is_none());
+            assert!(bincode_body(bad).is_err());
+        }
+        for cut in 0..body.len() {
+            assert!(read_body(&body[..cut]).is_none(), "{cut}");
+            assert!(bincode_body(&body[..cut]).is_err(), "{cut}");
+        }
+        assert_eq!(read_body(&body).map(|(_, used)| used), Some(body.len()));
     }
 }

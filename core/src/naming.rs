@@ -410,21 +410,51 @@ impl ChannelNamer {
         channel: &'c [u8],
         max_bytes: usize,
     ) -> Option<Cow<'c, str>> {
-        let escaped = channel.strip_prefix(&*self.room_head)?;
         let max = max_bytes.min(MAX_ID_BYTES);
-        // Each id byte becomes at most three channel bytes: reject hopeless input early.
-        if escaped.is_empty() || escaped.len() > max.saturating_mul(3) {
-            return None;
-        }
-        // Escapes are ASCII, so the channel part is UTF-8 exactly when the id is.
-        let escaped = std::str::from_utf8(escaped).ok()?;
-        let id = if escaped.bytes().any(|b| matches!(b, b':' | b'%' | b'/')) {
-            Cow::Owned(unescape(escaped)?)
+        let escaped = self.escaped_room(channel, max)?;
+        let id = if is_escaped(escaped) {
+            let mut id = String::with_capacity(escaped.len());
+            unescape_into(escaped, &mut id)?;
+            Cow::Owned(id)
         } else {
             Cow::Borrowed(escaped)
         };
         validate_id(&id, max, IdKind::Room).ok()?;
         Some(id)
+    }
+
+    /// Like [`room_str_from_channel`](Self::room_str_from_channel), but an id that needs
+    /// unescaping is written into `scratch` (cleared first) instead of a new `String`: with a
+    /// scratch kept from call to call, nothing is allocated. The hot path of every message.
+    pub(crate) fn room_str_in<'a>(
+        &self,
+        channel: &'a [u8],
+        max_bytes: usize,
+        scratch: &'a mut String,
+    ) -> Option<&'a str> {
+        let max = max_bytes.min(MAX_ID_BYTES);
+        let escaped = self.escaped_room(channel, max)?;
+        let id = if is_escaped(escaped) {
+            scratch.clear();
+            unescape_into(escaped, scratch)?;
+            scratch.as_str()
+        } else {
+            escaped
+        };
+        validate_id(id, max, IdKind::Room).ok()?;
+        Some(id)
+    }
+
+    /// The part of a room channel after the head, as text, if it may be the escaped id of a
+    /// room of at most `max` bytes.
+    fn escaped_room<'c>(&self, channel: &'c [u8], max: usize) -> Option<&'c str> {
+        let escaped = channel.strip_prefix(&*self.room_head)?;
+        // Each id byte becomes at most three channel bytes: reject hopeless input early.
+        if escaped.is_empty() || escaped.len() > max.saturating_mul(3) {
+            return None;
+        }
+        // Escapes are ASCII, so the channel part is UTF-8 exactly when the id is.
+        std::str::from_utf8(escaped).ok()
     }
 
     /// `{prefix}:ctl:{instance as 16 lowercase hex digits}`: the instance's own control
@@ -443,12 +473,22 @@ impl ChannelNamer {
     }
 }
 
-/// Reverses the escaping of a channel part; `None` if it is not canonical (a literal `/`, or
-/// `%` followed by anything but `25` or `3A`).
-fn unescape(escaped: &str) -> Option<String> {
-    let mut id = String::with_capacity(escaped.len());
+/// Whether a channel part has anything to unescape (`:`, `%`, or a `/` that makes it invalid).
+fn is_escaped(escaped: &str) -> bool {
+    escaped.bytes().any(is_escape_byte)
+}
+
+fn is_escape_byte(b: u8) -> bool {
+    matches!(b, b':' | b'%' | b'/')
+}
+
+/// Reverses the escaping of a channel part, appending the id to `id`; `None` if it is not
+/// canonical (a literal `/`, or `%` followed by anything but `25` or `3A`).
+fn unescape_into(escaped: &str, id: &mut String) -> Option<()> {
+    id.reserve(escaped.len());
     let mut rest = escaped;
-    while let Some(pos) = rest.find([':', '%', '/']) {
+    // The bytes searched for are ASCII, so every position found is a char boundary.
+    while let Some(pos) = rest.bytes().position(is_escape_byte) {
         let (plain, tail) = rest.split_at(pos);
         id.push_str(plain);
         rest = if let Some(after) = tail.strip_prefix(':') {
@@ -466,7 +506,7 @@ fn unescape(escaped: &str) -> Option<String> {
         };
     }
     id.push_str(rest);
-    Some(id)
+    Some(())
 }
 
 #[cfg(test)]
@@ -706,6 +746,21 @@ mod tests {
             if let Some(r) = n.room_from_channel(&ch, max) {
                 prop_assert!(RoomId::new(r.as_str(), max).is_ok());
                 prop_assert_eq!(&n.room_channel(&r)[..], &ch[..]);
+            }
+        }
+
+        #[test]
+        fn scratch_lookup_matches_the_allocating_one(
+            channels in prop::collection::vec(channel_strategy(), 1..4),
+            max in 0usize..64,
+        ) {
+            let n = namer();
+            // One scratch for all, as the hub keeps it: what an earlier call left is no matter.
+            let mut scratch = String::from("left over");
+            for ch in &channels {
+                let want = n.room_str_from_channel(ch, max).map(Cow::into_owned);
+                let got = n.room_str_in(ch, max, &mut scratch).map(str::to_owned);
+                prop_assert_eq!(got, want);
             }
         }
 

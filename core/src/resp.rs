@@ -5,9 +5,12 @@
 //! finds where the next frame ends and enforces the limits `redis-protocol` does not (a bulk
 //! length of 2^63 would otherwise wait for input forever; nesting thousands deep would overflow
 //! the stack; the CRLF after a bulk string is not checked there). Only a complete frame that
-//! passed the scan is handed to `redis-protocol` to decode. The hot path — a pub/sub `message`
-//! of three bulk strings — is recognised by the scan itself and sliced out without building
-//! frames.
+//! passed the scan is handed to `redis-protocol` to decode. A pub/sub `message` of three bulk
+//! strings is recognised by the scan and sliced out without building frames. The hot path, a
+//! complete `message` push spelled as Redis writes it, is recognised before the scan by its
+//! fixed prefix and two plain lengths; whatever that check does not take (another spelling,
+//! an incomplete frame, a limit reached) goes through the scan, so errors and limits are the
+//! scan's (`fast_path_matches_the_general_path` holds the two to the same results).
 
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp2::types::BytesFrame as Frame2;
@@ -213,6 +216,49 @@ impl Reader {
         if buf.is_empty() || buf.len() < self.need {
             return Ok(None);
         }
+        if let Some(message) = self.message(buf) {
+            return Ok(Some(message));
+        }
+        self.next_scanned(buf)
+    }
+
+    /// The fast path: the frame at the front of `buf` when it is a complete pub/sub message
+    /// in the spelling Redis writes, `*3` (or `>3`), `$7 message` (or `$8 smessage`), then
+    /// two bulk strings with plain decimal lengths, and within every limit. It yields exactly
+    /// what [`Reader::next_scanned`] yields for such a frame; anything else (an incomplete
+    /// frame, another spelling, a limit reached, an error) is left to that path.
+    fn message(&mut self, buf: &mut BytesMut) -> Option<Incoming> {
+        let lim = self.limits;
+        // What the scan checks for the `*3` header.
+        if lim.max_depth == 0 || lim.max_elements < 3 {
+            return None;
+        }
+        let b: &[u8] = buf;
+        let head = match b.get(..4)? {
+            b"*3\r\n" | b">3\r\n" => 4,
+            _ => return None,
+        };
+        let kind = match b.get(head..head + 4)? {
+            b"$7\r\n" if b.get(head + 4..head + 13)? == b"message\r\n" => head + 13,
+            b"$8\r\n" if b.get(head + 4..head + 14)? == b"smessage\r\n" => head + 14,
+            _ => return None,
+        };
+        let (channel, after_channel) = bulk_at(b, kind)?;
+        let (payload, end) = bulk_at(b, after_channel)?;
+        // Every length and position the scan compares with the limit is at most `end`.
+        if end > lim.max_frame_bytes {
+            return None;
+        }
+        self.need = 0;
+        let frame = buf.split_to(end).freeze();
+        Some(Incoming::Message {
+            channel: frame.slice(channel),
+            payload: frame.slice(payload),
+        })
+    }
+
+    /// The general path: scans the frame, then decodes it (see the module docs).
+    fn next_scanned(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, FrameError> {
         let scan = match self.scan(buf)? {
             Some(s) => s,
             None => {
@@ -228,12 +274,9 @@ impl Reader {
         self.need = 0;
         if buf.first() == Some(&b':') {
             // An integer (every PUBLISH reply): the scan found its CRLF and checked the limits;
-            // the number is parsed as redis-protocol parses it (UTF-8, then `i64::from_str`).
+            // the number is read as redis-protocol reads it (UTF-8, then `i64::from_str`).
             let line = buf.get(1..scan.len - 2).unwrap_or_default();
-            let n = std::str::from_utf8(line)
-                .ok()
-                .and_then(|s| s.parse::<i64>().ok())
-                .ok_or_else(|| malformed("an integer reply is not a number"))?;
+            let n = parse_i64(line).ok_or_else(|| malformed("an integer reply is not a number"))?;
             bytes::Buf::advance(buf, scan.len);
             return Ok(Some(Incoming::Reply(Value::Int(n))));
         }
@@ -434,10 +477,77 @@ fn memchr_crlf(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// A bulk string `$<decimal digits>\r\n<data>\r\n` complete at `pos` of `b`: the range of its
+/// data and where the next element starts. `None` for anything else, including lengths of
+/// more than nine digits (no frame within a sensible limit has them; the scan decides).
+fn bulk_at(b: &[u8], pos: usize) -> Option<(std::ops::Range<usize>, usize)> {
+    let rest = b.get(pos..)?;
+    if rest.first() != Some(&b'$') {
+        return None;
+    }
+    let mut len = 0usize;
+    let mut i = 1;
+    loop {
+        match *rest.get(i)? {
+            d @ b'0'..=b'9' if i <= 9 => len = len * 10 + usize::from(d - b'0'),
+            b'\r' if i > 1 => break,
+            _ => return None,
+        }
+        i += 1;
+    }
+    if rest.get(i + 1) != Some(&b'\n') {
+        return None;
+    }
+    let start = pos + i + 2;
+    let end = start.checked_add(len)?;
+    if b.get(end..end.checked_add(2)?)? != b"\r\n" {
+        return None;
+    }
+    Some((start..end, end + 2))
+}
+
 fn parse_len(line: &[u8]) -> Result<i64, FrameError> {
-    let s = std::str::from_utf8(line).map_err(|_| malformed("a length is not ASCII"))?;
-    s.parse::<i64>()
-        .map_err(|_| malformed(format!("bad length {s:?}")))
+    match parse_i64(line) {
+        Some(n) => Ok(n),
+        None => Err(bad_len(line)),
+    }
+}
+
+/// Why `line` is no length: the errors of `str::from_utf8` and then `str::parse::<i64>`.
+#[cold]
+fn bad_len(line: &[u8]) -> FrameError {
+    match std::str::from_utf8(line) {
+        Err(_) => malformed("a length is not ASCII"),
+        Ok(s) => malformed(format!("bad length {s:?}")),
+    }
+}
+
+/// Reads a decimal integer as `str::parse::<i64>` does (an optional `+` or `-`, then at least
+/// one ASCII digit, no other byte, within `i64`), without the UTF-8 pass.
+fn parse_i64(line: &[u8]) -> Option<i64> {
+    let (negative, digits) = match line.split_first()? {
+        (b'-', rest) => (true, rest),
+        (b'+', rest) => (false, rest),
+        _ => (false, line),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n = 0i64;
+    for &d in digits {
+        let d = d.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        n = n.checked_mul(10)?;
+        // Negative numbers are built downwards so that `i64::MIN` fits.
+        n = if negative {
+            n.checked_sub(i64::from(d))?
+        } else {
+            n.checked_add(i64::from(d))?
+        };
+    }
+    Some(n)
 }
 
 fn from2(f: Frame2) -> Value {
@@ -732,5 +842,159 @@ mod tests {
         let mut buf = BytesMut::from(&b"+"[..]);
         buf.extend_from_slice(&vec![b'x'; MAX_LINE + 10]);
         assert!(r.next(&mut buf).is_err());
+    }
+
+    /// `parse_len` as it was before the digit loop: the specification of the lengths and
+    /// errors it must keep.
+    fn parse_len_via_str(line: &[u8]) -> Result<i64, FrameError> {
+        let s = std::str::from_utf8(line).map_err(|_| malformed("a length is not ASCII"))?;
+        s.parse::<i64>()
+            .map_err(|_| malformed(format!("bad length {s:?}")))
+    }
+
+    #[test]
+    fn lengths_are_read_as_str_parse_reads_them() {
+        let lines: &[&[u8]] = &[
+            b"0",
+            b"7",
+            b"-1",
+            b"-0",
+            b"+0",
+            b"+7",
+            b"0042",
+            b"-0042",
+            b"9223372036854775807",
+            b"09223372036854775807",
+            b"-9223372036854775808",
+            b"9223372036854775808",
+            b"-9223372036854775809",
+            b"99999999999999999999",
+            b"",
+            b"-",
+            b"+",
+            b"+-1",
+            b"-+1",
+            b"--1",
+            b"1-",
+            b"1.5",
+            b" 1",
+            b"1 ",
+            b"abc",
+            b"\xff1",
+            b"1\xff",
+            b"\xc2\xb9",
+            b"\xd9\xa1",
+            b"1\r",
+            b"\n1",
+            b"1_000",
+            b"0x10",
+        ];
+        for line in lines {
+            assert_eq!(parse_len(line), parse_len_via_str(line), "{line:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn lengths_match_str_parse(
+            line in proptest::collection::vec(
+                proptest::sample::select(b"0123456789+- \xff\x00".to_vec()),
+                0..24,
+            )
+        ) {
+            proptest::prop_assert_eq!(parse_len(&line), parse_len_via_str(&line));
+        }
+
+        /// The message fast path against the general path alone, on message frames and near
+        /// misses, whole and in pieces, under loose and tight limits.
+        #[test]
+        fn fast_path_matches_the_general_path(
+            pieces in proptest::collection::vec(
+                (0usize..8, 0usize..12, 0usize..12, 0usize..20, 0usize..20, 0usize..40),
+                1..5,
+            ),
+            tail in 0usize..3,
+            cut in proptest::option::of(0usize..400),
+            chunk in 1usize..64,
+            limits in 0usize..5,
+            resp3 in proptest::bool::ANY,
+        ) {
+            let mut bytes = Vec::new();
+            // Half of each choice is the usual spelling (index 0).
+            let usual = |i: usize, n: usize| if i >= n { 0 } else { i };
+            for (head, count, kind, ch, pl, n) in pieces {
+                let (head, count, kind) = (usual(head, 4), usual(count, 6), usual(kind, 6));
+                let (ch, pl) = (usual(ch, 10), usual(pl, 10));
+                // (Not `%` or `~`: redis-protocol decodes maps and sets through hash tables, so
+                // their order differs between two decodes.)
+                bytes.extend_from_slice([&b"*"[..], b">", b"_", b"-"][head]);
+                bytes.extend_from_slice([&b"3\r\n"[..], b"03\r\n", b"+3\r\n", b"2\r\n", b"4\r\n", b"3\n"][count]);
+                bytes.extend_from_slice(
+                    [
+                        &b"$7\r\nmessage\r\n"[..],
+                        b"$8\r\nsmessage\r\n",
+                        b"$07\r\nmessage\r\n",
+                        b"$7\r\nMESSAGE\r\n",
+                        b"$9\r\nsubscribe\r\n",
+                        b"+message\r\n",
+                    ][kind],
+                );
+                for (spelling, len) in [(ch, n % 7), (pl, n)] {
+                    let data = vec![b'\r'; len];
+                    let header = match spelling {
+                        0 => format!("${len}\r\n"),
+                        1 => "$\r\n".to_string(),
+                        2 => format!("$0{len}\r\n"),
+                        3 => format!("$+{len}\r\n"),
+                        4 => "$-1\r\n".to_string(),
+                        5 => format!("${}\r\n", len + 1),
+                        6 => format!("$ {len}\r\n"),
+                        7 => format!("$00000000{len}\r\n"),
+                        8 => format!("$0000000000{len}\r\n"),
+                        _ => format!("${len}\n"),
+                    };
+                    bytes.extend_from_slice(header.as_bytes());
+                    if spelling != 4 && spelling != 1 {
+                        bytes.extend_from_slice(&data);
+                        bytes.extend_from_slice(b"\r\n");
+                    }
+                }
+                bytes.extend_from_slice([&b""[..], b"\r\n", b":1\r\n"][tail]);
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut);
+            }
+            let limits = [
+                FrameLimits { max_frame_bytes: 1 << 20, max_depth: 8, max_elements: 1000 },
+                FrameLimits { max_frame_bytes: 48, max_depth: 8, max_elements: 1000 },
+                FrameLimits { max_frame_bytes: 60, max_depth: 8, max_elements: 3 },
+                FrameLimits { max_frame_bytes: 1 << 20, max_depth: 0, max_elements: 1000 },
+                FrameLimits { max_frame_bytes: 1 << 20, max_depth: 8, max_elements: 2 },
+            ][limits];
+            let protocol = if resp3 { Protocol::Resp3 } else { Protocol::Resp2 };
+            let mut fast = Reader::new(protocol, limits);
+            let mut general = Reader::new(protocol, limits);
+            let (mut fast_buf, mut general_buf) = (BytesMut::new(), BytesMut::new());
+            for piece in bytes.chunks(chunk) {
+                fast_buf.extend_from_slice(piece);
+                general_buf.extend_from_slice(piece);
+                loop {
+                    let got = fast.next(&mut fast_buf);
+                    let want = if general_buf.is_empty() || general_buf.len() < general.need {
+                        Ok(None)
+                    } else {
+                        general.next_scanned(&mut general_buf)
+                    };
+                    proptest::prop_assert_eq!(&got, &want);
+                    proptest::prop_assert_eq!(&fast_buf, &general_buf);
+                    proptest::prop_assert_eq!(fast.need, general.need);
+                    if !matches!(got, Ok(Some(_))) {
+                        break;
+                    }
+                }
+            }
+        }
     }
 }

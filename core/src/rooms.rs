@@ -156,9 +156,12 @@ impl Room {
                 o.last = t.seq;
                 SeqCheck::Gap(gap)
             };
-            // Most recently seen goes last, so eviction takes the least recent.
-            let o = origins.remove(i);
-            origins.push(o);
+            // Most recently seen goes last, so eviction takes the least recent. (It is last
+            // already when one origin sends a run of messages, the usual case.)
+            if i + 1 != origins.len() {
+                let o = origins.remove(i);
+                origins.push(o);
+            }
             check
         } else {
             if origins.len() >= max_origins {

@@ -184,6 +184,8 @@ pub struct Hub {
     shutting_down: bool,
     closed: bool,
     scratch: Vec<u8>,
+    /// Where a received message's room id is unescaped (no allocation per message).
+    room_scratch: String,
     presence: presence::PresenceState,
 }
 
@@ -234,6 +236,7 @@ impl Hub {
             shutting_down: false,
             closed: false,
             scratch: Vec::new(),
+            room_scratch: String::new(),
             presence: presence::PresenceState::new(crate::presence::Keys::new(
                 &namer_for_keys,
                 id.instance,

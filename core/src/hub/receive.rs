@@ -171,7 +171,10 @@ impl Hub {
             return;
         }
         let max_room = self.config.max_room_id_bytes;
-        let Some(name) = self.namer.room_str_from_channel(&channel, max_room) else {
+        let Some(name) = self
+            .namer
+            .room_str_in(&channel, max_room, &mut self.room_scratch)
+        else {
             self.metrics.dropped_unknown_channel += 1;
             self.events.push_back(Event::Dropped {
                 cause: DropCause::UnknownChannel,
@@ -179,7 +182,7 @@ impl Hub {
             });
             return;
         };
-        let Some((room_id, room)) = self.rooms.get_with_id(&name) else {
+        let Some((room_id, room)) = self.rooms.get_with_id(name) else {
             self.metrics.dropped_unknown_channel += 1;
             return;
         };
@@ -198,7 +201,7 @@ impl Hub {
             self.metrics.dropped_room_mismatch += 1;
             self.events.push_back(Event::Dropped {
                 cause: DropCause::RoomMismatch,
-                room: RoomId::new(&name, max_room).ok(),
+                room: RoomId::new(name, max_room).ok(),
             });
             return;
         }
