@@ -224,9 +224,11 @@ impl Reader {
 
     /// The fast path: the frame at the front of `buf` when it is a complete pub/sub message
     /// in the spelling Redis writes, `*3` (or `>3`), `$7 message` (or `$8 smessage`), then
-    /// two bulk strings with plain decimal lengths, and within every limit. It yields exactly
-    /// what [`Reader::next_scanned`] yields for such a frame; anything else (an incomplete
-    /// frame, another spelling, a limit reached, an error) is left to that path.
+    /// two bulk strings with plain decimal lengths, or a (un)subscribe confirmation (`*3` in
+    /// RESP2, `>3` in RESP3, the kind, a bulk channel and a plain decimal count), and within
+    /// every limit. It yields exactly what [`Reader::next_scanned`] yields for such a frame;
+    /// anything else (an incomplete frame, another spelling, a limit reached, an error) is
+    /// left to that path.
     fn message(&mut self, buf: &mut BytesMut) -> Option<Incoming> {
         let lim = self.limits;
         // What the scan checks for the `*3` header.
@@ -241,7 +243,7 @@ impl Reader {
         let kind = match b.get(head..head + 4)? {
             b"$7\r\n" if b.get(head + 4..head + 13)? == b"message\r\n" => head + 13,
             b"$8\r\n" if b.get(head + 4..head + 14)? == b"smessage\r\n" => head + 14,
-            _ => return None,
+            _ => return self.confirmation(buf),
         };
         let (channel, after_channel) = bulk_at(b, kind)?;
         let (payload, end) = bulk_at(b, after_channel)?;
@@ -254,6 +256,43 @@ impl Reader {
         Some(Incoming::Message {
             channel: frame.slice(channel),
             payload: frame.slice(payload),
+        })
+    }
+
+    /// The fast path's (un)subscribe confirmations: `[kind, channel, count]` as a push (RESP3
+    /// `>3`) or, in RESP2, an array (a RESP3 `*3` array is a reply, not a confirmation).
+    fn confirmation(&mut self, buf: &mut BytesMut) -> Option<Incoming> {
+        let b: &[u8] = buf;
+        match (self.protocol, b.first()?) {
+            (Protocol::Resp2, b'*') | (Protocol::Resp3, b'>') => {}
+            _ => return None,
+        }
+        let (subscribed, channel_at) = [
+            (&b"$9\r\nsubscribe\r\n"[..], true),
+            (b"$10\r\nssubscribe\r\n", true),
+            (b"$11\r\nunsubscribe\r\n", false),
+            (b"$12\r\nsunsubscribe\r\n", false),
+        ]
+        .into_iter()
+        .find_map(|(kind, sub)| {
+            b.get(4..4 + kind.len())
+                .filter(|k| *k == kind)
+                .map(|_| (sub, 4 + kind.len()))
+        })?;
+        let (channel, count_at) = bulk_at(b, channel_at)?;
+        let end = int_at(b, count_at)?;
+        if end > self.limits.max_frame_bytes {
+            return None;
+        }
+        self.need = 0;
+        let frame = buf.split_to(end).freeze();
+        let channel = frame.slice(channel);
+        Some(if subscribed {
+            Incoming::Subscribed { channel }
+        } else {
+            Incoming::Unsubscribed {
+                channel: Some(channel),
+            }
         })
     }
 
@@ -504,6 +543,24 @@ fn bulk_at(b: &[u8], pos: usize) -> Option<(std::ops::Range<usize>, usize)> {
         return None;
     }
     Some((start..end, end + 2))
+}
+
+/// An integer `:<1 to 18 decimal digits>\r\n` complete at `pos` of `b`: where the next
+/// element starts. `None` for anything else (signs, longer numbers: the scan decides).
+fn int_at(b: &[u8], pos: usize) -> Option<usize> {
+    let rest = b.get(pos..)?;
+    if rest.first() != Some(&b':') {
+        return None;
+    }
+    let digits = rest
+        .iter()
+        .skip(1)
+        .take_while(|d| d.is_ascii_digit())
+        .count();
+    if !(1..=18).contains(&digits) || rest.get(1 + digits..3 + digits)? != b"\r\n" {
+        return None;
+    }
+    Some(pos + 3 + digits)
 }
 
 fn parse_len(line: &[u8]) -> Result<i64, FrameError> {
@@ -905,6 +962,84 @@ mod tests {
             )
         ) {
             proptest::prop_assert_eq!(parse_len(&line), parse_len_via_str(&line));
+        }
+
+        /// The confirmation fast path against the general path alone: (un)subscribe frames
+        /// and near misses, whole and in pieces, under loose and tight limits.
+        #[test]
+        fn confirmation_fast_path_matches_the_general_path(
+            frames in proptest::collection::vec(
+                (0usize..6, 0usize..10, 0usize..8, 0usize..12, 0usize..20),
+                1..5,
+            ),
+            cut in proptest::option::of(0usize..200),
+            chunk in 1usize..48,
+            limits in 0usize..4,
+            resp3 in proptest::bool::ANY,
+        ) {
+            let usual = |i: usize, n: usize| if i >= n { 0 } else { i };
+            let mut bytes = Vec::new();
+            for (head, kind, channel, count, len) in frames {
+                bytes.extend_from_slice([&b"*3\r\n"[..], b">3\r\n", b"*2\r\n", b">4\r\n", b"*03\r\n"][usual(head, 5)]);
+                bytes.extend_from_slice(
+                    [
+                        &b"$9\r\nsubscribe\r\n"[..],
+                        b"$11\r\nunsubscribe\r\n",
+                        b"$10\r\nssubscribe\r\n",
+                        b"$12\r\nsunsubscribe\r\n",
+                        b"$9\r\nSUBSCRIBE\r\n",
+                        b"$09\r\nsubscribe\r\n",
+                        b"+subscribe\r\n",
+                        b"$7\r\nmessage\r\n",
+                    ][usual(kind, 8)],
+                );
+                let data = "c:h%/".repeat(len / 5 + 1)[..len].to_string();
+                let header = match usual(channel, 5) {
+                    0 => format!("${len}\r\n{data}\r\n"),
+                    1 => "$-1\r\n".to_string(),
+                    2 => format!("$0{len}\r\n{data}\r\n"),
+                    3 => format!("+{data}\r\n"),
+                    _ => format!("${}\r\n{data}\r\n", len + 1),
+                };
+                bytes.extend_from_slice(header.as_bytes());
+                let tail = [
+                    ":1\r\n", ":0\r\n", ":+1\r\n", ":-1\r\n", ":\r\n", ":12a\r\n",
+                    ":123456789012345678\r\n", ":1234567890123456789\r\n",
+                    ":99999999999999999999\r\n", "$1\r\n1\r\n", ":1\n",
+                ][usual(count, 11)];
+                bytes.extend_from_slice(tail.as_bytes());
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut);
+            }
+            let limits = [
+                FrameLimits { max_frame_bytes: 1 << 20, max_depth: 8, max_elements: 1000 },
+                FrameLimits { max_frame_bytes: 40, max_depth: 8, max_elements: 1000 },
+                FrameLimits { max_frame_bytes: 1 << 20, max_depth: 0, max_elements: 1000 },
+                FrameLimits { max_frame_bytes: 1 << 20, max_depth: 8, max_elements: 2 },
+            ][limits];
+            let protocol = if resp3 { Protocol::Resp3 } else { Protocol::Resp2 };
+            let mut fast = Reader::new(protocol, limits);
+            let mut general = Reader::new(protocol, limits);
+            let (mut fast_buf, mut general_buf) = (BytesMut::new(), BytesMut::new());
+            for piece in bytes.chunks(chunk) {
+                fast_buf.extend_from_slice(piece);
+                general_buf.extend_from_slice(piece);
+                loop {
+                    let got = fast.next(&mut fast_buf);
+                    let want = if general_buf.is_empty() || general_buf.len() < general.need {
+                        Ok(None)
+                    } else {
+                        general.next_scanned(&mut general_buf)
+                    };
+                    proptest::prop_assert_eq!(&got, &want);
+                    proptest::prop_assert_eq!(&fast_buf, &general_buf);
+                    proptest::prop_assert_eq!(fast.need, general.need);
+                    if !matches!(got, Ok(Some(_))) {
+                        break;
+                    }
+                }
+            }
         }
 
         /// The message fast path against the general path alone, on message frames and near
