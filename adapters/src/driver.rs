@@ -526,55 +526,44 @@ impl State {
 
     fn conn_join(&mut self, conn: &ConnId, token: u64, rooms: &RoomList) -> Result<usize, Error> {
         self.attached(conn, token)?;
-        let max = self
-            .hub
-            .as_ref()
-            .map_or(roomcast_core::naming::DEFAULT_MAX_ROOM_ID_BYTES, |h| {
-                h.config().max_room_id_bytes
-            });
-        // Every id first: all or nothing.
-        for (i, room) in rooms.iter().enumerate() {
-            let checked = match &self.hub {
-                Some(hub) => hub.check_room(room).map(drop),
-                None => RoomId::new(room, max)
-                    .map(drop)
-                    .map_err(roomcast_core::MemberError::InvalidRoom),
-            };
-            if let Err(e) = checked {
-                return Err(if rooms.len() == 1 {
-                    e.into()
-                } else {
-                    Error::Batch { index: i, error: e }
-                });
+        let batch_error = |(index, error): (usize, roomcast_core::MemberError)| {
+            if rooms.len() == 1 {
+                Error::Member(error)
+            } else {
+                Error::Batch { index, error }
             }
+        };
+        let names: Vec<&str> = rooms.iter().collect();
+        if let Some(hub) = &mut self.hub {
+            // All or nothing: the hub checks every id first.
+            return hub.join_many(&names, conn.as_str()).map_err(batch_error);
         }
+        // Standalone: the same checks, then members sharing the connection's queue.
+        let max = roomcast_core::naming::DEFAULT_MAX_ROOM_ID_BYTES;
+        let ids = names
+            .iter()
+            .enumerate()
+            .map(|(i, room)| {
+                RoomId::new(room, max).map_err(|e| (i, roomcast_core::MemberError::InvalidRoom(e)))
+            })
+            .collect::<Result<Vec<RoomId>, _>>()
+            .map_err(batch_error)?;
+        let Some(a) = self.conns.get(conn) else {
+            return Err(Error::Closed);
+        };
         let mut added = 0;
-        match &mut self.hub {
-            Some(hub) => {
-                for room in rooms.iter() {
-                    added += usize::from(hub.join(room, conn.as_str())?.added);
-                }
-            }
-            None => {
-                let Some(a) = self.conns.get(conn) else {
-                    return Err(Error::Closed);
-                };
-                for room in rooms.iter() {
-                    let room =
-                        RoomId::new(room, max).map_err(roomcast_core::MemberError::InvalidRoom)?;
-                    let entry = self.rooms.entry(room).or_default();
-                    entry.live.set(true);
-                    if !entry.members.contains_key(conn.as_str()) {
-                        entry.members.insert(
-                            conn.clone(),
-                            Member {
-                                queue: a.queue.clone(),
-                                token: a.token,
-                            },
-                        );
-                        added += 1;
-                    }
-                }
+        for room in ids {
+            let entry = self.rooms.entry(room).or_default();
+            entry.live.set(true);
+            if !entry.members.contains_key(conn.as_str()) {
+                entry.members.insert(
+                    conn.clone(),
+                    Member {
+                        queue: a.queue.clone(),
+                        token: a.token,
+                    },
+                );
+                added += 1;
             }
         }
         Ok(added)

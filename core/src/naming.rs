@@ -205,6 +205,12 @@ macro_rules! id_type {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// Whether both share one allocation (tests of interning).
+            #[cfg(test)]
+            pub(crate) fn ptr_eq(&self, other: &Self) -> bool {
+                Arc::ptr_eq(&self.0, &other.0)
+            }
         }
 
         impl fmt::Debug for $name {

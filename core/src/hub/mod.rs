@@ -458,19 +458,48 @@ impl Hub {
         if self.shutting_down {
             return Err(MemberError::Shutdown);
         }
-        let room = self.check_room(room)?;
+        RoomId::check(room, self.config.max_room_id_bytes).map_err(MemberError::InvalidRoom)?;
         let conn = ConnId::new(conn, self.config.max_conn_id_bytes)
             .map_err(MemberError::InvalidConnection)?;
-        let added = self.rooms.join(&room, &conn);
+        Ok(self.join_checked(room, &conn))
+    }
+
+    /// Adds one local connection to many rooms, as [`Hub::join`] does one by one, with the
+    /// connection id checked once. Every room id is checked first: if one is invalid nothing
+    /// is joined and the error comes with its position in `rooms`. Returns how many rooms
+    /// were newly joined.
+    pub fn join_many(&mut self, rooms: &[&str], conn: &str) -> Result<usize, (usize, MemberError)> {
+        if self.shutting_down {
+            return Err((0, MemberError::Shutdown));
+        }
+        let conn = ConnId::new(conn, self.config.max_conn_id_bytes)
+            .map_err(|e| (0, MemberError::InvalidConnection(e)))?;
+        for (i, room) in rooms.iter().enumerate() {
+            RoomId::check(room, self.config.max_room_id_bytes)
+                .map_err(|e| (i, MemberError::InvalidRoom(e)))?;
+        }
+        Ok(rooms
+            .iter()
+            .filter(|room| self.join_checked(room, &conn).added)
+            .count())
+    }
+
+    /// [`Hub::join`] after the checks; a room already known is not allocated again.
+    fn join_checked(&mut self, room: &str, conn: &ConnId) -> Joined {
+        let room = match self.rooms.get_with_id(room) {
+            Some((id, _)) => id.clone(),
+            None => RoomId::from_checked(room),
+        };
+        let added = self.rooms.join(&room, conn);
         if added {
             self.presence_join(room.as_str(), conn.as_str());
-            self.presence_event(&room, &conn, true);
+            self.presence_event(&room, conn, true);
         }
         let state = self
             .rooms
             .get(room.as_str())
             .map_or(RoomState::Pending, |r| r.state);
-        Ok(Joined { added, state })
+        Joined { added, state }
     }
 
     /// Removes a local connection from a room; the last member unsubscribes it. Returns false
@@ -700,5 +729,54 @@ impl Hub {
 pub(crate) fn shrink_idle<T>(q: &mut VecDeque<T>) {
     if q.is_empty() && q.capacity() > 1024 {
         q.shrink_to(64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::sim::{ModelConfig, Sim};
+    use crate::{Config, MemberError, RoomState};
+
+    #[test]
+    fn join_many_is_all_or_nothing_and_counts_new_rooms() {
+        let mut s = Sim::new(1, ModelConfig::default(), |_| Config {
+            pool_size: 1,
+            ..Config::default()
+        });
+        s.settle();
+        let hub = &mut s.nodes[0].hub;
+        match hub.join_many(&["a", "", "b"], "c") {
+            Err((1, MemberError::InvalidRoom(_))) => {}
+            other => panic!("expected the empty id at 1: {other:?}"),
+        }
+        assert!(hub.rooms_of("c").is_empty(), "nothing joined");
+        assert!(matches!(
+            hub.join_many(&["a"], ""),
+            Err((0, MemberError::InvalidConnection(_)))
+        ));
+        hub.join("a", "other").unwrap();
+        assert_eq!(hub.join_many(&["a", "b", "a", "c/d"], "c"), Ok(3));
+        assert_eq!(hub.join_many(&["b"], "c"), Ok(0));
+        let rooms: Vec<&str> = hub.rooms_of("c").iter().map(|r| r.as_str()).collect();
+        assert_eq!(rooms, ["a", "b", "c/d"]);
+        s.settle();
+        for room in ["a", "b", "c/d"] {
+            assert_eq!(s.nodes[0].hub.room_state(room), Some(RoomState::Live));
+        }
+        // The room known before is shared, not allocated again.
+        let hub = &s.nodes[0].hub;
+        let a = |conn: &str| {
+            hub.rooms_of(conn)
+                .iter()
+                .find(|r| r.as_str() == "a")
+                .cloned()
+                .unwrap()
+        };
+        assert!(a("c").ptr_eq(&a("other")));
+        s.nodes[0].hub.begin_shutdown(s.now);
+        assert_eq!(
+            s.nodes[0].hub.join_many(&["z"], "c"),
+            Err((0, MemberError::Shutdown))
+        );
     }
 }
