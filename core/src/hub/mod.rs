@@ -773,6 +773,15 @@ mod tests {
                 .unwrap()
         };
         assert!(a("c").ptr_eq(&a("other")));
+        // And the connection id is one allocation however many rooms it is in.
+        let c_in = |room: &str| {
+            hub.members(room)
+                .iter()
+                .find(|c| c.as_str() == "c")
+                .cloned()
+                .unwrap()
+        };
+        assert!(c_in("a").ptr_eq(&c_in("c/d")));
         s.nodes[0].hub.begin_shutdown(s.now);
         assert_eq!(
             s.nodes[0].hub.join_many(&["z"], "c"),
