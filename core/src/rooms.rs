@@ -39,28 +39,34 @@ pub(crate) enum SeqCheck {
 }
 
 /// One value or several: most rooms of a busy server have one local member and most
-/// connections are in one room, so that case needs no allocation of its own.
+/// connections are in one room, so that case needs no allocation of its own. Several live
+/// behind one box, which keeps `Few` at 16 bytes (the size of one id); none is `Many(None)`.
 #[derive(Debug)]
+// The box is the point: it keeps the enum at the size of `T` (clippy's `box_collection`).
+#[allow(clippy::box_collection)]
 enum Few<T> {
     One(T),
-    Many(Vec<T>),
+    Many(Option<Box<Vec<T>>>),
 }
 
 impl<T: PartialEq + Clone> Few<T> {
+    const NONE: Few<T> = Few::Many(None);
+
     fn as_slice(&self) -> &[T] {
         match self {
             Few::One(c) => std::slice::from_ref(c),
-            Few::Many(v) => v,
+            Few::Many(Some(v)) => v,
+            Few::Many(None) => &[],
         }
     }
 
     fn push(&mut self, x: T) {
         match self {
-            Few::Many(v) if v.is_empty() => *self = Few::One(x),
-            Few::Many(v) => v.push(x),
+            Few::Many(None) => *self = Few::One(x),
+            Few::Many(Some(v)) => v.push(x),
             Few::One(first) => {
                 let first = first.clone();
-                *self = Few::Many(vec![first, x]);
+                *self = Few::Many(Some(Box::new(vec![first, x])));
             }
         }
     }
@@ -68,17 +74,29 @@ impl<T: PartialEq + Clone> Few<T> {
     fn remove(&mut self, x: &T) -> bool {
         match self {
             Few::One(c) if c == x => {
-                *self = Few::Many(Vec::new());
+                *self = Self::NONE;
                 true
             }
-            Few::One(_) => false,
-            Few::Many(v) => match v.iter().position(|c| c == x) {
+            Few::One(_) | Few::Many(None) => false,
+            Few::Many(Some(v)) => match v.iter().position(|c| c == x) {
                 Some(i) => {
                     v.swap_remove(i);
+                    if v.len() <= 1 {
+                        // Back to the inline form (frees the box).
+                        *self = v.pop().map_or(Self::NONE, Few::One);
+                    }
                     true
                 }
                 None => false,
             },
+        }
+    }
+
+    fn into_vec(self) -> Vec<T> {
+        match self {
+            Few::One(c) => vec![c],
+            Few::Many(Some(v)) => *v,
+            Few::Many(None) => Vec::new(),
         }
     }
 }
@@ -102,7 +120,7 @@ pub(crate) struct Room {
 impl Room {
     fn new() -> Room {
         Room {
-            members: Few::Many(Vec::new()),
+            members: Few::NONE,
             traffic: None,
             state: RoomState::Pending,
             queued: false,
@@ -278,10 +296,7 @@ impl Rooms {
         room.members.push(conn.clone());
         room.members_changed();
         self.memberships += 1;
-        self.conns
-            .entry(conn)
-            .or_insert(Few::Many(Vec::new()))
-            .push(id.clone());
+        self.conns.entry(conn).or_insert(Few::NONE).push(id.clone());
         if !was_wanted && room.state == RoomState::Pending {
             Self::mark_dirty(&mut self.dirty, &id, room);
         }
@@ -311,10 +326,8 @@ impl Rooms {
     /// Removes a connection from every room; returns the rooms it left. Linear in the
     /// connection's rooms (its room list is taken whole, not searched once per room).
     pub(crate) fn disconnect(&mut self, conn: &ConnId) -> Vec<RoomId> {
-        let rooms = match self.conns.remove(conn.as_str()) {
-            Some(Few::One(r)) => vec![r],
-            Some(Few::Many(v)) => v,
-            None => return Vec::new(),
+        let Some(rooms) = self.conns.remove(conn.as_str()).map(Few::into_vec) else {
+            return Vec::new();
         };
         for id in &rooms {
             if let Some(room) = self.map.get_mut(id) {
