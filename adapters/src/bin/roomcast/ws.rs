@@ -204,7 +204,13 @@ async fn connection(
     stats.connections.fetch_add(1, Ordering::Relaxed);
     let _open = Open(stats.clone());
 
-    let mut member = match rc.join(&room, &conn).await {
+    // One Connection per socket: one stream of every room it is in (here, one room).
+    let joined = async {
+        let member = rc.connection(&conn).await?;
+        member.join(&room).await?;
+        Ok::<_, roomcast::Error>(member)
+    };
+    let mut member = match joined.await {
         Ok(m) => m,
         Err(e) => {
             stats.error(format!("join {room}: {e}"));
@@ -219,9 +225,7 @@ async fn connection(
         "type": "welcome", "room": room, "connection": conn, "instance": instance,
     });
     if ws.send(Message::text(welcome.to_string())).await.is_err() {
-        drop(member);
-        let _ = rc.disconnect(&conn).await;
-        return;
+        return; // dropping the Connection leaves its rooms
     }
     let mut publisher = rc.publisher();
     let presence = |event: &str| {
@@ -276,8 +280,8 @@ async fn connection(
             }
         }
     }
+    // Leaves every room; the driver sees the drop before the presence "leave" below.
     drop(member);
-    let _ = rc.disconnect(&conn).await;
     if publisher.send(presence("leave")).await.is_ok() {
         stats.presence_published.fetch_add(1, Ordering::Relaxed);
     }
