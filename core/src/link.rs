@@ -34,15 +34,38 @@ pub enum LinkState {
     Closed,
 }
 
-/// A publish on its way: queued for its link, or written and awaiting Redis's count.
-#[derive(Debug, Clone)]
+/// A publish waiting for its link: refused nothing, not yet written (or to be written again).
+#[derive(Debug)]
 pub(crate) struct Outgoing {
     pub id: PublishId,
-    pub room: RoomId,
-    /// The encoded envelope body (no trailer).
-    pub body: Bytes,
-    /// (epoch, seq) once written.
-    pub seq: Option<(u64, u64)>,
+    pub bytes: Queued,
+}
+
+/// The bytes a queued publish is written from.
+#[derive(Debug)]
+pub(crate) enum Queued {
+    /// Never written (its link was down or full when it was published): the envelope body
+    /// without trailer, numbered and framed when it is written.
+    Body { room: RoomId, body: Bytes },
+    /// Written before its link failed and not confirmed: its PUBLISH frame, written again as
+    /// it was (same channel, same trailer, so the same (epoch, seq)).
+    Frame(Bytes),
+}
+
+/// A publish written to its link, awaiting Redis's count.
+#[derive(Debug)]
+pub(crate) struct Written {
+    pub id: PublishId,
+    pub frame: Frame,
+}
+
+/// Where a written publish's PUBLISH frame is, kept for a resend after a broken link.
+#[derive(Debug)]
+pub(crate) enum Frame {
+    /// Not handed out yet: its place in [`Link::out`].
+    Unsent { start: usize, end: usize },
+    /// Handed out: a slice of the bytes transmitted (see [`Link::take_output`]).
+    Sent(Bytes),
 }
 
 /// A request whose reply is expected, in the order written.
@@ -53,7 +76,7 @@ pub(crate) enum Request {
     /// A PING, from keepalive (`user == false`) or from `Hub::ping`.
     Ping { user: bool },
     /// A publish.
-    Publish(Outgoing),
+    Publish(Written),
     /// A liveness probe published to the control channel.
     Probe { token: u64 },
     /// A SUBSCRIBE or UNSUBSCRIBE awaiting this many confirmations.
@@ -95,7 +118,11 @@ pub(crate) struct Link {
     pub id: LinkId,
     pub role: LinkRole,
     pub state: LinkState,
+    /// Bytes written and not yet handed out by [`Link::take_output`].
     pub out: BytesMut,
+    /// How many publishes in `fifo` are [`Frame::Unsent`] (those written since the last
+    /// [`Link::take_output`]); 0 spares `take_output` a look at the FIFO.
+    pub unsent_frames: usize,
     pub reader: Reader,
     pub fifo: VecDeque<(Instant, Request)>,
     pub last_input: Instant,
@@ -118,6 +145,7 @@ impl Link {
             role,
             state: LinkState::Backoff { until: now },
             out: BytesMut::new(),
+            unsent_frames: 0,
             reader: Reader::new(config.server.protocol, frame_limits(config)),
             fifo: VecDeque::new(),
             last_input: now,
@@ -142,6 +170,7 @@ impl Link {
         let name = format!("{}-{}", config.client_name, self.id.0);
         self.out.clear();
         self.fifo.clear();
+        self.unsent_frames = 0;
         self.reader = Reader::new(s.protocol, frame_limits(config));
         self.held_input = 0;
         match s.protocol {
@@ -181,6 +210,54 @@ impl Link {
         }
         self.state = LinkState::Handshaking { since: now };
         self.last_input = now;
+    }
+
+    /// Files a publish whose PUBLISH frame was just written to `out` from `start` on.
+    pub(crate) fn push_written(&mut self, id: PublishId, start: usize, now: Instant) {
+        let frame = Frame::Unsent {
+            start,
+            end: self.out.len(),
+        };
+        self.inflight_publishes += 1;
+        self.unsent_frames += 1;
+        self.fifo
+            .push_back((now, Request::Publish(Written { id, frame })));
+    }
+
+    /// Hands out everything written since the last call as one chunk, and gives each publish
+    /// written since then its frame as a slice of that chunk (a reference count, no copy): the
+    /// frame sent is the one kept for a resend.
+    ///
+    /// Memory: a slice keeps the allocation under its chunk alive until its publish is
+    /// confirmed or failed. Replies come in order, so the allocations held are the one with
+    /// the oldest unconfirmed publish and those after it: beyond the unconfirmed frames
+    /// themselves (at most `max_inflight_publishes`, each within `max_envelope_bytes`), about
+    /// one output block or chunk (a chunk is what `out` held, below `max_output_bytes` plus
+    /// one frame). That is what the private copies of each body this replaced held, plus
+    /// one buffer.
+    pub(crate) fn take_output(&mut self) -> Bytes {
+        let chunk = self.out.split().freeze();
+        let mut left = std::mem::take(&mut self.unsent_frames);
+        // The unsent publishes are the last ones in the FIFO.
+        for (_, req) in self.fifo.iter_mut().rev() {
+            if left == 0 {
+                break;
+            }
+            let Request::Publish(w) = req else {
+                continue;
+            };
+            let Frame::Unsent { start, end } = w.frame else {
+                break;
+            };
+            left -= 1;
+            // Always within the chunk (`out` is only ever appended to between two calls);
+            // checked all the same rather than trusted with a panic.
+            debug_assert!(start <= end && end <= chunk.len());
+            if start <= end && end <= chunk.len() {
+                w.frame = Frame::Sent(chunk.slice(start..end));
+            }
+        }
+        chunk
     }
 
     /// Is any handshake reply still outstanding?

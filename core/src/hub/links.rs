@@ -1,6 +1,7 @@
 //! Link life: opening, failure and backoff, readiness, subscriptions, keepalive and probes.
 
 use super::*;
+use crate::link::{Frame, Queued};
 
 impl Hub {
     pub(super) fn open(&mut self, idx: usize, now: Instant) {
@@ -72,6 +73,10 @@ impl Hub {
             l.down_since = Some(now);
         }
         l.last_error = Some(cause.clone());
+        if l.unsent_frames > 0 {
+            // Publishes written but never handed out keep their frames for the resend below.
+            let _ = l.take_output();
+        }
         l.out.clear();
         l.held_input = 0;
         l.inflight_publishes = 0;
@@ -80,11 +85,14 @@ impl Hub {
         let mut presence_lost = Vec::new();
         for (_, req) in fifo {
             match req {
-                Request::Publish(o) => match self.config.unconfirmed {
-                    UnconfirmedPolicy::Resend => resend.push(o),
-                    UnconfirmedPolicy::FailUnknown => {
-                        self.fail_publish(o.id, PublishError::OutcomeUnknown)
-                    }
+                Request::Publish(w) => match (self.config.unconfirmed, w.frame) {
+                    (UnconfirmedPolicy::Resend, Frame::Sent(frame)) => resend.push(Outgoing {
+                        id: w.id,
+                        bytes: Queued::Frame(frame),
+                    }),
+                    // Every frame is `Sent` after `take_output`; one that was not kept could
+                    // not be resent.
+                    _ => self.fail_publish(w.id, PublishError::OutcomeUnknown),
                 },
                 Request::Probe { .. } => self.probe = None,
                 Request::Presence(p) => presence_lost.push(p),

@@ -661,7 +661,7 @@ impl Hub {
             let l = &mut self.links[idx];
             if !l.out.is_empty() {
                 self.next_transmit = if idx + 1 == n { 0 } else { idx + 1 };
-                let bytes = l.out.split().freeze();
+                let bytes = l.take_output();
                 self.metrics.bytes_out += bytes.len() as u64;
                 return Some(Transmit { link: l.id, bytes });
             }

@@ -1,6 +1,9 @@
 //! Publishing: numbering, writing, queueing and pumping publishes per link.
 
+use bytes::BufMut;
+
 use super::*;
+use crate::link::Queued;
 
 /// A PUBLISH command's array header and name: `*3`, `$7 PUBLISH`.
 const PUBLISH_HEAD: &[u8] = b"*3\r\n$7\r\nPUBLISH\r\n";
@@ -38,79 +41,73 @@ impl Hub {
         // Nothing below refuses the publish.
         self.next_publish += 1;
         let id = PublishId(self.next_publish);
-        let mut body = Vec::with_capacity(len - TRAILER_LEN);
-        envelope::encode(
-            &mut body,
-            msg.room,
-            msg.message_type,
-            msg.data,
-            msg.exclude_connection,
-            msg.timestamp,
-            None,
-        );
-        let body = Bytes::from(body);
-        let local_first = self.config.delivery == DeliveryMode::LocalFirst;
-        // Slicing shares (and so promotes) the body: only done when it is delivered here.
-        let data = local_first.then(|| {
-            let at = envelope::data_offset(msg.room);
-            body.slice(at..at + msg.data.len())
-        });
         self.metrics.published += 1;
-        // The id again for a local delivery (a reference count, no copy).
-        let (seq, local_room) = if writable {
+        let (seq, room) = if writable {
             let (room, epoch, seq) = self.take_seq(msg.room);
-            let local_room = data.as_ref().map(|_| room.clone());
-            let out = Outgoing {
-                id,
-                room,
-                body,
-                seq: Some((epoch, seq)),
-            };
-            self.emit_publish(idx, out, epoch, seq, now);
-            (Some((epoch, seq)), local_room)
+            self.emit_publish(idx, id, &room, Body::Message(msg), epoch, seq, now);
+            (Some((epoch, seq)), room)
         } else {
+            // Queued while its link cannot take it (rare): encoded on its own, to be numbered
+            // and framed when written.
             let room = self.known_room(msg.room);
-            let local_room = data.as_ref().map(|_| room.clone());
+            let mut body = Vec::with_capacity(len - TRAILER_LEN);
+            envelope::encode(
+                &mut body,
+                msg.room,
+                msg.message_type,
+                msg.data,
+                msg.exclude_connection,
+                msg.timestamp,
+                None,
+            );
+            let body = Bytes::from(body);
             self.links[idx].queue.push_back(Outgoing {
                 id,
-                room,
-                body,
-                seq: None,
+                bytes: Queued::Body {
+                    room: room.clone(),
+                    body,
+                },
             });
             self.queued_total += 1;
-            (None, local_room)
+            (None, room)
         };
-        if let (Some(data), Some(room)) = (data, local_room) {
-            let origin = seq.map(|(epoch, seq)| Trailer {
-                origin: self.id.instance,
-                epoch,
-                seq,
-            });
-            // A room whose last member left only waits for its UNSUBSCRIBE: nobody to deliver
-            // to, as on the receiving side.
-            let room_with_members = self
-                .rooms
-                .get_mut(msg.room)
-                .filter(|r| !r.members().is_empty());
-            if let Some(r) = room_with_members {
-                let excluded = msg
-                    .exclude_connection
-                    .and_then(|e| r.has_member(e).cloned());
-                let message = Message {
-                    room,
-                    message_type: msg.message_type,
-                    data,
-                    exclude_connection: msg.exclude_connection.map(Into::into),
-                    timestamp: msg.timestamp,
-                    origin,
-                };
-                let d = Delivery::new(message, r.recipients(), excluded);
-                self.metrics.delivered += 1;
-                self.metrics.member_deliveries += d.recipient_count() as u64;
-                self.events.push_back(Event::Delivery(d));
-            }
+        if self.config.delivery == DeliveryMode::LocalFirst {
+            self.deliver_local(msg, room, seq);
         }
         Ok(id)
+    }
+
+    /// LocalFirst: delivers a publish to the room's members here at once.
+    fn deliver_local(&mut self, msg: &Publish<'_>, room: RoomId, seq: Option<(u64, u64)>) {
+        let origin = seq.map(|(epoch, seq)| Trailer {
+            origin: self.id.instance,
+            epoch,
+            seq,
+        });
+        // A room whose last member left only waits for its UNSUBSCRIBE: nobody to deliver
+        // to, as on the receiving side.
+        let room_with_members = self
+            .rooms
+            .get_mut(msg.room)
+            .filter(|r| !r.members().is_empty());
+        if let Some(r) = room_with_members {
+            let excluded = msg
+                .exclude_connection
+                .and_then(|e| r.has_member(e).cloned());
+            let message = Message {
+                room,
+                message_type: msg.message_type,
+                // The frame is not handed out yet, so there is nothing to share: a copy.
+                data: Bytes::copy_from_slice(msg.data),
+                exclude_connection: msg.exclude_connection.map(Into::into),
+                timestamp: msg.timestamp,
+                origin,
+            };
+            let d = Delivery::new(message, r.recipients(), excluded);
+            self.metrics.delivered += 1;
+            self.metrics.member_deliveries += d.recipient_count() as u64;
+            self.events.push_back(Event::Delivery(d));
+        }
     }
 
     /// The shared id of a room that passed `RoomId::check`: from the publish streams or the
@@ -146,50 +143,67 @@ impl Hub {
             && l.out.len() < self.config.max_output_bytes
     }
 
-    /// Writes a PUBLISH, numbering it if it has no number yet. Returns (epoch, seq).
-    pub(super) fn write_publish(
-        &mut self,
-        idx: usize,
-        mut o: Outgoing,
-        now: Instant,
-    ) -> (u64, u64) {
-        let (epoch, seq) = match o.seq {
-            Some(s) => {
-                self.metrics.publish_resent += 1;
-                s
+    /// Writes a queued publish: a new one is numbered now, a resent one keeps its number and
+    /// its frame.
+    pub(super) fn write_publish(&mut self, idx: usize, o: Outgoing, now: Instant) {
+        match o.bytes {
+            Queued::Body { room, body } => {
+                let (epoch, seq) = self.next_seq(&room);
+                self.emit_publish(idx, o.id, &room, Body::Encoded(&body), epoch, seq, now);
             }
-            None => self.next_seq(&o.room),
-        };
-        o.seq = Some((epoch, seq));
-        self.emit_publish(idx, o, epoch, seq, now);
-        (epoch, seq)
+            Queued::Frame(frame) => {
+                self.metrics.publish_resent += 1;
+                let l = &mut self.links[idx];
+                let start = l.out.len();
+                reserve_output(&mut l.out, frame.len());
+                l.out.extend_from_slice(&frame);
+                l.push_written(o.id, start, now);
+            }
+        }
     }
 
-    /// Appends `PUBLISH channel body+trailer` to the link's output in one pass (no scratch
-    /// copy of the channel) and files the publish as awaiting its reply.
-    fn emit_publish(&mut self, idx: usize, o: Outgoing, epoch: u64, seq: u64, now: Instant) {
+    /// Appends `PUBLISH channel body+trailer` to the link's output in one pass (the payload
+    /// is copied once, from the caller's message straight into the output) and files the
+    /// publish as awaiting its reply. Its frame is kept for a resend as a slice of the
+    /// output once handed out (`Link::take_output`), not as a copy of its own.
+    #[allow(clippy::too_many_arguments)]
+    fn emit_publish(
+        &mut self,
+        idx: usize,
+        id: PublishId,
+        room: &RoomId,
+        body: Body<'_>,
+        epoch: u64,
+        seq: u64,
+        now: Instant,
+    ) {
         let trailer = Trailer {
             origin: self.id.instance,
             epoch,
             seq,
         }
         .to_bytes();
-        let channel_len = self.namer.room_channel_len(&o.room);
-        let total = o.body.len() + TRAILER_LEN;
+        let channel_len = self.namer.room_channel_len(room);
+        let total = body.len() + TRAILER_LEN;
         let l = &mut self.links[idx];
+        let start = l.out.len();
         // Header, two bulk headers (at most 24 bytes each), both payloads and their CRLFs.
-        l.out
-            .reserve(PUBLISH_HEAD.len() + 2 * 24 + channel_len + total + 4);
+        reserve_output(
+            &mut l.out,
+            PUBLISH_HEAD.len() + 2 * 24 + channel_len + total + 4,
+        );
         l.out.extend_from_slice(PUBLISH_HEAD);
         encode_bulk_header(&mut l.out, channel_len);
-        self.namer.put_room_channel(&o.room, &mut l.out);
+        self.namer.put_room_channel(room, &mut l.out);
         l.out.extend_from_slice(b"\r\n");
         encode_bulk_header(&mut l.out, total);
-        l.out.extend_from_slice(&o.body);
+        match body {
+            Body::Message(msg) => put_body(&mut l.out, msg),
+            Body::Encoded(body) => l.out.extend_from_slice(body),
+        }
         l.out.extend_from_slice(&trailer);
         l.out.extend_from_slice(b"\r\n");
-        l.inflight_publishes += 1;
-        l.fifo.push_back((now, Request::Publish(o)));
+        l.push_written(id, start, now);
     }
 
     pub(super) fn next_seq(&mut self, room: &RoomId) -> (u64, u64) {
@@ -234,10 +248,256 @@ impl Hub {
     }
 }
 
+/// The envelope body a PUBLISH is written from.
+#[derive(Clone, Copy)]
+enum Body<'a> {
+    /// A new message, encoded straight into the link's output.
+    Message(&'a Publish<'a>),
+    /// A body encoded when the publish was queued.
+    Encoded(&'a [u8]),
+}
+
+impl Body<'_> {
+    /// The body's length on the wire (without trailer).
+    fn len(self) -> usize {
+        match self {
+            Body::Message(m) => {
+                envelope::encoded_len(m.room, m.data.len(), m.exclude_connection, false)
+            }
+            Body::Encoded(b) => b.len(),
+        }
+    }
+}
+
+/// The least a link's output grows by. Frames handed out stay referenced until confirmed
+/// (`Link::take_output`), so the output's allocation can rarely be reused in place while
+/// publishes are in flight; growing it by one frame would allocate once per publish.
+const OUTPUT_BLOCK: usize = 64 << 10;
+
+/// Makes room for `len` more bytes in a link's output, by at least [`OUTPUT_BLOCK`].
+fn reserve_output(out: &mut BytesMut, len: usize) {
+    if out.capacity() - out.len() < len {
+        out.reserve(len.max(OUTPUT_BLOCK));
+    }
+}
+
+/// Appends `msg`'s envelope body (no trailer) to `out`: the bytes [`envelope::encode`] writes
+/// (a test holds them equal), written here because that takes a `Vec` and this goes straight
+/// into the link's output.
+fn put_body(out: &mut BytesMut, msg: &Publish<'_>) {
+    fn put_field(out: &mut BytesMut, bytes: &[u8]) {
+        out.put_u64_le(bytes.len() as u64);
+        out.put_slice(bytes);
+    }
+    put_field(out, msg.room.as_bytes());
+    // The declaration order is the wire number (see `MessageType`).
+    out.put_u32_le(msg.message_type as u32);
+    put_field(out, msg.data);
+    match msg.exclude_connection {
+        None => out.put_u8(0),
+        Some(e) => {
+            out.put_u8(1);
+            put_field(out, e.as_bytes());
+        }
+    }
+    out.put_i64_le(msg.timestamp);
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
+    use bytes::{Bytes, BytesMut};
+
+    use crate::envelope::{self, InstanceId};
     use crate::sim::{ModelConfig, Sim};
-    use crate::{Config, DeliveryMode, Event, MessageType, Publish};
+    use crate::{
+        Config, DeliveryMode, Event, Hub, Identity, LinkId, LinkRequest, MessageType, Publish,
+    };
+
+    #[test]
+    fn put_body_writes_what_envelope_encode_writes() {
+        let types = [
+            MessageType::Broadcast,
+            MessageType::PresenceEvent,
+            MessageType::SystemNotification,
+        ];
+        for message_type in types {
+            for (room, data, exclude, timestamp) in [
+                ("", &b""[..], None, 0),
+                ("r", &b"x"[..], Some("c"), -1),
+                ("a/b:%c", &[7u8; 300][..], Some(""), i64::MIN),
+                ("room", &[0u8; 70_000][..], None, i64::MAX),
+            ] {
+                let msg = Publish {
+                    room,
+                    message_type,
+                    data,
+                    exclude_connection: exclude,
+                    timestamp,
+                };
+                let mut ours = BytesMut::new();
+                super::put_body(&mut ours, &msg);
+                let mut theirs = Vec::new();
+                envelope::encode(
+                    &mut theirs,
+                    room,
+                    message_type,
+                    data,
+                    exclude,
+                    timestamp,
+                    None,
+                );
+                assert_eq!(&ours[..], &theirs[..], "{message_type:?} {room:?}");
+                assert_eq!(ours.len(), super::Body::Message(&msg).len());
+            }
+        }
+    }
+
+    const ME: Identity = Identity {
+        instance: InstanceId(0x0102_0304_0506_0708),
+        epoch: 9,
+    };
+
+    /// A hub with one publish link (no presence), and what it wrote to that link.
+    struct One {
+        hub: Hub,
+        now: Instant,
+        wrote: Vec<u8>,
+    }
+
+    const LINK: LinkId = LinkId(1);
+
+    impl One {
+        fn new() -> One {
+            let config = Config {
+                pool_size: 1,
+                presence: false,
+                ..Config::default()
+            };
+            let now = Instant::now();
+            let hub = Hub::new(config, ME, now).unwrap();
+            let mut one = One {
+                hub,
+                now,
+                wrote: Vec::new(),
+            };
+            one.connect();
+            one
+        }
+
+        /// Opens the publish link and answers its handshake (RESP2: CLIENT SETNAME).
+        fn connect(&mut self) {
+            while let Some(r) = self.hub.poll_link_request() {
+                if let LinkRequest::Open { link: LINK, .. } = r {
+                    self.hub.handle_connected(LINK, self.now);
+                }
+            }
+            let handshake = self.take();
+            assert!(
+                handshake.starts_with(b"*3\r\n$6\r\nCLIENT"),
+                "{handshake:?}"
+            );
+            self.wrote.clear();
+            self.hub
+                .handle_input(LINK, &mut BytesMut::from(&b"+OK\r\n"[..]), self.now);
+            assert!(self.hub.health().links[1].state == crate::LinkState::Ready);
+        }
+
+        /// Everything written to the publish link since the last call.
+        fn take(&mut self) -> Vec<u8> {
+            let mut out = Vec::new();
+            while let Some(tx) = self.hub.poll_transmit() {
+                if tx.link == LINK {
+                    out.extend_from_slice(&tx.bytes);
+                }
+            }
+            self.wrote.extend_from_slice(&out);
+            out
+        }
+
+        fn publish(&mut self, data: &[u8]) {
+            let msg = Publish {
+                room: "r/1",
+                message_type: MessageType::Broadcast,
+                data,
+                exclude_connection: Some("c"),
+                timestamp: 5,
+            };
+            self.hub.publish(&msg, self.now).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_broken_link_resends_the_same_frames_sent_or_not() {
+        // The reference: four publishes on a link that never breaks.
+        let mut clean = One::new();
+        for d in [b"a", b"b", b"c", b"d"] {
+            clean.publish(d);
+        }
+        let expected = clean.take();
+
+        let mut s = One::new();
+        s.publish(b"a");
+        s.publish(b"b");
+        let sent = s.take();
+        // Written, never handed out, when the link breaks.
+        s.publish(b"c");
+        s.hub.handle_disconnected(LINK, "reset", s.now);
+        // Queued while down: numbered when written, after the resent ones.
+        s.publish(b"d");
+        while s.hub.poll_event().is_some() {}
+        assert_eq!(s.take(), b"");
+        s.now += Duration::from_secs(10);
+        s.hub.handle_timeout(s.now);
+        s.connect();
+        let resent = s.take();
+        assert_eq!(&resent[..], &expected[..]);
+        assert_eq!(&sent[..], &expected[..sent.len()]);
+        assert_eq!(s.hub.metrics().publish_resent, 3);
+
+        // The frames kept were the bytes handed out: resent a second time, still the same.
+        s.hub.handle_disconnected(LINK, "reset", s.now);
+        s.now += Duration::from_secs(10);
+        s.hub.handle_timeout(s.now);
+        s.connect();
+        assert_eq!(&s.take()[..], &expected[..]);
+        s.hub.handle_input(
+            LINK,
+            &mut BytesMut::from(&b":1\r\n:1\r\n:1\r\n:1\r\n"[..]),
+            s.now,
+        );
+        let confirmed: Vec<u64> = std::iter::from_fn(|| s.hub.poll_event())
+            .filter_map(|e| match e {
+                Event::PublishConfirmed { id, .. } => Some(id.0),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(confirmed, [1, 2, 3, 4]);
+        assert_eq!(s.hub.metrics().inflight_publishes, 0);
+    }
+
+    #[test]
+    fn frames_are_slices_of_the_bytes_handed_out() {
+        let mut s = One::new();
+        s.publish(&[1; 100]);
+        s.publish(&[2; 100]);
+        let chunk: Bytes = s.hub.poll_transmit().unwrap().bytes;
+        let l = &s.hub.links[1];
+        let mut at = 0;
+        for (_, req) in &l.fifo {
+            let crate::link::Request::Publish(w) = req else {
+                panic!("{req:?}")
+            };
+            let crate::link::Frame::Sent(f) = &w.frame else {
+                panic!("{:?}", w.frame)
+            };
+            assert_eq!(f.as_ptr(), chunk[at..].as_ptr());
+            at += f.len();
+        }
+        assert_eq!(at, chunk.len());
+        assert_eq!(l.unsent_frames, 0);
+    }
 
     #[test]
     fn local_first_delivers_nothing_to_a_room_being_left() {
