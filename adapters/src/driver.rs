@@ -50,7 +50,7 @@ enum LinkIo {
 }
 
 struct Member {
-    queue: Arc<Queue<Message>>,
+    queue: Arc<Queue<Arc<Message>>>,
     token: u64,
 }
 
@@ -58,7 +58,7 @@ struct Member {
 /// its rooms live in the core only (nothing per room here); standalone, its rooms are
 /// `RoomEntry` members sharing this queue.
 struct Attached {
-    queue: Arc<Queue<Message>>,
+    queue: Arc<Queue<Arc<Message>>>,
     token: u64,
 }
 
@@ -749,14 +749,14 @@ impl State {
         let Some(entry) = self.rooms.get(&room) else {
             return Ok(0);
         };
-        let message = Message {
+        let message = Arc::new(Message {
             room,
             message_type: msg.message_type,
             data: Bytes::copy_from_slice(&msg.data),
             exclude_connection: msg.exclude_connection.as_deref().map(Into::into),
             timestamp: msg.timestamp,
             origin: None,
-        };
+        });
         for (conn, m) in &entry.members {
             if msg.exclude_connection.as_deref() != Some(conn.as_str()) {
                 m.queue.push(message.clone());
@@ -1207,20 +1207,21 @@ impl State {
     fn dispatch(&mut self, ev: Event) {
         match ev {
             Event::Delivery(d) => {
+                let (message, recipients) = d.into_shared();
                 let entry = if self.rooms.is_empty() {
                     None
                 } else {
-                    self.rooms.get(&d.message.room)
+                    self.rooms.get(&message.room)
                 };
                 let mut closed = Vec::new();
                 let mut detached = Vec::new();
-                for conn in d.recipients() {
+                for conn in recipients.iter() {
                     if let Some(a) = self.conns.get(conn) {
-                        if !a.queue.push(d.message.clone()) {
+                        if !a.queue.push(message.clone()) {
                             detached.push((conn.clone(), a.token));
                         }
                     } else if let Some(m) = entry.and_then(|e| e.members.get(conn)) {
-                        if !m.queue.push(d.message.clone()) {
+                        if !m.queue.push(message.clone()) {
                             closed.push((conn.clone(), m.token));
                         }
                     }
@@ -1228,7 +1229,7 @@ impl State {
                 // A membership whose stream ended (overflow under `Overflow::Close`, or a
                 // consumer that is gone) leaves the room; such a connection leaves all.
                 for (conn, token) in closed {
-                    let room = d.message.room.as_str();
+                    let room = message.room.as_str();
                     if let Err(e) = self.leave(room, conn.as_str(), Some(token)) {
                         warn!(%e, room, "leaving after overflow failed");
                     }

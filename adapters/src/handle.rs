@@ -268,9 +268,9 @@ impl Future for WaitLive {
 pub struct Membership {
     pub(crate) room: RoomId,
     pub(crate) conn: ConnId,
-    pub(crate) queue: Arc<Queue<Message>>,
+    pub(crate) queue: Arc<Queue<Arc<Message>>>,
     /// Taken from the queue in one batch, not yet returned by the stream.
-    pub(crate) local: VecDeque<Message>,
+    pub(crate) local: VecDeque<Arc<Message>>,
     pub(crate) live: Arc<Liveness>,
     pub(crate) ctl: mpsc::UnboundedSender<Command>,
     pub(crate) token: u64,
@@ -299,7 +299,7 @@ impl Membership {
     }
 }
 
-queue_stream!(Membership, Message, counters);
+queue_stream!(Membership, Arc<Message>, counters);
 
 impl Drop for Membership {
     fn drop(&mut self) {
@@ -340,7 +340,7 @@ impl RoomStream {
 }
 
 impl Stream for RoomStream {
-    type Item = Message;
+    type Item = Arc<Message>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         Pin::new(&mut self.inner).poll_next(cx)
     }
@@ -576,9 +576,9 @@ impl Roomcast {
 #[derive(Debug)]
 pub struct Connection {
     pub(crate) conn: ConnId,
-    pub(crate) queue: Arc<Queue<Message>>,
+    pub(crate) queue: Arc<Queue<Arc<Message>>>,
     /// Taken from the queue in one batch, not yet returned by the stream.
-    pub(crate) local: VecDeque<Message>,
+    pub(crate) local: VecDeque<Arc<Message>>,
     pub(crate) ctl: mpsc::UnboundedSender<Command>,
     pub(crate) token: u64,
 }
@@ -648,7 +648,7 @@ impl Connection {
 }
 
 // Under `Overflow::Close` an overflowed connection leaves every room.
-queue_stream!(Connection, Message, counters);
+queue_stream!(Connection, Arc<Message>, counters);
 
 impl Drop for Connection {
     fn drop(&mut self) {

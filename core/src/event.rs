@@ -59,8 +59,7 @@ pub struct Message {
 pub struct Delivery {
     /// The message.
     pub message: Message,
-    recipients: Arc<[ConnId]>,
-    excluded: Option<ConnId>,
+    recipients: Recipients,
 }
 
 impl Delivery {
@@ -71,26 +70,59 @@ impl Delivery {
     ) -> Self {
         Delivery {
             message,
-            recipients,
-            excluded,
+            recipients: Recipients {
+                list: recipients,
+                excluded,
+            },
         }
     }
 
     /// The local members to deliver to: the room's members when the message arrived, less the
     /// excluded connection where exclusion applies on this instance.
     pub fn recipients(&self) -> impl Iterator<Item = &ConnId> + '_ {
-        let excluded = self.excluded.as_ref();
-        self.recipients.iter().filter(move |c| Some(*c) != excluded)
+        self.recipients.iter()
     }
 
     /// The number of recipients.
     pub fn recipient_count(&self) -> usize {
-        self.recipients.len() - usize::from(self.excluded.is_some())
+        self.recipients.len()
     }
 
     /// The connection excluded on this instance, if any (it is a member of the room).
     pub fn excluded(&self) -> Option<&ConnId> {
-        self.excluded.as_ref()
+        self.recipients.excluded.as_ref()
+    }
+
+    /// Takes the delivery apart without copying anything: the message behind one `Arc` (to
+    /// hand the same one to every recipient) and who gets it.
+    pub fn into_shared(self) -> (Arc<Message>, Recipients) {
+        (Arc::new(self.message), self.recipients)
+    }
+}
+
+/// Who gets a [`Delivery`]: the room's members when the message arrived, less the excluded
+/// connection where exclusion applies on this instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recipients {
+    list: Arc<[ConnId]>,
+    excluded: Option<ConnId>,
+}
+
+impl Recipients {
+    /// The recipients in membership order.
+    pub fn iter(&self) -> impl Iterator<Item = &ConnId> + '_ {
+        let excluded = self.excluded.as_ref();
+        self.list.iter().filter(move |c| Some(*c) != excluded)
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.list.len() - usize::from(self.excluded.is_some())
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

@@ -71,7 +71,7 @@ pub use config::{
 pub use envelope::{InstanceId, MessageType, Trailer};
 pub use event::{
     Delivery, DropCause, Event, LinkError, LinkId, LinkRole, MemberError, Message, NotLiveReason,
-    PublishError, PublishId, RoomState,
+    PublishError, PublishId, Recipients, RoomState,
 };
 pub use hub::{
     Health, Hub, Identity, Joined, LinkHealth, LinkRequest, Publish, Transmit, SUBSCRIBER,

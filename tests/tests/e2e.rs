@@ -154,7 +154,7 @@ async fn bounded(rt: Rt, server: &RedisServer, queue: usize, overflow: Overflow)
         .unwrap()
 }
 
-async fn next(rt: Rt, m: &mut Membership) -> Option<roomcast::Message> {
+async fn next(rt: Rt, m: &mut Membership) -> Option<Arc<roomcast::Message>> {
     rt.timeout(PATIENCE, m.next()).await.flatten()
 }
 
@@ -912,7 +912,7 @@ fn names<T: AsRef<str>>(ids: Vec<T>) -> Vec<String> {
     ids.iter().map(|i| i.as_ref().to_string()).collect()
 }
 
-async fn next_of(rt: Rt, c: &mut roomcast::Connection) -> Option<roomcast::Message> {
+async fn next_of(rt: Rt, c: &mut roomcast::Connection) -> Option<Arc<roomcast::Message>> {
     rt.timeout(PATIENCE, c.next()).await.flatten()
 }
 

@@ -506,7 +506,9 @@ async fn tail(
 }
 
 /// The next message of any membership, with its index (round robin from the first).
-fn next_message(members: &mut [Membership]) -> impl Future<Output = Option<(usize, Message)>> + '_ {
+fn next_message(
+    members: &mut [Membership],
+) -> impl Future<Output = Option<(usize, std::sync::Arc<Message>)>> + '_ {
     std::future::poll_fn(move |cx| {
         let mut ended = 0;
         for (i, m) in members.iter_mut().enumerate() {
