@@ -367,6 +367,18 @@ fn jobs(
                 j.rate = rate;
                 v.push(j);
             }
+            // roomcast also at the fastest peer's paced rate: the same load on the server.
+            let peer_rate = s1_rate
+                .iter()
+                .filter(|(s, _)| *s != "roomcast" && *s != "redis-benchmark")
+                .map(|(_, r)| r * 0.5)
+                .fold(0.0, f64::max);
+            if peers.contains(&"roomcast") && peer_rate >= 100.0 {
+                let count = (peer_rate * plan.s2_paced_s) as u64;
+                let mut j = base("roomcast", "paced-at-peer-rate", 64, 1, count);
+                j.rate = peer_rate;
+                v.push(j);
+            }
         }
         "S3" => {
             for s in &peers {
@@ -708,7 +720,9 @@ fn table(medians: &[Res], ratios: &[Res], runs: usize) -> String {
                 f(r, "up_to_all_live_ms"),
                 f(r, "kill_to_all_live_ms")
             ),
-            "S2" if r.text("variant") == "paced" => format!("paced at {} msg/s", f(r, "rate")),
+            "S2" if r.text("variant").starts_with("paced") => {
+                format!("paced at {} msg/s", f(r, "rate"))
+            }
             "S2" if r.text("system") == "redis-benchmark" => {
                 "publish→reply round trip (no client library; not publish→deliver)".into()
             }

@@ -190,7 +190,7 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
         let rc = a.rc.clone();
         let flow = flow.clone();
         let published = published.clone();
-        let (size, rate, paced) = (job.size, job.rate, job.variant == "paced");
+        let (size, rate, paced) = (job.size, job.rate, job.variant.starts_with("paced"));
         let one = latency && !paced;
         a.node.rt.spawn(async move {
             let tdeadline = tokio::time::Instant::from_std(deadline);
@@ -265,7 +265,7 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
         "exactly_once",
         complete && dups == 0 && bad == 0 && unique == expected,
     );
-    if job.variant == "paced" {
+    if job.variant.starts_with("paced") {
         res.setf("rate", job.rate);
     }
     res.add_usage(&usage, unique);
