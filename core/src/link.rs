@@ -120,6 +120,10 @@ pub(crate) struct Link {
     pub state: LinkState,
     /// Bytes written and not yet handed out by [`Link::take_output`].
     pub out: BytesMut,
+    /// Output sealed when `out` had no room left (see [`Link::seal_output`]), to be handed
+    /// out before `out`, and its length.
+    pub(crate) sealed: VecDeque<Bytes>,
+    sealed_len: usize,
     /// How many publishes in `fifo` are [`Frame::Unsent`] (those written since the last
     /// [`Link::take_output`]); 0 spares `take_output` a look at the FIFO.
     pub unsent_frames: usize,
@@ -145,6 +149,8 @@ impl Link {
             role,
             state: LinkState::Backoff { until: now },
             out: BytesMut::new(),
+            sealed: VecDeque::new(),
+            sealed_len: 0,
             unsent_frames: 0,
             reader: Reader::new(config.server.protocol, frame_limits(config)),
             fifo: VecDeque::new(),
@@ -168,7 +174,7 @@ impl Link {
     pub(crate) fn start_handshake(&mut self, config: &Config, now: Instant) {
         let s = &config.server;
         let name = format!("{}-{}", config.client_name, self.id.0);
-        self.out.clear();
+        self.clear_output();
         self.fifo.clear();
         self.unsent_frames = 0;
         self.reader = Reader::new(s.protocol, frame_limits(config));
@@ -210,6 +216,43 @@ impl Link {
         }
         self.state = LinkState::Handshaking { since: now };
         self.last_input = now;
+    }
+
+    /// Bytes written and not handed out yet.
+    pub(crate) fn buffered(&self) -> usize {
+        self.out.len() + self.sealed_len
+    }
+
+    /// Drops everything not handed out yet (the link is gone or starts over).
+    pub(crate) fn clear_output(&mut self) {
+        self.out.clear();
+        self.sealed.clear();
+        self.sealed_len = 0;
+    }
+
+    /// Makes room for `len` more bytes in `out`. When the block is full, what it holds is
+    /// sealed as a chunk of its own (its frames get their slices, as when handed out) and a
+    /// new block of at least `block` bytes starts: growing `out` instead would copy
+    /// everything written since the last hand-out into the new allocation.
+    pub(crate) fn reserve_output(&mut self, len: usize, block: usize) {
+        if self.out.capacity() - self.out.len() >= len {
+            return;
+        }
+        if !self.out.is_empty() {
+            let chunk = self.take_output();
+            self.sealed_len += chunk.len();
+            self.sealed.push_back(chunk);
+        }
+        self.out.reserve(len.max(block));
+    }
+
+    /// The next bytes to transmit: sealed chunks first, then what `out` holds.
+    pub(crate) fn next_output(&mut self) -> Option<Bytes> {
+        if let Some(chunk) = self.sealed.pop_front() {
+            self.sealed_len -= chunk.len();
+            return Some(chunk);
+        }
+        (!self.out.is_empty()).then(|| self.take_output())
     }
 
     /// Files a publish whose PUBLISH frame was just written to `out` from `start` on.

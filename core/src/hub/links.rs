@@ -74,10 +74,11 @@ impl Hub {
         }
         l.last_error = Some(cause.clone());
         if l.unsent_frames > 0 {
-            // Publishes written but never handed out keep their frames for the resend below.
+            // Publishes written but never handed out keep their frames for the resend below
+            // (those in sealed chunks already have theirs).
             let _ = l.take_output();
         }
-        l.out.clear();
+        l.clear_output();
         l.held_input = 0;
         l.inflight_publishes = 0;
         let fifo = std::mem::take(&mut l.fifo);

@@ -172,6 +172,9 @@ pub struct Hub {
     events: VecDeque<Event>,
     requests: VecDeque<LinkRequest>,
     next_publish: u64,
+    /// Publishes whose success is reported ([`Hub::publish`]; not [`Hub::publish_quiet`] or
+    /// the hub's own presence events), by id, until confirmed or failed.
+    confirm_wanted: hashbrown::HashSet<u64, FixedState>,
     queued_total: usize,
     rng: Rng,
     probe: Option<Probe>,
@@ -214,6 +217,7 @@ impl Hub {
         let mut hub = Hub {
             rooms: Rooms::new(seed),
             streams: HashMap::with_hasher(FixedState::with_seed(seed.rotate_left(29))),
+            confirm_wanted: hashbrown::HashSet::with_hasher(FixedState::with_seed(seed)),
             namer,
             id,
             now,
@@ -326,7 +330,7 @@ impl Hub {
 
     /// Bytes buffered for the adapter on every link (bounded by `max_output_bytes` each).
     pub fn buffered_output(&self) -> usize {
-        self.links.iter().map(|l| l.out.len()).sum()
+        self.links.iter().map(|l| l.buffered()).sum()
     }
 
     /// True once [`Hub::begin_shutdown`] was called and every queued publish and subscription
@@ -563,6 +567,21 @@ impl Hub {
     /// Otherwise the outcome comes later as [`Event::PublishConfirmed`] or
     /// [`Event::PublishFailed`] with the returned id.
     pub fn publish(&mut self, msg: &Publish<'_>, now: Instant) -> Result<PublishId, PublishError> {
+        let result = self.publish_quiet(msg, now);
+        if let Ok(id) = result {
+            self.confirm_wanted.insert(id.0);
+        }
+        result
+    }
+
+    /// As [`Hub::publish`], for publishers that wait for no answer: success produces no
+    /// [`Event::PublishConfirmed`] (one event less per message); a failure still produces
+    /// [`Event::PublishFailed`].
+    pub fn publish_quiet(
+        &mut self,
+        msg: &Publish<'_>,
+        now: Instant,
+    ) -> Result<PublishId, PublishError> {
         let now = self.tick(now);
         let result = self.try_publish(msg, now);
         if result.is_err() {
@@ -630,7 +649,7 @@ impl Hub {
                 let fifo = std::mem::take(&mut l.fifo);
                 let queue = std::mem::take(&mut l.queue);
                 l.state = LinkState::Closed;
-                l.out.clear();
+                l.clear_output();
                 l.held_input = 0;
                 l.inflight_publishes = 0;
                 for (_, req) in fifo {
@@ -659,9 +678,8 @@ impl Hub {
         // Round robin from `next_transmit`, without a division per link.
         for idx in (start..n).chain(0..start) {
             let l = &mut self.links[idx];
-            if !l.out.is_empty() {
+            if let Some(bytes) = l.next_output() {
                 self.next_transmit = if idx + 1 == n { 0 } else { idx + 1 };
-                let bytes = l.take_output();
                 self.metrics.bytes_out += bytes.len() as u64;
                 return Some(Transmit { link: l.id, bytes });
             }
@@ -734,8 +752,132 @@ pub(crate) fn shrink_idle<T>(q: &mut VecDeque<T>) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use crate::sim::{ModelConfig, Sim};
-    use crate::{Config, MemberError, RoomState};
+    use crate::{
+        Config, Event, MemberError, MessageType, Publish, PublishError, RoomState,
+        UnconfirmedPolicy,
+    };
+
+    /// Numbers of the messages node 1 received for "r", in order.
+    fn received(s: &mut Sim) -> Vec<u32> {
+        s.nodes[1]
+            .take_events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Delivery(d) => d
+                    .message
+                    .data
+                    .get(..4)
+                    .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn output_beyond_a_block_is_sealed_not_copied_and_survives_a_kill() {
+        let mut s = Sim::new(2, ModelConfig::default(), |_| Config {
+            pool_size: 1,
+            ..Config::default()
+        });
+        s.settle();
+        s.nodes[1].hub.join("r", "m").unwrap();
+        s.settle();
+        s.take_events();
+        let publish_many = |s: &mut Sim, from: u32| {
+            let now = s.now;
+            for i in from..from + 300 {
+                let mut data = vec![0u8; 1000];
+                data[..4].copy_from_slice(&i.to_le_bytes());
+                let msg = Publish {
+                    room: "r",
+                    message_type: MessageType::Broadcast,
+                    data: &data,
+                    exclude_connection: None,
+                    timestamp: 0,
+                };
+                s.nodes[0].hub.publish_quiet(&msg, now).unwrap();
+            }
+        };
+        // 300 KB in one turn: several 64 KiB blocks, handed out as several chunks in order.
+        publish_many(&mut s, 0);
+        let link = s.nodes[0].hub.publish_link("r");
+        let l = &s.nodes[0].hub.links[link.0 as usize];
+        assert!(l.sealed.len() >= 4, "sealed {} chunks", l.sealed.len());
+        assert_eq!(s.nodes[0].hub.buffered_output(), l.buffered());
+        s.settle();
+        assert_eq!(received(&mut s), (0..300).collect::<Vec<_>>());
+        // Killed before any of the next 300 was handed out: all resent from their frames
+        // (sealed chunks included), each delivered once, in order.
+        publish_many(&mut s, 300);
+        s.kill_link(0, link);
+        for _ in 0..50 {
+            s.advance(Duration::from_millis(20));
+        }
+        assert_eq!(received(&mut s), (300..600).collect::<Vec<_>>());
+        assert!(s.nodes[0].hub.metrics().publish_resent >= 300);
+    }
+
+    #[test]
+    fn quiet_publishes_report_failures_only() {
+        let mut s = Sim::new(1, ModelConfig::default(), |_| Config {
+            pool_size: 1,
+            unconfirmed: UnconfirmedPolicy::FailUnknown,
+            ..Config::default()
+        });
+        s.settle();
+        s.nodes[0].hub.join("r", "m").unwrap();
+        s.settle();
+        s.take_events();
+        let msg = Publish {
+            room: "r",
+            message_type: MessageType::Broadcast,
+            data: b"x",
+            exclude_connection: None,
+            timestamp: 0,
+        };
+        let now = s.now;
+        let loud = s.nodes[0].hub.publish(&msg, now).unwrap();
+        let quiet = s.nodes[0].hub.publish_quiet(&msg, now).unwrap();
+        s.settle();
+        let events = s.nodes[0].take_events();
+        let confirmed: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::PublishConfirmed { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(confirmed, [loud], "only the loud publish is reported");
+        let deliveries = events
+            .iter()
+            .filter(|e| matches!(e, Event::Delivery(_)))
+            .count();
+        assert_eq!(deliveries, 2, "both were published");
+        assert_eq!(s.nodes[0].hub.metrics().publish_confirmed, 2);
+        assert_ne!(loud, quiet);
+        // A quiet publish whose outcome is lost is still reported as failed.
+        let link = s.nodes[0].hub.publish_link("r");
+        s.stall_link(0, link, true);
+        let now = s.now;
+        let lost = s.nodes[0].hub.publish_quiet(&msg, now).unwrap();
+        s.settle();
+        s.kill_link(0, link);
+        let mut failed = None;
+        for _ in 0..100 {
+            s.advance(Duration::from_millis(10));
+            failed = s.nodes[0].take_events().into_iter().find_map(|e| match e {
+                Event::PublishFailed { id, error } if id == lost => Some(error),
+                _ => None,
+            });
+            if failed.is_some() {
+                break;
+            }
+        }
+        assert_eq!(failed, Some(PublishError::OutcomeUnknown));
+    }
 
     #[test]
     fn join_many_is_all_or_nothing_and_counts_new_rooms() {

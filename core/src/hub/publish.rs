@@ -140,7 +140,7 @@ impl Hub {
         l.is_ready()
             && l.queue.is_empty()
             && l.inflight_publishes < self.config.max_inflight_publishes
-            && l.out.len() < self.config.max_output_bytes
+            && l.buffered() < self.config.max_output_bytes
     }
 
     /// Writes a queued publish: a new one is numbered now, a resent one keeps its number and
@@ -154,8 +154,8 @@ impl Hub {
             Queued::Frame(frame) => {
                 self.metrics.publish_resent += 1;
                 let l = &mut self.links[idx];
+                l.reserve_output(frame.len(), OUTPUT_BLOCK);
                 let start = l.out.len();
-                reserve_output(&mut l.out, frame.len());
                 l.out.extend_from_slice(&frame);
                 l.push_written(o.id, start, now);
             }
@@ -186,12 +186,12 @@ impl Hub {
         let channel_len = self.namer.room_channel_len(room);
         let total = body.len() + TRAILER_LEN;
         let l = &mut self.links[idx];
-        let start = l.out.len();
         // Header, two bulk headers (at most 24 bytes each), both payloads and their CRLFs.
-        reserve_output(
-            &mut l.out,
+        l.reserve_output(
             PUBLISH_HEAD.len() + 2 * 24 + channel_len + total + 4,
+            OUTPUT_BLOCK,
         );
+        let start = l.out.len();
         l.out.extend_from_slice(PUBLISH_HEAD);
         encode_bulk_header(&mut l.out, channel_len);
         self.namer.put_room_channel(room, &mut l.out);
@@ -230,7 +230,7 @@ impl Hub {
             let l = &self.links[idx];
             if !(l.is_ready()
                 && l.inflight_publishes < self.config.max_inflight_publishes
-                && l.out.len() < self.config.max_output_bytes)
+                && l.buffered() < self.config.max_output_bytes)
             {
                 return;
             }
@@ -243,6 +243,7 @@ impl Hub {
     }
 
     pub(super) fn fail_publish(&mut self, id: PublishId, error: PublishError) {
+        self.confirm_wanted.remove(&id.0);
         self.metrics.publish_failed += 1;
         self.events.push_back(Event::PublishFailed { id, error });
     }
@@ -273,13 +274,6 @@ impl Body<'_> {
 /// (`Link::take_output`), so the output's allocation can rarely be reused in place while
 /// publishes are in flight; growing it by one frame would allocate once per publish.
 const OUTPUT_BLOCK: usize = 64 << 10;
-
-/// Makes room for `len` more bytes in a link's output, by at least [`OUTPUT_BLOCK`].
-fn reserve_output(out: &mut BytesMut, len: usize) {
-    if out.capacity() - out.len() < len {
-        out.reserve(len.max(OUTPUT_BLOCK));
-    }
-}
 
 /// Appends `msg`'s envelope body (no trailer) to `out`: the bytes [`envelope::encode`] writes
 /// (a test holds them equal), written here because that takes a `Vec` and this goes straight

@@ -115,10 +115,12 @@ impl Hub {
                 match v {
                     Value::Int(n) => {
                         self.metrics.publish_confirmed += 1;
-                        self.events.push_back(Event::PublishConfirmed {
-                            id: o.id,
-                            receivers: n.max(0) as u64,
-                        });
+                        if self.confirm_wanted.remove(&o.id.0) {
+                            self.events.push_back(Event::PublishConfirmed {
+                                id: o.id,
+                                receivers: n.max(0) as u64,
+                            });
+                        }
                     }
                     Value::Error(e) => self.fail_publish(
                         o.id,
