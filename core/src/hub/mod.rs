@@ -59,6 +59,19 @@ pub struct Publish<'a> {
     pub timestamp: i64,
 }
 
+impl<'a> Publish<'a> {
+    /// A broadcast of `data` to `room`, excluding no one, with timestamp 0.
+    pub fn broadcast(room: &'a str, data: &'a [u8]) -> Self {
+        Publish {
+            room,
+            message_type: MessageType::Broadcast,
+            data,
+            exclude_connection: None,
+            timestamp: 0,
+        }
+    }
+}
+
 /// Bytes for the adapter to write to a link, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
@@ -755,10 +768,15 @@ mod tests {
     use std::time::Duration;
 
     use crate::sim::{ModelConfig, Sim};
-    use crate::{
-        Config, Event, MemberError, MessageType, Publish, PublishError, RoomState,
-        UnconfirmedPolicy,
-    };
+    use crate::{Config, Event, MemberError, Publish, PublishError, RoomState, UnconfirmedPolicy};
+
+    /// `n` hubs with one publishing link each.
+    fn one_link(n: usize) -> Sim {
+        Sim::new(n, ModelConfig::default(), |_| Config {
+            pool_size: 1,
+            ..Config::default()
+        })
+    }
 
     /// Numbers of the messages node 1 received for "r", in order.
     fn received(s: &mut Sim) -> Vec<u32> {
@@ -778,10 +796,7 @@ mod tests {
 
     #[test]
     fn output_beyond_a_block_is_sealed_not_copied_and_survives_a_kill() {
-        let mut s = Sim::new(2, ModelConfig::default(), |_| Config {
-            pool_size: 1,
-            ..Config::default()
-        });
+        let mut s = one_link(2);
         s.settle();
         s.nodes[1].hub.join("r", "m").unwrap();
         s.settle();
@@ -791,13 +806,7 @@ mod tests {
             for i in from..from + 300 {
                 let mut data = vec![0u8; 1000];
                 data[..4].copy_from_slice(&i.to_le_bytes());
-                let msg = Publish {
-                    room: "r",
-                    message_type: MessageType::Broadcast,
-                    data: &data,
-                    exclude_connection: None,
-                    timestamp: 0,
-                };
+                let msg = Publish::broadcast("r", &data);
                 s.nodes[0].hub.publish_quiet(&msg, now).unwrap();
             }
         };
@@ -831,13 +840,7 @@ mod tests {
         s.nodes[0].hub.join("r", "m").unwrap();
         s.settle();
         s.take_events();
-        let msg = Publish {
-            room: "r",
-            message_type: MessageType::Broadcast,
-            data: b"x",
-            exclude_connection: None,
-            timestamp: 0,
-        };
+        let msg = Publish::broadcast("r", b"x");
         let now = s.now;
         let loud = s.nodes[0].hub.publish(&msg, now).unwrap();
         let quiet = s.nodes[0].hub.publish_quiet(&msg, now).unwrap();
@@ -881,10 +884,7 @@ mod tests {
 
     #[test]
     fn join_many_is_all_or_nothing_and_counts_new_rooms() {
-        let mut s = Sim::new(1, ModelConfig::default(), |_| Config {
-            pool_size: 1,
-            ..Config::default()
-        });
+        let mut s = one_link(1);
         s.settle();
         let hub = &mut s.nodes[0].hub;
         match hub.join_many(&["a", "", "b"], "c") {

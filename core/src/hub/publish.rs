@@ -509,13 +509,7 @@ mod tests {
         let hub = &mut s.nodes[0].hub;
         hub.leave("r", "a").unwrap();
         assert!(hub.room_state("r").is_some());
-        let msg = Publish {
-            room: "r",
-            message_type: MessageType::Broadcast,
-            data: b"x",
-            exclude_connection: None,
-            timestamp: 0,
-        };
+        let msg = Publish::broadcast("r", b"x");
         let now = s.now;
         s.nodes[0].hub.publish(&msg, now).unwrap();
         s.settle();
