@@ -1107,6 +1107,13 @@ async fn connection_overflow_close_leaves_every_room(rt: Rt) {
             format!("{k}").as_bytes()
         );
     }
+    // Six messages for a queue of four: it overflows once the fifth arrives (s2's may still
+    // be on their way when "ok" has its three).
+    rt.until("slow's queue overflowed", || {
+        let overflowed = slow.overflowed();
+        async move { overflowed }
+    })
+    .await;
     // The first four queued are still readable, then the stream ends.
     let mut got = 0;
     while next_of(rt, &mut slow).await.is_some() {
