@@ -699,6 +699,8 @@ impl State {
             timestamp: msg.timestamp,
         };
         let result = match &mut self.hub {
+            // Nobody waits for a fire-and-forget publish's answer: no event for its success.
+            Some(hub) if reply.is_none() => hub.publish_quiet(&p, now),
             Some(hub) => hub.publish(&p, now),
             None => {
                 let n = self.deliver_standalone(&msg);
