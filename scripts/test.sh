@@ -69,6 +69,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test --workspace"
 cargo test --workspace
 
+step "cargo doc (warnings are errors: no broken links in the public docs)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
 step "roomcast-core depends on no runtime"
 tree=$(cargo tree -p roomcast-core -e normal --prefix none)
 forbidden=$(printf '%s\n' "$tree" | awk '{print $1}' \

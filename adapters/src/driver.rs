@@ -90,7 +90,7 @@ struct ShutdownState {
 }
 
 /// Drives one roomcast instance. Spawn it on any executor (or let
-/// [`crate::Builder::spawn_tokio`] do it); it completes after shutdown, or when every handle
+/// [`crate::Builder::connect_tokio`] do it); it completes after shutdown, or when every handle
 /// is gone.
 #[must_use = "the driver does nothing unless polled"]
 pub struct Driver {

@@ -26,7 +26,7 @@ use crate::envelope::InstanceId;
 use crate::naming::{ChannelNamer, ConnId, RoomId};
 
 /// Answers "who is in this room" across instances. Skips and deletes entries of instances
-/// whose lease is gone. KEYS[1] = room hash, ARGV[1] = lease key prefix.
+/// whose lease is gone. `KEYS[1]` = room hash, `ARGV[1]` = lease key prefix.
 pub const ROOM_SCRIPT: &str = r#"local f = redis.call('HGETALL', KEYS[1])
 local out, alive = {}, {}
 for i = 1, #f, 2 do
@@ -40,8 +40,8 @@ for i = 1, #f, 2 do
 end
 return out"#;
 
-/// Answers "on which instances is this connection id present". KEYS[1] = connection set,
-/// ARGV[1] = lease key prefix.
+/// Answers "on which instances is this connection id present". `KEYS[1]` = connection set,
+/// `ARGV[1]` = lease key prefix.
 pub const CONN_SCRIPT: &str = r#"local m = redis.call('SMEMBERS', KEYS[1])
 local out = {}
 for i = 1, #m do
@@ -72,7 +72,7 @@ end
 }
 
 /// Lists live instances and removes every entry of dead ones through their index sets.
-/// KEYS[1] = instances set, ARGV[1] = lease key prefix, ARGV[2] = index key prefix.
+/// `KEYS[1]` = instances set, `ARGV[1]` = lease key prefix, `ARGV[2]` = index key prefix.
 pub const SWEEP_SCRIPT: &str = concat!(
     clear_footprint_lua!(),
     r#"local m = redis.call('SMEMBERS', KEYS[1])
@@ -89,7 +89,7 @@ return out"#
 
 /// Removes every entry of one instance through its index sets (used inside the
 /// re-registration transaction, so that entries written before a link broke, and no longer
-/// true, do not survive it). ARGV[1] = index key prefix, ARGV[2] = the instance.
+/// true, do not survive it). `ARGV[1]` = index key prefix, `ARGV[2]` = the instance.
 pub const CLEAR_SCRIPT: &str = concat!(clear_footprint_lua!(), "return clear(ARGV[1], ARGV[2])");
 
 /// The three scripts, in the order of [`Script`].

@@ -2,7 +2,7 @@
 //!
 //! The driver loop, the handle and the fan-out are written once against [`Runtime`]; each
 //! runtime module implements it in a few dozen lines. To run roomcast on an executor of your
-//! own, pass any `Runtime` to [`crate::Builder::runtime`] and poll the returned
+//! own, pass any `Runtime` to [`crate::Builder::build`] and poll the returned
 //! [`crate::Driver`] yourself.
 
 use std::fmt;
