@@ -951,6 +951,39 @@ mod tests {
         }
     }
 
+    /// Feeds `bytes` in pieces of `chunk` to a reader with its fast paths ([`Reader::next`])
+    /// and to one without ([`Reader::next_scanned`] alone): every answer, the bytes left and
+    /// `need` must be the same.
+    fn fast_matches_general(
+        protocol: Protocol,
+        limits: FrameLimits,
+        bytes: &[u8],
+        chunk: usize,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let mut fast = Reader::new(protocol, limits);
+        let mut general = Reader::new(protocol, limits);
+        let (mut fast_buf, mut general_buf) = (BytesMut::new(), BytesMut::new());
+        for piece in bytes.chunks(chunk) {
+            fast_buf.extend_from_slice(piece);
+            general_buf.extend_from_slice(piece);
+            loop {
+                let got = fast.next(&mut fast_buf);
+                let want = if general_buf.is_empty() || general_buf.len() < general.need {
+                    Ok(None)
+                } else {
+                    general.next_scanned(&mut general_buf)
+                };
+                proptest::prop_assert_eq!(&got, &want);
+                proptest::prop_assert_eq!(&fast_buf, &general_buf);
+                proptest::prop_assert_eq!(fast.need, general.need);
+                if !matches!(got, Ok(Some(_))) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
 
@@ -1019,27 +1052,7 @@ mod tests {
                 FrameLimits { max_frame_bytes: 1 << 20, max_depth: 8, max_elements: 2 },
             ][limits];
             let protocol = if resp3 { Protocol::Resp3 } else { Protocol::Resp2 };
-            let mut fast = Reader::new(protocol, limits);
-            let mut general = Reader::new(protocol, limits);
-            let (mut fast_buf, mut general_buf) = (BytesMut::new(), BytesMut::new());
-            for piece in bytes.chunks(chunk) {
-                fast_buf.extend_from_slice(piece);
-                general_buf.extend_from_slice(piece);
-                loop {
-                    let got = fast.next(&mut fast_buf);
-                    let want = if general_buf.is_empty() || general_buf.len() < general.need {
-                        Ok(None)
-                    } else {
-                        general.next_scanned(&mut general_buf)
-                    };
-                    proptest::prop_assert_eq!(&got, &want);
-                    proptest::prop_assert_eq!(&fast_buf, &general_buf);
-                    proptest::prop_assert_eq!(fast.need, general.need);
-                    if !matches!(got, Ok(Some(_))) {
-                        break;
-                    }
-                }
-            }
+            fast_matches_general(protocol, limits, &bytes, chunk)?;
         }
 
         /// The message fast path against the general path alone, on message frames and near
@@ -1109,27 +1122,7 @@ mod tests {
                 FrameLimits { max_frame_bytes: 1 << 20, max_depth: 8, max_elements: 2 },
             ][limits];
             let protocol = if resp3 { Protocol::Resp3 } else { Protocol::Resp2 };
-            let mut fast = Reader::new(protocol, limits);
-            let mut general = Reader::new(protocol, limits);
-            let (mut fast_buf, mut general_buf) = (BytesMut::new(), BytesMut::new());
-            for piece in bytes.chunks(chunk) {
-                fast_buf.extend_from_slice(piece);
-                general_buf.extend_from_slice(piece);
-                loop {
-                    let got = fast.next(&mut fast_buf);
-                    let want = if general_buf.is_empty() || general_buf.len() < general.need {
-                        Ok(None)
-                    } else {
-                        general.next_scanned(&mut general_buf)
-                    };
-                    proptest::prop_assert_eq!(&got, &want);
-                    proptest::prop_assert_eq!(&fast_buf, &general_buf);
-                    proptest::prop_assert_eq!(fast.need, general.need);
-                    if !matches!(got, Ok(Some(_))) {
-                        break;
-                    }
-                }
-            }
+            fast_matches_general(protocol, limits, &bytes, chunk)?;
         }
     }
 }

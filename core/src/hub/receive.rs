@@ -115,7 +115,10 @@ impl Hub {
                 match v {
                     Value::Int(n) => {
                         self.metrics.publish_confirmed += 1;
-                        if self.confirm_wanted.remove(&o.id.0) {
+                        // Most publishes are quiet: the set is usually empty.
+                        let wanted =
+                            !self.confirm_wanted.is_empty() && self.confirm_wanted.remove(&o.id.0);
+                        if wanted {
                             self.events.push_back(Event::PublishConfirmed {
                                 id: o.id,
                                 receivers: n.max(0) as u64,

@@ -428,10 +428,10 @@ impl Flow {
     /// `window` messages outstanding. Returns false if `deadline` passed first.
     pub async fn admit(&self, published: u64, deadline: tokio::time::Instant) -> bool {
         loop {
-            let need = published.saturating_sub(self.window) * self.per_msg;
-            if published < self.window || self.delivered.load(Ordering::SeqCst) >= need {
+            if self.ready(published) {
                 return true;
             }
+            let need = published.saturating_sub(self.window) * self.per_msg;
             // Wake when half the window is free again (fewer wake-ups than one per message).
             let half = published.saturating_sub(self.window / 2) * self.per_msg;
             self.wake_at.store(half.max(need), Ordering::SeqCst);
@@ -473,6 +473,49 @@ impl Flow {
             }
         }
     }
+}
+
+/// How long without progress ends a phase early (a lost message never arrives).
+pub const STALL: Duration = Duration::from_secs(3);
+
+/// Waits until `flow` has `expected` deliveries; false at `deadline` or after a [`STALL`].
+pub fn await_deliveries(flow: &Flow, expected: u64, deadline: Instant) -> bool {
+    wait_for(
+        deadline,
+        STALL,
+        || flow.deliveries(),
+        || flow.deliveries() >= expected,
+    )
+}
+
+/// Records in `res` what `trackers` (one per receiver) counted since `start_ns`:
+/// `msgs_per_s` (per receiver), with `per_delivery` also `deliveries_per_s`, then
+/// `delivered`, `expected`, `duplicates`, `lost` and `exactly_once` (every expected delivery
+/// once, nothing else, and `complete`). Returns the unique deliveries.
+pub fn record_deliveries(
+    res: &mut Res,
+    trackers: &[Arc<Tracker>],
+    expected: u64,
+    complete: bool,
+    start_ns: u64,
+    per_delivery: bool,
+) -> u64 {
+    let (received, unique, dups, bad, last) = tally(trackers);
+    let elapsed = (last.saturating_sub(start_ns) as f64 / 1e9).max(1e-9);
+    let receivers = trackers.len().max(1) as f64;
+    res.setf("msgs_per_s", unique as f64 / receivers / elapsed);
+    if per_delivery {
+        res.setf("deliveries_per_s", unique as f64 / elapsed);
+    }
+    res.set("delivered", received);
+    res.set("expected", expected);
+    res.set("duplicates", dups);
+    res.set("lost", expected - unique.min(expected));
+    res.set(
+        "exactly_once",
+        complete && dups == 0 && bad == 0 && unique == expected,
+    );
+    unique
 }
 
 /// Waits (polling every few ms) until `done` or no progress in `stall` or `deadline`;

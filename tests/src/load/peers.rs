@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 
 use super::common::{
-    add_latency, now_ns, parse_payload, payload, tally, wait_for, Flow, Job, Node, Res, Tracker,
-    Usage,
+    add_latency, await_deliveries, now_ns, parse_payload, payload, record_deliveries, Flow, Job,
+    Node, Res, Tracker, Usage,
 };
 
-const STALL: Duration = Duration::from_secs(3);
 /// Commands per pipeline.
 const PIPELINE: u64 = 256;
 /// Pipelines in flight at once.
@@ -381,27 +380,11 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
         );
     }
     let expected = n * receivers as u64;
-    let complete = wait_for(
-        deadline,
-        STALL,
-        || flow.deliveries(),
-        || flow.deliveries() >= expected,
-    );
-    let (received, unique, dups, bad, last) = tally(&trackers);
-    let elapsed = (last.saturating_sub(start_ns) as f64 / 1e9).max(1e-9);
+    let complete = await_deliveries(&flow, expected, deadline);
     let mut res = job.result();
     res.set("receivers", receivers as u64);
     res.set("published", published.load(Ordering::Relaxed));
-    res.setf("msgs_per_s", unique as f64 / receivers as f64 / elapsed);
-    res.setf("deliveries_per_s", unique as f64 / elapsed);
-    res.set("delivered", received);
-    res.set("expected", expected);
-    res.set("duplicates", dups);
-    res.set("lost", expected - unique.min(expected));
-    res.set(
-        "exactly_once",
-        complete && dups == 0 && bad == 0 && unique == expected,
-    );
+    let unique = record_deliveries(&mut res, &trackers, expected, complete, start_ns, true);
     if paced {
         res.setf("rate", job.rate);
     }
@@ -467,25 +450,9 @@ fn many_channels(job: &Job) -> Result<Vec<Res>, String> {
         deadline,
         published,
     );
-    let complete = wait_for(
-        deadline,
-        STALL,
-        || flow.deliveries(),
-        || flow.deliveries() >= n,
-    );
-    let (received, unique, dups, bad, last) = tally(std::slice::from_ref(&tracker));
-    res.setf(
-        "msgs_per_s",
-        unique as f64 / (last.saturating_sub(start_ns) as f64 / 1e9).max(1e-9),
-    );
-    res.set("delivered", received);
-    res.set("expected", n);
-    res.set("duplicates", dups);
-    res.set("lost", n - unique.min(n));
-    res.set(
-        "exactly_once",
-        complete && dups == 0 && bad == 0 && unique == n,
-    );
+    let complete = await_deliveries(&flow, n, deadline);
+    let trackers = std::slice::from_ref(&tracker);
+    let unique = record_deliveries(&mut res, trackers, n, complete, start_ns, false);
     res.add_usage(&usage, unique);
     drop(a);
     drop(sub);

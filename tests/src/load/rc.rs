@@ -14,12 +14,9 @@ use roomcast::{
 use roomcast::core::LinkId;
 
 use super::common::{
-    add_latency, now_ns, parse_payload, payload, tally, wait_for, Flow, Job, Node, Res, Tracker,
-    Usage,
+    add_latency, await_deliveries, now_ns, parse_payload, payload, record_deliveries, wait_for,
+    Flow, Job, Node, Res, Tracker, Usage, STALL,
 };
-
-/// How long without progress ends a phase early (a lost message never arrives).
-const STALL: Duration = Duration::from_secs(3);
 
 /// One roomcast instance and its node.
 struct Inst {
@@ -240,31 +237,12 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
         });
     }
     let expected = n * receivers.len() as u64;
-    let complete = wait_for(
-        deadline,
-        STALL,
-        || flow.deliveries(),
-        || flow.deliveries() >= expected,
-    );
+    let complete = await_deliveries(&flow, expected, deadline);
     let _ = done_rx.recv_timeout(Duration::from_secs(1));
-    let (received, unique, dups, bad, last) = tally(&trackers);
-    let elapsed = (last.saturating_sub(start_ns) as f64 / 1e9).max(1e-9);
     let mut res = job.result();
     res.set("receivers", receivers.len() as u64);
     res.set("published", published.load(Ordering::Relaxed));
-    res.setf(
-        "msgs_per_s",
-        unique as f64 / receivers.len() as f64 / elapsed,
-    );
-    res.setf("deliveries_per_s", unique as f64 / elapsed);
-    res.set("delivered", received);
-    res.set("expected", expected);
-    res.set("duplicates", dups);
-    res.set("lost", expected - unique.min(expected));
-    res.set(
-        "exactly_once",
-        complete && dups == 0 && bad == 0 && unique == expected,
-    );
+    let unique = record_deliveries(&mut res, &trackers, expected, complete, start_ns, true);
     if job.variant.starts_with("paced") {
         res.setf("rate", job.rate);
     }
@@ -317,23 +295,9 @@ fn many_rooms(job: &Job) -> Result<Vec<Res>, String> {
     let start_ns = now_ns();
     let deadline = Instant::now() + job.limit;
     publish_per_room(&a, rooms, job.size, flow.clone(), deadline);
-    let complete = wait_for(
-        deadline,
-        STALL,
-        || flow.deliveries(),
-        || flow.deliveries() >= n,
-    );
-    let (received, unique, dups, bad, last) = tally(std::slice::from_ref(&tracker));
-    let elapsed = (last.saturating_sub(start_ns) as f64 / 1e9).max(1e-9);
-    res.setf("msgs_per_s", unique as f64 / elapsed);
-    res.set("delivered", received);
-    res.set("expected", n);
-    res.set("duplicates", dups);
-    res.set("lost", n - unique.min(n));
-    res.set(
-        "exactly_once",
-        complete && dups == 0 && bad == 0 && unique == n,
-    );
+    let complete = await_deliveries(&flow, n, deadline);
+    let trackers = std::slice::from_ref(&tracker);
+    let unique = record_deliveries(&mut res, trackers, n, complete, start_ns, false);
     res.add_usage(&usage, unique);
     shutdown(vec![a, b]);
     Ok(vec![res])
@@ -733,24 +697,9 @@ fn recovery(job: &Job) -> Result<Vec<Res>, String> {
     let start_ns = now_ns();
     let deadline = Instant::now() + job.limit;
     publish_per_room(&a, rooms, job.size, flow.clone(), deadline);
-    let complete = wait_for(
-        deadline,
-        STALL,
-        || flow.deliveries(),
-        || flow.deliveries() >= n,
-    );
-    let (received, unique, dups, bad, last) = tally(std::slice::from_ref(&tracker));
-    res.setf(
-        "msgs_per_s",
-        unique as f64 / (last.saturating_sub(start_ns) as f64 / 1e9).max(1e-9),
-    );
-    res.set("delivered", received);
-    res.set("expected", n);
-    res.set("lost", n - unique.min(n));
-    res.set(
-        "exactly_once",
-        complete && dups == 0 && bad == 0 && unique == n && all_live.is_some(),
-    );
+    let complete = await_deliveries(&flow, n, deadline) && all_live.is_some();
+    let trackers = std::slice::from_ref(&tracker);
+    let unique = record_deliveries(&mut res, trackers, n, complete, start_ns, false);
     res.add_usage(&usage, unique);
     shutdown(vec![a, b]);
     Ok(vec![res])
