@@ -1094,7 +1094,8 @@ mod tests {
     fn what_cannot_be_skipped_still_ends_the_stream() {
         let big = vec![b'x'; 1000];
         let too_large = |e: &Option<FrameError>| matches!(e, Some(FrameError::TooLarge { .. }));
-        let cases: Vec<(Protocol, Vec<u8>, fn(&Option<FrameError>) -> bool)> = vec![
+        type Check = fn(&Option<FrameError>) -> bool;
+        let cases: Vec<(Protocol, Vec<u8>, Check)> = vec![
             // A reply over the limit: a bulk string, an array, a RESP3 array shaped like a
             // message (a reply in RESP3).
             (
