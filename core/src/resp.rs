@@ -838,6 +838,14 @@ mod tests {
         .unwrap();
         assert_eq!(r2, vec![want.clone()]);
         assert_eq!(r3, vec![want]);
+        // In RESP3 an array is a reply whatever it holds (the answer to an LRANGE, say), on
+        // the fast path as on the others.
+        let r3 = all(
+            Protocol::Resp3,
+            b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n",
+        )
+        .unwrap();
+        assert!(matches!(&r3[..], [Incoming::Reply(Value::Array(items))] if items.len() == 3));
     }
 
     #[test]
