@@ -139,8 +139,9 @@ pub struct Config {
     pub max_conn_id_bytes: usize,
     /// Largest encoded message (envelope) accepted for publishing or delivery (default 1 MiB).
     pub max_envelope_bytes: usize,
-    /// Largest RESP frame buffered from Redis (default: envelope limit + 64 KiB). A larger one
-    /// breaks the link: the stream cannot be trusted after it.
+    /// Largest RESP frame buffered from Redis (default: envelope limit + 64 KiB). A pub/sub
+    /// message over it is skipped unread and reported as [`crate::DropCause::TooLarge`]; any
+    /// other frame over it (a reply) breaks the link.
     pub max_frame_bytes: usize,
     /// Deepest nesting of RESP aggregates accepted from Redis (default 32).
     pub max_frame_depth: usize,

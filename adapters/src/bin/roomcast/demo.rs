@@ -285,7 +285,8 @@ impl Snapshot {
             if !seen.contains(&inst.rc.instance()) {
                 seen.push(inst.rc.instance());
                 s.redis_reconnects += m.reconnects;
-                s.roomcast_drops += m.dropped_malformed + m.dropped_room_mismatch;
+                s.roomcast_drops +=
+                    m.dropped_malformed + m.dropped_room_mismatch + m.dropped_too_large;
                 s.gaps += m.gaps;
             }
         }
