@@ -30,6 +30,8 @@ mod error;
 mod handle;
 mod queue;
 pub mod runtime;
+#[cfg(feature = "cli")]
+pub mod serve;
 #[cfg(feature = "tls")]
 pub mod tls;
 
