@@ -80,6 +80,7 @@ pub(super) async fn run(
     if ws.send(Message::text(welcome)).await.is_err() {
         return; // dropping the Connection leaves its rooms
     }
+    s.metrics.frames_out.inc();
     let mut publisher = rc.publisher();
     let presence = |event: &str| {
         PubSubMessage::broadcast(room.clone(), frames::presence_body(event, &conn, &instance))
