@@ -27,6 +27,8 @@
 
 mod driver;
 mod error;
+#[cfg(feature = "graphwiz")]
+pub mod graphwiz;
 mod handle;
 mod queue;
 pub mod runtime;
