@@ -39,6 +39,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use futures_util::StreamExt;
 use tokio::net::TcpListener;
@@ -175,6 +176,10 @@ impl Server {
             let graceful = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
+            // Frames go out as soon as they are written (no Nagle delay on small frames).
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(graceful)
                 .await;
@@ -247,6 +252,11 @@ async fn page() -> impl IntoResponse {
 
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
     match s.rc.health_check(s.options.health_timeout).await {
+        Ok(report) if report.link_rtts.is_empty() => (
+            StatusCode::OK,
+            format!("ok: standalone (no Redis); {} room(s)\n", report.rooms),
+        )
+            .into_response(),
         Ok(report) => (
             StatusCode::OK,
             format!(
