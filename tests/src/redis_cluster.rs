@@ -382,7 +382,7 @@ impl RedisCluster {
 
     /// The topology all running nodes agree on, or what is not settled yet.
     fn stable_view(&self) -> Result<Topology, String> {
-        let mut agreed: Option<(u16, Topology, Vec<(Slot, String)>)> = None;
+        let mut agreed: Option<(u16, Topology, SlotOwners)> = None;
         for node in &self.nodes {
             let port = node.port();
             let Ok(mut c) = node.try_client() else {
@@ -553,8 +553,11 @@ impl RedisCluster {
     }
 }
 
+/// The first slot of each run of slots with one owner, and the owner's id.
+type SlotOwners = Vec<(Slot, String)>;
+
 /// For each run of slots, who serves it (the master's id), for comparing views.
-fn slot_owners(t: &Topology) -> Vec<(Slot, String)> {
+fn slot_owners(t: &Topology) -> SlotOwners {
     let mut out: Vec<(Slot, String)> = Vec::new();
     for n in 0..roomcast_core::cluster::SLOT_COUNT as u16 {
         let Some(slot) = Slot::new(n) else { continue };

@@ -13,7 +13,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use roomcast_core::cluster::{key_slot, ClusterError, Redirect, Slot};
+use roomcast_core::cluster::{check_server_mode, key_slot, ClusterError, Redirect, Slot};
+use roomcast_tests::redis_cluster::to_value;
 use roomcast_tests::{Failover, Promotion, RedisCluster, RespClient, RespReply};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -183,6 +184,32 @@ fn keyslot_matches(cluster: &RedisCluster, port: u16) {
     }
 }
 
+/// `HELLO` (RESP2 and RESP3) says `mode cluster`: accepted for `redis+cluster://`, refused
+/// for `redis://` with a message naming `redis+cluster://`.
+fn hello_says_cluster(cluster: &RedisCluster, port: u16) {
+    let addr = format!("127.0.0.1:{port}");
+    for resp3 in [false, true] {
+        let mut c = cluster.client(port);
+        let reply = if resp3 {
+            c.cmd(&["HELLO", "3"])
+        } else {
+            c.cmd(&["HELLO"])
+        };
+        let reply = to_value(&reply);
+        let hello = check_server_mode(&reply, true, &addr)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("HELLO answered");
+        assert!(hello.version >= (7, 0, 0), "{hello:?}");
+        let refused = check_server_mode(&reply, false, &addr).unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains(&format!("write redis+cluster://{addr}")),
+            "{refused}"
+        );
+    }
+}
+
 #[test]
 fn cluster_facts() {
     let mut cluster = RedisCluster::start();
@@ -193,6 +220,7 @@ fn cluster_facts() {
     }
 
     keyslot_matches(&cluster, masters[0]);
+    hello_says_cluster(&cluster, masters[0]);
     sharded_pubsub_stays_in_its_shard(&mut cluster);
     wrong_node_answers_moved(&mut cluster);
     channels_of_two_slots_are_crossslot(&mut cluster);

@@ -43,22 +43,32 @@
 //! The control channel used to probe a subscriber link must hash to a slot of the shard it
 //! probes; [`shard_control_channel`] builds one with a tag found for that slot.
 //!
-//! # What the hub will do with these pieces
+//! # How the pieces fit
 //!
-//! [`Topology::from_shards_reply`] turns the reply to `CLUSTER SHARDS` (asked on any seed,
-//! then on known masters) into shards and a 16384-entry slot table;
-//! [`Topology::master_of`]`(room_slot(..))` says which master's links carry a room.
-//! [`ClusterError::parse`] reads the error replies that force a refresh (`MOVED`) or a
-//! retry (`CLUSTERDOWN`, `TRYAGAIN`), or reveal a batching bug (`CROSSSLOT`).
+//! - [`crate::config::parse_redis_target`] chooses the mode from the URL's scheme;
+//!   [`crate::config::ClusterServers::node`] gives the settings of a link to any node.
+//! - [`check_server_mode`] reads the reply to `HELLO` (sent after `AUTH`) and refuses a
+//!   `redis://` URL that reached a cluster node, a cluster URL that reached a single server,
+//!   and a cluster older than 7.0.
+//! - [`Topology::from_shards_reply`] turns the reply to `CLUSTER SHARDS` into shards and a
+//!   16384-entry slot table; [`Topology::master_of`]`(`[`room_slot`]`(..))` says which
+//!   master's links carry a room.
+//! - [`batch_by_slot`] groups channels into `SSUBSCRIBE`/`SUNSUBSCRIBE` commands of one slot
+//!   each.
+//! - [`ClusterError::parse`] reads the error replies that force a refresh (`MOVED`) or a
+//!   retry (`CLUSTERDOWN`, `TRYAGAIN`), or reveal a batching bug (`CROSSSLOT`).
+//! - [`shard_control_channel`] names the probe channel of each shard's subscriber link.
 
 mod redirect;
+mod server;
 mod slot;
 mod topology;
 
 pub use redirect::{ClusterError, Redirect};
+pub use server::{check_server_mode, ModeError, ServerHello, ServerMode, MIN_CLUSTER_VERSION};
 pub use slot::{
-    check_cluster_prefix, crc16, hash_tag, key_slot, room_slot, shard_control_channel,
-    tag_for_slot, ClusterPrefixError, Slot, CONTROL_TAG_SEARCH, SLOT_COUNT,
+    batch_by_slot, check_cluster_prefix, crc16, hash_tag, key_slot, room_slot,
+    shard_control_channel, tag_for_slot, ClusterPrefixError, Slot, CONTROL_TAG_SEARCH, SLOT_COUNT,
 };
 pub use topology::{Health, Node, Role, Shard, ShardIndex, SlotRange, Topology, TopologyError};
 

@@ -97,6 +97,27 @@ pub fn room_slot(namer: &ChannelNamer, room: &RoomId) -> Slot {
     key_slot(&channel)
 }
 
+/// Groups channels into `SSUBSCRIBE`/`SUNSUBSCRIBE` batches: each batch holds channels of
+/// one slot only (so never `-CROSSSLOT`) and at most `max` of them (at least 1); batches
+/// come in slot order, channels within a slot in their given order.
+pub fn batch_by_slot<T: AsRef<[u8]>>(channels: Vec<T>, max: usize) -> Vec<(Slot, Vec<T>)> {
+    let max = max.max(1);
+    let mut keyed: Vec<(Slot, T)> = channels
+        .into_iter()
+        .map(|c| (key_slot(c.as_ref()), c))
+        .collect();
+    // Stable: channels of one slot keep their order.
+    keyed.sort_by_key(|(slot, _)| *slot);
+    let mut out: Vec<(Slot, Vec<T>)> = Vec::new();
+    for (slot, channel) in keyed {
+        match out.last_mut() {
+            Some((s, batch)) if *s == slot && batch.len() < max => batch.push(channel),
+            _ => out.push((slot, vec![channel])),
+        }
+    }
+    out
+}
+
 /// Why a channel prefix cannot be used in cluster mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterPrefixError {
@@ -323,7 +344,48 @@ mod tests {
         );
     }
 
+    #[test]
+    fn batches_hold_one_slot_each() {
+        let batches = batch_by_slot(vec!["{a}1", "b", "{a}2", "{a}3", "c"], 2);
+        let a = key_slot(b"a");
+        let mut want = vec![
+            (a, vec!["{a}1", "{a}2"]),
+            (a, vec!["{a}3"]),
+            (key_slot(b"b"), vec!["b"]),
+            (key_slot(b"c"), vec!["c"]),
+        ];
+        want.sort_by_key(|(s, _)| *s);
+        assert_eq!(batches, want);
+        assert!(batch_by_slot(Vec::<&str>::new(), 10).is_empty());
+        assert_eq!(
+            batch_by_slot(vec!["x", "x"], 0).len(),
+            2,
+            "max 0 counts as 1"
+        );
+    }
+
     proptest! {
+        #[test]
+        fn batching_keeps_every_channel_once_and_never_mixes_slots(
+            names in prop::collection::vec("[a-c{}]{0,5}", 0..40),
+            max in 1usize..5,
+        ) {
+            let batches = batch_by_slot(names.clone(), max);
+            let mut seen: Vec<String> = Vec::new();
+            for (slot, batch) in &batches {
+                prop_assert!(!batch.is_empty() && batch.len() <= max);
+                for name in batch {
+                    prop_assert_eq!(key_slot(name.as_bytes()), *slot);
+                }
+                seen.extend(batch.iter().cloned());
+            }
+            let mut want = names.clone();
+            want.sort();
+            seen.sort();
+            prop_assert_eq!(seen, want);
+            prop_assert!(batches.windows(2).all(|w| w[0].0 <= w[1].0));
+        }
+
         #[test]
         fn table_crc_matches_the_definition(data in prop::collection::vec(any::<u8>(), 0..64)) {
             prop_assert_eq!(crc16(&data), crc16_bitwise(&data));
