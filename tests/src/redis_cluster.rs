@@ -23,7 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use roomcast_core::cluster::{Role, Slot, Topology};
+use roomcast_core::cluster::{Role, Slot, SlotRange, Topology};
 use roomcast_core::Value;
 
 use crate::redis_server::{HarnessError, RedisServer, RespClient, RespReply};
@@ -37,6 +37,10 @@ const BUS_OFFSET: u16 = 10_000;
 
 /// How long the cluster may take to form, or to settle after a change, on a loaded machine.
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long one `CLUSTER FAILOVER` attempt may take before it is made again: a manual
+/// failover's own limit (5 s) plus two node timeouts (after which masters vote again).
+pub const FAILOVER_ATTEMPT: Duration = Duration::from_secs(10);
 
 /// `--cluster-node-timeout` of every node. Small, so that a killed master is noticed soon,
 /// but not so small that a node stalled by a busy machine is failed over by mistake.
@@ -203,6 +207,13 @@ impl RedisCluster {
             "no",
             "--cluster-replica-validity-factor",
             "0",
+            // Replicas sync at once instead of waiting 5 s for others to share the transfer.
+            "--repl-diskless-sync-delay",
+            "0",
+            // CLUSTER SHARDS calls a replica `loading` until its replication offset moves
+            // from 0, which without writes takes the master's first ping (10 s by default).
+            "--repl-ping-replica-period",
+            "1",
         ];
         let mut nodes: Vec<RedisServer> = Vec::with_capacity(count);
         let mut next = scan_start();
@@ -353,18 +364,22 @@ impl RedisCluster {
 
     /// [`RedisCluster::wait_stable`] returning the error.
     pub fn try_wait_stable(&self) -> Result<Topology, String> {
-        self.try_wait_stable_where(|_| true)
+        self.try_wait_stable_where(|_| true, SETTLE_TIMEOUT)
     }
 
     /// Waits (bounded by [`SETTLE_TIMEOUT`]) until the cluster is stable and the topology
     /// all nodes agree on satisfies `check`; returns it. Panics naming `what` on timeout.
     pub fn wait_stable_where(&self, what: &str, check: impl Fn(&Topology) -> bool) -> Topology {
-        self.try_wait_stable_where(check)
+        self.try_wait_stable_where(check, SETTLE_TIMEOUT)
             .unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
     }
 
-    fn try_wait_stable_where(&self, check: impl Fn(&Topology) -> bool) -> Result<Topology, String> {
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
+    fn try_wait_stable_where(
+        &self,
+        check: impl Fn(&Topology) -> bool,
+        timeout: Duration,
+    ) -> Result<Topology, String> {
+        let deadline = Instant::now() + timeout;
         loop {
             let last = match self.stable_view() {
                 Ok(t) if check(&t) => return Ok(t),
@@ -373,7 +388,7 @@ impl RedisCluster {
             };
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "the cluster did not settle within {SETTLE_TIMEOUT:?}; last: {last}"
+                    "the cluster did not settle within {timeout:?}; last: {last}"
                 ));
             }
             thread::sleep(Duration::from_millis(100));
@@ -382,7 +397,8 @@ impl RedisCluster {
 
     /// The topology all running nodes agree on, or what is not settled yet.
     fn stable_view(&self) -> Result<Topology, String> {
-        let mut agreed: Option<(u16, Topology, SlotOwners)> = None;
+        let mut running = Vec::new();
+        let mut views = Vec::new();
         for node in &self.nodes {
             let port = node.port();
             let Ok(mut c) = node.try_client() else {
@@ -396,24 +412,35 @@ impl RedisCluster {
             if !state.lines().any(|l| l.trim() == "cluster_state:ok") {
                 return Err(format!("node {port} is not cluster_state:ok"));
             }
-            let t = self.try_topology_from(port)?;
+            running.push(port);
+            views.push((port, self.try_topology_from(port)?));
+        }
+        let mut agreed: Option<(u16, Topology, Layout)> = None;
+        for (port, t) in views {
             if !t.is_complete() {
                 return Err(format!("node {port} sees slots unserved: {t:?}"));
             }
-            for shard in t.shards().iter().filter(|s| !s.ranges.is_empty()) {
-                if let Some(r) = shard.replicas.iter().find(|r| !r.is_online()) {
+            // Every running node is an online member of a shard that serves slots (a demoted
+            // master must have joined its successor's shard).
+            for &member in &running {
+                let known = t
+                    .shards()
+                    .iter()
+                    .filter(|s| !s.ranges.is_empty())
+                    .flat_map(|s| s.nodes())
+                    .any(|n| n.port == Some(member) && n.is_online());
+                if !known {
                     return Err(format!(
-                        "node {port} sees replica {:?} {:?}",
-                        r.port, r.health
+                        "node {port} does not see {member} online in a shard with slots"
                     ));
                 }
             }
-            let owners = slot_owners(&t);
+            let layout = layout(&t);
             match &agreed {
-                None => agreed = Some((port, t, owners)),
-                Some((first, _, want)) if *want != owners => {
+                None => agreed = Some((port, t, layout)),
+                Some((first, _, want)) if *want != layout => {
                     return Err(format!(
-                        "nodes {first} and {port} disagree on the slot map: {want:?} vs {owners:?}"
+                        "nodes {first} and {port} disagree: {want:?} vs {layout:?}"
                     ))
                 }
                 Some(_) => {}
@@ -503,6 +530,10 @@ impl RedisCluster {
 
     /// Has the replica on `replica_port` take over its shard with `CLUSTER FAILOVER` in
     /// `mode`, and waits until it is master in every node's view and the cluster is stable.
+    ///
+    /// An attempt that does not end within [`FAILOVER_ATTEMPT`] is made again (a manual
+    /// failover gives up after 5 s, and the masters refuse to vote again for a shard they
+    /// voted on less than two node timeouts ago), within [`SETTLE_TIMEOUT`] in all.
     pub fn failover(&mut self, replica_port: u16, mode: Failover) {
         let mut args = vec!["CLUSTER", "FAILOVER"];
         match mode {
@@ -510,8 +541,21 @@ impl RedisCluster {
             Failover::Force => args.push("FORCE"),
             Failover::Takeover => args.push("TAKEOVER"),
         }
-        expect_ok(self.cmd(replica_port, &args), "CLUSTER FAILOVER");
-        self.wait_master(replica_port);
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let reply = self.cmd(replica_port, &args);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = self
+                .try_wait_stable_where(|t| is_master(t, replica_port), left.min(FAILOVER_ATTEMPT));
+            match attempt {
+                Ok(_) => return,
+                Err(e) if left <= FAILOVER_ATTEMPT || !reply.is_ok() => self.panic_with_log(
+                    replica_port,
+                    &format!("{args:?} on {replica_port} answered {reply:?}; {e}"),
+                ),
+                Err(_) => {}
+            }
+        }
     }
 
     /// Kills (SIGKILL) the master on `port`, has one of its replicas promoted as `promotion`
@@ -540,32 +584,52 @@ impl RedisCluster {
     }
 
     /// Waits until the cluster is stable (see [`RedisCluster::wait_stable`]) with `port` as
-    /// the master of a shard that serves slots.
+    /// the master of a shard that serves slots. On timeout, panics with the end of the
+    /// node's log.
     fn wait_master(&mut self, port: u16) {
-        self.wait_stable_where(&format!("{port} to be a master serving slots"), |t| {
-            t.shards().iter().any(|s| {
-                !s.ranges.is_empty()
-                    && s.master
-                        .as_ref()
-                        .is_some_and(|m| m.port == Some(port) && m.role == Role::Master)
-            })
-        });
+        if let Err(e) = self.try_wait_stable_where(|t| is_master(t, port), SETTLE_TIMEOUT) {
+            self.panic_with_log(port, &format!("waiting for {port} to be a master: {e}"));
+        }
+    }
+
+    fn panic_with_log(&self, port: u16, message: &str) -> ! {
+        let log = self.node(port).log();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        panic!(
+            "{message}\nthe log of {port} ends:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
 }
 
-/// The first slot of each run of slots with one owner, and the owner's id.
-type SlotOwners = Vec<(Slot, String)>;
+/// Whether the node on `port` is the master of a shard that serves slots.
+fn is_master(t: &Topology, port: u16) -> bool {
+    t.shards().iter().any(|s| {
+        !s.ranges.is_empty()
+            && s.master
+                .as_ref()
+                .is_some_and(|m| m.port == Some(port) && m.role == Role::Master)
+    })
+}
 
-/// For each run of slots, who serves it (the master's id), for comparing views.
-fn slot_owners(t: &Topology) -> SlotOwners {
-    let mut out: Vec<(Slot, String)> = Vec::new();
-    for n in 0..roomcast_core::cluster::SLOT_COUNT as u16 {
-        let Some(slot) = Slot::new(n) else { continue };
-        let owner = t.master_of(slot).map(|m| m.id.clone()).unwrap_or_default();
-        if out.last().map(|(_, o)| o) != Some(&owner) {
-            out.push((slot, owner));
-        }
-    }
+/// Each shard that serves slots: its slot ranges, master port and replica ports (sorted).
+type Layout = Vec<(Vec<SlotRange>, Option<u16>, Vec<u16>)>;
+
+/// The cluster's layout in one node's view, for comparing views.
+fn layout(t: &Topology) -> Layout {
+    let mut out: Layout = t
+        .shards()
+        .iter()
+        .filter(|s| !s.ranges.is_empty())
+        .map(|s| {
+            let mut ranges = s.ranges.clone();
+            ranges.sort();
+            let mut replicas: Vec<u16> = s.replicas.iter().filter_map(|r| r.port).collect();
+            replicas.sort();
+            (ranges, s.master.as_ref().and_then(|m| m.port), replicas)
+        })
+        .collect();
+    out.sort();
     out
 }
 

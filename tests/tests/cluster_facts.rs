@@ -155,7 +155,8 @@ impl Rng {
 
 /// `CLUSTER KEYSLOT` agrees with `key_slot` on the documented edge cases and on many random
 /// names, half of them with braces, some not UTF-8.
-fn keyslot_matches(cluster: &RedisCluster, port: u16) {
+fn keyslot_matches(cluster: &mut RedisCluster) {
+    let port = cluster.masters()[0];
     let mut names: Vec<Vec<u8>> = ["{}abc", "a{}{b}", "foo}{bar}", "{", "}", "{}", "", "{a}"]
         .iter()
         .map(|s| s.as_bytes().to_vec())
@@ -186,7 +187,8 @@ fn keyslot_matches(cluster: &RedisCluster, port: u16) {
 
 /// `HELLO` (RESP2 and RESP3) says `mode cluster`: accepted for `redis+cluster://`, refused
 /// for `redis://` with a message naming `redis+cluster://`.
-fn hello_says_cluster(cluster: &RedisCluster, port: u16) {
+fn hello_says_cluster(cluster: &mut RedisCluster) {
+    let port = cluster.masters()[0];
     let addr = format!("127.0.0.1:{port}");
     for resp3 in [false, true] {
         let mut c = cluster.client(port);
@@ -212,21 +214,36 @@ fn hello_says_cluster(cluster: &RedisCluster, port: u16) {
 
 #[test]
 fn cluster_facts() {
+    let started = std::time::Instant::now();
     let mut cluster = RedisCluster::start();
+    eprintln!("cluster formed in {:?}", started.elapsed());
     let masters = cluster.masters();
     assert_eq!(masters.len(), 3, "three masters: {masters:?}");
     for &m in &masters {
         assert_eq!(cluster.replicas_of(m).len(), 1, "one replica of {m}");
     }
-
-    keyslot_matches(&cluster, masters[0]);
-    hello_says_cluster(&cluster, masters[0]);
-    sharded_pubsub_stays_in_its_shard(&mut cluster);
-    wrong_node_answers_moved(&mut cluster);
-    channels_of_two_slots_are_crossslot(&mut cluster);
-    migration_unsubscribes_old_owner_and_replica(&mut cluster);
-    manual_failover_unsubscribes_every_channel(&mut cluster);
-    killed_master_closes_its_links(&mut cluster);
+    let scenarios: [(&str, fn(&mut RedisCluster)); 9] = [
+        ("keyslot", keyslot_matches),
+        ("hello", hello_says_cluster),
+        ("sharded pub/sub", sharded_pubsub_stays_in_its_shard),
+        ("moved", wrong_node_answers_moved),
+        ("crossslot", channels_of_two_slots_are_crossslot),
+        ("migration", migration_unsubscribes_old_owner_and_replica),
+        (
+            "manual failover",
+            manual_failover_unsubscribes_every_channel,
+        ),
+        (
+            "forced failovers",
+            forced_failovers_unsubscribe_the_old_master,
+        ),
+        ("killed masters", killed_master_closes_its_links),
+    ];
+    for (name, scenario) in scenarios {
+        let at = std::time::Instant::now();
+        scenario(&mut cluster);
+        eprintln!("{name}: {:?}", at.elapsed());
+    }
 }
 
 /// SSUBSCRIBE/SPUBLISH on every shard: a message reaches the subscribers on the owner and on
@@ -471,6 +488,65 @@ fn manual_failover_unsubscribes_every_channel(cluster: &mut RedisCluster) {
     on_replica.marker(true);
 }
 
+/// `CLUSTER FAILOVER FORCE` and `TAKEOVER` with the old master still up: the old master
+/// learns it lost its slots and unsubscribes its subscribers like a manual failover does;
+/// the promoted replica keeps its own.
+fn forced_failovers_unsubscribe_the_old_master(cluster: &mut RedisCluster) {
+    // The shard that has not failed over yet (nor will be killed next): its masters voted
+    // on no failover of it lately, so they vote for this one at once.
+    let busy = [
+        cluster.master_port_of(slot("facts:{fo-a}")),
+        cluster.master_port_of(slot("facts:{kill}")),
+    ];
+    let channel = ["facts:{force-a}", "facts:{force-b}", "facts:{force-c}"]
+        .into_iter()
+        .find(|c| !busy.contains(&cluster.master_port_of(slot(c))))
+        .expect("one of three tags hashes to the third shard");
+    for (mode, name) in [
+        (Failover::Force, "sunsubscribe_failover_force_resp2.resp"),
+        (
+            Failover::Takeover,
+            "sunsubscribe_failover_takeover_resp2.resp",
+        ),
+    ] {
+        let master = cluster.master_port_of(slot(channel));
+        let replica = cluster.replicas_of(master)[0];
+        let mut on_master = Sub::new(cluster, master, false);
+        on_master.ssubscribe(&[channel], 0);
+        let mut on_replica = Sub::new(cluster, replica, true);
+        on_replica.ssubscribe(&[channel], 0);
+
+        cluster.failover(replica, mode);
+
+        on_master.expect_sunsubscribes(&[(channel, 0)], name);
+        on_master.marker(false);
+        assert_eq!(
+            cluster.cmd(replica, &["SPUBLISH", channel, "promoted"]),
+            RespReply::Int(1),
+            "{mode:?}"
+        );
+        assert_eq!(on_replica.read(), smessage(true, channel, "promoted"));
+        on_replica.marker(true);
+    }
+}
+
+/// Reads until the connection closes (the node died); anything else is a failure.
+fn expect_closed(sub: &mut Sub) {
+    match sub.client.read_reply_within(WAIT) {
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ),
+            "{e}"
+        ),
+        other => panic!(
+            "the killed master's link on {} answered {other:?}",
+            sub.port
+        ),
+    }
+}
+
 /// A master killed: its links close; the replica promoted in its place keeps its own
 /// subscribers, which go on receiving.
 fn killed_master_closes_its_links(cluster: &mut RedisCluster) {
@@ -485,20 +561,36 @@ fn killed_master_closes_its_links(cluster: &mut RedisCluster) {
     let promoted = cluster.kill_master(master, Promotion::Takeover);
     assert_eq!(promoted, replica);
 
-    match on_master.client.read_reply_within(WAIT) {
-        Err(e) => assert!(
-            matches!(
-                e.kind(),
-                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
-            ),
-            "{e}"
-        ),
-        other => panic!("the killed master's link answered {other:?}"),
-    }
+    expect_closed(&mut on_master);
     assert_eq!(
         cluster.cmd(promoted, &["SPUBLISH", channel, "survived"]),
         RespReply::Int(1)
     );
     assert_eq!(on_replica.read(), smessage(true, channel, "survived"));
+    on_replica.marker(true);
+
+    // The old master comes back as a replica of its successor.
+    cluster.revive(master);
+    assert_eq!(cluster.replicas_of(promoted), vec![master]);
+
+    // Another shard's master dies and nobody steps in: the cluster fails over by itself
+    // after the node timeout.
+    let other = (0..)
+        .map(|n| format!("facts:kill2:{n}"))
+        .find(|c| cluster.master_port_of(slot(c)) != promoted)
+        .expect("a channel on another shard");
+    let master = cluster.master_port_of(slot(&other));
+    let replica = cluster.replicas_of(master)[0];
+    let mut on_master = Sub::new(cluster, master, true);
+    on_master.ssubscribe(&[&other], 0);
+    let mut on_replica = Sub::new(cluster, replica, false);
+    on_replica.ssubscribe(&[&other], 0);
+    assert_eq!(cluster.kill_master(master, Promotion::NodeTimeout), replica);
+    expect_closed(&mut on_master);
+    assert_eq!(
+        cluster.cmd(replica, &["SPUBLISH", &other, "elected"]),
+        RespReply::Int(1)
+    );
+    assert_eq!(on_replica.read(), smessage(false, &other, "elected"));
     on_replica.marker(true);
 }
