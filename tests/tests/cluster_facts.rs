@@ -212,6 +212,36 @@ fn hello_says_cluster(cluster: &mut RedisCluster) {
     }
 }
 
+/// One scenario of the test, run on the shared cluster.
+type Scenario = fn(&mut RedisCluster);
+
+/// The shard serving a channel, with one subscriber of the channel on its master and one on
+/// its replica.
+struct ShardSubs {
+    master: u16,
+    replica: u16,
+    on_master: Sub,
+    on_replica: Sub,
+}
+
+impl ShardSubs {
+    /// Subscribes `channel` on its master and on the master's replica (RESP3 where asked).
+    fn new(cluster: &mut RedisCluster, channel: &str, resp3: [bool; 2]) -> ShardSubs {
+        let master = cluster.master_port_of(slot(channel));
+        let replica = cluster.replicas_of(master)[0];
+        let mut on_master = Sub::new(cluster, master, resp3[0]);
+        on_master.ssubscribe(&[channel], 0);
+        let mut on_replica = Sub::new(cluster, replica, resp3[1]);
+        on_replica.ssubscribe(&[channel], 0);
+        ShardSubs {
+            master,
+            replica,
+            on_master,
+            on_replica,
+        }
+    }
+}
+
 #[test]
 fn cluster_facts() {
     let started = std::time::Instant::now();
@@ -222,7 +252,7 @@ fn cluster_facts() {
     for &m in &masters {
         assert_eq!(cluster.replicas_of(m).len(), 1, "one replica of {m}");
     }
-    let scenarios: [(&str, fn(&mut RedisCluster)); 9] = [
+    let scenarios: [(&str, Scenario); 9] = [
         ("keyslot", keyslot_matches),
         ("hello", hello_says_cluster),
         ("sharded pub/sub", sharded_pubsub_stays_in_its_shard),
@@ -509,12 +539,12 @@ fn forced_failovers_unsubscribe_the_old_master(cluster: &mut RedisCluster) {
             "sunsubscribe_failover_takeover_resp2.resp",
         ),
     ] {
-        let master = cluster.master_port_of(slot(channel));
-        let replica = cluster.replicas_of(master)[0];
-        let mut on_master = Sub::new(cluster, master, false);
-        on_master.ssubscribe(&[channel], 0);
-        let mut on_replica = Sub::new(cluster, replica, true);
-        on_replica.ssubscribe(&[channel], 0);
+        let ShardSubs {
+            replica,
+            mut on_master,
+            mut on_replica,
+            ..
+        } = ShardSubs::new(cluster, channel, [false, true]);
 
         cluster.failover(replica, mode);
 
@@ -551,12 +581,12 @@ fn expect_closed(sub: &mut Sub) {
 /// subscribers, which go on receiving.
 fn killed_master_closes_its_links(cluster: &mut RedisCluster) {
     let channel = "facts:{kill}";
-    let master = cluster.master_port_of(slot(channel));
-    let replica = cluster.replicas_of(master)[0];
-    let mut on_master = Sub::new(cluster, master, false);
-    on_master.ssubscribe(&[channel], 0);
-    let mut on_replica = Sub::new(cluster, replica, true);
-    on_replica.ssubscribe(&[channel], 0);
+    let ShardSubs {
+        master,
+        replica,
+        mut on_master,
+        mut on_replica,
+    } = ShardSubs::new(cluster, channel, [false, true]);
 
     let promoted = cluster.kill_master(master, Promotion::Takeover);
     assert_eq!(promoted, replica);
@@ -579,12 +609,12 @@ fn killed_master_closes_its_links(cluster: &mut RedisCluster) {
         .map(|n| format!("facts:kill2:{n}"))
         .find(|c| cluster.master_port_of(slot(c)) != promoted)
         .expect("a channel on another shard");
-    let master = cluster.master_port_of(slot(&other));
-    let replica = cluster.replicas_of(master)[0];
-    let mut on_master = Sub::new(cluster, master, true);
-    on_master.ssubscribe(&[&other], 0);
-    let mut on_replica = Sub::new(cluster, replica, false);
-    on_replica.ssubscribe(&[&other], 0);
+    let ShardSubs {
+        master,
+        replica,
+        mut on_master,
+        mut on_replica,
+    } = ShardSubs::new(cluster, &other, [true, false]);
     assert_eq!(cluster.kill_master(master, Promotion::NodeTimeout), replica);
     expect_closed(&mut on_master);
     assert_eq!(
