@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use roomcast_core::cluster::{check_server_mode, key_slot, ClusterError, Redirect, Slot};
+use roomcast_core::cluster::{check_server_mode, key_slot, ClusterError, Redirect, Slot, Topology};
 use roomcast_tests::redis_cluster::to_value;
 use roomcast_tests::{Failover, Promotion, RedisCluster, RespClient, RespReply};
 
@@ -185,6 +185,49 @@ fn keyslot_matches(cluster: &mut RedisCluster) {
     }
 }
 
+/// `CLUSTER SHARDS` in RESP2 (pairs) and RESP3 (maps) reads as the same topology on every
+/// node: three shards serving all slots, each with one online replica.
+fn shards_read_alike_everywhere(cluster: &mut RedisCluster) {
+    let want = cluster.topology();
+    assert!(want.is_complete());
+    assert_eq!(want.shards().len(), 3);
+    for shard in want.shards() {
+        assert_eq!(shard.replicas.len(), 1, "{shard:?}");
+        assert!(shard.nodes().all(|n| n.is_online() && n.port.is_some()));
+    }
+    for port in cluster.ports() {
+        for resp3 in [false, true] {
+            let mut c = Sub::new(cluster, port, resp3).client;
+            let reply = c.cmd(&["CLUSTER", "SHARDS"]);
+            assert_eq!(
+                matches!(reply.as_array(), Some([RespReply::Map(_), ..])),
+                resp3,
+                "shape of the reply on {port}"
+            );
+            let t = Topology::from_shards_reply(&to_value(&reply))
+                .unwrap_or_else(|e| panic!("{port}: {e}"));
+            // Offsets move with the replicas' pings; the rest is the same everywhere.
+            let layout = |t: &Topology| {
+                let mut v: Vec<_> = t
+                    .shards()
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.ranges.clone(),
+                            s.nodes()
+                                .map(|n| (n.id.clone(), n.port, n.role))
+                                .collect::<Vec<_>>(),
+                        )
+                    })
+                    .collect();
+                v.sort();
+                v
+            };
+            assert_eq!(layout(&t), layout(&want), "on {port}");
+        }
+    }
+}
+
 /// `HELLO` (RESP2 and RESP3) says `mode cluster`: accepted for `redis+cluster://`, refused
 /// for `redis://` with a message naming `redis+cluster://`.
 fn hello_says_cluster(cluster: &mut RedisCluster) {
@@ -252,8 +295,9 @@ fn cluster_facts() {
     for &m in &masters {
         assert_eq!(cluster.replicas_of(m).len(), 1, "one replica of {m}");
     }
-    let scenarios: [(&str, Scenario); 9] = [
+    let scenarios: [(&str, Scenario); 10] = [
         ("keyslot", keyslot_matches),
+        ("shards", shards_read_alike_everywhere),
         ("hello", hello_says_cluster),
         ("sharded pub/sub", sharded_pubsub_stays_in_its_shard),
         ("moved", wrong_node_answers_moved),

@@ -21,7 +21,7 @@ pub type ShardIndex = usize;
 const NO_SHARD: u16 = u16::MAX;
 
 /// A node's role in its shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
     /// The shard's master: serves its slots' SPUBLISH and SSUBSCRIBE.
     Master,
