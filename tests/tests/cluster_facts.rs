@@ -435,9 +435,11 @@ fn channels_of_two_slots_are_crossslot(cluster: &mut RedisCluster) {
     tagged.marker(true);
 }
 
-/// A migrated slot: every subscriber of its channels on the old owner and on the old
-/// owner's replica gets an unsolicited `sunsubscribe` (RESP2 array, RESP3 push); a RESP2
-/// connection whose count reaches 0 leaves subscribed mode; the new owner serves the
+/// A migrated slot: while it migrates the source serves its channels and the target
+/// redirects to the source; once moved, every subscriber of its channels on the old owner
+/// and on the old owner's replica gets an unsolicited `sunsubscribe` (RESP2 array, RESP3
+/// push); a RESP2 connection whose count reaches 0 leaves subscribed mode; an own
+/// SUNSUBSCRIBE of a dropped channel is answered `-MOVED`; the new owner serves the
 /// channels.
 fn migration_unsubscribes_old_owner_and_replica(cluster: &mut RedisCluster) {
     // Two channels of one slot (one tag) and one of another slot on the same master.
@@ -469,10 +471,38 @@ fn migration_unsubscribes_old_owner_and_replica(cluster: &mut RedisCluster) {
         .cmd(source, &["SET", "facts:{mig}:key", "v"])
         .is_ok());
 
-    cluster.move_slot(moved, target);
+    cluster.begin_slot_move(moved, source, target);
+    // While the slot is MIGRATING/IMPORTING the source serves its channels; the target
+    // answers MOVED back to the source (never ASK: shard channels are not keys).
+    let during = cluster.cmd(target, &["SSUBSCRIBE", a]);
+    assert_eq!(
+        during.error(),
+        Some(format!("MOVED {moved} 127.0.0.1:{source}").as_str()),
+        "{during:?}"
+    );
+    assert_eq!(
+        cluster.cmd(source, &["SPUBLISH", a, "during"]),
+        RespReply::Int(3),
+        "three subscribers on the source; the replica's is not counted"
+    );
+    for sub in [&mut two, &mut only, &mut three, &mut on_replica] {
+        assert_eq!(sub.read(), smessage(sub.resp3, a, "during"));
+    }
+    cluster.migrate_keys(moved, source, target);
+    cluster.finish_slot_move(moved, source, target);
 
     // Counts fall as the slot's channels go, in name order; `stay` remains.
     two.expect_sunsubscribes(&[(a, 2), (b, 1)], "sunsubscribe_migration_resp2.resp");
+    two.marker(true);
+    // roomcast's own SUNSUBSCRIBE of a channel the server already dropped is answered
+    // `-MOVED`, not `sunsubscribe`: when the two cross, the unsolicited `sunsubscribe`
+    // comes first and the MOVED answers the command.
+    let own = two.client.cmd(&["SUNSUBSCRIBE", a]);
+    assert_eq!(
+        own.error(),
+        Some(format!("MOVED {moved} 127.0.0.1:{target}").as_str()),
+        "{own:?}"
+    );
     two.marker(true);
 
     only.expect_sunsubscribes(&[(a, 0)], "sunsubscribe_migration_resp2_last.resp");
@@ -487,6 +517,12 @@ fn migration_unsubscribes_old_owner_and_replica(cluster: &mut RedisCluster) {
 
     three.expect_sunsubscribes(&[(a, 1), (b, 0)], "sunsubscribe_migration_resp3.resp");
     three.marker(false);
+    let own = three.client.cmd(&["SUNSUBSCRIBE", b]);
+    assert_eq!(
+        own.error(),
+        Some(format!("MOVED {moved} 127.0.0.1:{target}").as_str()),
+        "RESP3: {own:?}"
+    );
 
     // The old owner's replica tells its subscribers too.
     assert_eq!(
