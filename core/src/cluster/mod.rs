@@ -14,6 +14,19 @@
 //! the subscriber must then subscribe again on the new owner, found in a fresh
 //! [`Topology`].
 //!
+//! # Unsolicited `sunsubscribe` versus the reply to one's own `SUNSUBSCRIBE`
+//!
+//! Both look alike (`sunsubscribe channel count`). What the server does (7.0.15, checked by
+//! the `cluster_facts` integration test): a slot that moves away makes the old owner send
+//! the unsolicited `sunsubscribe` at once; a `SUNSUBSCRIBE` of a channel the node no longer
+//! serves is then answered `-MOVED`, not `sunsubscribe`. So when the two cross, the
+//! command's answer is the `-MOVED` that follows the unsolicited `sunsubscribe`, and when
+//! they do not, it is one `sunsubscribe`. A link can keep the two apart by sending a `PING`
+//! after each `SUNSUBSCRIBE` batch: every `sunsubscribe` of a channel before the `pong`
+//! means "no longer subscribed here" (the wanted outcome for a channel being left), a
+//! `-MOVED` before the `pong` answers the batch, and a `sunsubscribe` of a channel nobody
+//! asked to leave is unsolicited: refresh the topology and subscribe it on its new owner.
+//!
 //! # Rooms and slots: the policy
 //!
 //! A room's slot is the slot of its channel, `{prefix}:room:{escaped id}`, exactly as the
