@@ -583,6 +583,16 @@ fn parse_host_port(hostport: &str, default_port: u16) -> Result<(String, u16), S
     Ok((host.to_string(), port))
 }
 
+impl Config {
+    /// [`Config::validate`] for cluster mode: also refuses a channel prefix with `{` or `}`,
+    /// whose hash tag would put every room in one slot (see [`crate::cluster`]).
+    pub fn validate_for_cluster(&self) -> Result<(), ConfigError> {
+        self.validate()?;
+        crate::cluster::check_cluster_prefix(&self.channel_prefix)
+            .map_err(|e| bad("channel_prefix", e.to_string()))
+    }
+}
+
 /// Most seed nodes a `redis+cluster://` URL may list.
 pub const MAX_CLUSTER_SEEDS: usize = 64;
 
@@ -829,6 +839,17 @@ mod cluster_url_tests {
                 }
             }
         }
+        let braces = Config {
+            channel_prefix: "{app}".into(),
+            ..Config::default()
+        };
+        braces.validate().expect("fine for one server");
+        let e = braces.validate_for_cluster().unwrap_err().to_string();
+        assert!(
+            e.starts_with("invalid channel_prefix") && e.contains("one hash slot"),
+            "{e}"
+        );
+        Config::default().validate_for_cluster().unwrap();
         let many: Vec<String> = (1..=MAX_CLUSTER_SEEDS + 1)
             .map(|p| format!("h:{p}"))
             .collect();
