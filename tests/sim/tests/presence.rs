@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use roomcast_core::envelope::MessageType;
-use roomcast_core::sim::{ModelConfig, Sim};
 use roomcast_core::{
     Config, Event, Hub, Identity, InstanceId, LinkId, Member, PresenceAnswer, PresenceChange,
     PresenceError, PresenceQuery, PresenceWhenDown,
 };
+use roomcast_sim::{ModelConfig, Sim};
 
 fn config() -> Config {
     Config {
@@ -32,7 +32,7 @@ fn ask(s: &mut Sim, n: usize, q: PresenceQuery) -> Result<PresenceAnswer, Presen
     let now = s.now;
     let id = s.nodes[n].hub.query_presence(q, now)?;
     s.settle();
-    let events = s.nodes[n].take_events();
+    let events = s.take_events_of(n);
     events
         .into_iter()
         .find_map(|e| match e {
@@ -181,8 +181,8 @@ fn an_outage_refuses_queries_then_registers_again() {
     s.refuse_connections = false;
     s.advance(Duration::from_secs(3));
     assert!(s.nodes[1].hub.presence_ready());
-    assert!(s.nodes[1]
-        .take_events()
+    assert!(s
+        .take_events_of(1)
         .iter()
         .any(|e| matches!(e, Event::PresenceReady)));
     assert_eq!(
@@ -255,8 +255,8 @@ fn presence_events_tell_other_instances() {
     s.settle();
     s.nodes[1].hub.leave("r", "newcomer").unwrap();
     s.settle();
-    let changes: Vec<PresenceChange> = s.nodes[0]
-        .take_events()
+    let changes: Vec<PresenceChange> = s
+        .take_events_of(0)
         .into_iter()
         .filter_map(|e| match e {
             Event::Delivery(d) if d.message.message_type == MessageType::PresenceEvent => {

@@ -177,10 +177,11 @@ impl ModelRedis {
                 Reply::bulk(channel),
                 Reply::bulk(payload),
             ]);
-            for c in direct {
+            for &c in &direct {
                 self.emit(c, &msg);
                 sent += 1;
             }
+            self.record_fanout(channel, payload, &direct);
         }
         let by_pattern: Vec<(Vec<u8>, Vec<ClientId>)> = self
             .patterns
@@ -218,6 +219,7 @@ impl ModelRedis {
         for &c in &subscribers {
             self.emit(c, &msg);
         }
+        self.record_fanout(channel, payload, &subscribers);
         subscribers.len()
     }
 

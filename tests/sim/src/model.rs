@@ -6,7 +6,7 @@
 //! every input carries a `now`, and [`ModelRedis::advance`] moves the clock without input.
 //! For what it implements it answers byte for byte like redis-server 7.0.15; this is
 //! checked by replaying transcripts captured from the real server
-//! (`core/tests/transcripts/`, see its README).
+//! (`tests/sim/tests/transcripts/`, see its README).
 //!
 //! # What it implements
 //! - Request reading as Redis does it (multibulk and inline, pipelining, partial input,
@@ -143,6 +143,9 @@ struct Client {
     open: bool,
     reader: RequestReader,
     output: Vec<u8>,
+    /// Bytes of output taken so far: `taken + output.len()` is the stream offset of the end
+    /// of `output`.
+    taken: u64,
     proto: Protocol,
     db: usize,
     authenticated: bool,
@@ -195,6 +198,25 @@ pub struct ModelRedis {
     now: Option<Instant>,
     now_ms: i64,
     faults: Faults,
+    /// Fan-outs of messages since the last [`ModelRedis::take_fanouts`], when recording.
+    fanouts: Option<Vec<Fanout>>,
+    next_fanout: u64,
+}
+
+/// One `PUBLISH` or `SPUBLISH` as the server executed it: which message went to which
+/// connections, and where in each connection's output stream it ends. A test harness that
+/// counts the bytes it hands over knows from this when a receiver has taken the message in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fanout {
+    /// Execution order among all fan-outs of this server, from 0.
+    pub seq: u64,
+    /// The channel.
+    pub channel: Vec<u8>,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// Each receiving connection, with the offset in its output stream (bytes ever queued
+    /// for it, see [`ModelRedis::output_taken`]) just after the message.
+    pub to: Vec<(ClientId, u64)>,
 }
 
 impl ModelRedis {
@@ -216,6 +238,51 @@ impl ModelRedis {
             now: None,
             now_ms: VIRTUAL_UNIX_EPOCH_MS,
             faults: Faults::default(),
+            fanouts: None,
+            next_fanout: 0,
+        }
+    }
+
+    /// Starts (or stops) recording every message fan-out for [`ModelRedis::take_fanouts`].
+    pub fn record_fanouts(&mut self, on: bool) {
+        self.fanouts = on.then(Vec::new);
+    }
+
+    /// The fan-outs recorded since the last call, in execution order.
+    pub fn take_fanouts(&mut self) -> Vec<Fanout> {
+        self.fanouts
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Bytes of `c`'s output taken with [`ModelRedis::take_output`] so far: the stream
+    /// offset at which the next [`ModelRedis::take_output`] starts.
+    pub fn output_taken(&self, c: ClientId) -> u64 {
+        self.clients.get(&c).map_or(0, |cl| cl.taken)
+    }
+
+    /// Records a fan-out of `payload` on `channel` to `to` (already emitted), if recording.
+    fn record_fanout(&mut self, channel: &[u8], payload: &[u8], to: &[ClientId]) {
+        if self.fanouts.is_none() {
+            return;
+        }
+        let to = to
+            .iter()
+            .filter_map(|c| {
+                let cl = self.clients.get(c).filter(|cl| cl.open)?;
+                Some((*c, cl.taken + cl.output.len() as u64))
+            })
+            .collect();
+        let seq = self.next_fanout;
+        self.next_fanout += 1;
+        if let Some(log) = self.fanouts.as_mut() {
+            log.push(Fanout {
+                seq,
+                channel: channel.to_vec(),
+                payload: payload.to_vec(),
+                to,
+            });
         }
     }
 
@@ -251,6 +318,7 @@ impl ModelRedis {
                 open: true,
                 reader: RequestReader::default(),
                 output: Vec::new(),
+                taken: 0,
                 proto: Protocol::Resp2,
                 db: 0,
                 authenticated,
@@ -296,6 +364,7 @@ impl ModelRedis {
             return Vec::new();
         }
         let out = std::mem::take(&mut cl.output);
+        cl.taken += out.len() as u64;
         if !cl.open {
             self.clients.remove(&c);
         }

@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use roomcast_core::envelope::{self, InstanceId, MessageType};
-use roomcast_core::sim::{ModelConfig, Sim, Split};
 use roomcast_core::{
     Config, Delivery, DeliveryMode, Event, Hub, Identity, LinkError, LinkId, Protocol, Publish,
     PublishError, RoomState, UnconfirmedPolicy, SUBSCRIBER,
 };
+use roomcast_sim::{ModelConfig, Sim, Split};
 
 fn model() -> ModelConfig {
     ModelConfig {
