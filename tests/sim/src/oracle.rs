@@ -61,6 +61,21 @@ pub struct Counts {
     pub gaps: u64,
 }
 
+/// How the liveness obligations ended: what the oracle actually checked.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// (message, member) pairs owed at publish time.
+    pub owed: u64,
+    /// Of those, delivered.
+    pub delivered: u64,
+    /// Accounted for by an event naming the room.
+    pub accounted: u64,
+    /// Ended by the member leaving before its hub took the message in.
+    pub left: u64,
+    /// Dropped because Redis never executed the publish.
+    pub never_executed: u64,
+}
+
 #[derive(Debug, Default)]
 struct NodeModel {
     /// (room, conn).
@@ -103,6 +118,7 @@ pub struct Oracle {
     forged_origins: BTreeSet<InstanceId>,
     /// The publish whose own events are being read (`LocalFirst` local deliveries).
     in_publish: Option<(usize, u32)>,
+    stats: Stats,
 }
 
 /// Tags a payload with its message number: `RCFZ`, the number (LE), then filler.
@@ -138,6 +154,7 @@ impl Oracle {
             last: BTreeMap::new(),
             forged_origins: BTreeSet::new(),
             in_publish: None,
+            stats: Stats::default(),
         }
     }
 
@@ -156,6 +173,11 @@ impl Oracle {
     /// Whether node `n` was shut down.
     pub fn is_shut(&self, n: usize) -> bool {
         self.nodes[n].shut
+    }
+
+    /// How the obligations so far ended.
+    pub fn stats(&self) -> Stats {
+        self.stats
     }
 
     /// What the oracle counted from node `n`'s events.
@@ -241,6 +263,7 @@ impl Oracle {
                         .entry((i, r.clone(), m.clone()))
                         .or_default()
                         .insert(msg, false);
+                    self.stats.owed += 1;
                 }
             }
         }
@@ -258,6 +281,7 @@ impl Oracle {
                     !taken,
                     "node {n}: {conn:?} left {room:?} without message {msg}, which its hub took in"
                 );
+                self.stats.left += 1;
             }
         }
         self.delivered.retain(|(k, _)| *k != key);
@@ -335,7 +359,14 @@ impl Oracle {
 
     /// Node `n` says it may have missed messages of `room`.
     fn account(&mut self, n: usize, room: &str) {
-        self.owed.retain(|(i, r, _), _| !(*i == n && r == room));
+        let stats = &mut self.stats;
+        self.owed.retain(|(i, r, _), owed| {
+            let hit = *i == n && r == room;
+            if hit {
+                stats.accounted += owed.len() as u64;
+            }
+            !hit
+        });
     }
 
     fn event(&mut self, n: usize, ev: Event) {
@@ -439,7 +470,9 @@ impl Oracle {
                         "node {n}: {r:?} got message {msg} twice in {room:?}"
                     );
                     if let Some(owed) = self.owed.get_mut(&key) {
-                        owed.remove(&msg);
+                        if owed.remove(&msg).is_some() {
+                            self.stats.delivered += 1;
+                        }
                     }
                     if let (false, Some(seq)) = (local_first, seq) {
                         if let Some(before) = self.last.insert(key, seq) {
@@ -480,6 +513,7 @@ impl Oracle {
                     !self.msgs[msg].executed,
                     "node {n}: {conn:?} in {room:?} never got message {msg}, which Redis executed"
                 );
+                self.stats.never_executed += 1;
             }
         }
         self.owed.clear();

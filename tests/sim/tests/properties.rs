@@ -21,6 +21,8 @@ enum Op {
     Leave(usize, usize, usize),
     Disconnect(usize, usize),
     Publish(usize, usize),
+    /// Many publishes in one turn, so that a rare loss has messages to hit.
+    Burst(usize, usize, usize),
     Kill(usize, u16),
     Advance(u64),
     Step,
@@ -34,7 +36,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (n.clone(), r.clone(), c.clone()).prop_map(|(n, r, c)| Op::Join(n, r, c)),
         2 => (n.clone(), r.clone(), c.clone()).prop_map(|(n, r, c)| Op::Leave(n, r, c)),
         1 => (n.clone(), c).prop_map(|(n, c)| Op::Disconnect(n, c)),
-        5 => (n.clone(), r).prop_map(|(n, r)| Op::Publish(n, r)),
+        5 => (n.clone(), r.clone()).prop_map(|(n, r)| Op::Publish(n, r)),
+        1 => (n.clone(), r, 1usize..60).prop_map(|(n, r, k)| Op::Burst(n, r, k)),
         1 => (n, 0u16..3).prop_map(|(n, l)| Op::Kill(n, l)),
         2 => (0u64..4000).prop_map(Op::Advance),
         2 => Just(Op::Step),
@@ -65,6 +68,46 @@ fn check_gauges(sim: &Sim, oracle: &Oracle) -> Result<(), TestCaseError> {
         );
     }
     Ok(())
+}
+
+/// Forgets the publishes whose outcome is in the log (read it before the oracle drains it).
+fn outcomes(sim: &Sim, unconfirmed: &mut BTreeSet<(usize, u64)>) {
+    for o in &sim.log {
+        if let Observed::Event(
+            i,
+            Event::PublishConfirmed { id, .. } | Event::PublishFailed { id, .. },
+        ) = o
+        {
+            unconfirmed.remove(&(*i, id.0));
+        }
+    }
+}
+
+/// Node `n` publishes the next message to room `r`. Refusals (queue full while down) are
+/// allowed; silent loss is not.
+fn publish(
+    sim: &mut Sim,
+    oracle: &mut Oracle,
+    unconfirmed: &mut BTreeSet<(usize, u64)>,
+    n: usize,
+    r: usize,
+) {
+    let (msg, data) = oracle.next_message(8);
+    let now = sim.now;
+    let accepted = sim.nodes[n].hub.publish(
+        &Publish {
+            room: ROOMS[r],
+            message_type: MessageType::Broadcast,
+            data: &data,
+            exclude_connection: None,
+            timestamp: 0,
+        },
+        now,
+    );
+    if let Ok(pid) = accepted {
+        unconfirmed.insert((n, pid.0));
+        oracle.published(sim, n, msg, ROOMS[r], &data, None);
+    }
 }
 
 fn run(ops: Vec<Op>, protocol: Protocol, split: Split, seed: u64) -> Result<(), TestCaseError> {
@@ -101,22 +144,10 @@ fn run(ops: Vec<Op>, protocol: Protocol, split: Split, seed: u64) -> Result<(), 
                 rooms.sort();
                 prop_assert_eq!(rooms, oracle.disconnected(&mut sim, n, CONNS[c]));
             }
-            Op::Publish(n, r) => {
-                let (msg, data) = oracle.next_message(8);
-                // Refusals (queue full while down) are allowed; silent loss is not.
-                let accepted = sim.nodes[n].hub.publish(
-                    &Publish {
-                        room: ROOMS[r],
-                        message_type: MessageType::Broadcast,
-                        data: &data,
-                        exclude_connection: None,
-                        timestamp: 0,
-                    },
-                    now,
-                );
-                if let Ok(pid) = accepted {
-                    unconfirmed.insert((n, pid.0));
-                    oracle.published(&mut sim, n, msg, ROOMS[r], &data, None);
+            Op::Publish(n, r) => publish(&mut sim, &mut oracle, &mut unconfirmed, n, r),
+            Op::Burst(n, r, k) => {
+                for _ in 0..k {
+                    publish(&mut sim, &mut oracle, &mut unconfirmed, n, r);
                 }
             }
             Op::Kill(n, l) => {
@@ -132,19 +163,12 @@ fn run(ops: Vec<Op>, protocol: Protocol, split: Split, seed: u64) -> Result<(), 
                 sim.step();
             }
         }
-        for o in &sim.log {
-            if let Observed::Event(
-                i,
-                Event::PublishConfirmed { id, .. } | Event::PublishFailed { id, .. },
-            ) = o
-            {
-                unconfirmed.remove(&(*i, id.0));
-            }
-        }
+        outcomes(&sim, &mut unconfirmed);
         oracle.drain(&mut sim);
         check_gauges(&sim, &oracle)?;
     }
     sim.advance(Duration::from_secs(10));
+    outcomes(&sim, &mut unconfirmed);
     // What a node missed shows as a gap at the origin's next message: one more from each.
     for (n, room) in oracle.unsettled() {
         let (msg, data) = oracle.next_message(8);
@@ -156,17 +180,12 @@ fn run(ops: Vec<Op>, protocol: Protocol, split: Split, seed: u64) -> Result<(), 
         oracle.published(&mut sim, n, msg, &room, &data, None);
     }
     sim.advance(Duration::from_secs(5));
-    for o in &sim.log {
-        if let Observed::Event(
-            i,
-            Event::PublishConfirmed { id, .. } | Event::PublishFailed { id, .. },
-        ) = o
-        {
-            unconfirmed.remove(&(*i, id.0));
-        }
-    }
+    outcomes(&sim, &mut unconfirmed);
     oracle.finish(&mut sim);
     check_gauges(&sim, &oracle)?;
+    if std::env::var_os("ROOMCAST_ORACLE_STATS").is_some() {
+        eprintln!("{:?}", oracle.stats());
+    }
     // Quiescence: the confirmed channels are the rooms with members plus the control channel.
     prop_assert!(
         unconfirmed.is_empty(),
