@@ -427,6 +427,20 @@ fn line8_outages_are_visible_with_length_and_missed_rooms() {
     assert_eq!(s.nodes[0].hub.room_state("r2"), Some(RoomState::Live));
 }
 
+/// Whether the events say the subscriber was found deaf.
+fn found_deaf(events: &[Event]) -> bool {
+    events.iter().any(|e| {
+        matches!(
+            e,
+            Event::LinkDown {
+                link: SUBSCRIBER,
+                cause: LinkError::Deaf,
+                ..
+            }
+        )
+    })
+}
+
 #[test]
 fn line8_a_deaf_subscriber_is_detected_by_the_probe_and_reopened() {
     let mut s = sim(1);
@@ -434,18 +448,7 @@ fn line8_a_deaf_subscriber_is_detected_by_the_probe_and_reopened() {
     s.deafen(0, SUBSCRIBER, true);
     s.advance(Duration::from_secs(6));
     let ev = s.take_events();
-    assert!(
-        ev[0].iter().any(|e| matches!(
-            e,
-            Event::LinkDown {
-                link: SUBSCRIBER,
-                cause: LinkError::Deaf,
-                ..
-            }
-        )),
-        "{:?}",
-        ev[0]
-    );
+    assert!(found_deaf(&ev[0]), "{:?}", ev[0]);
     s.deafen(0, SUBSCRIBER, false);
     s.advance(Duration::from_secs(15));
     assert_eq!(s.nodes[0].hub.room_state("r"), Some(RoomState::Live));
@@ -590,4 +593,26 @@ fn joins_in_one_turn_become_one_subscribe_per_batch() {
     }
     // 1,200 channels in batches of 512.
     assert_eq!(commands, 3);
+}
+
+/// The harness fires a hub's timers only at the deadlines that hub asked for, as an adapter
+/// does, so no other instance's timers help: node 0 runs no presence heartbeat, and still
+/// finds its deaf subscriber within one probe interval and one probe timeout.
+#[test]
+fn a_deaf_subscriber_is_found_by_its_own_deadlines_alone() {
+    let mut s = Sim::new(2, model(), |i| Config {
+        pool_size: 1,
+        // Node 0 has no presence heartbeat to wake it; node 1 has.
+        presence: i == 1,
+        ..Config::default()
+    });
+    s.settle();
+    join_all(&mut s, "r", &[(0, "a"), (1, "b")]);
+    s.take_events();
+    s.deafen(0, SUBSCRIBER, true);
+    let c = s.nodes[0].hub.config().clone();
+    // The next probe goes out within probe_interval and times out probe_timeout later.
+    s.advance(c.probe_interval + c.probe_timeout + Duration::from_millis(100));
+    let ev = s.take_events();
+    assert!(found_deaf(&ev[0]), "{:?}", ev[0]);
 }

@@ -128,7 +128,6 @@ fn run(ops: Vec<Op>, protocol: Protocol, split: Split, seed: u64) -> Result<(), 
     // Accepted publishes without an outcome: (node, publish id).
     let mut unconfirmed: BTreeSet<(usize, u64)> = BTreeSet::new();
     for op in ops {
-        let now = sim.now;
         match op {
             Op::Join(n, r, c) => {
                 sim.nodes[n].hub.join(ROOMS[r], CONNS[c]).unwrap();
