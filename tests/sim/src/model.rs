@@ -13,19 +13,19 @@
 //!   its limits and its `Protocol error` texts, after which the connection closes).
 //! - Connection: `HELLO`, `AUTH` (requirepass and ACL users), `SELECT`, `CLIENT
 //!   SETNAME|GETNAME|ID`, `PING`, `ECHO`, `QUIT`, `RESET`.
-//! - Pub/sub: `(P|S)SUBSCRIBE`, `(P|S)UNSUBSCRIBE`, `PUBLISH`, `SPUBLISH`, `PUBSUB
-//!   CHANNELS|NUMSUB|NUMPAT|SHARDCHANNELS|SHARDNUMSUB`, RESP2 arrays and RESP3 pushes, and
-//!   the RESP2 subscribed-mode restriction.
+//! - Pub/sub: `(S)SUBSCRIBE`, `(S)UNSUBSCRIBE`, `PUBLISH`, `SPUBLISH`, `PUBSUB
+//!   CHANNELS|NUMSUB|SHARDCHANNELS|SHARDNUMSUB`, RESP2 arrays and RESP3 pushes, and the
+//!   RESP2 subscribed-mode restriction. Pattern subscriptions (`PSUBSCRIBE`, `pmessage`)
+//!   are not modelled: roomcast never uses them.
 //! - Keys with TTLs: `GET SET DEL EXISTS EXPIRE PEXPIRE TTL PTTL PERSIST TYPE KEYS DBSIZE
 //!   FLUSHDB FLUSHALL HSET HGET HDEL HGETALL HLEN SADD SREM SMEMBERS SCARD SISMEMBER`.
 //! - Scripts: `SCRIPT LOAD|EXISTS|FLUSH`, `EVAL`, `EVALSHA` (`NOSCRIPT` for unknown SHAs).
 //!   There is no Lua: a script runs only if a native implementation was registered for
 //!   its source with [`ModelRedis::register_script_impl`].
 //!
-//! Every other command of Redis 7.0.15 is recognised (arity, authentication and
-//! subscribed-mode checks apply as in Redis) and then answered with
-//! `-ERR roomcast model Redis does not implement '<name>'`; a name Redis does not know
-//! gets Redis's `unknown command` error.
+//! That is what roomcast sends, what tests inject and what they use to look at the server's
+//! state; every other name, including Redis commands the model leaves out, gets Redis's
+//! `unknown command` (or `unknown subcommand`) error.
 //!
 //! # Known differences from redis-server
 //! - No active expiry: expired keys vanish when touched; `DBSIZE`/`KEYS` count live keys.
@@ -152,7 +152,6 @@ struct Client {
     user: Vec<u8>,
     name: Option<Vec<u8>>,
     channels: OrderedSet,
-    patterns: OrderedSet,
     shard_channels: OrderedSet,
     stalled: bool,
     soft_limit_since_s: Option<i64>,
@@ -164,12 +163,8 @@ struct Client {
 type Queued = (String, Vec<Vec<u8>>);
 
 impl Client {
-    fn pubsub_count(&self) -> usize {
-        self.channels.len() + self.patterns.len()
-    }
-
     fn total_subscriptions(&self) -> usize {
-        self.pubsub_count() + self.shard_channels.len()
+        self.channels.len() + self.shard_channels.len()
     }
 }
 
@@ -190,7 +185,6 @@ pub struct ModelRedis {
     next_server_id: i64,
     dbs: Vec<Keyspace>,
     channels: BTreeMap<Vec<u8>, BTreeSet<ClientId>>,
-    patterns: BTreeMap<Vec<u8>, BTreeSet<ClientId>>,
     shard_channels: BTreeMap<Vec<u8>, BTreeSet<ClientId>>,
     scripts: BTreeMap<String, Vec<u8>>,
     script_impls: HashMap<Vec<u8>, ScriptFn>,
@@ -230,7 +224,6 @@ impl ModelRedis {
             next_server_id: 1,
             dbs: vec![Keyspace::new(); DATABASES],
             channels: BTreeMap::new(),
-            patterns: BTreeMap::new(),
             shard_channels: BTreeMap::new(),
             scripts: BTreeMap::new(),
             script_impls: HashMap::new(),
@@ -325,7 +318,6 @@ impl ModelRedis {
                 user: b"default".to_vec(),
                 name: None,
                 channels: OrderedSet::new(),
-                patterns: OrderedSet::new(),
                 shard_channels: OrderedSet::new(),
                 stalled: false,
                 soft_limit_since_s: None,
@@ -493,7 +485,7 @@ impl ModelRedis {
 
     // ------------------------------------------------------------------ fault injection
 
-    /// While on, every subscribe confirmation (`subscribe`, `psubscribe`,
+    /// While on, every subscribe confirmation (`subscribe`,
     /// `ssubscribe`) is sent twice.
     pub fn duplicate_subscribe_confirmations(&mut self, on: bool) {
         self.faults.duplicate_subscribe = on;
@@ -513,7 +505,7 @@ impl ModelRedis {
         self.channels.keys().cloned().collect()
     }
 
-    /// Number of connections subscribed to `channel` (patterns not counted).
+    /// Number of connections subscribed to `channel`.
     pub fn numsub(&self, channel: &[u8]) -> usize {
         self.channels.get(channel).map_or(0, |s| s.len())
     }
@@ -522,13 +514,6 @@ impl ModelRedis {
     pub fn subscriptions_of(&self, c: ClientId) -> Vec<Vec<u8>> {
         self.clients.get(&c).map_or_else(Vec::new, |cl| {
             cl.channels.keys().map(<[u8]>::to_vec).collect()
-        })
-    }
-
-    /// Patterns `c` is subscribed to, in subscription order.
-    pub fn patterns_of(&self, c: ClientId) -> Vec<Vec<u8>> {
-        self.clients.get(&c).map_or_else(Vec::new, |cl| {
-            cl.patterns.keys().map(<[u8]>::to_vec).collect()
         })
     }
 
