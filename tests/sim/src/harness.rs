@@ -27,6 +27,9 @@ pub struct Node {
     inbox: BTreeMap<LinkId, BytesMut>,
     connecting: Vec<LinkId>,
     deaf: BTreeSet<LinkId>,
+    /// Links whose read buffer holds hostile bytes (until it is empty again: from then on
+    /// the server's bytes start at a frame boundary once more).
+    tainted: BTreeSet<LinkId>,
     /// Bytes the harness took from the hub's `poll_transmit` (for any link, sent or not).
     pub bytes_polled: u64,
     /// Bytes the harness handed to the hub's `handle_input` (hostile ones included).
@@ -87,6 +90,22 @@ pub enum Observed {
         /// [`Fanout::seq`].
         seq: u64,
     },
+    /// Hostile bytes were handed to one of a node's links ([`Sim::deliver`]; [`Sim::observe`]
+    /// only).
+    Injected {
+        /// The node.
+        node: usize,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// What follows until `Tainted { on: false }` is the node's reading of a buffer that held
+    /// hostile bytes: its events and intakes may be forgeries ([`Sim::observe`] only).
+    Tainted {
+        /// The node.
+        node: usize,
+        /// Start (or end) of the stretch.
+        on: bool,
+    },
 }
 
 /// A model Redis, several hubs and a virtual clock.
@@ -128,6 +147,7 @@ impl Sim {
                 inbox: BTreeMap::new(),
                 connecting: Vec::new(),
                 deaf: BTreeSet::new(),
+                tainted: BTreeSet::new(),
                 bytes_polled: 0,
                 bytes_handed: 0,
             })
@@ -246,6 +266,7 @@ impl Sim {
                             self.redis.kill(c);
                         }
                         node.inbox.remove(&link);
+                        node.tainted.remove(&link);
                         node.connecting.push(link);
                     }
                     LinkRequest::Close { link } => {
@@ -253,6 +274,7 @@ impl Sim {
                             self.redis.kill(c);
                         }
                         node.inbox.remove(&link);
+                        node.tainted.remove(&link);
                         node.connecting.retain(|l| *l != link);
                     }
                 }
@@ -304,6 +326,7 @@ impl Sim {
                     self.in_flight.remove(&c);
                     self.nodes[i].clients.remove(&link);
                     self.nodes[i].inbox.remove(&link);
+                    self.nodes[i].tainted.remove(&link);
                     self.nodes[i].hub.handle_disconnected(
                         link,
                         "connection closed by the server",
@@ -328,6 +351,16 @@ impl Sim {
     /// Bytes from anyone (the server, or hostile bytes as if from it) to a node's link, in
     /// pieces as [`Sim::split`] says.
     pub fn deliver(&mut self, i: usize, link: LinkId, bytes: &[u8]) {
+        if !self.nodes[i].clients.contains_key(&link) {
+            return;
+        }
+        if self.observe {
+            self.log.push(Observed::Injected {
+                node: i,
+                bytes: bytes.to_vec(),
+            });
+        }
+        self.nodes[i].tainted.insert(link);
         self.hand_over(i, link, None, bytes);
     }
 
@@ -346,6 +379,10 @@ impl Sim {
             let node = &mut self.nodes[i];
             if !node.clients.contains_key(&link) {
                 return;
+            }
+            let tainted = node.tainted.contains(&link);
+            if tainted && self.observe {
+                self.log.push(Observed::Tainted { node: i, on: true });
             }
             let buf = node.inbox.entry(link).or_default();
             buf.extend_from_slice(&bytes[at..end]);
@@ -374,6 +411,15 @@ impl Sim {
                 }
             }
             self.poll_events(i);
+            if tainted {
+                let node = &mut self.nodes[i];
+                if node.inbox.get(&link).is_none_or(BytesMut::is_empty) {
+                    node.tainted.remove(&link);
+                }
+                if self.observe {
+                    self.log.push(Observed::Tainted { node: i, on: false });
+                }
+            }
             at = end;
         }
     }

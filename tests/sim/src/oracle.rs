@@ -28,16 +28,21 @@
 //! of the copy that reached the node (a member that joined in between gets it at its later
 //! place).
 //!
-//! Hostile input switches off only what it can forge: a foreign publish whose trailer names
-//! one of the simulated instances switches off the checks of that origin's messages; a
-//! delivery with a foreign origin (or, outside the publisher's `LocalFirst` delivery,
-//! none) is checked for safety only; bytes injected into a node's link switch off the
-//! liveness and content checks of that node alone.
+//! Hostile input switches off only what it can forge:
+//! - a delivery with a foreign origin (or, outside the publisher's `LocalFirst` delivery,
+//!   none) is checked for safety only;
+//! - a foreign publish or injected bytes carrying a trailer that names one of the simulated
+//!   instances switch off the checks of that origin's messages;
+//! - while a node reads a buffer that held injected bytes (until it is empty again), its
+//!   deliveries are checked for safety only, a message it takes in is no longer owed, and a
+//!   `RoomLive` it reports is not believed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use roomcast_core::envelope::{self, InstanceId, MessageType, HARD_MAX_ENVELOPE_BYTES};
+use roomcast_core::envelope::{
+    self, InstanceId, MessageType, HARD_MAX_ENVELOPE_BYTES, TRAILER_MAGIC,
+};
 use roomcast_core::Event;
 
 use crate::harness::{Observed, Sim};
@@ -74,6 +79,8 @@ pub struct Stats {
     pub left: u64,
     /// Dropped because Redis never executed the publish.
     pub never_executed: u64,
+    /// Taken in from a buffer that held injected bytes (a forgery may have replaced it).
+    pub forged: u64,
 }
 
 #[derive(Debug, Default)]
@@ -84,8 +91,10 @@ struct NodeModel {
     live: BTreeSet<String>,
     shut: bool,
     local_first: bool,
-    /// Bytes were injected into one of its links.
-    hostile: bool,
+    /// Reading a buffer that held injected bytes.
+    tainted: bool,
+    /// The last bytes injected into it (a trailer may straddle two injections).
+    injected_tail: Vec<u8>,
     /// Message → the fan-out whose copy this node was handed last.
     taken: BTreeMap<u32, u64>,
     counts: Counts,
@@ -185,13 +194,6 @@ impl Oracle {
         self.nodes[n].counts
     }
 
-    /// Bytes were injected into one of node `n`'s links: its deliveries are checked for
-    /// safety only from now on.
-    pub fn hostile_node(&mut self, n: usize) {
-        self.nodes[n].hostile = true;
-        self.owed.retain(|k, _| k.0 != n);
-    }
-
     /// `Hub::join(room, conn)` on node `n` succeeded; returns whether the membership is new.
     pub fn joined(&mut self, sim: &mut Sim, n: usize, room: &str, conn: &str) -> bool {
         let added = self.nodes[n].members.insert((room.into(), conn.into()));
@@ -254,7 +256,7 @@ impl Oracle {
             },
         );
         for (i, node) in self.nodes.iter().enumerate() {
-            if node.hostile || !node.live.contains(room) {
+            if !node.live.contains(room) {
                 continue;
             }
             for (r, m) in &node.members {
@@ -331,15 +333,37 @@ impl Oracle {
                         continue;
                     };
                     self.nodes[node].taken.insert(msg, seq);
+                    let tainted = self.nodes[node].tainted;
                     let room = &self.msgs[&msg].room;
                     for ((n, r, _), owed) in self.owed.iter_mut() {
                         if *n == node && r == room {
-                            if let Some(taken) = owed.get_mut(&msg) {
+                            if tainted {
+                                if owed.remove(&msg).is_some() {
+                                    self.stats.forged += 1;
+                                }
+                            } else if let Some(taken) = owed.get_mut(&msg) {
                                 *taken = true;
                             }
                         }
                     }
                 }
+                Observed::Injected { node, bytes } => {
+                    let n = &mut self.nodes[node];
+                    let mut scan = std::mem::take(&mut n.injected_tail);
+                    scan.extend_from_slice(&bytes);
+                    for w in scan.windows(13) {
+                        if w[..4] == TRAILER_MAGIC {
+                            let origin =
+                                u64::from_le_bytes(w[5..13].try_into().unwrap_or_default());
+                            if self.is_ours(InstanceId(origin)) {
+                                self.forged_origins.insert(InstanceId(origin));
+                            }
+                        }
+                    }
+                    let keep = scan.len().saturating_sub(12);
+                    self.nodes[node].injected_tail = scan.split_off(keep);
+                }
+                Observed::Tainted { node, on } => self.nodes[node].tainted = on,
                 Observed::Event(n, e) => self.event(n, e),
             }
         }
@@ -375,7 +399,7 @@ impl Oracle {
             Event::PublishFailed { .. } => self.nodes[n].counts.failed += 1,
             Event::RoomLive { room } => {
                 let node = &mut self.nodes[n];
-                if node.members.iter().any(|(r, _)| r == room.as_str()) {
+                if !node.tainted && node.members.iter().any(|(r, _)| r == room.as_str()) {
                     node.live.insert(room.as_str().to_string());
                 }
             }
@@ -421,7 +445,7 @@ impl Oracle {
                 if let Some(x) = d.excluded() {
                     assert!(members.contains(x.as_str()));
                 }
-                if node.hostile || d.message.message_type != MessageType::Broadcast {
+                if node.tainted || d.message.message_type != MessageType::Broadcast {
                     return;
                 }
                 let Some(msg) = tag_of(&d.message.data) else {

@@ -208,7 +208,6 @@ impl Checker {
                 link: l,
                 bytes,
             } => {
-                self.oracle.hostile_node(node(i));
                 self.hostile[node(i)] = true;
                 c.deliver(node(i), link(l), bytes);
             }
@@ -302,6 +301,11 @@ impl Checker {
                 assert_eq!(m.members, 0);
             }
         }
+    }
+
+    /// How the oracle's obligations ended.
+    pub fn stats(&self) -> crate::oracle::Stats {
+        self.oracle.stats()
     }
 
     pub fn finish(&mut self, c: &mut Sim) {

@@ -158,7 +158,8 @@ pub enum Op {
 
 /// Fuzz target: a [`Setup`] and up to 256 [`Op`]s decoded from `data` with
 /// [`arbitrary`], run by [`run_operations`]. With `ROOMCAST_FUZZ_DEBUG` set in the
-/// environment it prints them first, for triage.
+/// environment it prints them first, for triage; with `ROOMCAST_ORACLE_STATS` set,
+/// [`run_operations`] prints how the oracle's obligations ended.
 pub fn operations(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let Ok(setup) = Setup::arbitrary(&mut u) else {
@@ -211,4 +212,7 @@ pub fn run_operations(setup: &Setup, ops: &[Op]) {
         checker.check(&mut c);
     }
     checker.finish(&mut c);
+    if std::env::var_os("ROOMCAST_ORACLE_STATS").is_some() {
+        eprintln!("{:?}", checker.stats());
+    }
 }
