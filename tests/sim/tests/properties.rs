@@ -24,6 +24,9 @@ enum Op {
     /// Many publishes in one turn, so that a rare loss has messages to hit.
     Burst(usize, usize, usize),
     Kill(usize, u16),
+    /// What Redis sends a node's subscriber is lost (or no longer): messages go missing
+    /// while the link stays up, to be reported as a gap or by the probe.
+    Deafen(usize, bool),
     Advance(u64),
     Step,
 }
@@ -38,7 +41,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (n.clone(), c).prop_map(|(n, c)| Op::Disconnect(n, c)),
         5 => (n.clone(), r.clone()).prop_map(|(n, r)| Op::Publish(n, r)),
         1 => (n.clone(), r, 1usize..60).prop_map(|(n, r, k)| Op::Burst(n, r, k)),
-        1 => (n, 0u16..3).prop_map(|(n, l)| Op::Kill(n, l)),
+        1 => (n.clone(), 0u16..3).prop_map(|(n, l)| Op::Kill(n, l)),
+        1 => (n, any::<bool>()).prop_map(|(n, on)| Op::Deafen(n, on)),
         2 => (0u64..4000).prop_map(Op::Advance),
         2 => Just(Op::Step),
     ]
@@ -157,6 +161,7 @@ fn run(ops: Vec<Op>, protocol: Protocol, split: Split, seed: u64) -> Result<(), 
                 sim.deafen(n, LinkId(l), false);
                 sim.kill_link(n, LinkId(l));
             }
+            Op::Deafen(n, on) => sim.deafen(n, SUBSCRIBER, on),
             Op::Advance(ms) => sim.advance(Duration::from_millis(ms)),
             Op::Step => {
                 sim.step();
@@ -166,6 +171,7 @@ fn run(ops: Vec<Op>, protocol: Protocol, split: Split, seed: u64) -> Result<(), 
         oracle.drain(&mut sim);
         check_gauges(&sim, &oracle)?;
     }
+    sim.heal();
     sim.advance(Duration::from_secs(10));
     outcomes(&sim, &mut unconfirmed);
     // What a node missed shows as a gap at the origin's next message: one more from each.

@@ -356,6 +356,8 @@ impl Checker {
                 "node {i}: rooms without members linger"
             );
             assert_eq!(m.subscriptions_in_flight, 0);
+            // Every link is ready and the harness took everything `poll_transmit` offered.
+            assert_eq!(m.buffered_output, 0, "node {i}: output left after healing");
             for r in &rooms {
                 assert_eq!(hub.room_state(r), Some(RoomState::Live), "node {i}: {r:?}");
             }
