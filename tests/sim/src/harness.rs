@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use crate::model::{ClientId, Fanout, ModelConfig, ModelRedis};
-use roomcast_core::{Config, Event, Hub, Identity, InstanceId, LinkId, LinkRequest};
+use roomcast_core::{
+    Config, Event, Hub, Identity, InstanceId, Joined, LinkId, LinkRequest, MemberError, RoomId,
+};
 
 /// One instance in the simulation, and the adapter state around it.
 #[derive(Debug)]
@@ -483,6 +485,32 @@ impl Sim {
             }
         }
         self.run();
+    }
+
+    /// `Hub::join` on node `i`, at virtual now. Tests call membership commands through these
+    /// methods, so that a change of their signature is a change here.
+    pub fn join(&mut self, i: usize, room: &str, conn: &str) -> Result<Joined, MemberError> {
+        self.nodes[i].hub.join(room, conn)
+    }
+
+    /// `Hub::join_many` on node `i`, at virtual now.
+    pub fn join_many(
+        &mut self,
+        i: usize,
+        rooms: &[&str],
+        conn: &str,
+    ) -> Result<usize, (usize, MemberError)> {
+        self.nodes[i].hub.join_many(rooms, conn)
+    }
+
+    /// `Hub::leave` on node `i`, at virtual now.
+    pub fn leave(&mut self, i: usize, room: &str, conn: &str) -> Result<bool, MemberError> {
+        self.nodes[i].hub.leave(room, conn)
+    }
+
+    /// `Hub::disconnect` on node `i`, at virtual now.
+    pub fn disconnect(&mut self, i: usize, conn: &str) -> Result<Vec<RoomId>, MemberError> {
+        self.nodes[i].hub.disconnect(conn)
     }
 
     /// Runs, then lets 1 ms of virtual time pass (links connect, confirmations arrive).

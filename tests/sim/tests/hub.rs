@@ -37,7 +37,7 @@ fn received(s: &mut Sim) -> Vec<u32> {
 fn output_of_many_blocks_arrives_in_order_and_survives_a_kill() {
     let mut s = one_link(2);
     s.settle();
-    s.nodes[1].hub.join("r", "m").unwrap();
+    s.join(1, "r", "m").unwrap();
     s.settle();
     s.take_events();
     let publish_many = |s: &mut Sim, from: u32| {
@@ -73,7 +73,7 @@ fn quiet_publishes_report_failures_only() {
         ..Config::default()
     });
     s.settle();
-    s.nodes[0].hub.join("r", "m").unwrap();
+    s.join(0, "r", "m").unwrap();
     s.settle();
     s.take_events();
     let msg = Publish::broadcast("r", b"x");
@@ -122,10 +122,7 @@ fn quiet_publishes_report_failures_only() {
 fn rooms_joined_with_join_many_go_live() {
     let mut s = one_link(1);
     s.settle();
-    assert_eq!(
-        s.nodes[0].hub.join_many(&["a", "b", "a", "c/d"], "c"),
-        Ok(3)
-    );
+    assert_eq!(s.join_many(0, &["a", "b", "a", "c/d"], "c"), Ok(3));
     s.settle();
     for room in ["a", "b", "c/d"] {
         assert_eq!(s.nodes[0].hub.room_state(room), Some(RoomState::Live));
@@ -149,13 +146,12 @@ fn local_first_delivers_nothing_to_a_room_being_left() {
         ..Config::default()
     });
     s.settle();
-    s.nodes[0].hub.join("r", "a").unwrap();
+    s.join(0, "r", "a").unwrap();
     s.settle();
     s.take_events();
     // The last member left; the room waits for its UNSUBSCRIBE to be confirmed.
-    let hub = &mut s.nodes[0].hub;
-    hub.leave("r", "a").unwrap();
-    assert!(hub.room_state("r").is_some());
+    s.leave(0, "r", "a").unwrap();
+    assert!(s.nodes[0].hub.room_state("r").is_some());
     let msg = Publish::broadcast("r", b"x");
     let now = s.now;
     s.nodes[0].hub.publish(&msg, now).unwrap();

@@ -139,15 +139,15 @@ fn run(ops: Vec<Op>, protocol: Protocol, split: Split, seed: u64) -> Result<(), 
     for op in ops {
         match op {
             Op::Join(n, r, c) => {
-                sim.nodes[n].hub.join(ROOMS[r], CONNS[c]).unwrap();
+                sim.join(n, ROOMS[r], CONNS[c]).unwrap();
                 oracle.joined(&mut sim, n, ROOMS[r], CONNS[c]);
             }
             Op::Leave(n, r, c) => {
-                let was = sim.nodes[n].hub.leave(ROOMS[r], CONNS[c]).unwrap();
+                let was = sim.leave(n, ROOMS[r], CONNS[c]).unwrap();
                 prop_assert_eq!(was, oracle.left(&mut sim, n, ROOMS[r], CONNS[c]));
             }
             Op::Disconnect(n, c) => {
-                let rooms = sim.nodes[n].hub.disconnect(CONNS[c]).unwrap();
+                let rooms = sim.disconnect(n, CONNS[c]).unwrap();
                 let mut rooms: Vec<String> = rooms.iter().map(|r| r.as_str().into()).collect();
                 rooms.sort();
                 prop_assert_eq!(rooms, oracle.disconnected(&mut sim, n, CONNS[c]));
@@ -267,9 +267,9 @@ fn run(ops: Vec<Op>, protocol: Protocol, split: Split, seed: u64) -> Result<(), 
         }
     }
     // Everyone leaves: nothing is left, in the hubs or in Redis.
-    for node in &mut sim.nodes {
+    for n in 0..NODES {
         for c in CONNS {
-            node.hub.disconnect(c).unwrap();
+            sim.disconnect(n, c).unwrap();
         }
     }
     sim.advance(Duration::from_secs(5));

@@ -18,7 +18,7 @@ fn run(seed: u64) -> Vec<String> {
     s.observe();
     s.settle();
     for (i, room) in ["a", "b", "a"].iter().enumerate() {
-        s.nodes[i].hub.join(room, "m").unwrap();
+        s.join(i, room, "m").unwrap();
     }
     s.settle();
     for k in 0..40u32 {

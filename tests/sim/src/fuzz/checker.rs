@@ -55,7 +55,7 @@ impl Checker {
                 let i = node(i);
                 let (room, conn) = (room.room(), conn.conn());
                 let before = c.nodes[i].hub.metrics();
-                let r = c.nodes[i].hub.join(room, conn);
+                let r = c.join(i, room, conn);
                 let valid = c.nodes[i].hub.check_room(room).is_ok()
                     && roomcast_core::ConnId::new(conn, self.config.max_conn_id_bytes).is_ok();
                 let shut = self.oracle.is_shut(i);
@@ -86,7 +86,7 @@ impl Checker {
                 let i = node(i);
                 let (room, conn) = (room.room(), conn.conn());
                 let before = c.nodes[i].hub.metrics();
-                match c.nodes[i].hub.leave(room, conn) {
+                match c.leave(i, room, conn) {
                     Ok(left) => assert_eq!(left, self.oracle.left(c, i, room, conn)),
                     Err(_) => assert_eq!(
                         c.nodes[i].hub.metrics(),
@@ -99,7 +99,7 @@ impl Checker {
                 let i = node(i);
                 let conn = conn.conn();
                 let before = c.nodes[i].hub.metrics();
-                match c.nodes[i].hub.disconnect(conn) {
+                match c.disconnect(i, conn) {
                     Ok(rooms) => {
                         let mut got: Vec<String> =
                             rooms.iter().map(|r| r.as_str().to_string()).collect();
