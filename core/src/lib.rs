@@ -54,8 +54,6 @@ pub mod cluster;
 pub mod config;
 pub mod envelope;
 pub mod event;
-#[cfg(feature = "sim")]
-pub mod fuzz;
 mod hub;
 mod link;
 pub mod metrics;
@@ -63,8 +61,6 @@ pub mod naming;
 pub mod presence;
 mod resp;
 mod rooms;
-#[cfg(any(test, feature = "sim"))]
-pub mod sim;
 
 pub use config::{
     Config, ConfigError, DeliveryMode, Protocol, Secret, ServerConfig, UnconfirmedPolicy,

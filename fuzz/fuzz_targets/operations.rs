@@ -1,4 +1,4 @@
-//! `roomcast_core::fuzz::operations` under libFuzzer; the body and its checks live in the core.
+//! `roomcast_sim::fuzz::operations` under libFuzzer; the body and its checks live in the core.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| roomcast_core::fuzz::operations(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| roomcast_sim::fuzz::operations(data));

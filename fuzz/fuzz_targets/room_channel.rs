@@ -1,4 +1,4 @@
-//! `roomcast_core::fuzz::room_channel` under libFuzzer; the body and its checks live in the core.
+//! `roomcast_sim::fuzz::room_channel` under libFuzzer; the body and its checks live in the core.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| roomcast_core::fuzz::room_channel(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| roomcast_sim::fuzz::room_channel(data));

@@ -208,31 +208,3 @@ impl Hub {
         self.next_probe = now + self.config.probe_interval;
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use crate::sim::{ModelConfig, Sim};
-    use crate::{Config, SUBSCRIBER};
-
-    #[test]
-    fn close_ends_a_probe_under_way() {
-        let mut s = Sim::new(1, ModelConfig::default(), |_| Config {
-            pool_size: 1,
-            presence: false,
-            ..Config::default()
-        });
-        s.settle();
-        // Redis confirms the probe's PUBLISH, but the subscriber never hears it.
-        s.deafen(0, SUBSCRIBER, true);
-        let now = s.now;
-        s.nodes[0].hub.ping(now);
-        s.run();
-        assert!(s.nodes[0].hub.poll_timeout().is_some());
-        s.nodes[0].hub.close(now);
-        assert_eq!(s.nodes[0].hub.poll_timeout(), None, "a timer after close");
-        s.nodes[0].hub.handle_timeout(now + Duration::from_secs(60));
-        assert_eq!(s.nodes[0].hub.metrics().deaf_detected, 0);
-    }
-}

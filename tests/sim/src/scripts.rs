@@ -1,10 +1,10 @@
 //! The presence scripts, written natively against the model's keyspace (the model runs no
-//! Lua). Each does what its Lua source in [`crate::presence`] does, command for command.
+//! Lua). Each does what its Lua source in [`roomcast_core::presence`] does, command for command.
 
 use std::time::Instant;
 
 use super::model::{Keyspace, ModelRedis, Reply};
-use crate::presence::{CLEAR_SCRIPT, CONN_SCRIPT, ROOM_SCRIPT, SWEEP_SCRIPT};
+use roomcast_core::presence::{CLEAR_SCRIPT, CONN_SCRIPT, ROOM_SCRIPT, SWEEP_SCRIPT};
 
 fn strings(r: Reply) -> Vec<Vec<u8>> {
     match r {

@@ -5,8 +5,8 @@
 
 use bytes::Bytes;
 use roomcast_core::envelope::{self, MessageType};
-use roomcast_core::sim::{ModelConfig, Sim, Split};
 use roomcast_core::{Config, DropCause, Event, Protocol, RoomState};
+use roomcast_sim::{ModelConfig, Sim, Split};
 
 const MAX_FRAME: usize = 8192;
 

@@ -1,4 +1,4 @@
-//! Replays the transcripts captured from redis-server 7.0.15 (`core/tests/transcripts/`,
+//! Replays the transcripts captured from redis-server 7.0.15 (`tests/sim/tests/transcripts/`,
 //! format in its README) into the model and checks that every connection receives the
 //! same bytes, frame by frame, after every step.
 
@@ -12,7 +12,7 @@ macro_rules! transcripts {
         /// Every transcript file, by name.
         const TRANSCRIPTS: &[(&str, &str)] = &[
             $((stringify!($name),
-               include_str!(concat!("../../../tests/transcripts/", stringify!($name), ".txt")))),*
+               include_str!(concat!("../../tests/transcripts/", stringify!($name), ".txt")))),*
         ];
         mod replay_whole {
             $(#[test] fn $name() { super::replay_named(stringify!($name), super::Split::Whole); })*
@@ -32,13 +32,13 @@ transcripts!(
     handshake_resp3,
     hashes_and_sets,
     inline_and_pipelining,
-    patterns_and_shards,
     ping_modes,
     protocol_errors,
     publish_counts,
     reset,
     restart_and_kill,
     scripts,
+    shards,
     strings_ttl,
     subscribe_resp2,
     subscribe_resp3,

@@ -1,9 +1,9 @@
-//! Pub/sub: subscriptions of the three kinds (channels, patterns, shard channels), their
-//! confirmations, message delivery and the PUBSUB introspection subcommands.
+//! Pub/sub: subscriptions of the two kinds roomcast uses (channels, and shard channels
+//! for Redis Cluster), their confirmations, message delivery and the PUBSUB introspection
+//! subcommands. Pattern subscriptions are not modelled (roomcast never sends them).
 //!
-//! Counts in confirmations follow Redis 7.0: channels and patterns share one count,
-//! shard channels have their own. A connection is in subscribed mode while it has any
-//! subscription of any kind.
+//! Counts in confirmations follow Redis 7.0: channels have one count, shard channels
+//! their own. A connection is in subscribed mode while it has any subscription.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,14 +16,12 @@ use super::{Client, ClientId, ModelRedis};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Channel,
-    Pattern,
     Shard,
 }
 
 impl Kind {
     fn of(cmd: &str) -> Kind {
         match cmd {
-            "psubscribe" | "punsubscribe" => Kind::Pattern,
             "ssubscribe" | "sunsubscribe" => Kind::Shard,
             _ => Kind::Channel,
         }
@@ -32,14 +30,13 @@ impl Kind {
     fn set(self, cl: &mut Client) -> &mut OrderedSet {
         match self {
             Kind::Channel => &mut cl.channels,
-            Kind::Pattern => &mut cl.patterns,
             Kind::Shard => &mut cl.shard_channels,
         }
     }
 
     fn count(self, cl: &Client) -> i64 {
         match self {
-            Kind::Channel | Kind::Pattern => cl.pubsub_count() as i64,
+            Kind::Channel => cl.channels.len() as i64,
             Kind::Shard => cl.shard_channels.len() as i64,
         }
     }
@@ -60,12 +57,11 @@ impl ModelRedis {
     fn registry(&mut self, kind: Kind) -> &mut Registry {
         match kind {
             Kind::Channel => &mut self.channels,
-            Kind::Pattern => &mut self.patterns,
             Kind::Shard => &mut self.shard_channels,
         }
     }
 
-    /// SUBSCRIBE / PSUBSCRIBE / SSUBSCRIBE: one confirmation per argument, in order,
+    /// SUBSCRIBE / SSUBSCRIBE: one confirmation per argument, in order,
     /// with the running count (unchanged for a repeat).
     pub(super) fn cmd_subscribe(&mut self, c: ClientId, cmd: &str, names: &[Vec<u8>]) {
         let kind = Kind::of(cmd);
@@ -151,7 +147,7 @@ impl ModelRedis {
 
     /// Ends every subscription of `c` without confirmations (RESET, close).
     pub(super) fn drop_all_subscriptions(&mut self, c: ClientId) {
-        for kind in [Kind::Channel, Kind::Pattern, Kind::Shard] {
+        for kind in [Kind::Channel, Kind::Shard] {
             let Some(cl) = self.clients.get_mut(&c) else {
                 return;
             };
@@ -162,8 +158,7 @@ impl ModelRedis {
         }
     }
 
-    /// PUBLISH: `message` to every channel subscriber, then `pmessage` for every
-    /// matching (pattern, subscriber) pair; returns how many were sent.
+    /// PUBLISH: `message` to every channel subscriber; returns how many were sent.
     pub(super) fn deliver(&mut self, channel: &[u8], payload: &[u8]) -> usize {
         let mut sent = 0;
         let direct: Vec<ClientId> = self
@@ -177,28 +172,11 @@ impl ModelRedis {
                 Reply::bulk(channel),
                 Reply::bulk(payload),
             ]);
-            for c in direct {
+            for &c in &direct {
                 self.emit(c, &msg);
                 sent += 1;
             }
-        }
-        let by_pattern: Vec<(Vec<u8>, Vec<ClientId>)> = self
-            .patterns
-            .iter()
-            .filter(|(p, _)| glob_match(p, channel))
-            .map(|(p, s)| (p.clone(), s.iter().copied().collect()))
-            .collect();
-        for (pattern, subscribers) in by_pattern {
-            let msg = Reply::Push(vec![
-                Reply::bulk("pmessage"),
-                Reply::Bulk(pattern),
-                Reply::bulk(channel),
-                Reply::bulk(payload),
-            ]);
-            for c in subscribers {
-                self.emit(c, &msg);
-                sent += 1;
-            }
+            self.record_fanout(channel, payload, &direct);
         }
         sent
     }
@@ -218,10 +196,11 @@ impl ModelRedis {
         for &c in &subscribers {
             self.emit(c, &msg);
         }
+        self.record_fanout(channel, payload, &subscribers);
         subscribers.len()
     }
 
-    /// PUBSUB CHANNELS | NUMSUB | NUMPAT | SHARDCHANNELS | SHARDNUMSUB.
+    /// PUBSUB CHANNELS | NUMSUB | SHARDCHANNELS | SHARDNUMSUB.
     pub(super) fn cmd_pubsub(&mut self, fullname: &str, argv: &[Vec<u8>]) -> Reply {
         let names = |reg: &Registry, pattern: Option<&Vec<u8>>| {
             Reply::Array(
@@ -250,7 +229,6 @@ impl ModelRedis {
             "pubsub|shardchannels" => names(&self.shard_channels, argv.get(2)),
             "pubsub|numsub" => counts(&self.channels),
             "pubsub|shardnumsub" => counts(&self.shard_channels),
-            "pubsub|numpat" => Reply::Integer(self.patterns.len() as i64),
             _ => Reply::error(format!(
                 "roomcast model Redis does not implement '{fullname}'"
             )),

@@ -18,8 +18,6 @@ const NO_AUTH: &[&str] = &["auth", "hello", "quit", "reset"];
 /// Commands a RESP2 connection in subscribed mode may run.
 const SUBSCRIBED_MODE: &[&str] = &[
     "ping",
-    "psubscribe",
-    "punsubscribe",
     "quit",
     "reset",
     "ssubscribe",
@@ -268,11 +266,11 @@ impl ModelRedis {
                 cl.name.clone().map_or(Reply::Nil, Reply::Bulk)
             }
             "client|id" => Reply::Integer(self.clients.get(&c)?.server_id),
-            "subscribe" | "psubscribe" | "ssubscribe" => {
+            "subscribe" | "ssubscribe" => {
                 self.cmd_subscribe(c, fullname, &argv[1..]);
                 return None;
             }
-            "unsubscribe" | "punsubscribe" | "sunsubscribe" => {
+            "unsubscribe" | "sunsubscribe" => {
                 self.cmd_unsubscribe(c, fullname, &argv[1..]);
                 return None;
             }

@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use roomcast_core::envelope::{self, InstanceId, MessageType};
-use roomcast_core::sim::{ModelConfig, Sim, Split};
 use roomcast_core::{
     Config, Delivery, DeliveryMode, Event, Hub, Identity, LinkError, LinkId, Protocol, Publish,
     PublishError, RoomState, UnconfirmedPolicy, SUBSCRIBER,
 };
+use roomcast_sim::{ModelConfig, Sim, Split};
 
 fn model() -> ModelConfig {
     ModelConfig {
@@ -78,7 +78,7 @@ fn data_for(events: &[Event], conn: &str) -> Vec<Bytes> {
 
 fn join_all(s: &mut Sim, room: &str, members: &[(usize, &str)]) {
     for (node, conn) in members {
-        s.nodes[*node].hub.join(room, conn).unwrap();
+        s.join(*node, room, conn).unwrap();
     }
     s.settle();
     for (node, _) in members {
@@ -370,7 +370,7 @@ fn line5_trailerless_messages_exclude_everywhere() {
 #[test]
 fn line7_live_means_confirmed() {
     let mut s = sim(1);
-    let joined = s.nodes[0].hub.join("r", "a").unwrap();
+    let joined = s.join(0, "r", "a").unwrap();
     assert_eq!(joined.state, RoomState::Pending);
     // The server has not processed the SUBSCRIBE yet: written, not confirmed, not live.
     s.stall_link(0, SUBSCRIBER, true);
@@ -383,10 +383,7 @@ fn line7_live_means_confirmed() {
     assert!(ev[0]
         .iter()
         .any(|e| matches!(e, Event::RoomLive { room } if room.as_str() == "r")));
-    assert_eq!(
-        s.nodes[0].hub.join("r", "b").unwrap().state,
-        RoomState::Live
-    );
+    assert_eq!(s.join(0, "r", "b").unwrap().state, RoomState::Live);
 }
 
 #[test]
@@ -427,6 +424,20 @@ fn line8_outages_are_visible_with_length_and_missed_rooms() {
     assert_eq!(s.nodes[0].hub.room_state("r2"), Some(RoomState::Live));
 }
 
+/// Whether the events say the subscriber was found deaf.
+fn found_deaf(events: &[Event]) -> bool {
+    events.iter().any(|e| {
+        matches!(
+            e,
+            Event::LinkDown {
+                link: SUBSCRIBER,
+                cause: LinkError::Deaf,
+                ..
+            }
+        )
+    })
+}
+
 #[test]
 fn line8_a_deaf_subscriber_is_detected_by_the_probe_and_reopened() {
     let mut s = sim(1);
@@ -434,18 +445,7 @@ fn line8_a_deaf_subscriber_is_detected_by_the_probe_and_reopened() {
     s.deafen(0, SUBSCRIBER, true);
     s.advance(Duration::from_secs(6));
     let ev = s.take_events();
-    assert!(
-        ev[0].iter().any(|e| matches!(
-            e,
-            Event::LinkDown {
-                link: SUBSCRIBER,
-                cause: LinkError::Deaf,
-                ..
-            }
-        )),
-        "{:?}",
-        ev[0]
-    );
+    assert!(found_deaf(&ev[0]), "{:?}", ev[0]);
     s.deafen(0, SUBSCRIBER, false);
     s.advance(Duration::from_secs(15));
     assert_eq!(s.nodes[0].hub.room_state("r"), Some(RoomState::Live));
@@ -529,7 +529,7 @@ fn duplicated_and_reordered_confirmations_end_in_the_right_state() {
     s.redis.shuffle_unsubscribe_confirmations(Some(7));
     let rooms: Vec<String> = (0..50).map(|i| format!("r{i}")).collect();
     for r in &rooms {
-        s.nodes[0].hub.join(r, "a").unwrap();
+        s.join(0, r, "a").unwrap();
     }
     s.settle();
     for r in &rooms {
@@ -537,11 +537,11 @@ fn duplicated_and_reordered_confirmations_end_in_the_right_state() {
     }
     // Leave half, rejoin some while their UNSUBSCRIBE is in flight.
     for r in &rooms[..25] {
-        s.nodes[0].hub.leave(r, "a").unwrap();
+        s.leave(0, r, "a").unwrap();
     }
     s.step();
     for r in &rooms[..10] {
-        s.nodes[0].hub.join(r, "b").unwrap();
+        s.join(0, r, "b").unwrap();
     }
     s.advance(Duration::from_secs(2));
     let client = s.nodes[0].client(SUBSCRIBER).unwrap();
@@ -578,7 +578,7 @@ fn duplicated_and_reordered_confirmations_end_in_the_right_state() {
 fn joins_in_one_turn_become_one_subscribe_per_batch() {
     let mut s = sim(1);
     for i in 0..1200 {
-        s.nodes[0].hub.join(&format!("r{i}"), "a").unwrap();
+        s.join(0, &format!("r{i}"), "a").unwrap();
     }
     let mut commands = 0;
     while let Some(tx) = s.nodes[0].hub.poll_transmit() {
@@ -590,4 +590,26 @@ fn joins_in_one_turn_become_one_subscribe_per_batch() {
     }
     // 1,200 channels in batches of 512.
     assert_eq!(commands, 3);
+}
+
+/// The harness fires a hub's timers only at the deadlines that hub asked for, as an adapter
+/// does, so no other instance's timers help: node 0 runs no presence heartbeat, and still
+/// finds its deaf subscriber within one probe interval and one probe timeout.
+#[test]
+fn a_deaf_subscriber_is_found_by_its_own_deadlines_alone() {
+    let mut s = Sim::new(2, model(), |i| Config {
+        pool_size: 1,
+        // Node 0 has no presence heartbeat to wake it; node 1 has.
+        presence: i == 1,
+        ..Config::default()
+    });
+    s.settle();
+    join_all(&mut s, "r", &[(0, "a"), (1, "b")]);
+    s.take_events();
+    s.deafen(0, SUBSCRIBER, true);
+    let c = s.nodes[0].hub.config().clone();
+    // The next probe goes out within probe_interval and times out probe_timeout later.
+    s.advance(c.probe_interval + c.probe_timeout + Duration::from_millis(100));
+    let ev = s.take_events();
+    assert!(found_deaf(&ev[0]), "{:?}", ev[0]);
 }

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use roomcast_core::envelope::MessageType;
-use roomcast_core::sim::{ModelConfig, Sim};
 use roomcast_core::{
     Config, Event, Hub, Identity, InstanceId, LinkId, Member, PresenceAnswer, PresenceChange,
     PresenceError, PresenceQuery, PresenceWhenDown,
 };
+use roomcast_sim::{ModelConfig, Sim};
 
 fn config() -> Config {
     Config {
@@ -32,7 +32,7 @@ fn ask(s: &mut Sim, n: usize, q: PresenceQuery) -> Result<PresenceAnswer, Presen
     let now = s.now;
     let id = s.nodes[n].hub.query_presence(q, now)?;
     s.settle();
-    let events = s.nodes[n].take_events();
+    let events = s.take_events_of(n);
     events
         .into_iter()
         .find_map(|e| match e {
@@ -71,7 +71,7 @@ fn every_instance_gives_the_same_answer() {
         (1, "hub/x:y", "b"),
         (2, "ünï/😀", "z"),
     ] {
-        s.nodes[n].hub.join(r, c).unwrap();
+        s.join(n, r, c).unwrap();
     }
     s.settle();
     let want = vec![
@@ -91,8 +91,8 @@ fn every_instance_gives_the_same_answer() {
         );
     }
     // Leaving and disconnecting show at once.
-    s.nodes[0].hub.leave("lobby", "a").unwrap();
-    s.nodes[2].hub.disconnect("a").unwrap();
+    s.leave(0, "lobby", "a").unwrap();
+    s.disconnect(2, "a").unwrap();
     s.settle();
     assert_eq!(room(&mut s, 1, "lobby"), vec![(0x1001, "b".into())]);
     let q = s.nodes[1].hub.presence_connection("a").unwrap();
@@ -106,8 +106,8 @@ fn every_instance_gives_the_same_answer() {
 fn a_crashed_instance_vanishes_within_one_lease_and_its_entries_are_swept() {
     let mut s = sim(3);
     for n in 0..3 {
-        s.nodes[n].hub.join("r", &format!("c{n}")).unwrap();
-        s.nodes[n].hub.join(&format!("own{n}"), "x").unwrap();
+        s.join(n, "r", &format!("c{n}")).unwrap();
+        s.join(n, &format!("own{n}"), "x").unwrap();
     }
     s.settle();
     assert_eq!(room(&mut s, 0, "r").len(), 3);
@@ -147,8 +147,8 @@ fn a_crashed_instance_vanishes_within_one_lease_and_its_entries_are_swept() {
 #[test]
 fn graceful_shutdown_removes_members_at_once() {
     let mut s = sim(2);
-    s.nodes[0].hub.join("r", "a").unwrap();
-    s.nodes[1].hub.join("r", "b").unwrap();
+    s.join(0, "r", "a").unwrap();
+    s.join(1, "r", "b").unwrap();
     s.settle();
     let now = s.now;
     s.nodes[1].hub.begin_shutdown(now);
@@ -161,8 +161,8 @@ fn graceful_shutdown_removes_members_at_once() {
 #[test]
 fn an_outage_refuses_queries_then_registers_again() {
     let mut s = sim(2);
-    s.nodes[0].hub.join("r", "a").unwrap();
-    s.nodes[1].hub.join("r", "b").unwrap();
+    s.join(0, "r", "a").unwrap();
+    s.join(1, "r", "b").unwrap();
     s.settle();
     s.refuse_connections = true;
     s.kill_link(1, LinkId(1));
@@ -181,8 +181,8 @@ fn an_outage_refuses_queries_then_registers_again() {
     s.refuse_connections = false;
     s.advance(Duration::from_secs(3));
     assert!(s.nodes[1].hub.presence_ready());
-    assert!(s.nodes[1]
-        .take_events()
+    assert!(s
+        .take_events_of(1)
         .iter()
         .any(|e| matches!(e, Event::PresenceReady)));
     assert_eq!(
@@ -199,7 +199,7 @@ fn local_view_when_configured() {
     });
     s.refuse_connections = true;
     s.settle();
-    s.nodes[0].hub.join("r", "a").unwrap();
+    s.join(0, "r", "a").unwrap();
     let q = s.nodes[0].hub.presence_room("r").unwrap();
     let now = s.now;
     let id = s.nodes[0].hub.query_presence(q, now).unwrap();
@@ -214,7 +214,7 @@ fn local_view_when_configured() {
 #[test]
 fn a_lease_lost_during_a_stall_is_noticed_and_registered_again() {
     let mut s = sim(2);
-    s.nodes[1].hub.join("r", "b").unwrap();
+    s.join(1, "r", "b").unwrap();
     s.settle();
     // The lease vanishes while the link stays up (as after a stall longer than the lease).
     s.redis
@@ -229,7 +229,7 @@ fn a_lease_lost_during_a_stall_is_noticed_and_registered_again() {
 #[test]
 fn scripts_forgotten_by_the_server_are_sent_again_transparently() {
     let mut s = sim(2);
-    s.nodes[1].hub.join("r", "b").unwrap();
+    s.join(1, "r", "b").unwrap();
     s.settle();
     let c = s.redis.connect();
     let now = s.now;
@@ -248,15 +248,15 @@ fn presence_events_tell_other_instances() {
         ..config()
     });
     s.settle();
-    s.nodes[0].hub.join("r", "watcher").unwrap();
+    s.join(0, "r", "watcher").unwrap();
     s.settle();
     s.take_events();
-    s.nodes[1].hub.join("r", "newcomer").unwrap();
+    s.join(1, "r", "newcomer").unwrap();
     s.settle();
-    s.nodes[1].hub.leave("r", "newcomer").unwrap();
+    s.leave(1, "r", "newcomer").unwrap();
     s.settle();
-    let changes: Vec<PresenceChange> = s.nodes[0]
-        .take_events()
+    let changes: Vec<PresenceChange> = s
+        .take_events_of(0)
         .into_iter()
         .filter_map(|e| match e {
             Event::Delivery(d) if d.message.message_type == MessageType::PresenceEvent => {
@@ -275,8 +275,8 @@ fn presence_events_tell_other_instances() {
 fn observers_are_not_members() {
     let mut s = sim(1);
     let observer = format!("{}observer-1", roomcast_core::naming::OBSERVER_PREFIX);
-    s.nodes[0].hub.join("r", &observer).unwrap();
-    s.nodes[0].hub.join("r", "real").unwrap();
+    s.join(0, "r", &observer).unwrap();
+    s.join(0, "r", "real").unwrap();
     s.settle();
     assert_eq!(room(&mut s, 0, "r"), vec![(0x1000, "real".into())]);
 }

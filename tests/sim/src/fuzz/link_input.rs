@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use crate::envelope::MessageType;
-use crate::{
+use roomcast_core::envelope::MessageType;
+use roomcast_core::{
     Config, Event, Hub, Identity, InstanceId, LinkError, LinkId, LinkRequest, LinkState, Protocol,
     Publish, SUBSCRIBER,
 };

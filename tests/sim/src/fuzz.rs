@@ -1,30 +1,30 @@
-//! Fuzz target bodies (feature `sim`): everything a hostile network or caller can hand the
-//! core, with the core's promises checked as assertions.
+//! Fuzz target bodies: everything a hostile network or caller can hand the core, with the
+//! core's promises checked as assertions.
 //!
-//! The bodies live here, not in `fuzz/`, so that every ordinary build compiles them and
-//! `core/tests/fuzz_corpus_replay.rs` replays the committed corpora in `cargo test`; the
+//! The bodies live here, not in `fuzz/`, so that every workspace build compiles them and
+//! `tests/sim/tests/fuzz_corpus_replay.rs` replays the committed corpora in `cargo test`; the
 //! `fuzz/` crate (libFuzzer, its own workspace) only wraps them. Every target takes raw bytes,
 //! so a corpus file of any target is just a file:
 //!
 //! | target | input | checks |
 //! |---|---|---|
 //! | [`link_input`] | a flag byte, then bytes "from Redis" into one link, during or after its handshake | no panic; the partial frame kept is bounded; a broken stream is a typed `LinkDown` and the link is reopened; gauges stay consistent |
-//! | [`envelope()`] | an envelope payload | no panic; what decodes re-encodes to the same body and decodes to the same fields |
+//! | [`envelope()`] | an envelope payload | no panic; what decodes re-encodes to the same body and decodes to the same fields; bincode 1, the format's definition, decodes exactly what roomcast decodes (the same fields, or an error for both) and encodes the decoded message to the same bytes |
 //! | [`room_channel`] | a limit, two room ids and a channel | accepted ids map to a channel and back; two different ids never share one; any channel that parses re-encodes to itself |
 //! | [`operations`] | an [`arbitrary`] sequence of commands, network faults, hostile bytes and clock jumps on up to three hubs against the model Redis | the invariants listed on [`run_operations`], after every step and at the end |
 //!
 //! A failed check panics, which is what libFuzzer reports as a crash.
 
 mod checker;
-mod cluster;
 mod link_input;
 mod operations;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
-use crate::envelope::{self, HARD_MAX_ENVELOPE_BYTES};
-use crate::naming::{ChannelNamer, ConnId, RoomId, MAX_ID_BYTES};
-use crate::InstanceId;
+use roomcast_core::envelope::{self, MessageType, HARD_MAX_ENVELOPE_BYTES};
+use roomcast_core::naming::{ChannelNamer, ConnId, RoomId, MAX_ID_BYTES};
+use roomcast_core::InstanceId;
 
 pub use link_input::{link_input, link_input_requests, Flags, INSTANCE, MEMBERS};
 pub use operations::{operations, run_operations, Name, Op, Setup};
@@ -40,10 +40,116 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("operations", operations),
 ];
 
-/// Decodes `data` as an envelope under several limits. Whatever decodes must lie inside the
+/// The envelope as the GraphWiz design defined it: a `PubSubMessage` in bincode 1's default
+/// format (fixed-width little-endian integers, u64 length prefixes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PubSubMessage {
+    /// The room.
+    pub room_id: String,
+    /// The kind of message.
+    pub message_type: PubSubMessageType,
+    /// The payload.
+    pub data: Vec<u8>,
+    /// The connection not to deliver to.
+    pub exclude_connection: Option<String>,
+    /// Unix seconds.
+    pub timestamp: i64,
+}
+
+/// `PubSubMessage::message_type` as the GraphWiz design defined it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // The variants are named for what they are.
+pub enum PubSubMessageType {
+    Broadcast,
+    PresenceEvent,
+    SystemNotification,
+}
+
+impl PubSubMessageType {
+    fn ours(self) -> MessageType {
+        match self {
+            PubSubMessageType::Broadcast => MessageType::Broadcast,
+            PubSubMessageType::PresenceEvent => MessageType::PresenceEvent,
+            PubSubMessageType::SystemNotification => MessageType::SystemNotification,
+        }
+    }
+}
+
+/// Decodes `data` with bincode 1 as `bincode::deserialize` does (trailing bytes allowed),
+/// with a limit so that no length prefix makes it allocate more than the input.
+fn bincode1_decode(data: &[u8]) -> Option<PubSubMessage> {
+    use bincode1::Options;
+    bincode1::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(data.len() as u64)
+        .deserialize(data)
+        .ok()
+}
+
+/// Encodes a decoded envelope again, with `trailer`.
+fn encode_again(d: &envelope::Decoded<'_>, trailer: Option<&envelope::Trailer>) -> Vec<u8> {
+    let mut out = Vec::new();
+    envelope::encode(
+        &mut out,
+        d.room_id,
+        d.message_type,
+        &d.data,
+        d.exclude_connection,
+        d.timestamp,
+        trailer,
+    );
+    out
+}
+
+/// Compares roomcast's envelope codec with bincode 1 on one payload, both directions: the
+/// two decoders accept the same payloads and read the same fields, and what decoded encodes
+/// (without a trailer) to the bytes bincode 1 writes, and with one to those bytes and the
+/// trailer.
+pub fn envelope_vs_bincode1(data: &[u8]) {
+    let payload = Bytes::copy_from_slice(data);
+    let ours = envelope::decode(&payload, usize::MAX);
+    let theirs = bincode1_decode(data);
+    let (d, m) = match (ours, theirs) {
+        (Err(e), None) => {
+            assert!(!e.to_string().is_empty());
+            return;
+        }
+        (Ok(d), Some(m)) => (d, m),
+        (ours, theirs) => {
+            panic!("roomcast and bincode 1 disagree: roomcast {ours:?}, bincode 1 {theirs:?}")
+        }
+    };
+    assert_eq!(d.room_id, m.room_id, "room");
+    assert_eq!(d.message_type, m.message_type.ours(), "message type");
+    assert_eq!(&d.data[..], &m.data[..], "data");
+    assert_eq!(
+        d.exclude_connection,
+        m.exclude_connection.as_deref(),
+        "exclude"
+    );
+    assert_eq!(d.timestamp, m.timestamp, "timestamp");
+    let reference = bincode1::serialize(&m).expect("bincode 1 serializes what it decoded");
+    for trailer in [None, d.trailer] {
+        let out = encode_again(&d, trailer.as_ref());
+        assert_eq!(
+            out.get(..reference.len()),
+            Some(&reference[..]),
+            "roomcast encodes differently from bincode 1"
+        );
+        let tail: Vec<u8> = trailer.map(|t| t.to_bytes().to_vec()).unwrap_or_default();
+        assert_eq!(&out[reference.len()..], &tail[..], "after the body");
+        let back = bincode1_decode(&out).expect("bincode 1 reads roomcast's encoding");
+        assert_eq!(back, m);
+    }
+}
+
+/// Decodes `data` as an envelope under several limits, and compares the codec with bincode 1
+/// ([`envelope_vs_bincode1`]). Whatever decodes must lie inside the
 /// payload, re-encode to the same body bytes, and decode again to the same fields; whatever
 /// does not is a typed error with a message.
 pub fn envelope(data: &[u8]) {
+    envelope_vs_bincode1(data);
     let payload = Bytes::copy_from_slice(data);
     for max in [
         64,
@@ -69,16 +175,7 @@ pub fn envelope(data: &[u8]) {
             &payload[envelope::data_offset(d.room_id)..][..d.data.len()],
             "data is not where the body says"
         );
-        let mut out = Vec::new();
-        envelope::encode(
-            &mut out,
-            d.room_id,
-            d.message_type,
-            &d.data,
-            d.exclude_connection,
-            d.timestamp,
-            d.trailer.as_ref(),
-        );
+        let out = encode_again(&d, d.trailer.as_ref());
         assert_eq!(
             &out[..body_len],
             &payload[..body_len],

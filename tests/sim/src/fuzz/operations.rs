@@ -7,8 +7,8 @@ use std::time::Duration;
 use arbitrary::{Arbitrary, Unstructured};
 
 use super::checker::Checker;
-use super::cluster::Cluster;
-use crate::{Config, DeliveryMode, Protocol, UnconfirmedPolicy};
+use crate::{ModelConfig, Sim, Split};
+use roomcast_core::{Config, DeliveryMode, Protocol, UnconfirmedPolicy};
 
 /// Room ids the operations mostly use: plain, with `/`, `:` and `%` (escaped in channel
 /// names) and non-ASCII.
@@ -158,7 +158,8 @@ pub enum Op {
 
 /// Fuzz target: a [`Setup`] and up to 256 [`Op`]s decoded from `data` with
 /// [`arbitrary`], run by [`run_operations`]. With `ROOMCAST_FUZZ_DEBUG` set in the
-/// environment it prints them first, for triage.
+/// environment it prints them first, for triage; with `ROOMCAST_ORACLE_STATS` set,
+/// [`run_operations`] prints how the oracle's obligations ended.
 pub fn operations(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let Ok(setup) = Setup::arbitrary(&mut u) else {
@@ -180,22 +181,29 @@ pub fn operations(data: &[u8]) {
 /// Runs the operations and checks, after every one of them:
 /// - a refused command changed nothing, an accepted one changed exactly the membership it
 ///   names, and commands after shutdown are refused;
-/// - the gauges agree with the membership, and nothing buffered exceeds its limit;
+/// - the gauges agree with the membership, the delivery, byte and publish counters agree
+///   with counts the checker and the harness made themselves, and nothing buffered exceeds
+///   its limit;
 /// - every publish outcome matches one accepted publish, at most once;
-/// - deliveries go only to current members (never the excluded one) and, unless hostile
-///   input was sent, carry exactly what was published to that room, at most once per
-///   membership;
+/// - the delivery contract as the [`crate::oracle`] checks it: deliveries go only to
+///   current members (never the excluded one), carry exactly what was published to that
+///   room, at most once per membership and in Redis's order, and every message a hub took
+///   in reached every member it was owed to (hostile input switches off only what it can
+///   forge);
 ///
-/// and at the end, after every fault is healed and time has passed: every link is up, Redis
-/// has exactly the channels of the rooms with members, every room with members is live,
-/// every accepted publish has had its outcome, and after `close` nothing is left.
+/// and at the end, after every fault is healed and time has passed: every message Redis
+/// executed reached every member it was owed to (or an event named the room), every link is
+/// up, Redis has exactly the channels of the rooms with members, every room with members is
+/// live, every accepted publish has had its outcome, and after `close` nothing is left.
 pub fn run_operations(setup: &Setup, ops: &[Op]) {
     let n = 1 + usize::from(setup.nodes % 3);
     let config = setup.config();
-    let mut c = Cluster::new(vec![config.clone(); n], usize::from(setup.chunk).max(1));
-    if setup.chunk == 0 {
-        c.chunk = usize::MAX;
-    }
+    let mut c = Sim::new(n, ModelConfig::default(), |_| config.clone());
+    c.split = match setup.chunk {
+        0 => Split::Whole,
+        k => Split::Chunks(usize::from(k)),
+    };
+    c.observe();
     let mut checker = Checker::new(config, n);
     c.advance(Duration::from_millis(1));
     checker.check(&mut c);
@@ -204,4 +212,7 @@ pub fn run_operations(setup: &Setup, ops: &[Op]) {
         checker.check(&mut c);
     }
     checker.finish(&mut c);
+    if std::env::var_os("ROOMCAST_ORACLE_STATS").is_some() {
+        eprintln!("{:?}", checker.stats());
+    }
 }

@@ -6,26 +6,26 @@
 //! every input carries a `now`, and [`ModelRedis::advance`] moves the clock without input.
 //! For what it implements it answers byte for byte like redis-server 7.0.15; this is
 //! checked by replaying transcripts captured from the real server
-//! (`core/tests/transcripts/`, see its README).
+//! (`tests/sim/tests/transcripts/`, see its README).
 //!
 //! # What it implements
 //! - Request reading as Redis does it (multibulk and inline, pipelining, partial input,
 //!   its limits and its `Protocol error` texts, after which the connection closes).
 //! - Connection: `HELLO`, `AUTH` (requirepass and ACL users), `SELECT`, `CLIENT
 //!   SETNAME|GETNAME|ID`, `PING`, `ECHO`, `QUIT`, `RESET`.
-//! - Pub/sub: `(P|S)SUBSCRIBE`, `(P|S)UNSUBSCRIBE`, `PUBLISH`, `SPUBLISH`, `PUBSUB
-//!   CHANNELS|NUMSUB|NUMPAT|SHARDCHANNELS|SHARDNUMSUB`, RESP2 arrays and RESP3 pushes, and
-//!   the RESP2 subscribed-mode restriction.
+//! - Pub/sub: `(S)SUBSCRIBE`, `(S)UNSUBSCRIBE`, `PUBLISH`, `SPUBLISH`, `PUBSUB
+//!   CHANNELS|NUMSUB|SHARDCHANNELS|SHARDNUMSUB`, RESP2 arrays and RESP3 pushes, and the
+//!   RESP2 subscribed-mode restriction. Pattern subscriptions (`PSUBSCRIBE`, `pmessage`)
+//!   are not modelled: roomcast never uses them.
 //! - Keys with TTLs: `GET SET DEL EXISTS EXPIRE PEXPIRE TTL PTTL PERSIST TYPE KEYS DBSIZE
 //!   FLUSHDB FLUSHALL HSET HGET HDEL HGETALL HLEN SADD SREM SMEMBERS SCARD SISMEMBER`.
 //! - Scripts: `SCRIPT LOAD|EXISTS|FLUSH`, `EVAL`, `EVALSHA` (`NOSCRIPT` for unknown SHAs).
 //!   There is no Lua: a script runs only if a native implementation was registered for
 //!   its source with [`ModelRedis::register_script_impl`].
 //!
-//! Every other command of Redis 7.0.15 is recognised (arity, authentication and
-//! subscribed-mode checks apply as in Redis) and then answered with
-//! `-ERR roomcast model Redis does not implement '<name>'`; a name Redis does not know
-//! gets Redis's `unknown command` error.
+//! That is what roomcast sends, what tests inject and what they use to look at the server's
+//! state; every other name, including Redis commands the model leaves out, gets Redis's
+//! `unknown command` (or `unknown subcommand`) error.
 //!
 //! # Known differences from redis-server
 //! - No active expiry: expired keys vanish when touched; `DBSIZE`/`KEYS` count live keys.
@@ -143,13 +143,15 @@ struct Client {
     open: bool,
     reader: RequestReader,
     output: Vec<u8>,
+    /// Bytes of output taken so far: `taken + output.len()` is the stream offset of the end
+    /// of `output`.
+    taken: u64,
     proto: Protocol,
     db: usize,
     authenticated: bool,
     user: Vec<u8>,
     name: Option<Vec<u8>>,
     channels: OrderedSet,
-    patterns: OrderedSet,
     shard_channels: OrderedSet,
     stalled: bool,
     soft_limit_since_s: Option<i64>,
@@ -161,12 +163,8 @@ struct Client {
 type Queued = (String, Vec<Vec<u8>>);
 
 impl Client {
-    fn pubsub_count(&self) -> usize {
-        self.channels.len() + self.patterns.len()
-    }
-
     fn total_subscriptions(&self) -> usize {
-        self.pubsub_count() + self.shard_channels.len()
+        self.channels.len() + self.shard_channels.len()
     }
 }
 
@@ -187,7 +185,6 @@ pub struct ModelRedis {
     next_server_id: i64,
     dbs: Vec<Keyspace>,
     channels: BTreeMap<Vec<u8>, BTreeSet<ClientId>>,
-    patterns: BTreeMap<Vec<u8>, BTreeSet<ClientId>>,
     shard_channels: BTreeMap<Vec<u8>, BTreeSet<ClientId>>,
     scripts: BTreeMap<String, Vec<u8>>,
     script_impls: HashMap<Vec<u8>, ScriptFn>,
@@ -195,6 +192,25 @@ pub struct ModelRedis {
     now: Option<Instant>,
     now_ms: i64,
     faults: Faults,
+    /// Fan-outs of messages since the last [`ModelRedis::take_fanouts`], when recording.
+    fanouts: Option<Vec<Fanout>>,
+    next_fanout: u64,
+}
+
+/// One `PUBLISH` or `SPUBLISH` as the server executed it: which message went to which
+/// connections, and where in each connection's output stream it ends. A test harness that
+/// counts the bytes it hands over knows from this when a receiver has taken the message in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fanout {
+    /// Execution order among all fan-outs of this server, from 0.
+    pub seq: u64,
+    /// The channel.
+    pub channel: Vec<u8>,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// Each receiving connection, with the offset in its output stream (bytes ever queued
+    /// for it, see [`ModelRedis::output_taken`]) just after the message.
+    pub to: Vec<(ClientId, u64)>,
 }
 
 impl ModelRedis {
@@ -208,7 +224,6 @@ impl ModelRedis {
             next_server_id: 1,
             dbs: vec![Keyspace::new(); DATABASES],
             channels: BTreeMap::new(),
-            patterns: BTreeMap::new(),
             shard_channels: BTreeMap::new(),
             scripts: BTreeMap::new(),
             script_impls: HashMap::new(),
@@ -216,6 +231,51 @@ impl ModelRedis {
             now: None,
             now_ms: VIRTUAL_UNIX_EPOCH_MS,
             faults: Faults::default(),
+            fanouts: None,
+            next_fanout: 0,
+        }
+    }
+
+    /// Starts (or stops) recording every message fan-out for [`ModelRedis::take_fanouts`].
+    pub fn record_fanouts(&mut self, on: bool) {
+        self.fanouts = on.then(Vec::new);
+    }
+
+    /// The fan-outs recorded since the last call, in execution order.
+    pub fn take_fanouts(&mut self) -> Vec<Fanout> {
+        self.fanouts
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Bytes of `c`'s output taken with [`ModelRedis::take_output`] so far: the stream
+    /// offset at which the next [`ModelRedis::take_output`] starts.
+    pub fn output_taken(&self, c: ClientId) -> u64 {
+        self.clients.get(&c).map_or(0, |cl| cl.taken)
+    }
+
+    /// Records a fan-out of `payload` on `channel` to `to` (already emitted), if recording.
+    fn record_fanout(&mut self, channel: &[u8], payload: &[u8], to: &[ClientId]) {
+        if self.fanouts.is_none() {
+            return;
+        }
+        let to = to
+            .iter()
+            .filter_map(|c| {
+                let cl = self.clients.get(c).filter(|cl| cl.open)?;
+                Some((*c, cl.taken + cl.output.len() as u64))
+            })
+            .collect();
+        let seq = self.next_fanout;
+        self.next_fanout += 1;
+        if let Some(log) = self.fanouts.as_mut() {
+            log.push(Fanout {
+                seq,
+                channel: channel.to_vec(),
+                payload: payload.to_vec(),
+                to,
+            });
         }
     }
 
@@ -251,13 +311,13 @@ impl ModelRedis {
                 open: true,
                 reader: RequestReader::default(),
                 output: Vec::new(),
+                taken: 0,
                 proto: Protocol::Resp2,
                 db: 0,
                 authenticated,
                 user: b"default".to_vec(),
                 name: None,
                 channels: OrderedSet::new(),
-                patterns: OrderedSet::new(),
                 shard_channels: OrderedSet::new(),
                 stalled: false,
                 soft_limit_since_s: None,
@@ -296,6 +356,7 @@ impl ModelRedis {
             return Vec::new();
         }
         let out = std::mem::take(&mut cl.output);
+        cl.taken += out.len() as u64;
         if !cl.open {
             self.clients.remove(&c);
         }
@@ -424,7 +485,7 @@ impl ModelRedis {
 
     // ------------------------------------------------------------------ fault injection
 
-    /// While on, every subscribe confirmation (`subscribe`, `psubscribe`,
+    /// While on, every subscribe confirmation (`subscribe`,
     /// `ssubscribe`) is sent twice.
     pub fn duplicate_subscribe_confirmations(&mut self, on: bool) {
         self.faults.duplicate_subscribe = on;
@@ -444,7 +505,7 @@ impl ModelRedis {
         self.channels.keys().cloned().collect()
     }
 
-    /// Number of connections subscribed to `channel` (patterns not counted).
+    /// Number of connections subscribed to `channel`.
     pub fn numsub(&self, channel: &[u8]) -> usize {
         self.channels.get(channel).map_or(0, |s| s.len())
     }
@@ -453,13 +514,6 @@ impl ModelRedis {
     pub fn subscriptions_of(&self, c: ClientId) -> Vec<Vec<u8>> {
         self.clients.get(&c).map_or_else(Vec::new, |cl| {
             cl.channels.keys().map(<[u8]>::to_vec).collect()
-        })
-    }
-
-    /// Patterns `c` is subscribed to, in subscription order.
-    pub fn patterns_of(&self, c: ClientId) -> Vec<Vec<u8>> {
-        self.clients.get(&c).map_or_else(Vec::new, |cl| {
-            cl.patterns.keys().map(<[u8]>::to_vec).collect()
         })
     }
 

@@ -1,9 +1,9 @@
 //! Replays every committed fuzz corpus file (`fuzz/corpus/<target>/*`) through its target body
-//! (`roomcast_core::fuzz`), so `cargo test --workspace` checks each seed and every input a
+//! (`roomcast_sim::fuzz`), so `cargo test --workspace` checks each seed and every input a
 //! fuzzing run ever crashed on, without libFuzzer.
 //!
 //! `capture_seeds` (ignored: it needs `redis-server`) rewrites the captured seeds:
-//! `cargo test -p roomcast-core --test fuzz_corpus_replay -- --ignored capture_seeds`.
+//! `cargo test -p roomcast-sim --test fuzz_corpus_replay -- --ignored capture_seeds`.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -14,10 +14,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use roomcast_core::envelope::{self, InstanceId, MessageType, Trailer};
-use roomcast_core::fuzz::{self, Flags};
+use roomcast_sim::fuzz::{self, Flags};
 
 fn corpus() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus")
 }
 
 fn replay(target: &str) {
@@ -87,7 +87,7 @@ fn every_target_has_a_corpus_and_takes_any_bytes() {
 }
 
 /// Triage: `ROOMCAST_FUZZ_TARGET=operations ROOMCAST_FUZZ_INPUT=fuzz/artifacts/... cargo test
-/// -p roomcast-core --test fuzz_corpus_replay -- --ignored one_input --nocapture`, with
+/// -p roomcast-sim --test fuzz_corpus_replay -- --ignored one_input --nocapture`, with
 /// `ROOMCAST_FUZZ_DEBUG=1` to print the decoded operations.
 #[test]
 #[ignore = "runs the input named by ROOMCAST_FUZZ_INPUT"]
@@ -288,7 +288,7 @@ fn capture_link_input(server: &Server, flags: u8, name: &str) {
     );
 }
 
-/// Reverses the escaping of `core/tests/transcripts/*.txt` (see its README).
+/// Reverses the escaping of `tests/sim/tests/transcripts/*.txt` (see its README).
 fn unescape(s: &str) -> Vec<u8> {
     let s = s.replace("{ID}", "7");
     let b = s.as_bytes();

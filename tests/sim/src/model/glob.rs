@@ -1,4 +1,4 @@
-//! Glob-style patterns as Redis matches them (KEYS, PSUBSCRIBE, PUBSUB CHANNELS):
+//! Glob-style patterns as Redis matches them (KEYS, PUBSUB CHANNELS):
 //! `*`, `?`, `[...]` with `^` negation and `a-z` ranges, and `\` escapes.
 //!
 //! Written from Redis's documented and observed behaviour: an unterminated `[` takes the

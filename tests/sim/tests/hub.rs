@@ -1,0 +1,185 @@
+//! Hub behaviour that needs Redis on the other side (moved out of the core's unit tests,
+//! which keep only what reads the hub's private state): large output across a kill, quiet
+//! publishes, `join_many`, `LocalFirst` while a room is being left, and a probe ended by
+//! `close`.
+
+use std::time::Duration;
+
+use roomcast_core::{
+    Config, DeliveryMode, Event, Publish, PublishError, RoomState, UnconfirmedPolicy, SUBSCRIBER,
+};
+use roomcast_sim::{ModelConfig, Sim};
+
+/// `n` hubs with one publishing link each.
+fn one_link(n: usize) -> Sim {
+    Sim::new(n, ModelConfig::default(), |_| Config {
+        pool_size: 1,
+        ..Config::default()
+    })
+}
+
+/// Numbers of the messages node 1 received, in order.
+fn received(s: &mut Sim) -> Vec<u32> {
+    s.take_events_of(1)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Delivery(d) => d
+                .message
+                .data
+                .get(..4)
+                .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn output_of_many_blocks_arrives_in_order_and_survives_a_kill() {
+    let mut s = one_link(2);
+    s.settle();
+    s.join(1, "r", "m").unwrap();
+    s.settle();
+    s.take_events();
+    let publish_many = |s: &mut Sim, from: u32| {
+        let now = s.now;
+        for i in from..from + 300 {
+            let mut data = vec![0u8; 1000];
+            data[..4].copy_from_slice(&i.to_le_bytes());
+            let msg = Publish::broadcast("r", &data);
+            s.nodes[0].hub.publish_quiet(&msg, now).unwrap();
+        }
+    };
+    // 300 KB in one turn: several output blocks, handed out in order.
+    publish_many(&mut s, 0);
+    s.settle();
+    assert_eq!(received(&mut s), (0..300).collect::<Vec<_>>());
+    // Killed before any of the next 300 was handed out: all resent from their frames,
+    // each delivered once, in order.
+    publish_many(&mut s, 300);
+    let link = s.nodes[0].hub.publish_link("r");
+    s.kill_link(0, link);
+    for _ in 0..50 {
+        s.advance(Duration::from_millis(20));
+    }
+    assert_eq!(received(&mut s), (300..600).collect::<Vec<_>>());
+    assert!(s.nodes[0].hub.metrics().publish_resent >= 300);
+}
+
+#[test]
+fn quiet_publishes_report_failures_only() {
+    let mut s = Sim::new(1, ModelConfig::default(), |_| Config {
+        pool_size: 1,
+        unconfirmed: UnconfirmedPolicy::FailUnknown,
+        ..Config::default()
+    });
+    s.settle();
+    s.join(0, "r", "m").unwrap();
+    s.settle();
+    s.take_events();
+    let msg = Publish::broadcast("r", b"x");
+    let now = s.now;
+    let loud = s.nodes[0].hub.publish(&msg, now).unwrap();
+    let quiet = s.nodes[0].hub.publish_quiet(&msg, now).unwrap();
+    s.settle();
+    let events = s.take_events_of(0);
+    let confirmed: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::PublishConfirmed { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(confirmed, [loud], "only the loud publish is reported");
+    let deliveries = events
+        .iter()
+        .filter(|e| matches!(e, Event::Delivery(_)))
+        .count();
+    assert_eq!(deliveries, 2, "both were published");
+    assert_eq!(s.nodes[0].hub.metrics().publish_confirmed, 2);
+    assert_ne!(loud, quiet);
+    // A quiet publish whose outcome is lost is still reported as failed.
+    let link = s.nodes[0].hub.publish_link("r");
+    s.stall_link(0, link, true);
+    let now = s.now;
+    let lost = s.nodes[0].hub.publish_quiet(&msg, now).unwrap();
+    s.settle();
+    s.kill_link(0, link);
+    let mut failed = None;
+    for _ in 0..100 {
+        s.advance(Duration::from_millis(10));
+        failed = s.take_events_of(0).into_iter().find_map(|e| match e {
+            Event::PublishFailed { id, error } if id == lost => Some(error),
+            _ => None,
+        });
+        if failed.is_some() {
+            break;
+        }
+    }
+    assert_eq!(failed, Some(PublishError::OutcomeUnknown));
+}
+
+#[test]
+fn rooms_joined_with_join_many_go_live() {
+    let mut s = one_link(1);
+    s.settle();
+    assert_eq!(s.join_many(0, &["a", "b", "a", "c/d"], "c"), Ok(3));
+    s.settle();
+    for room in ["a", "b", "c/d"] {
+        assert_eq!(s.nodes[0].hub.room_state(room), Some(RoomState::Live));
+    }
+    let live: Vec<String> = s
+        .take_events_of(0)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::RoomLive { room } => Some(room.as_str().to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(live, ["a", "b", "c/d"]);
+}
+
+#[test]
+fn local_first_delivers_nothing_to_a_room_being_left() {
+    let mut s = Sim::new(1, ModelConfig::default(), |_| Config {
+        delivery: DeliveryMode::LocalFirst,
+        pool_size: 1,
+        ..Config::default()
+    });
+    s.settle();
+    s.join(0, "r", "a").unwrap();
+    s.settle();
+    s.take_events();
+    // The last member left; the room waits for its UNSUBSCRIBE to be confirmed.
+    s.leave(0, "r", "a").unwrap();
+    assert!(s.nodes[0].hub.room_state("r").is_some());
+    let msg = Publish::broadcast("r", b"x");
+    let now = s.now;
+    s.nodes[0].hub.publish(&msg, now).unwrap();
+    s.settle();
+    let events = s.take_events_of(0);
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Delivery(_))),
+        "a delivery for a room without members: {events:?}"
+    );
+    assert_eq!(s.nodes[0].hub.metrics().delivered, 0);
+}
+
+#[test]
+fn close_ends_a_probe_under_way() {
+    let mut s = Sim::new(1, ModelConfig::default(), |_| Config {
+        pool_size: 1,
+        presence: false,
+        ..Config::default()
+    });
+    s.settle();
+    // Redis confirms the probe's PUBLISH, but the subscriber never hears it.
+    s.deafen(0, SUBSCRIBER, true);
+    let now = s.now;
+    s.nodes[0].hub.ping(now);
+    s.run();
+    assert!(s.nodes[0].hub.poll_timeout().is_some());
+    s.nodes[0].hub.close(now);
+    assert_eq!(s.nodes[0].hub.poll_timeout(), None, "a timer after close");
+    s.nodes[0].hub.handle_timeout(now + Duration::from_secs(60));
+    assert_eq!(s.nodes[0].hub.metrics().deaf_detected, 0);
+}
