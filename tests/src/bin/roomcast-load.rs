@@ -1,4 +1,4 @@
-//! `roomcast-load`: the load generator of roomcast (issue #7).
+//! `roomcast-load`: the load generator of roomcast.
 //!
 //! Starts a private `redis-server` on a free loopback port (or uses `REDIS_URL`) and runs
 //! the scenarios, every (scenario, system) in a worker process of its own so that its CPU
@@ -35,6 +35,8 @@
 //!   --runs N           repeat everything N times; the table shows medians (default 3, quick 1)
 //!   --scenarios LIST   e.g. S1,S2 (default: all)
 //!   --depths LIST      S1's in-flight depths (default 64,1024,4096)
+//!   --rates LIST       S2's paced rates, msg/s (default 10000,100000,200000; quick:
+//!                      2000,5000,10000, what a debug build sustains open loop)
 //!   --systems LIST     roomcast,redis-benchmark,redis-rs,fred (default: all available)
 //! ```
 //!
@@ -68,6 +70,7 @@ struct Opts {
     scenarios: Vec<String>,
     systems: Vec<String>,
     depths: Vec<u64>,
+    rates: Option<Vec<f64>>,
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts, String> {
@@ -78,6 +81,7 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
         scenarios: ALL_SCENARIOS.iter().map(|s| s.to_string()).collect(),
         systems: systems_available().iter().map(|s| s.to_string()).collect(),
         depths: vec![64, 1024, 4096],
+        rates: None,
     };
     let list = |v: &str| -> Vec<String> { v.split(',').map(|s| s.trim().to_string()).collect() };
     let mut it = args.iter();
@@ -98,6 +102,16 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
             "--runs" => o.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
             "--scenarios" => o.scenarios = list(&value()?.to_uppercase()),
             "--systems" => o.systems = list(&value()?),
+            "--rates" => {
+                let rates = list(&value()?)
+                    .iter()
+                    .map(|r| r.parse::<f64>().map_err(|e| format!("--rates: {r}: {e}")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if rates.iter().any(|r| !(*r >= 1.0)) {
+                    return Err("--rates: a rate is at least 1 msg/s".into());
+                }
+                o.rates = Some(rates);
+            }
             "--depths" => {
                 o.depths = list(&value()?)
                     .iter()
@@ -127,7 +141,8 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
 
 fn usage() -> &'static str {
     "usage: roomcast-load [--quick] [--json] [--runs N] [--scenarios S1,..,S7] \
-     [--systems roomcast,redis-benchmark,redis-rs,fred] [--depths 64,1024,4096]\n\
+     [--systems roomcast,redis-benchmark,redis-rs,fred] [--depths 64,1024,4096] \
+     [--rates 10000,100000,200000]\n\
      Uses REDIS_URL when set, else starts a private redis-server on a free loopback port."
 }
 
@@ -202,7 +217,7 @@ struct Plan {
     s1_rooms: usize,
     s2_one: u64,
     s2_paced_s: f64,
-    s2_rates: [f64; 3],
+    s2_rates: Vec<f64>,
     s6_rate: f64,
     s7_rates: [f64; 4],
     s7_s: f64,
@@ -225,7 +240,7 @@ impl Plan {
                 s1_rooms: 100,
                 s2_one: 300,
                 s2_paced_s: 0.3,
-                s2_rates: [10_000.0, 100_000.0, 200_000.0],
+                s2_rates: vec![2_000.0, 5_000.0, 10_000.0],
                 s6_rate: 10_000.0,
                 s7_rates: [100_000.0, 200_000.0, 300_000.0, 400_000.0],
                 s7_s: 0.2,
@@ -245,7 +260,7 @@ impl Plan {
                 s1_rooms: 1_000,
                 s2_one: 20_000,
                 s2_paced_s: 3.0,
-                s2_rates: [10_000.0, 100_000.0, 200_000.0],
+                s2_rates: vec![10_000.0, 100_000.0, 200_000.0],
                 s6_rate: 50_000.0,
                 s7_rates: [100_000.0, 200_000.0, 300_000.0, 400_000.0],
                 s7_s: 2.0,
@@ -264,7 +279,10 @@ impl Plan {
 }
 
 fn orchestrate(opts: &Opts) -> Result<bool, String> {
-    let plan = Plan::new(opts.quick);
+    let mut plan = Plan::new(opts.quick);
+    if let Some(r) = &opts.rates {
+        plan.s2_rates = r.clone();
+    }
     let started = Instant::now();
     let (_server, url, pid) = match std::env::var("REDIS_URL") {
         Ok(u) if !u.is_empty() => (None, u, None),
@@ -390,7 +408,7 @@ fn jobs(opts: &Opts, plan: &Plan, scenario: &str, url: &str, pid: Option<u32>) -
                 v.push(base(s, "one-in-flight", 64, 1, plan.s2_one));
             }
             // Paced: every system at the same rates (redis-benchmark cannot pace).
-            for rate in plan.s2_rates {
+            for &rate in &plan.s2_rates {
                 for s in peers.iter().filter(|s| **s != "redis-benchmark") {
                     let mut j = base(s, "paced", 64, 1, (rate * plan.s2_paced_s) as u64);
                     j.rate = rate;
