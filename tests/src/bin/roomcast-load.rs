@@ -107,7 +107,7 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
                     .iter()
                     .map(|r| r.parse::<f64>().map_err(|e| format!("--rates: {r}: {e}")))
                     .collect::<Result<Vec<_>, _>>()?;
-                if rates.iter().any(|r| !(*r >= 1.0)) {
+                if rates.iter().any(|r| r.is_nan() || *r < 1.0) {
                     return Err("--rates: a rate is at least 1 msg/s".into());
                 }
                 o.rates = Some(rates);

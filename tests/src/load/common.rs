@@ -441,7 +441,9 @@ impl Flow {
         }
     }
 
-    /// The window: messages a publisher may have outstanding.
+    /// The window: messages a publisher may have outstanding (the peers size their
+    /// pipelines by it).
+    #[cfg_attr(not(feature = "peers"), expect(dead_code))]
     pub fn window(&self) -> u64 {
         self.window
     }

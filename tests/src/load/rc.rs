@@ -996,6 +996,7 @@ fn recovery(job: &Job) -> Result<Vec<Res>, String> {
     }
     let (received, unique, dups, bad, _) = tally(std::slice::from_ref(&tracker));
     res.set("delivered", delivered);
+    res.set("expected", total);
     res.set("lost_reported_as_gaps", in_gap);
     res.set("lost_unreported", neither);
     res.set("reported_missing_but_delivered", gap_but_delivered);
