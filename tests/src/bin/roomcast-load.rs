@@ -1,20 +1,28 @@
-//! `roomcast-load`: the load generator of roomcast (issue #7).
+//! `roomcast-load`: the load generator of roomcast.
 //!
 //! Starts a private `redis-server` on a free loopback port (or uses `REDIS_URL`) and runs
 //! the scenarios, every (scenario, system) in a worker process of its own so that its CPU
 //! time and memory are its own:
 //!
 //! - S1 throughput: a publisher on instance A, members on B and C; one room and many
-//!   rooms; 64 B and 1 KiB; delivered messages/s end to end and exactly-once.
-//! - S2 latency: publish→deliver percentiles with one message in flight, and paced at 50%
-//!   of the system's S1 rate.
+//!   rooms; 64 B and 1 KiB; at in-flight depths 64, 1,024 and 4,096 for every system;
+//!   delivered messages/s end to end and exactly-once. "The server's limit" is the best
+//!   lossless `redis-benchmark` configuration (depth and connections) of the same run.
+//! - S2 latency: publish→deliver percentiles with one message in flight, and paced by a
+//!   precise pacer at the same rates for every system (10k, 100k, 200k msg/s).
 //! - S3 many rooms: 100,000 rooms joined on one instance: time until all live, memory per
 //!   room, then one message per room.
-//! - S4 fan-out: 10,000 local members of one room: member deliveries/s.
-//! - S5 churn: joins and leaves at a high rate while traffic flows; at the end Redis's
-//!   subscriptions (`PUBSUB CHANNELS`) must be the rooms with members.
-//! - S6 recovery: `CLIENT KILL` of the subscriber with 10,000 rooms: time until every room
-//!   is live again, and nothing published after that lost.
+//! - S4 in-process fan-out: 10,000 local members of one room on one instance: member
+//!   deliveries/s (Redis carries one copy per message).
+//! - S5 churn: joins and leaves at a high rate while traffic flows; at the end some rooms
+//!   are emptied and Redis's subscriptions (`PUBSUB CHANNELS`) must be the rooms with
+//!   members; a member that stayed in its rooms throughout must get every message once.
+//! - S6 recovery: `CLIENT KILL` of the subscriber with 10,000 rooms while messages flow
+//!   (before, during and after): time until every room is live again, and every message
+//!   delivered or reported missing in a gap event.
+//! - S7 member queue: one member receiving paced traffic at increasing rates with the
+//!   default member queue (1,024 messages) and with an unbounded one: messages dropped and
+//!   the largest backlog.
 //!
 //! S1–S3 also run through `redis-benchmark` (the server's own PUBLISH limit, raw
 //! subscribers attached) and, with the cargo feature `peers`, through the `redis` and
@@ -26,6 +34,9 @@
 //!   --json             one JSON object per result line on stdout (the table goes to stderr)
 //!   --runs N           repeat everything N times; the table shows medians (default 3, quick 1)
 //!   --scenarios LIST   e.g. S1,S2 (default: all)
+//!   --depths LIST      S1's in-flight depths (default 64,1024,4096)
+//!   --rates LIST       S2's paced rates, msg/s (default 10000,100000,200000; quick:
+//!                      2000,5000,10000, what a debug build sustains open loop)
 //!   --systems LIST     roomcast,redis-benchmark,redis-rs,fred (default: all available)
 //! ```
 //!
@@ -42,7 +53,7 @@ use std::time::{Duration, Instant};
 
 use load::common::{Job, Res};
 
-const ALL_SCENARIOS: [&str; 6] = ["S1", "S2", "S3", "S4", "S5", "S6"];
+const ALL_SCENARIOS: [&str; 7] = ["S1", "S2", "S3", "S4", "S5", "S6", "S7"];
 
 fn systems_available() -> Vec<&'static str> {
     let mut v = vec!["roomcast", "redis-benchmark"];
@@ -58,6 +69,8 @@ struct Opts {
     runs: usize,
     scenarios: Vec<String>,
     systems: Vec<String>,
+    depths: Vec<u64>,
+    rates: Option<Vec<f64>>,
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts, String> {
@@ -67,6 +80,8 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
         runs: 0,
         scenarios: ALL_SCENARIOS.iter().map(|s| s.to_string()).collect(),
         systems: systems_available().iter().map(|s| s.to_string()).collect(),
+        depths: vec![64, 1024, 4096],
+        rates: None,
     };
     let list = |v: &str| -> Vec<String> { v.split(',').map(|s| s.trim().to_string()).collect() };
     let mut it = args.iter();
@@ -87,6 +102,25 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
             "--runs" => o.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
             "--scenarios" => o.scenarios = list(&value()?.to_uppercase()),
             "--systems" => o.systems = list(&value()?),
+            "--rates" => {
+                let rates = list(&value()?)
+                    .iter()
+                    .map(|r| r.parse::<f64>().map_err(|e| format!("--rates: {r}: {e}")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if rates.iter().any(|r| r.is_nan() || *r < 1.0) {
+                    return Err("--rates: a rate is at least 1 msg/s".into());
+                }
+                o.rates = Some(rates);
+            }
+            "--depths" => {
+                o.depths = list(&value()?)
+                    .iter()
+                    .map(|d| d.parse::<u64>().map_err(|e| format!("--depths: {d}: {e}")))
+                    .collect::<Result<_, _>>()?;
+                if o.depths.contains(&0) {
+                    return Err("--depths: a depth is at least 1".into());
+                }
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown option {other}")),
         }
@@ -106,8 +140,9 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
 }
 
 fn usage() -> &'static str {
-    "usage: roomcast-load [--quick] [--json] [--runs N] [--scenarios S1,..,S6] \
-     [--systems roomcast,redis-benchmark,redis-rs,fred]\n\
+    "usage: roomcast-load [--quick] [--json] [--runs N] [--scenarios S1,..,S7] \
+     [--systems roomcast,redis-benchmark,redis-rs,fred] [--depths 64,1024,4096] \
+     [--rates 10000,100000,200000]\n\
      Uses REDIS_URL when set, else starts a private redis-server on a free loopback port."
 }
 
@@ -182,6 +217,10 @@ struct Plan {
     s1_rooms: usize,
     s2_one: u64,
     s2_paced_s: f64,
+    s2_rates: Vec<f64>,
+    s6_rate: f64,
+    s7_rates: [f64; 4],
+    s7_s: f64,
     s3_rooms: usize,
     s4_members: usize,
     s4_count: u64,
@@ -200,7 +239,11 @@ impl Plan {
                 s1_count: [4_000, 1_000],
                 s1_rooms: 100,
                 s2_one: 300,
-                s2_paced_s: 0.5,
+                s2_paced_s: 0.3,
+                s2_rates: vec![2_000.0, 5_000.0, 10_000.0],
+                s6_rate: 10_000.0,
+                s7_rates: [100_000.0, 200_000.0, 300_000.0, 400_000.0],
+                s7_s: 0.2,
                 s3_rooms: 2_000,
                 s4_members: 500,
                 s4_count: 10,
@@ -217,6 +260,10 @@ impl Plan {
                 s1_rooms: 1_000,
                 s2_one: 20_000,
                 s2_paced_s: 3.0,
+                s2_rates: vec![10_000.0, 100_000.0, 200_000.0],
+                s6_rate: 50_000.0,
+                s7_rates: [100_000.0, 200_000.0, 300_000.0, 400_000.0],
+                s7_s: 2.0,
                 s3_rooms: 100_000,
                 s4_members: 10_000,
                 s4_count: 200,
@@ -232,7 +279,10 @@ impl Plan {
 }
 
 fn orchestrate(opts: &Opts) -> Result<bool, String> {
-    let plan = Plan::new(opts.quick);
+    let mut plan = Plan::new(opts.quick);
+    if let Some(r) = &opts.rates {
+        plan.s2_rates = r.clone();
+    }
     let started = Instant::now();
     let (_server, url, pid) = match std::env::var("REDIS_URL") {
         Ok(u) if !u.is_empty() => (None, u, None),
@@ -254,10 +304,8 @@ fn orchestrate(opts: &Opts) -> Result<bool, String> {
     let mut seq = 0usize;
     let mut ok = true;
     for run in 0..opts.runs {
-        // S1's 64 B one-room rate of each system, for S2's paced variant.
-        let mut s1_rate: BTreeMap<String, f64> = BTreeMap::new();
         for scenario in &opts.scenarios {
-            for job in jobs(opts, &plan, scenario, &url, pid, &s1_rate) {
+            for job in jobs(opts, &plan, scenario, &url, pid) {
                 seq += 1;
                 let mut job = job;
                 job.prefix = format!("ld{}x{seq}", std::process::id());
@@ -268,24 +316,17 @@ fn orchestrate(opts: &Opts) -> Result<bool, String> {
                     if r.0.contains_key("error") {
                         ok = false;
                     }
-                    if r.text("scenario") == "S1"
-                        && r.text("variant") == "1room"
-                        && r.num("size") == Some(64.0)
-                    {
-                        if let Some(v) = r.num("msgs_per_s") {
-                            s1_rate.insert(r.text("system"), v);
-                        }
-                    }
                     if opts.json {
                         println!("{}", r.to_json());
                     }
                     eprintln!(
-                        "  [{:>5.1}s] run {} {} {} {} B {}: {}",
+                        "  [{:>5.1}s] run {} {} {} {} B {} {}: {}",
                         started.elapsed().as_secs_f64(),
                         run + 1,
                         job.scenario,
                         job.variant,
                         job.size,
+                        config(&r),
                         job.system,
                         short(&r)
                     );
@@ -296,7 +337,8 @@ fn orchestrate(opts: &Opts) -> Result<bool, String> {
         }
     }
     let medians = medians(&all);
-    let ratios = ratios(&medians);
+    let mut ratios = ratios(&medians);
+    ratios.extend(server_limits(&medians));
     if opts.json {
         for r in &ratios {
             println!("{}", r.to_json());
@@ -316,14 +358,7 @@ fn orchestrate(opts: &Opts) -> Result<bool, String> {
     Ok(ok)
 }
 
-fn jobs(
-    opts: &Opts,
-    plan: &Plan,
-    scenario: &str,
-    url: &str,
-    pid: Option<u32>,
-    s1_rate: &BTreeMap<String, f64>,
-) -> Vec<Job> {
+fn jobs(opts: &Opts, plan: &Plan, scenario: &str, url: &str, pid: Option<u32>) -> Vec<Job> {
     let base = |system: &str, variant: &str, size: usize, rooms: usize, count: u64| Job {
         scenario: scenario.to_string(),
         system: system.to_string(),
@@ -338,6 +373,8 @@ fn jobs(
         receivers: 2,
         members: 0,
         window: 4096,
+        clients: 1,
+        queue: 0,
         prefix: String::new(),
     };
     let has = |s: &str| opts.systems.iter().any(|x| x == s);
@@ -350,8 +387,18 @@ fn jobs(
         "S1" => {
             for (size, count) in [(64, plan.s1_count[0]), (1024, plan.s1_count[1])] {
                 for (variant, rooms) in [("1room", 1), ("rooms", plan.s1_rooms)] {
-                    for s in &peers {
-                        v.push(base(s, variant, size, rooms, count));
+                    for &depth in &opts.depths {
+                        for s in &peers {
+                            let mut j = base(s, variant, size, rooms, count);
+                            j.window = depth;
+                            v.push(j.clone());
+                            // The server's limit: also 4 publishing connections sharing the
+                            // same depth (pipelines of depth / 4).
+                            if *s == "redis-benchmark" && depth >= 4 {
+                                j.clients = 4;
+                                v.push(j);
+                            }
+                        }
                     }
                 }
             }
@@ -360,24 +407,13 @@ fn jobs(
             for s in &peers {
                 v.push(base(s, "one-in-flight", 64, 1, plan.s2_one));
             }
-            for s in peers.iter().filter(|s| **s != "redis-benchmark") {
-                let full = s1_rate.get(*s).copied().unwrap_or(20_000.0);
-                let rate = (full * 0.5).max(100.0);
-                let mut j = base(s, "paced", 64, 1, (rate * plan.s2_paced_s) as u64);
-                j.rate = rate;
-                v.push(j);
-            }
-            // roomcast also at the fastest peer's paced rate: the same load on the server.
-            let peer_rate = s1_rate
-                .iter()
-                .filter(|(s, _)| *s != "roomcast" && *s != "redis-benchmark")
-                .map(|(_, r)| r * 0.5)
-                .fold(0.0, f64::max);
-            if peers.contains(&"roomcast") && peer_rate >= 100.0 {
-                let count = (peer_rate * plan.s2_paced_s) as u64;
-                let mut j = base("roomcast", "paced-at-peer-rate", 64, 1, count);
-                j.rate = peer_rate;
-                v.push(j);
+            // Paced: every system at the same rates (redis-benchmark cannot pace).
+            for &rate in &plan.s2_rates {
+                for s in peers.iter().filter(|s| **s != "redis-benchmark") {
+                    let mut j = base(s, "paced", 64, 1, (rate * plan.s2_paced_s) as u64);
+                    j.rate = rate;
+                    v.push(j);
+                }
             }
         }
         "S3" => {
@@ -397,7 +433,7 @@ fn jobs(
             }
         }
         "S4" if has("roomcast") => {
-            let mut j = base("roomcast", "fan-out", 64, 1, plan.s4_count);
+            let mut j = base("roomcast", "in-process-fan-out", 64, 1, plan.s4_count);
             j.members = plan.s4_members;
             v.push(j);
         }
@@ -408,13 +444,28 @@ fn jobs(
             v.push(j);
         }
         "S6" if has("roomcast") => {
-            v.push(base(
+            let mut j = base(
                 "roomcast",
                 "client-kill",
                 64,
                 plan.s6_rooms,
                 plan.s6_rooms as u64,
-            ));
+            );
+            j.rate = plan.s6_rate;
+            v.push(j);
+        }
+        "S7" if has("roomcast") => {
+            // One member at rising rates: the default queue, and one that never drops (its
+            // largest backlog is the burst the default would have to hold).
+            for queue in [1024, 1 << 22] {
+                for rate in plan.s7_rates {
+                    let mut j = base("roomcast", "one-member", 64, 1, (rate * plan.s7_s) as u64);
+                    j.receivers = 1;
+                    j.rate = rate;
+                    j.queue = queue;
+                    v.push(j);
+                }
+            }
         }
         _ => {}
     }
@@ -457,6 +508,29 @@ fn run_worker(exe: &std::path::Path, job: &Job) -> Vec<Res> {
     out
 }
 
+/// The configuration of a result beyond scenario, variant and size: depth and connections
+/// (S1, S3), rate (S2 paced, S5, S6, S7), member queue (S7).
+fn config(r: &Res) -> String {
+    let mut parts = Vec::new();
+    if let Some(d) = r.num("depth") {
+        parts.push(format!("d{}", d as u64));
+    }
+    if let Some(c) = r.num("clients").filter(|c| *c > 1.0) {
+        parts.push(format!("x{}", c as u64));
+    }
+    if let Some(rate) = r.num("rate") {
+        parts.push(format!("{}/s", human(rate)));
+    }
+    if let Some(q) = r.num("queue") {
+        if q >= (1u64 << 22) as f64 {
+            parts.push("q:unbounded".into());
+        } else {
+            parts.push(format!("q{}", q as u64));
+        }
+    }
+    parts.join(" ")
+}
+
 /// The few numbers that matter for a progress line.
 fn short(r: &Res) -> String {
     if r.0.contains_key("error") {
@@ -473,11 +547,15 @@ fn short(r: &Res) -> String {
             f("cpu_s_per_m")
         ),
         "S2" => format!(
-            "p50 {} p99 {} p999 {} max {} µs",
+            "p50 {} p99 {} p999 {} max {} µs, {}/{} delivered, exactly once {}, pacer CPU {} s",
             f("p50_us"),
             f("p99_us"),
             f("p999_us"),
-            f("max_us")
+            f("max_us"),
+            f("delivered"),
+            f("expected"),
+            r.text("exactly_once"),
+            f("pacer_cpu_s")
         ),
         "S3" => format!(
             "live in {} s, {} B/room, then {} msg/s, exactly once {}",
@@ -492,16 +570,36 @@ fn short(r: &Res) -> String {
             r.text("exactly_once")
         ),
         "S5" => format!(
-            "{} ops/s, subscriptions match {} ({} rooms)",
+            "{} ops/s, subscriptions match {} ({} rooms, {} emptied), steady member {}/{}, \
+             exactly once {}",
             f("ops_per_s"),
             r.text("subscriptions_match"),
-            f("rooms_with_members")
+            f("rooms_with_members"),
+            f("rooms_emptied"),
+            f("steady_delivered"),
+            f("steady_expected"),
+            r.text("exactly_once")
         ),
         "S6" => format!(
-            "link up {} ms after the kill, all live {} ms after that, exactly once {}",
+            "link up {} ms after the kill, all live {} ms after that; {} published: {} \
+             delivered, {} reported as gaps, {} neither; exactly once {}",
             f("kill_to_up_ms"),
             f("up_to_all_live_ms"),
+            f("published"),
+            f("delivered"),
+            f("lost_reported_as_gaps"),
+            f("lost_unreported"),
             r.text("exactly_once")
+        ),
+        "S7" => format!(
+            "{} msg/s delivered, {} dropped ({}%), largest backlog {} messages, drops = losses \
+             {}; {} publishes refused by the sender",
+            f("msgs_per_s"),
+            f("dropped"),
+            f("dropped_pct"),
+            f("queue_peak"),
+            r.text("drops_account_for_losses"),
+            f("publish_refused")
         ),
         _ => String::new(),
     }
@@ -522,19 +620,25 @@ fn human(v: f64) -> String {
     }
 }
 
-type Key = (String, String, u64, String);
+/// (scenario, variant, size, depth, connections, rate, queue, system).
+type Key = (String, String, u64, u64, u64, u64, u64, String);
 
 fn key(r: &Res) -> Key {
+    let n = |k: &str| r.num(k).unwrap_or(0.0) as u64;
     (
         r.text("scenario"),
         r.text("variant"),
-        r.num("size").unwrap_or(0.0) as u64,
+        n("size"),
+        n("depth"),
+        n("clients"),
+        n("rate"),
+        n("queue"),
         r.text("system"),
     )
 }
 
-/// Per (scenario, variant, size, system): the median of every number over the runs;
-/// a boolean is true only if it was true in every run.
+/// Per configuration and system: the median of every number over the runs; a boolean is
+/// true only if it was true in every run.
 fn medians(all: &[(usize, Res)]) -> Vec<Res> {
     let mut groups: BTreeMap<Key, Vec<&Res>> = BTreeMap::new();
     for (_, r) in all {
@@ -547,7 +651,18 @@ fn medians(all: &[(usize, Res)]) -> Vec<Res> {
         _ => 3,
     };
     let mut keys: Vec<&Key> = groups.keys().collect();
-    keys.sort_by_key(|k| (k.0.clone(), k.1.clone(), k.2, order(&k.3)));
+    keys.sort_by_key(|k| {
+        (
+            k.0.clone(),
+            k.2,
+            k.1.clone(),
+            k.6,
+            k.5,
+            k.3,
+            order(&k.7),
+            k.4,
+        )
+    });
     let mut out = Vec::new();
     for k in keys {
         let rs = &groups[k];
@@ -582,28 +697,28 @@ fn medians(all: &[(usize, Res)]) -> Vec<Res> {
     out
 }
 
-/// roomcast against each peer, pair by pair, in S1–S3.
+/// roomcast against each peer in S1–S3, at the same configuration (depth, one publishing
+/// connection, rate): pair by pair.
 fn ratios(medians: &[Res]) -> Vec<Res> {
-    let find = |s: &str, v: &str, size: u64, sys: &str| {
-        medians
-            .iter()
-            .find(|r| key(r) == (s.to_string(), v.to_string(), size, sys.to_string()))
-    };
     let mut out = Vec::new();
     for rc in medians.iter().filter(|r| r.text("system") == "roomcast") {
-        let (s, v, size, _) = key(rc);
-        if !matches!(s.as_str(), "S1" | "S2" | "S3") {
+        let k = key(rc);
+        if !matches!(k.0.as_str(), "S1" | "S2" | "S3") {
             continue;
         }
         for peer in ["redis-benchmark", "redis-rs", "fred"] {
-            let Some(p) = find(&s, &v, size, peer) else {
+            let mut want = k.clone();
+            want.7 = peer.to_string();
+            let Some(p) = medians.iter().find(|r| key(r) == want) else {
                 continue;
             };
             let mut r = Res::default();
-            r.set("scenario", s.as_str());
+            for f in ["scenario", "variant", "size", "depth", "rate"] {
+                if let Some(v) = rc.0.get(f) {
+                    r.0.insert(f.into(), v.clone());
+                }
+            }
             r.set("system", format!("roomcast/{peer}"));
-            r.set("variant", v.as_str());
-            r.set("size", size);
             let mut any = false;
             for (field, name) in [
                 ("msgs_per_s", "msgs_per_s_ratio"),
@@ -629,21 +744,90 @@ fn ratios(medians: &[Res]) -> Vec<Res> {
     out
 }
 
+/// "The server's limit" of each S1 configuration (rooms, size): the fastest `redis-benchmark`
+/// configuration (depth and connections) that delivered every message to every subscriber
+/// in every run, and roomcast's fastest lossless depth against it.
+fn server_limits(medians: &[Res]) -> Vec<Res> {
+    let lossless = |r: &&Res| {
+        r.text("scenario") == "S1"
+            && r.0.get("exactly_once").and_then(|v| v.as_bool()) == Some(true)
+            && !r.0.contains_key("error")
+    };
+    let best = |system: &str, variant: &str, size: f64| {
+        medians
+            .iter()
+            .filter(lossless)
+            .filter(|r| {
+                r.text("system") == system
+                    && r.text("variant") == variant
+                    && r.num("size") == Some(size)
+            })
+            .max_by(|a, b| {
+                let rate = |r: &Res| r.num("msgs_per_s").unwrap_or(0.0);
+                rate(a).total_cmp(&rate(b))
+            })
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for r in medians.iter().filter(|r| r.text("scenario") == "S1") {
+        let (variant, size) = (r.text("variant"), r.num("size").unwrap_or(0.0));
+        if !seen.insert((variant.clone(), size as u64)) {
+            continue;
+        }
+        let mut x = Res::default();
+        x.set("scenario", "S1");
+        x.set("variant", variant.as_str());
+        x.setf("size", size);
+        x.set("system", "server-limit");
+        match best("redis-benchmark", &variant, size) {
+            Some(b) => {
+                x.setf(
+                    "server_limit_msgs_per_s",
+                    b.num("msgs_per_s").unwrap_or(0.0),
+                );
+                x.setf("server_limit_depth", b.num("depth").unwrap_or(0.0));
+                x.setf("server_limit_clients", b.num("clients").unwrap_or(1.0));
+            }
+            None => {
+                x.set("server_limit_msgs_per_s", serde_json::Value::Null);
+            }
+        }
+        if let Some(rc) = best("roomcast", &variant, size) {
+            x.setf(
+                "roomcast_best_msgs_per_s",
+                rc.num("msgs_per_s").unwrap_or(0.0),
+            );
+            x.setf("roomcast_best_depth", rc.num("depth").unwrap_or(0.0));
+            if let (Some(a), Some(b)) = (
+                rc.num("msgs_per_s"),
+                x.num("server_limit_msgs_per_s").filter(|b| *b > 0.0),
+            ) {
+                x.setf("msgs_per_s_ratio", a / b);
+            }
+        }
+        out.push(x);
+    }
+    out
+}
+
 fn table(medians: &[Res], ratios: &[Res], runs: usize) -> String {
     use std::fmt::Write;
     let mut t = String::new();
     let _ = writeln!(
         t,
         "\nMedians of {runs} run(s). msg/s: messages published/s with every delivery in \
-         (end to end); CPU: client CPU seconds per million delivered messages; RSS: the \
-         client process.\n"
+         (end to end, redis-benchmark included); CPU: client CPU seconds per million \
+         delivered messages (a paced run's pacer thread left out, shown apart); RSS: the \
+         client process. Config: dN in-flight depth, xN publishing connections, rate, qN \
+         member queue.\n"
     );
     let _ = writeln!(
         t,
-        "{:<3} {:<14} {:>5} {:<16} {:>10} {:>21} {:>5} {:>36} {:>8} {:>7} {:>7}",
+        "{:<3} {:<19} {:>5} {:<16} {:<16} {:>10} {:>21} {:>5} {:>36} {:>8} {:>7} {:>7}",
         "",
         "variant",
         "size",
+        "config",
         "system",
         "msg/s",
         "delivered/expected",
@@ -673,10 +857,11 @@ fn table(medians: &[Res], ratios: &[Res], runs: usize) -> String {
         };
         let _ = writeln!(
             t,
-            "{:<3} {:<14} {:>5} {:<16} {:>10} {:>21} {:>5} {:>36} {:>8} {:>7} {:>7}",
+            "{:<3} {:<19} {:>5} {:<16} {:<16} {:>10} {:>21} {:>5} {:>36} {:>8} {:>7} {:>7}",
             r.text("scenario"),
             r.text("variant"),
             r.num("size").unwrap_or(0.0) as u64,
+            config(r),
             r.text("system"),
             f(r, "msgs_per_s"),
             format!("{}/{}", f(r, "delivered"), f(r, "expected")),
@@ -688,6 +873,10 @@ fn table(medians: &[Res], ratios: &[Res], runs: usize) -> String {
             f(r, "server_cpu_s"),
         );
         let extra = match r.text("scenario").as_str() {
+            "S1" if r.num("subscribers_disconnected").is_some_and(|d| d > 0.0) => format!(
+                "{} subscriber(s) disconnected by the server (output buffer limit)",
+                f(r, "subscribers_disconnected")
+            ),
             "S3" => format!(
                 "all {} rooms live in {} s ({} rooms/s), {} B resident per room",
                 f(r, "rooms"),
@@ -696,33 +885,59 @@ fn table(medians: &[Res], ratios: &[Res], runs: usize) -> String {
                 f(r, "bytes_per_room")
             ),
             "S4" => format!(
-                "{} members: {} member deliveries/s",
+                "in-process fan-out: {} members of one room on one instance: {} member \
+                 deliveries/s",
                 f(r, "members"),
                 f(r, "deliveries_per_s")
             ),
             "S5" => format!(
-                "{} ops/s ({} ops, {} errors); {} rooms with members, {} channels subscribed \
-                 ({} missing, {} extra): match {}",
+                "{} ops/s ({} ops, {} errors); {} rooms emptied at the end; {} rooms with \
+                 members, {} channels subscribed ({} missing, {} extra): match {}; steady \
+                 member {}/{} ({} lost)",
                 f(r, "ops_per_s"),
                 f(r, "ops"),
                 f(r, "errors"),
+                f(r, "rooms_emptied"),
                 f(r, "rooms_with_members"),
                 f(r, "channels_subscribed"),
                 f(r, "channels_missing"),
                 f(r, "channels_extra"),
-                r.text("subscriptions_match")
+                r.text("subscriptions_match"),
+                f(r, "steady_delivered"),
+                f(r, "steady_expected"),
+                f(r, "steady_lost")
             ),
             "S6" => format!(
                 "{} rooms: link up {} ms after CLIENT KILL, every room live {} ms later \
-                 ({} ms in all)",
+                 ({} ms in all); {} published ({} before the kill): {} delivered, {} \
+                 reported as gaps, {} neither",
                 f(r, "rooms"),
                 f(r, "kill_to_up_ms"),
                 f(r, "up_to_all_live_ms"),
-                f(r, "kill_to_all_live_ms")
+                f(r, "kill_to_all_live_ms"),
+                f(r, "published"),
+                f(r, "published_before_kill"),
+                f(r, "delivered"),
+                f(r, "lost_reported_as_gaps"),
+                f(r, "lost_unreported")
             ),
-            "S2" if r.text("variant").starts_with("paced") => {
-                format!("paced at {} msg/s", f(r, "rate"))
-            }
+            "S7" => format!(
+                "{} dropped ({} %), largest backlog {} messages ({} B of payload); every \
+                 loss at the member counted as a drop: {}; {} publishes refused by the sender",
+                f(r, "dropped"),
+                f(r, "dropped_pct"),
+                f(r, "queue_peak"),
+                f(r, "queue_peak_bytes"),
+                r.text("drops_account_for_losses"),
+                f(r, "publish_refused")
+            ),
+            "S2" if r.num("rate").is_some() => format!(
+                "pacer: {} CPU s over {} s wall ({} wake-ups with sends, latest {} µs late)",
+                f(r, "pacer_cpu_s"),
+                f(r, "wall_s"),
+                f(r, "pacer_sends"),
+                f(r, "pacer_max_late_us")
+            ),
             "S2" if r.text("system") == "redis-benchmark" => {
                 "publish→reply round trip (no client library; not publish→deliver)".into()
             }
@@ -738,9 +953,27 @@ fn table(medians: &[Res], ratios: &[Res], runs: usize) -> String {
     if !ratios.is_empty() {
         let _ = writeln!(
             t,
-            "\nRatios (roomcast ÷ peer; >1 is better for msg/s, <1 is better for the rest):"
+            "\nRatios at equal depth / equal rate (roomcast ÷ peer; >1 is better for msg/s, \
+             <1 is better for the rest):"
         );
         for r in ratios {
+            if r.text("system") == "server-limit" {
+                let _ = writeln!(
+                    t,
+                    "  S1  {:<19} {:>5} server's limit (best lossless redis-benchmark): {} msg/s \
+                     at d{} x{}; roomcast's best lossless {} msg/s at d{}: ratio {}",
+                    r.text("variant"),
+                    r.num("size").unwrap_or(0.0) as u64,
+                    f(r, "server_limit_msgs_per_s"),
+                    f(r, "server_limit_depth"),
+                    f(r, "server_limit_clients"),
+                    f(r, "roomcast_best_msgs_per_s"),
+                    f(r, "roomcast_best_depth"),
+                    r.num("msgs_per_s_ratio")
+                        .map_or("-".into(), |v| format!("{v:.2}"))
+                );
+                continue;
+            }
             let mut parts = Vec::new();
             for (k, name) in [
                 ("msgs_per_s_ratio", "msg/s"),
@@ -757,10 +990,11 @@ fn table(medians: &[Res], ratios: &[Res], runs: usize) -> String {
             }
             let _ = writeln!(
                 t,
-                "  {:<3} {:<14} {:>5} {:<26} {}",
+                "  {:<3} {:<19} {:>5} {:<16} {:<26} {}",
                 r.text("scenario"),
                 r.text("variant"),
                 r.num("size").unwrap_or(0.0) as u64,
+                config(r),
                 r.text("system"),
                 parts.join(", ")
             );

@@ -9,10 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::common::{now_ns, wait_for, Job, Res, Usage};
-
-/// Commands per pipeline of `redis-benchmark`.
-const PIPELINE: u64 = 64;
+use super::common::{now_ns, settle, wait_for, Job, Res, Usage, STALL};
 
 /// A raw subscriber connection on a thread of its own.
 pub struct RawSub {
@@ -20,6 +17,9 @@ pub struct RawSub {
     pub count: Arc<AtomicU64>,
     /// [`now_ns`] of the latest message.
     pub last_ns: Arc<AtomicU64>,
+    /// Set when the server closed the connection (a subscriber over Redis's
+    /// `client-output-buffer-limit pubsub` is disconnected: the rest of its messages are lost).
+    pub closed: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<io::Result<()>>>,
 }
@@ -100,12 +100,16 @@ impl RawSub {
         let count = Arc::new(AtomicU64::new(0));
         let last_ns = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (c2, l2, st2) = (count.clone(), last_ns.clone(), stop.clone());
+        let closed = Arc::new(AtomicBool::new(false));
+        let (c2, l2, st2, cl2) = (count.clone(), last_ns.clone(), stop.clone(), closed.clone());
         s.set_read_timeout(Some(Duration::from_millis(50)))?;
         let thread = std::thread::spawn(move || -> io::Result<()> {
             while !st2.load(Ordering::Relaxed) {
                 let n = match s.read(&mut chunk) {
-                    Ok(0) => return Ok(()),
+                    Ok(0) => {
+                        cl2.store(true, Ordering::Relaxed);
+                        return Ok(());
+                    }
                     Ok(n) => n,
                     Err(e)
                         if matches!(
@@ -115,7 +119,10 @@ impl RawSub {
                     {
                         continue
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        cl2.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
                 };
                 buf.extend_from_slice(&chunk[..n]);
                 let mut at = 0;
@@ -137,6 +144,7 @@ impl RawSub {
         Ok(RawSub {
             count,
             last_ns,
+            closed,
             stop,
             thread: Some(thread),
         })
@@ -204,10 +212,13 @@ pub fn run(job: &Job) -> Result<Vec<Res>, String> {
 }
 
 /// PUBLISH at the server's limit with `receivers` subscriber connections on `rooms`
-/// channels: `n` messages, pipelined.
+/// channels: `n` messages from `job.clients` connections, each with pipelines of
+/// `job.window / job.clients` (the same in-flight depth as the other systems' window).
 fn publish_limit(job: &Job, rooms: usize, receivers: usize, n: u64) -> Result<Vec<Res>, String> {
-    // redis-benchmark sends whole pipelines: a multiple of the pipeline's length.
-    let n = n.div_ceil(PIPELINE) * PIPELINE;
+    let clients = job.clients.max(1) as u64;
+    let pipeline = (job.window / clients).max(1);
+    // redis-benchmark sends whole pipelines from every client: a multiple of both.
+    let n = n.div_ceil(pipeline * clients) * pipeline * clients;
     let (_, port) = job.host_port();
     let channels: Vec<String> = (0..rooms).map(|i| job.channel(i)).collect();
     let subs = (0..receivers)
@@ -217,8 +228,8 @@ fn publish_limit(job: &Job, rooms: usize, receivers: usize, n: u64) -> Result<Ve
     let usage = Usage::now(job.server_pid);
     let start_ns = now_ns();
     let data = "x".repeat(job.size);
-    let mut args: Vec<String> = ["-c", "1", "-q"].iter().map(|s| s.to_string()).collect();
-    args.extend(["-P".into(), PIPELINE.to_string()]);
+    let mut args: Vec<String> = vec!["-c".into(), clients.to_string(), "-q".into()];
+    args.extend(["-P".into(), pipeline.to_string()]);
     args.extend(["-n".into(), n.to_string()]);
     if rooms > 1 {
         args.extend(["-r".into(), rooms.to_string()]);
@@ -232,33 +243,47 @@ fn publish_limit(job: &Job, rooms: usize, receivers: usize, n: u64) -> Result<Ve
             .map(|s| s.count.load(Ordering::Relaxed))
             .sum::<u64>()
     };
-    let complete = wait_for(
-        Instant::now() + job.limit,
-        Duration::from_secs(3),
-        total,
-        || total() >= expected,
-    );
-    let got = total();
+    let complete = wait_for(Instant::now() + job.limit, STALL, total, || {
+        total() >= expected || subs.iter().any(|s| s.closed.load(Ordering::Relaxed))
+    });
     let last = subs
         .iter()
         .map(|s| s.last_ns.load(Ordering::Relaxed))
         .max()
         .unwrap_or(0);
     let mut res = job.result();
+    res.add_usage(&usage, total());
+    // Keep counting: anything beyond `n` per subscriber is a message too many.
+    settle();
+    let got = total();
+    let per_sub: Vec<u64> = subs
+        .iter()
+        .map(|s| s.count.load(Ordering::Relaxed))
+        .collect();
+    let disconnected = subs
+        .iter()
+        .filter(|s| s.closed.load(Ordering::Relaxed))
+        .count();
     res.set("receivers", receivers as u64);
+    res.set("pipeline", pipeline);
     res.set("published", n);
-    res.setf("msgs_per_s", rps);
+    // End to end, as for every other system: published / time until the last delivery.
     res.setf(
-        "end_to_end_msgs_per_s",
-        got as f64 / receivers as f64 / (last.saturating_sub(start_ns) as f64 / 1e9).max(1e-9),
+        "msgs_per_s",
+        n as f64 / (last.saturating_sub(start_ns) as f64 / 1e9).max(1e-9),
     );
+    res.setf("publish_rps", rps);
     res.setf("deliveries_per_s", rps * receivers as f64);
     res.set("delivered", got);
     res.set("expected", expected);
     res.set("lost", expected.saturating_sub(got));
-    // The payload is fixed, so only the count can be checked.
-    res.set("exactly_once", complete && got == expected);
-    res.add_usage(&usage, got);
+    res.set("duplicates", got.saturating_sub(expected));
+    res.set("subscribers_disconnected", disconnected as u64);
+    // The payload is fixed, so only the counts can be checked: every subscriber exactly n.
+    res.set(
+        "exactly_once",
+        complete && disconnected == 0 && per_sub.iter().all(|&c| c == n),
+    );
     drop(subs);
     Ok(vec![res])
 }

@@ -36,8 +36,15 @@ pub struct Job {
     pub receivers: usize,
     /// Members in the fan-out room (S4).
     pub members: usize,
-    /// Publishes not yet delivered everywhere that a publisher may have outstanding.
+    /// The in-flight depth: publishes not yet delivered everywhere that a publisher may have
+    /// outstanding (closed loop), or the pipeline depth of `redis-benchmark` (`-P` times
+    /// `-c`).
     pub window: u64,
+    /// Publishing connections of `redis-benchmark` (`-c`); 1 for every other system.
+    pub clients: usize,
+    /// Messages a receiving member's queue holds (roomcast's `Options::member_queue`; 0 for
+    /// the scenario's own choice).
+    pub queue: usize,
     /// Channel prefix (distinct per worker, so nothing leaks between runs).
     pub prefix: String,
 }
@@ -59,6 +66,8 @@ impl Job {
             format!("--receivers={}", self.receivers),
             format!("--members={}", self.members),
             format!("--window={}", self.window),
+            format!("--clients={}", self.clients),
+            format!("--queue={}", self.queue),
             format!("--prefix={}", self.prefix),
         ];
         if let Some(p) = self.server_pid {
@@ -95,6 +104,8 @@ impl Job {
             receivers: num("receivers")? as usize,
             members: num("members")? as usize,
             window: num("window")?,
+            clients: num("clients")? as usize,
+            queue: num("queue")? as usize,
             prefix: get("prefix")?,
         })
     }
@@ -107,6 +118,17 @@ impl Job {
         r.set("variant", self.variant.as_str());
         r.set("size", self.size as u64);
         r.set("rooms", self.rooms as u64);
+        // Closed-loop scenarios compare systems at the same in-flight depth.
+        if matches!(self.scenario.as_str(), "S1" | "S3") {
+            r.set("depth", self.window);
+            r.set("clients", self.clients.max(1) as u64);
+        }
+        if self.rate > 0.0 {
+            r.setf("rate", self.rate);
+        }
+        if self.queue > 0 {
+            r.set("queue", self.queue as u64);
+        }
         r
     }
 
@@ -341,6 +363,13 @@ impl Tracker {
         self.last_ns.fetch_max(now_ns(), Ordering::Relaxed);
     }
 
+    /// Whether message `seq` was seen.
+    pub fn has(&self, seq: u64) -> bool {
+        self.bits
+            .get((seq / 64) as usize)
+            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (seq % 64)) != 0)
+    }
+
     /// Distinct messages seen.
     pub fn unique(&self) -> u64 {
         self.bits
@@ -412,6 +441,13 @@ impl Flow {
         }
     }
 
+    /// The window: messages a publisher may have outstanding (the peers size their
+    /// pipelines by it).
+    #[cfg_attr(not(feature = "peers"), expect(dead_code))]
+    pub fn window(&self) -> u64 {
+        self.window
+    }
+
     /// Deliveries so far.
     pub fn deliveries(&self) -> u64 {
         self.delivered.load(Ordering::Relaxed)
@@ -424,17 +460,22 @@ impl Flow {
                 >= published.saturating_sub(self.window) * self.per_msg
     }
 
-    /// Waits until message number `published` (counting from 0) may be sent: fewer than
-    /// `window` messages outstanding. Returns false if `deadline` passed first.
-    pub async fn admit(&self, published: u64, deadline: tokio::time::Instant) -> bool {
+    /// Waits until message number `next` (counting from 0) may be sent: fewer than `window`
+    /// messages outstanding. `handed_out` messages (all numbered below it) were sent before,
+    /// so at most that many can complete while waiting. Returns false if `deadline` passed
+    /// first.
+    pub async fn admit(&self, next: u64, handed_out: u64, deadline: tokio::time::Instant) -> bool {
         loop {
-            if self.ready(published) {
+            if self.ready(next) {
                 return true;
             }
-            let need = published.saturating_sub(self.window) * self.per_msg;
-            // Wake when half the window is free again (fewer wake-ups than one per message).
-            let half = published.saturating_sub(self.window / 2) * self.per_msg;
-            self.wake_at.store(half.max(need), Ordering::SeqCst);
+            let need = next.saturating_sub(self.window) * self.per_msg;
+            // Wake when half the window is free again (fewer wake-ups than one per message),
+            // but never later than the last message handed out can complete: a pipeline asks
+            // for its last message before any of its own are out.
+            let half = next.saturating_sub(self.window / 2) * self.per_msg;
+            let wake = half.min(handed_out * self.per_msg).max(need);
+            self.wake_at.store(wake, Ordering::SeqCst);
             if self.delivered.load(Ordering::SeqCst) >= need {
                 self.wake_at.store(u64::MAX, Ordering::SeqCst);
                 return true;
@@ -478,6 +519,15 @@ impl Flow {
 /// How long without progress ends a phase early (a lost message never arrives).
 pub const STALL: Duration = Duration::from_secs(3);
 
+/// How long the receivers keep counting after the expected number arrived, before the
+/// tally: a trailing duplicate (or anything else that should not arrive) is seen.
+pub const SETTLE: Duration = Duration::from_millis(300);
+
+/// Waits [`SETTLE`]; the receivers keep recording meanwhile.
+pub fn settle() {
+    std::thread::sleep(SETTLE);
+}
+
 /// Waits until `flow` has `expected` deliveries; false at `deadline` or after a [`STALL`].
 pub fn await_deliveries(flow: &Flow, expected: u64, deadline: Instant) -> bool {
     wait_for(
@@ -486,6 +536,95 @@ pub fn await_deliveries(flow: &Flow, expected: u64, deadline: Instant) -> bool {
         || flow.deliveries(),
         || flow.deliveries() >= expected,
     )
+}
+
+/// The precise open-loop pacer: message `i` is due `i / rate` seconds after the start.
+///
+/// It sleeps until [`PACER_SPIN`] before the next due time (the OS timer, not a runtime's
+/// 1 ms wheel), then spins (yielding the core between checks) until it is due, and at each
+/// wake-up hands every message already due to `send` as one range (`first..end`, message
+/// numbers). Runs on the calling thread (a thread of its own), so that the system's threads
+/// are not also the pacer's. `send` returns false to stop.
+pub struct Pacer {
+    /// Messages per second.
+    pub rate: f64,
+    /// Messages in all.
+    pub count: u64,
+}
+
+/// How long before a due time the pacer stops sleeping and spins.
+pub const PACER_SPIN: Duration = Duration::from_micros(100);
+
+/// What the pacer itself cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PacerStats {
+    /// The pacer thread's own CPU seconds (user + system).
+    pub cpu_s: f64,
+    /// Wake-ups that sent something.
+    pub sends: u64,
+    /// Messages handed over.
+    pub sent: u64,
+    /// The latest hand-over after its due time, µs (the pacer's own lateness).
+    pub max_late_us: f64,
+}
+
+impl Pacer {
+    /// The pacer of a paced job (`job.rate > 0`, `job.count` messages).
+    pub fn of(job: &Job) -> Option<Pacer> {
+        (job.rate > 0.0).then_some(Pacer {
+            rate: job.rate,
+            count: job.count,
+        })
+    }
+
+    /// When message `i` is due, in ns after message 0.
+    pub fn due_ns(&self, i: u64) -> u64 {
+        (i as f64 * 1e9 / self.rate) as u64
+    }
+
+    /// Paces until every message went out, `send` refused or `deadline`.
+    pub fn run(
+        &self,
+        deadline: Instant,
+        mut send: impl FnMut(std::ops::Range<u64>, u64) -> bool,
+    ) -> PacerStats {
+        let cpu0 = thread_cpu_s();
+        let t0 = Instant::now();
+        let base_ns = now_ns();
+        let mut st = PacerStats::default();
+        let mut i = 0;
+        while i < self.count {
+            let due = t0 + Duration::from_nanos(self.due_ns(i));
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            if due > now + PACER_SPIN {
+                std::thread::sleep(due - now - PACER_SPIN);
+            }
+            while Instant::now() < due {
+                std::thread::yield_now();
+            }
+            // Everything due by now goes out at once.
+            let elapsed = t0.elapsed();
+            let due_by = ((elapsed.as_secs_f64() * self.rate) as u64 + 1).clamp(i + 1, self.count);
+            let late = elapsed.as_nanos() as u64 - self.due_ns(i).min(elapsed.as_nanos() as u64);
+            st.max_late_us = st.max_late_us.max(late as f64 / 1e3);
+            if !send(i..due_by, base_ns) {
+                break;
+            }
+            st.sends += 1;
+            st.sent += due_by - i;
+            i = due_by;
+        }
+        st.cpu_s = thread_cpu_s() - cpu0;
+        st
+    }
+}
+
+/// The calling thread's CPU seconds (user + system, `/proc/thread-self/stat`).
+pub fn thread_cpu_s() -> f64 {
+    proc_cpu("thread-self").map_or(0.0, |c| c.1)
 }
 
 /// Records in `res` what `trackers` (one per receiver) counted since `start_ns`:
@@ -516,6 +655,84 @@ pub fn record_deliveries(
         complete && dups == 0 && bad == 0 && unique == expected,
     );
     unique
+}
+
+/// A measured phase: usage at its start, [`now_ns`] then, and its deadline.
+pub struct Phase {
+    /// CPU and memory at the start.
+    pub usage: Usage,
+    /// [`now_ns`] at the start.
+    pub start_ns: u64,
+    /// When the phase gives up.
+    pub deadline: Instant,
+    /// Messages the publisher handed over.
+    pub published: Arc<AtomicU64>,
+    /// What the pacer cost, for a paced phase.
+    pub pacer: Option<PacerStats>,
+}
+
+impl Phase {
+    /// Starts a phase of `job` now.
+    pub fn begin(job: &Job) -> Phase {
+        Phase {
+            usage: Usage::now(job.server_pid),
+            start_ns: now_ns(),
+            deadline: Instant::now() + job.limit,
+            published: Arc::default(),
+            pacer: None,
+        }
+    }
+
+    /// [`finish_run`] for this phase.
+    pub fn finish(
+        &self,
+        res: &mut Res,
+        trackers: &[Arc<Tracker>],
+        expected: u64,
+        complete: bool,
+    ) -> u64 {
+        let (usage, start, pacer) = (&self.usage, self.start_ns, self.pacer);
+        let published = &self.published;
+        finish_run(
+            res, usage, trackers, expected, complete, start, pacer, published,
+        )
+    }
+}
+
+/// Ends a delivery run that just completed (or gave up): client CPU and memory up to now,
+/// then [`SETTLE`] with the receivers still counting, then the tally of [`record_deliveries`]
+/// (with deliveries/s), with `receivers` (one per tracker) and `published`. With a pacer, its own CPU is reported apart (`pacer_cpu_s`) and left
+/// out of `cpu_s_per_m`. Returns the unique deliveries.
+#[allow(clippy::too_many_arguments)]
+pub fn finish_run(
+    res: &mut Res,
+    usage: &Usage,
+    trackers: &[Arc<Tracker>],
+    expected: u64,
+    complete: bool,
+    start_ns: u64,
+    pacer: Option<PacerStats>,
+    published: &AtomicU64,
+) -> u64 {
+    let at_completion = tally(trackers).1;
+    res.set("receivers", trackers.len() as u64);
+    res.add_usage(usage, at_completion);
+    if let Some(p) = pacer {
+        let cpu = res.num("client_cpu_s").unwrap_or(0.0);
+        res.setf("pacer_cpu_s", p.cpu_s);
+        res.set("pacer_sends", p.sends);
+        res.setf("pacer_max_late_us", p.max_late_us);
+        res.setf("client_cpu_s", (cpu - p.cpu_s).max(0.0));
+        if at_completion > 0 {
+            res.setf(
+                "cpu_s_per_m",
+                (cpu - p.cpu_s).max(0.0) / (at_completion as f64 / 1e6),
+            );
+        }
+    }
+    settle();
+    res.set("published", published.load(Ordering::Relaxed));
+    record_deliveries(res, trackers, expected, complete, start_ns, true)
 }
 
 /// Waits (polling every few ms) until `done` or no progress in `stall` or `deadline`;

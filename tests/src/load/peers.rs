@@ -1,8 +1,9 @@
 //! The same work through the `redis` crate and the `fred` crate (feature `peers`), each in
-//! its fastest lossless configuration: explicit pipelines for `redis` (several in flight on a
-//! multiplexed connection), pipelines and a subscriber broadcast buffer larger than the
-//! window for `fred`. Same topology as roomcast: the publisher on node A, every subscriber
-//! connection on a node of its own.
+//! its fastest lossless configuration at the job's in-flight depth: explicit pipelines of up
+//! to 256 commands, as many in flight as the depth allows (`redis` on a multiplexed
+//! connection), and for `fred` a subscriber broadcast buffer larger than the window. Same
+//! topology as roomcast: the publisher on node A, every subscriber connection on a node of
+//! its own.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,14 +12,12 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 
 use super::common::{
-    add_latency, await_deliveries, now_ns, parse_payload, payload, record_deliveries, Flow, Job,
-    Node, Res, Tracker, Usage,
+    add_latency, await_deliveries, now_ns, parse_payload, payload, record_deliveries, settle,
+    tally, Flow, Job, Node, Pacer, Phase, Res, Tracker, Usage,
 };
 
-/// Commands per pipeline.
+/// Commands per pipeline at most (fewer when the depth is smaller).
 const PIPELINE: u64 = 256;
-/// Pipelines in flight at once.
-const PIPELINES_IN_FLIGHT: u64 = 4;
 /// Channels per SUBSCRIBE call.
 const SUBSCRIBE_CHUNK: usize = 10_000;
 
@@ -239,8 +238,10 @@ pub fn run(job: &Job) -> Result<Vec<Res>, String> {
     }
 }
 
-/// Publishes message `i` (for `i` in `0..n`) to `channel(i)` from node `a` with pipelines
-/// in flight under `flow`'s window; counts into `published`.
+/// Publishes message `i` (for `i` in `0..n`) to `channel(i)` from node `a` in pipelines,
+/// as many in flight as `flow`'s window (the depth) allows: one task admits each pipeline in
+/// turn and hands it to a task of its own, which writes it at once and waits for its
+/// replies; counts into `published`.
 #[allow(clippy::too_many_arguments)]
 fn pipelined(
     a: &Node,
@@ -252,36 +253,30 @@ fn pipelined(
     deadline: Instant,
     published: Arc<AtomicU64>,
 ) {
-    let next = Arc::new(AtomicU64::new(0));
-    for _ in 0..PIPELINES_IN_FLIGHT {
-        let (mut p, next, channel, flow, published) = (
-            p.clone(),
-            next.clone(),
-            channel.clone(),
-            flow.clone(),
-            published.clone(),
-        );
-        a.rt.spawn(async move {
-            let tdeadline = tokio::time::Instant::from_std(deadline);
-            loop {
-                let first = next.fetch_add(PIPELINE, Ordering::Relaxed);
-                if first >= n {
-                    break;
-                }
-                let end = (first + PIPELINE).min(n);
-                if !flow.admit(end - 1, tdeadline).await {
-                    break;
-                }
-                let batch: Vec<(String, Vec<u8>)> = (first..end)
-                    .map(|i| (channel(i), payload(i, now_ns(), size)))
-                    .collect();
-                if p.pipeline(batch).await.is_err() {
-                    break;
-                }
-                published.fetch_add(end - first, Ordering::Relaxed);
+    let per = flow.window().clamp(1, PIPELINE);
+    let rt = a.rt.clone();
+    a.rt.spawn(async move {
+        let tdeadline = tokio::time::Instant::from_std(deadline);
+        let mut first = 0;
+        while first < n {
+            let end = (first + per).min(n);
+            if !flow.admit(end - 1, first, tdeadline).await {
+                break;
             }
-        });
-    }
+            let batch: Vec<(String, Vec<u8>)> = (first..end)
+                .map(|i| (channel(i), payload(i, now_ns(), size)))
+                .collect();
+            let (mut p, published) = (p.clone(), published.clone());
+            rt.spawn(async move {
+                if p.pipeline(batch).await.is_ok() {
+                    published.fetch_add(end - first, Ordering::Relaxed);
+                }
+            });
+            // Let the pipeline's task write it before admitting the next.
+            tokio::task::yield_now().await;
+            first = end;
+        }
+    });
 }
 
 fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
@@ -310,59 +305,49 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
     let a = Node::start("a");
     let url = job.url.clone();
     let p = a.run(Pub::connect(kind, url))?;
-    let usage = Usage::now(job.server_pid);
-    let start_ns = now_ns();
-    let deadline = Instant::now() + job.limit;
-    let published = Arc::new(AtomicU64::new(0));
-    let paced = job.variant == "paced";
-    if latency {
-        let (flow, published, channel, size, rate) = (
+    let mut phase = Phase::begin(job);
+    let deadline = phase.deadline;
+    let published = phase.published.clone();
+    if let Some(pacer) = Pacer::of(job) {
+        // Open loop: the pacer thread hands every message due by now to node A as one
+        // pipeline, without waiting for the replies; latency counts from each due time.
+        let (channel, size) = (channels[0].clone(), job.size);
+        let published = published.clone();
+        phase.pacer = Some(pacer.run(deadline, |range, base| {
+            let batch: Vec<(String, Vec<u8>)> = range
+                .clone()
+                .map(|j| (channel.clone(), payload(j, base + pacer.due_ns(j), size)))
+                .collect();
+            let mut p = p.clone();
+            let published = published.clone();
+            let k = range.end - range.start;
+            a.rt.spawn(async move {
+                if p.pipeline(batch).await.is_ok() {
+                    published.fetch_add(k, Ordering::Relaxed);
+                }
+            });
+            true
+        }));
+    } else if latency {
+        let (flow, published, channel, size) = (
             flow.clone(),
             published.clone(),
             channels[0].clone(),
             job.size,
-            job.rate,
         );
         let mut p = p;
         a.rt.spawn(async move {
             let tdeadline = tokio::time::Instant::from_std(deadline);
-            let t0 = tokio::time::Instant::now();
-            let base = now_ns();
-            let mut i = 0;
-            while i < n {
-                if paced {
-                    // Open loop: every message due by now goes out in one pipeline; each
-                    // one's latency counts from when it was due.
-                    let now = tokio::time::Instant::now();
-                    let due_by = (((now - t0).as_secs_f64() * rate) as u64 + 1).min(n);
-                    if due_by <= i {
-                        let next = t0 + Duration::from_secs_f64(i as f64 / rate);
-                        tokio::time::sleep_until(next).await;
-                        continue;
-                    }
-                    let batch: Vec<(String, Vec<u8>)> = (i..due_by)
-                        .map(|j| {
-                            let due_ns = (j as f64 * 1e9 / rate) as u64;
-                            (channel.clone(), payload(j, base + due_ns, size))
-                        })
-                        .collect();
-                    if p.pipeline(batch).await.is_err() {
-                        break;
-                    }
-                    published.fetch_add(due_by - i, Ordering::Relaxed);
-                    i = due_by;
-                } else {
-                    if p.one(channel.clone(), payload(i, now_ns(), size))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                    published.fetch_add(1, Ordering::Relaxed);
-                    if !flow.wait_done(i, tdeadline).await {
-                        break;
-                    }
-                    i += 1;
+            for i in 0..n {
+                if p.one(channel.clone(), payload(i, now_ns(), size))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                published.fetch_add(1, Ordering::Relaxed);
+                if !flow.wait_done(i, tdeadline).await {
+                    break;
                 }
             }
         });
@@ -382,13 +367,7 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
     let expected = n * receivers as u64;
     let complete = await_deliveries(&flow, expected, deadline);
     let mut res = job.result();
-    res.set("receivers", receivers as u64);
-    res.set("published", published.load(Ordering::Relaxed));
-    let unique = record_deliveries(&mut res, &trackers, expected, complete, start_ns, true);
-    if paced {
-        res.setf("rate", job.rate);
-    }
-    res.add_usage(&usage, unique);
+    phase.finish(&mut res, &trackers, expected, complete);
     // Let the subscribers drain what may still arrive before their nodes stop.
     drop(a);
     drop(subs);
@@ -452,8 +431,9 @@ fn many_channels(job: &Job) -> Result<Vec<Res>, String> {
     );
     let complete = await_deliveries(&flow, n, deadline);
     let trackers = std::slice::from_ref(&tracker);
-    let unique = record_deliveries(&mut res, trackers, n, complete, start_ns, false);
-    res.add_usage(&usage, unique);
+    res.add_usage(&usage, tally(trackers).1);
+    settle();
+    record_deliveries(&mut res, trackers, n, complete, start_ns, false);
     drop(a);
     drop(sub);
     Ok(vec![res])

@@ -14,8 +14,8 @@ use roomcast::{
 use roomcast::core::LinkId;
 
 use super::common::{
-    add_latency, await_deliveries, now_ns, parse_payload, payload, record_deliveries, wait_for,
-    Flow, Job, Node, Res, Tracker, Usage, STALL,
+    add_latency, await_deliveries, now_ns, parse_payload, payload, record_deliveries, settle,
+    tally, wait_for, Flow, Job, Node, Pacer, Phase, Res, Tracker, Usage, STALL,
 };
 
 /// One roomcast instance and its node.
@@ -70,6 +70,12 @@ fn window_queue(job: &Job) -> usize {
     (job.window as usize * 2).max(1024)
 }
 
+/// An instance's metrics (`None` if it no longer answers).
+fn metrics(inst: &Inst) -> Option<roomcast::Metrics> {
+    let rc = inst.rc.clone();
+    inst.node.run(async move { rc.metrics().await }).ok()
+}
+
 fn shutdown(insts: Vec<Inst>) {
     for i in &insts {
         let rc = i.rc.clone();
@@ -110,21 +116,30 @@ fn join_all(inst: &Inst, rooms: Vec<String>, conn: String) -> Result<Connection,
     })
 }
 
-/// Consumes a connection's stream: records every message in `tracker` (and its latency when
-/// `lat`), until `expect` messages or the stream's end.
+/// What a consumer saw of its own connection's queue.
+#[derive(Debug, Default)]
+struct QueueWatch {
+    /// The most messages seen waiting (queued plus taken but not yet handed out), sampled
+    /// every 16 messages.
+    peak: AtomicU64,
+    /// The connection's count of messages dropped because its queue was full.
+    dropped: AtomicU64,
+}
+
+/// Consumes a connection's stream until it ends (the instance shuts down): records every
+/// message in `tracker` (and its latency when `lat`), including any beyond the expected
+/// number, so that a trailing duplicate is seen.
 fn consume(
     inst: &Inst,
     mut m: Connection,
-    expect: u64,
     tracker: Arc<Tracker>,
     flow: Arc<Flow>,
     lat: Option<Arc<Mutex<Vec<u64>>>>,
+    watch: Option<Arc<QueueWatch>>,
 ) {
     inst.node.rt.spawn(async move {
-        let mut got = 0;
-        while got < expect {
-            let Some(msg) = m.next().await else { break };
-            got += 1;
+        let mut k = 0u64;
+        while let Some(msg) = m.next().await {
             match parse_payload(&msg.data) {
                 Some((seq, sent)) => {
                     tracker.record(seq);
@@ -138,10 +153,15 @@ fn consume(
                     tracker.bad.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            if let Some(w) = &watch {
+                if k % 16 == 0 {
+                    w.peak.fetch_max(m.queued() as u64 + 1, Ordering::Relaxed);
+                }
+                w.dropped.store(m.dropped(), Ordering::Relaxed);
+            }
+            k += 1;
             flow.delivered();
         }
-        // Keep the connection until the instance shuts down, so its rooms stay subscribed.
-        while m.next().await.is_some() {}
     });
 }
 
@@ -154,16 +174,23 @@ pub fn run(job: &Job) -> Result<Vec<Res>, String> {
         "S4" => fan_out(job),
         "S5" => churn(job),
         "S6" => recovery(job),
+        "S7" => throughput(job, true),
         s => Err(format!("unknown scenario {s}")),
     }
 }
 
-/// S1 and S2: a publisher on instance A, one member per room on each receiving instance.
+/// S1, S2 and S7: a publisher on instance A, one member per room on each receiving instance.
+/// Closed loop (S1, S2 one in flight) on node A; paced (S2 paced, S7) from the precise pacer
+/// on this thread.
 fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
     let n = job.count;
     let rooms: Vec<String> = (0..job.rooms.max(1)).map(|i| job.room(i)).collect();
     let r = rooms.len() as u64;
-    let queue = window_queue(job);
+    let queue = if job.queue > 0 {
+        job.queue
+    } else {
+        window_queue(job)
+    };
     let a = start(job, "a", options(queue))?;
     let mut receivers = Vec::new();
     for k in 0..job.receivers.max(1) {
@@ -172,54 +199,58 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
     let flow = Flow::new(receivers.len() as u64, job.window);
     let trackers: Vec<Arc<Tracker>> = receivers.iter().map(|_| Tracker::new(n)).collect();
     let lat = latency.then(|| Arc::new(Mutex::new(Vec::new())));
-    for (inst, tracker) in receivers.iter().zip(&trackers) {
+    let watches: Vec<Arc<QueueWatch>> = receivers.iter().map(|_| Arc::default()).collect();
+    for ((inst, tracker), watch) in receivers.iter().zip(&trackers).zip(&watches) {
         // One member (connection) per receiving instance, in every room: the counterpart of
         // a peer's one subscriber connection.
         let member = join_all(inst, rooms.clone(), format!("{}-member", inst.name))?;
-        consume(inst, member, n, tracker.clone(), flow.clone(), lat.clone());
+        let w = Some(watch.clone());
+        consume(inst, member, tracker.clone(), flow.clone(), lat.clone(), w);
     }
-    let usage = Usage::now(job.server_pid);
-    let start_ns = now_ns();
-    let deadline = Instant::now() + job.limit;
-    let published = Arc::new(AtomicU64::new(0));
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    {
+    let mut phase = Phase::begin(job);
+    let deadline = phase.deadline;
+    let published = phase.published.clone();
+    if let Some(pacer) = Pacer::of(job) {
+        // Open loop: every message due by now goes to the driver as one batch; each one's
+        // latency counts from when it was due.
+        let mut p = a.rc.publisher();
+        let size = job.size;
+        let rt = a.node.rt.clone();
+        phase.pacer = Some(pacer.run(deadline, |range, base| {
+            let k = range.end - range.start;
+            let batch = range.map(|i| {
+                let room = &rooms[(i % r) as usize];
+                message(room, payload(i, base + pacer.due_ns(i), size))
+            });
+            let ok = rt.block_on(p.send_batch(batch)).is_ok();
+            if ok {
+                published.fetch_add(k, Ordering::Relaxed);
+            }
+            ok
+        }));
+    } else {
         let rc = a.rc.clone();
         let flow = flow.clone();
         let published = published.clone();
-        let (size, rate, paced) = (job.size, job.rate, job.variant.starts_with("paced"));
-        let one = latency && !paced;
+        let (size, one, rooms) = (job.size, latency, rooms.clone());
         a.node.rt.spawn(async move {
             let tdeadline = tokio::time::Instant::from_std(deadline);
             let mut p = rc.publisher();
-            let t0 = tokio::time::Instant::now();
-            let base = now_ns();
             for i in 0..n {
-                let stamp = if paced {
-                    // Open loop: message i is due at i / rate; its latency counts from then.
-                    let due_ns = (i as f64 * 1e9 / rate) as u64;
-                    let due = t0 + Duration::from_nanos(due_ns);
-                    if due > tokio::time::Instant::now() {
-                        tokio::time::sleep_until(due).await;
+                // The window is full: hand over what is gathered, then wait.
+                if !one && !flow.ready(i) {
+                    if p.flush().await.is_err() {
+                        break;
                     }
-                    base + due_ns
-                } else {
-                    // The window is full: hand over what is gathered, then wait.
-                    if !one && !flow.ready(i) {
-                        if p.flush().await.is_err() {
-                            break;
-                        }
-                        if !flow.admit(i, tdeadline).await {
-                            break;
-                        }
+                    if !flow.admit(i, i, tdeadline).await {
+                        break;
                     }
-                    now_ns()
-                };
+                }
                 let room = &rooms[(i % r) as usize];
-                let msg = message(room, payload(i, stamp, size));
+                let msg = message(room, payload(i, now_ns(), size));
                 // Closed loop: the publisher's Sink gathers batches (the explicit pipeline,
-                // as the peers use); one in flight and paced: every message at once.
-                let sent = if one || paced {
+                // as the peers use); one in flight: every message at once.
+                let sent = if one {
                     p.send(msg).await
                 } else {
                     p.feed(msg).await
@@ -233,20 +264,61 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
                 }
             }
             let _ = p.flush().await;
-            let _ = done_tx.send(());
         });
     }
     let expected = n * receivers.len() as u64;
-    let complete = await_deliveries(&flow, expected, deadline);
-    let _ = done_rx.recv_timeout(Duration::from_secs(1));
+    let dropped = || {
+        watches
+            .iter()
+            .map(|w| w.dropped.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let complete = if job.scenario == "S7" {
+        // Drops are expected here (that is the measurement): done when every message was
+        // delivered or counted as dropped.
+        let progress = || flow.deliveries() + dropped();
+        wait_for(deadline, STALL, progress, || progress() >= expected)
+    } else {
+        await_deliveries(&flow, expected, deadline)
+    };
     let mut res = job.result();
-    res.set("receivers", receivers.len() as u64);
-    res.set("published", published.load(Ordering::Relaxed));
-    let unique = record_deliveries(&mut res, &trackers, expected, complete, start_ns, true);
-    if job.variant.starts_with("paced") {
-        res.setf("rate", job.rate);
+    let unique = phase.finish(&mut res, &trackers, expected, complete);
+    let peak = watches
+        .iter()
+        .map(|w| w.peak.load(Ordering::Relaxed))
+        .max()
+        .unwrap_or(0);
+    res.set("queue_peak", peak);
+    res.set("queue_peak_bytes", peak * job.size as u64);
+    res.set("dropped", dropped());
+    // Publishes the sending instance refused (its queue full) or lost: they never left it.
+    let am = metrics(&a);
+    res.set(
+        "publish_refused",
+        am.as_ref().map_or(0, |m| m.publish_refused),
+    );
+    res.set(
+        "publish_failed",
+        am.as_ref().map_or(0, |m| m.publish_failed),
+    );
+    // What reached the receiving instances and was handed to the member queues.
+    let handed: u64 = receivers
+        .iter()
+        .filter_map(metrics)
+        .map(|m| m.member_deliveries)
+        .sum();
+    res.set("handed_to_members", handed);
+    if job.scenario == "S7" {
+        res.setf(
+            "dropped_pct",
+            dropped() as f64 * 100.0 / expected.max(1) as f64,
+        );
+        // Every message that reached the instance and not the member was counted as dropped.
+        res.set(
+            "drops_account_for_losses",
+            handed.saturating_sub(unique) == dropped(),
+        );
     }
-    res.add_usage(&usage, unique);
     if let Some(l) = lat {
         let mut l = std::mem::take(&mut *l.lock().unwrap_or_else(|p| p.into_inner()));
         if let Ok(path) = std::env::var("ROOMCAST_LOAD_DUMP") {
@@ -290,15 +362,16 @@ fn many_rooms(job: &Job) -> Result<Vec<Res>, String> {
     // One message per room.
     let flow = Flow::new(1, job.window);
     let tracker = Tracker::new(n);
-    consume(&b, members, n, tracker.clone(), flow.clone(), None);
+    consume(&b, members, tracker.clone(), flow.clone(), None, None);
     let usage = Usage::now(job.server_pid);
     let start_ns = now_ns();
     let deadline = Instant::now() + job.limit;
     publish_per_room(&a, rooms, job.size, flow.clone(), deadline);
     let complete = await_deliveries(&flow, n, deadline);
     let trackers = std::slice::from_ref(&tracker);
-    let unique = record_deliveries(&mut res, trackers, n, complete, start_ns, false);
-    res.add_usage(&usage, unique);
+    res.add_usage(&usage, tally(trackers).1);
+    settle();
+    record_deliveries(&mut res, trackers, n, complete, start_ns, false);
     shutdown(vec![a, b]);
     Ok(vec![res])
 }
@@ -319,7 +392,7 @@ fn publish_per_room(
         let mut p = rc.publisher();
         for (i, room) in rooms.iter().enumerate() {
             let i = i as u64;
-            if !flow.ready(i) && (p.flush().await.is_err() || !flow.admit(i, tdeadline).await) {
+            if !flow.ready(i) && (p.flush().await.is_err() || !flow.admit(i, i, tdeadline).await) {
                 break;
             }
             if p.feed(message(room, payload(i, now_ns(), size)))
@@ -335,7 +408,9 @@ fn publish_per_room(
     published
 }
 
-/// S4: `members` local members of one room on instance B; A publishes `count` messages.
+/// S4, in-process fan-out: `members` local members of one room on instance B (Redis carries
+/// one copy per message to B; B hands it to every member's stream); A publishes `count`
+/// messages.
 fn fan_out(job: &Job) -> Result<Vec<Res>, String> {
     let n = job.count;
     let members = job.members.max(1);
@@ -377,11 +452,11 @@ fn fan_out(job: &Job) -> Result<Vec<Res>, String> {
             last_ns.clone(),
         );
         b.node.rt.spawn(async move {
+            // Counts on after the n-th message: anything more (a trailing duplicate) is wrong.
             let mut next = 0u64;
-            while next < n {
-                let Some(msg) = m.next().await else { break };
+            while let Some(msg) = m.next().await {
                 match parse_payload(&msg.data) {
-                    Some((seq, _)) if seq == next => {
+                    Some((seq, _)) if seq == next && next < n => {
                         in_order.fetch_add(1, Ordering::Relaxed);
                     }
                     _ => {
@@ -390,9 +465,10 @@ fn fan_out(job: &Job) -> Result<Vec<Res>, String> {
                 }
                 next += 1;
                 flow.delivered();
+                if next == n {
+                    last_ns.fetch_max(now_ns(), Ordering::Relaxed);
+                }
             }
-            last_ns.fetch_max(now_ns(), Ordering::Relaxed);
-            while m.next().await.is_some() {}
         });
     }
     let usage = Usage::now(job.server_pid);
@@ -412,9 +488,11 @@ fn fan_out(job: &Job) -> Result<Vec<Res>, String> {
         || flow.deliveries(),
         || flow.deliveries() >= expected,
     );
+    let mut res = job.result();
+    res.add_usage(&usage, flow.deliveries());
+    settle();
     let got = in_order.load(Ordering::Relaxed);
     let elapsed = (last_ns.load(Ordering::Relaxed).saturating_sub(start_ns) as f64 / 1e9).max(1e-9);
-    let mut res = job.result();
     res.set("members", members as u64);
     res.setf("deliveries_per_s", flow.deliveries() as f64 / elapsed);
     res.setf("msgs_per_s", n as f64 / elapsed);
@@ -425,7 +503,6 @@ fn fan_out(job: &Job) -> Result<Vec<Res>, String> {
         "exactly_once",
         complete && got == expected && wrong.load(Ordering::Relaxed) == 0,
     );
-    res.add_usage(&usage, flow.deliveries());
     shutdown(vec![a, b]);
     Ok(vec![res])
 }
@@ -442,8 +519,11 @@ impl Rng {
     }
 }
 
-/// S5: joins and leaves at a high rate on instance B while A publishes to the same rooms;
-/// at the end Redis's subscriptions must be exactly the rooms with members.
+/// S5: joins and leaves at a high rate on instance B while A publishes to the same rooms and
+/// C keeps one member in every tenth room throughout. At the end B's members leave every
+/// odd-numbered room (C has none there), so those channels must be unsubscribed: Redis's
+/// subscriptions must be exactly the rooms with members, and C's steady member must have
+/// received every message published to its rooms, once.
 fn churn(job: &Job) -> Result<Vec<Res>, String> {
     const TASKS: u64 = 16;
     const CONNS: u64 = 8;
@@ -451,10 +531,24 @@ fn churn(job: &Job) -> Result<Vec<Res>, String> {
     let r = rooms.len() as u64;
     let a = start(job, "a", options(64))?;
     let b = start(job, "b", options(64))?;
-    let c = start(job, "c", options(64))?;
-    // C keeps members in every tenth room for the whole run.
+    let c = start(job, "c", Options::default())?;
+    // C keeps members in every tenth room for the whole run (all even-numbered).
+    let steady = |room: u64| room % 10 == 0;
     let c_rooms: Vec<String> = rooms.iter().step_by(10).cloned().collect();
     let c_members = join_all(&c, c_rooms.clone(), "steady".into())?;
+    let rate = job.rate.max(1.0);
+    // Message numbers run to at most rate × (limit + slack); C's tracker covers them all.
+    let cap = (rate * (job.limit.as_secs_f64() + 5.0)) as u64 + 1_000;
+    let steady_tracker = Tracker::new(cap);
+    let steady_flow = Flow::new(1, u64::MAX);
+    consume(
+        &c,
+        c_members,
+        steady_tracker.clone(),
+        steady_flow.clone(),
+        None,
+        None,
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -504,32 +598,34 @@ fn churn(job: &Job) -> Result<Vec<Res>, String> {
             let _ = tx.send(held);
         });
     }
-    // Traffic: A publishes to random rooms at a steady pace while the churn runs.
-    let published = Arc::new(AtomicU64::new(0));
+    // Traffic: A publishes to random rooms at a steady pace while the churn runs; message
+    // numbers sent to C's rooms are what C's member must receive.
+    let (pub_tx, pub_rx) = std::sync::mpsc::channel();
     {
-        let (rc, rooms, stop, published) =
-            (a.rc.clone(), rooms.clone(), stop.clone(), published.clone());
-        let (size, rate) = (job.size, job.rate.max(1.0));
+        let (rc, rooms, stop) = (a.rc.clone(), rooms.clone(), stop.clone());
+        let size = job.size;
         a.node.rt.spawn(async move {
             let mut p = rc.publisher();
             let mut rng = Rng(7);
             let t0 = tokio::time::Instant::now();
+            let mut to_steady = Vec::new();
             let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) && i < cap {
                 let due = t0 + Duration::from_nanos((i as f64 * 1e9 / rate) as u64);
                 if due > tokio::time::Instant::now() {
                     tokio::time::sleep_until(due).await;
                 }
-                let room = &rooms[rng.below(r) as usize];
-                if p.send(message(room, payload(i, now_ns(), size)))
-                    .await
-                    .is_err()
-                {
+                let room = rng.below(r);
+                let msg = message(&rooms[room as usize], payload(i, now_ns(), size));
+                if p.send(msg).await.is_err() {
                     break;
                 }
+                if steady(room) {
+                    to_steady.push(i);
+                }
                 i += 1;
-                published.fetch_add(1, Ordering::Relaxed);
             }
+            let _ = pub_tx.send((i, to_steady));
         });
     }
     let _ = wait_for(
@@ -547,13 +643,41 @@ fn churn(job: &Job) -> Result<Vec<Res>, String> {
                 .map_err(|_| "a churn task did not stop".to_string())?,
         );
     }
+    let (published, to_steady) = pub_rx
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|_| "the publisher did not stop".to_string())?;
     let total_ops = ops.load(Ordering::Relaxed);
     let mut res = job.result();
     res.set("ops", total_ops);
     res.setf("ops_per_s", total_ops as f64 / elapsed);
     res.set("errors", errors.load(Ordering::Relaxed));
-    res.set("published", published.load(Ordering::Relaxed));
+    res.set("published", published);
     res.add_usage(&usage, 0);
+    // Empty every odd-numbered room: B's members there leave (C has none there).
+    let mut emptied: BTreeSet<u64> = BTreeSet::new();
+    let mut leaving = Vec::new();
+    for h in &mut held {
+        let odd: Vec<(u64, u64)> = h.keys().filter(|k| k.0 % 2 == 1).copied().collect();
+        for k in odd {
+            emptied.insert(k.0);
+            if let Some(m) = h.remove(&k) {
+                leaving.push((rooms[k.0 as usize].clone(), format!("churn-{}", k.1), m));
+            }
+        }
+    }
+    let rc = b.rc.clone();
+    let leave_errors = b.node.run(async move {
+        let mut errors = 0u64;
+        for (room, conn, m) in leaving {
+            if rc.leave(&room, &conn).await.is_err() {
+                errors += 1;
+            }
+            drop(m);
+        }
+        errors
+    });
+    res.set("rooms_emptied", emptied.len() as u64);
+    res.set("leave_errors_at_end", leave_errors);
     // The rooms with members now, and what Redis has subscribed once B has settled.
     let mut want: BTreeSet<String> = c_rooms.iter().cloned().collect();
     for h in &held {
@@ -561,6 +685,7 @@ fn churn(job: &Job) -> Result<Vec<Res>, String> {
             want.insert(rooms[*room as usize].clone());
         }
     }
+    let settle_t0 = Instant::now();
     let rc = b.rc.clone();
     let settled = b.node.run(async move {
         let end = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -574,9 +699,10 @@ fn churn(job: &Job) -> Result<Vec<Res>, String> {
         }
         None
     });
-    let t_settle = t0.elapsed().as_secs_f64() - elapsed;
-    let (host, port) = job.host_port();
-    let _ = host;
+    // C's steady member keeps counting meanwhile.
+    settle();
+    let t_settle = settle_t0.elapsed().as_secs_f64();
+    let (_, port) = job.host_port();
     let mut cli = roomcast_tests::RespClient::connect(port).map_err(|e| e.to_string())?;
     let pattern = format!("{}:room:*", job.prefix);
     let reply = cli.cmd(&["PUBSUB", "CHANNELS", &pattern]);
@@ -600,65 +726,168 @@ fn churn(job: &Job) -> Result<Vec<Res>, String> {
     res.set("b_rooms", settled.as_ref().map_or(0, |m| m.rooms as u64));
     res.set(
         "subscriptions_match",
-        settled.is_some() && missing == 0 && extra == 0,
+        settled.is_some() && missing == 0 && extra == 0 && !emptied.is_empty(),
+    );
+    // Deliveries to the member that stayed in its rooms throughout: every message sent to
+    // them, once, and nothing else.
+    let expected = to_steady.len() as u64;
+    let (received, unique, dups, bad, _) = tally(std::slice::from_ref(&steady_tracker));
+    let all_there = to_steady.iter().all(|&i| steady_tracker.has(i));
+    res.set("steady_expected", expected);
+    res.set("steady_delivered", received);
+    res.set(
+        "steady_lost",
+        to_steady
+            .iter()
+            .filter(|&&i| !steady_tracker.has(i))
+            .count() as u64,
+    );
+    res.set(
+        "exactly_once",
+        all_there && unique == expected && dups == 0 && bad == 0,
     );
     drop(held);
-    drop(c_members);
     shutdown(vec![a, b, c]);
     Ok(vec![res])
 }
 
-/// S6: `rooms` live rooms on instance B; `CLIENT KILL` of B's subscriber link; time until
-/// the link is back and every room live again; then one message per room must arrive.
+/// What B's event watcher saw in S6.
+#[derive(Debug, Default)]
+struct Outage {
+    down: Option<u64>,
+    up: Option<u64>,
+    all_live: Option<u64>,
+    not_live: u64,
+    live_after_up: u64,
+    /// (room index, missing trailer sequence numbers) of every `Event::Gap`.
+    gaps: Vec<(u64, std::ops::RangeInclusive<u64>)>,
+    /// Rooms named by `LinkUp::missed_rooms`.
+    missed_rooms: u64,
+}
+
+/// S6: `rooms` live rooms on instance B, A publishing to them round-robin at `job.rate`
+/// before, during and after a `CLIENT KILL` of B's subscriber link. Reports how long until
+/// the link is up and every room live again, and accounts for every message published: it
+/// arrived (exactly once), or B reported it missing in an `Event::Gap`, or neither (must be
+/// none).
 fn recovery(job: &Job) -> Result<Vec<Res>, String> {
     let n = job.rooms as u64;
     let rooms: Vec<String> = (0..job.rooms).map(|i| job.room(i)).collect();
     let a = start(job, "a", options(window_queue(job)))?;
     let b = start(job, "b", options(window_queue(job)))?;
-    let members = join_all(&b, rooms.clone(), "m".into())?;
-    let flow = Flow::new(1, job.window);
-    let tracker = Tracker::new(n);
-    consume(&b, members, n, tracker.clone(), flow.clone(), None);
-    // Watch B's events: the subscriber going down and up, and rooms going live again.
+    let mut members = join_all(&b, rooms.clone(), "m".into())?;
+    let rate = job.rate.max(1.0);
+    let cap = (rate * (job.limit.as_secs_f64() + 5.0)) as u64 + 2 * n;
+    let tracker = Tracker::new(cap);
+    // (message number, trailer sequence) of every delivery: maps B's gap reports (trailer
+    // sequence numbers per room) onto message numbers.
+    let seqs: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+    {
+        let (tracker, seqs) = (tracker.clone(), seqs.clone());
+        b.node.rt.spawn(async move {
+            while let Some(msg) = members.next().await {
+                let t = msg.origin.map(|t| t.seq);
+                match (parse_payload(&msg.data), t) {
+                    (Some((i, _)), Some(t)) => {
+                        tracker.record(i);
+                        seqs.lock().unwrap_or_else(|p| p.into_inner()).push((i, t));
+                    }
+                    _ => {
+                        tracker.bad.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+    // Watch B's events until told to stop: the subscriber going down and up, rooms going
+    // live again, and every gap.
     let rc = b.rc.clone();
     let mut events = b
         .node
         .run(async move { rc.events().await })
         .map_err(|e| e.to_string())?;
-    let (ev_tx, ev_rx) = std::sync::mpsc::channel();
     let kill_ns = Arc::new(AtomicU64::new(u64::MAX));
+    let outage: Arc<Mutex<Outage>> = Arc::default();
+    let watching = Arc::new(AtomicBool::new(true));
+    let ev_dropped = Arc::new(AtomicU64::new(0));
     {
-        let kill_ns = kill_ns.clone();
+        let (kill_ns, outage, watching, ev_dropped) = (
+            kill_ns.clone(),
+            outage.clone(),
+            watching.clone(),
+            ev_dropped.clone(),
+        );
         b.node.rt.spawn(async move {
-            let (mut down, mut up, mut live) = (None, None, 0u64);
-            let mut not_live = 0u64;
-            let end = tokio::time::Instant::now() + Duration::from_secs(60);
-            while let Ok(Some(ev)) = tokio::time::timeout_at(end, events.next()).await {
-                let t = now_ns();
-                if t < kill_ns.load(Ordering::Relaxed) {
+            let tick = Duration::from_millis(20);
+            while watching.load(Ordering::Relaxed) {
+                let Ok(ev) = tokio::time::timeout(tick, events.next()).await else {
                     continue;
-                }
+                };
+                let Some(ev) = ev else { break };
+                ev_dropped.store(events.dropped(), Ordering::Relaxed);
+                let t = now_ns();
+                let mut o = outage.lock().unwrap_or_else(|p| p.into_inner());
                 match ev {
+                    Event::Gap { room, missing, .. } => {
+                        if let Ok(i) = room.as_str().parse::<u64>() {
+                            o.gaps.push((i, missing));
+                        }
+                    }
+                    _ if t < kill_ns.load(Ordering::Relaxed) => {}
                     Event::LinkDown {
                         link: LinkId(0), ..
-                    } => down = Some(t),
+                    } => o.down = Some(t),
                     Event::LinkUp {
-                        link: LinkId(0), ..
-                    } => up = Some(t),
-                    Event::RoomNotLive { .. } => not_live += 1,
-                    Event::RoomLive { .. } if up.is_some() => {
-                        live += 1;
-                        if live >= n {
-                            let _ = ev_tx.send((down, up, Some(t), not_live, events.dropped()));
-                            return;
+                        link: LinkId(0),
+                        missed_rooms,
+                        ..
+                    } => {
+                        o.up = Some(t);
+                        o.missed_rooms += missed_rooms.len() as u64;
+                    }
+                    Event::RoomNotLive { .. } => o.not_live += 1,
+                    Event::RoomLive { .. } if o.up.is_some() => {
+                        o.live_after_up += 1;
+                        if o.live_after_up == n {
+                            o.all_live = Some(t);
                         }
                     }
                     _ => {}
                 }
             }
-            let _ = ev_tx.send((down, up, None, not_live, events.dropped()));
         });
     }
+    // A publishes message i to room i mod n, paced, until told to stop.
+    let published = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let (rc, rooms, published, stop) =
+            (a.rc.clone(), rooms.clone(), published.clone(), stop.clone());
+        let size = job.size;
+        a.node.rt.spawn(async move {
+            let mut p = rc.publisher();
+            let t0 = tokio::time::Instant::now();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) && i < cap {
+                let due_by = ((t0.elapsed().as_secs_f64() * rate) as u64 + 1).min(cap);
+                if due_by <= i {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                let batch = (i..due_by)
+                    .map(|j| message(&rooms[(j % n) as usize], payload(j, now_ns(), size)));
+                if p.send_batch(batch).await.is_err() {
+                    break;
+                }
+                i = due_by;
+                published.store(i, Ordering::Relaxed);
+            }
+        });
+    }
+    let deadline = Instant::now() + job.limit;
+    // Before: every room has had a message delivered (B knows A's sequence in each).
+    let first_round = || (0..n).all(|i| tracker.has(i));
+    let first = wait_for(deadline, STALL, || tracker.unique(), first_round);
     let usage = Usage::now(job.server_pid);
     let (_, port) = job.host_port();
     let mut cli = roomcast_tests::RespClient::connect(port).map_err(|e| e.to_string())?;
@@ -670,37 +899,126 @@ fn recovery(job: &Job) -> Result<Vec<Res>, String> {
         .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
         .ok_or(format!("no client named {name}"))?
         .to_string();
+    let published_at_kill = published.load(Ordering::Relaxed);
     let t_kill = now_ns();
     kill_ns.store(t_kill, Ordering::Relaxed);
     cli.cmd(&["CLIENT", "KILL", "ID", &id]);
-    let (down, up, all_live, not_live, ev_dropped) = ev_rx
-        .recv_timeout(job.limit + Duration::from_secs(5))
-        .map_err(|_| "no recovery events".to_string())?;
-    let ms = |t: Option<u64>, from: u64| t.map(|t| t.saturating_sub(from) as f64 / 1e6);
+    // During: until every room is live again.
+    let all_live = || {
+        outage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .all_live
+            .is_some()
+    };
+    let recovered = wait_for(
+        deadline,
+        job.limit,
+        || published.load(Ordering::Relaxed),
+        all_live,
+    );
+    // After: two more rounds, so that every room receives a message after the outage (a
+    // gap is reported when the next message arrives), then stop publishing.
+    let after_from = published.load(Ordering::Relaxed);
+    let _ = wait_for(
+        deadline,
+        STALL,
+        || published.load(Ordering::Relaxed),
+        || published.load(Ordering::Relaxed) >= after_from + 2 * n,
+    );
+    stop.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(20));
+    let total = published.load(Ordering::Relaxed);
+    // Every message of the last round must arrive; then the receivers keep counting.
+    let last_round = || (total.saturating_sub(n)..total).all(|i| tracker.has(i));
+    let complete = wait_for(deadline, STALL, || tracker.unique(), last_round);
     let mut res = job.result();
-    res.setf("kill_to_down_ms", ms(down, t_kill).unwrap_or(f64::NAN));
-    res.setf("kill_to_up_ms", ms(up, t_kill).unwrap_or(f64::NAN));
+    res.add_usage(&usage, tracker.unique());
+    settle();
+    watching.store(false, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(40));
+    let o = std::mem::take(&mut *outage.lock().unwrap_or_else(|p| p.into_inner()));
+    let ms = |t: Option<u64>, from: u64| t.map(|t| t.saturating_sub(from) as f64 / 1e6);
+    res.setf("kill_to_down_ms", ms(o.down, t_kill).unwrap_or(f64::NAN));
+    res.setf("kill_to_up_ms", ms(o.up, t_kill).unwrap_or(f64::NAN));
     res.setf(
         "kill_to_all_live_ms",
-        ms(all_live, t_kill).unwrap_or(f64::NAN),
+        ms(o.all_live, t_kill).unwrap_or(f64::NAN),
     );
     res.setf(
         "up_to_all_live_ms",
-        match (up, all_live) {
+        match (o.up, o.all_live) {
             (Some(u), Some(l)) => l.saturating_sub(u) as f64 / 1e6,
             _ => f64::NAN,
         },
     );
-    res.set("rooms_not_live_events", not_live);
-    res.set("events_dropped", ev_dropped);
-    // Nothing published after the recovery is lost.
-    let start_ns = now_ns();
-    let deadline = Instant::now() + job.limit;
-    publish_per_room(&a, rooms, job.size, flow.clone(), deadline);
-    let complete = await_deliveries(&flow, n, deadline) && all_live.is_some();
-    let trackers = std::slice::from_ref(&tracker);
-    let unique = record_deliveries(&mut res, trackers, n, complete, start_ns, false);
-    res.add_usage(&usage, unique);
+    res.set("rooms_not_live_events", o.not_live);
+    res.set("missed_rooms_reported", o.missed_rooms);
+    res.set("events_dropped", ev_dropped.load(Ordering::Relaxed));
+    res.set("published", total);
+    res.set("published_before_kill", published_at_kill);
+    res.set("published_after_all_live", total - after_from);
+    // Per room, trailer sequence = base + k for the k-th message to it (message k·n + room);
+    // the base comes from the deliveries, and must be the same for all of a room's.
+    let mut base: Vec<Option<u64>> = vec![None; n as usize];
+    let mut base_conflicts = 0u64;
+    for &(i, t) in seqs.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let (room, k) = ((i % n) as usize, i / n);
+        let b0 = t.wrapping_sub(k);
+        match base[room] {
+            None => base[room] = Some(b0),
+            Some(x) if x != b0 => base_conflicts += 1,
+            Some(_) => {}
+        }
+    }
+    let mut gaps: Vec<Vec<std::ops::RangeInclusive<u64>>> = vec![Vec::new(); n as usize];
+    for (room, g) in o.gaps {
+        if let Some(v) = gaps.get_mut(room as usize) {
+            v.push(g);
+        }
+    }
+    let (mut delivered, mut in_gap, mut neither, mut gap_but_delivered) = (0u64, 0, 0, 0);
+    for i in 0..total {
+        let room = (i % n) as usize;
+        let reported = base[room].is_some_and(|b0| {
+            let t = b0.wrapping_add(i / n);
+            gaps[room].iter().any(|g| g.contains(&t))
+        });
+        match (tracker.has(i), reported) {
+            (true, false) => delivered += 1,
+            (true, true) => {
+                delivered += 1;
+                gap_but_delivered += 1;
+            }
+            (false, true) => in_gap += 1,
+            (false, false) => neither += 1,
+        }
+    }
+    let (received, unique, dups, bad, _) = tally(std::slice::from_ref(&tracker));
+    res.set("delivered", delivered);
+    res.set("expected", total);
+    res.set("lost_reported_as_gaps", in_gap);
+    res.set("lost_unreported", neither);
+    res.set("reported_missing_but_delivered", gap_but_delivered);
+    res.set("trailer_base_conflicts", base_conflicts);
+    res.set("duplicates", dups);
+    res.set(
+        "accounted",
+        first && recovered && complete && neither == 0 && gap_but_delivered == 0,
+    );
+    // Exactly once: nothing twice, nothing unknown, and every message delivered or reported.
+    res.set(
+        "exactly_once",
+        first
+            && recovered
+            && complete
+            && neither == 0
+            && gap_but_delivered == 0
+            && base_conflicts == 0
+            && dups == 0
+            && bad == 0
+            && received == unique,
+    );
     shutdown(vec![a, b]);
     Ok(vec![res])
 }
