@@ -281,7 +281,7 @@ impl State {
             }
             Command::Disconnect { conn, reply } => {
                 let result = match &mut self.hub {
-                    Some(hub) => hub.disconnect(&conn).map_err(Error::from),
+                    Some(hub) => hub.disconnect(&conn, now).map_err(Error::from),
                     None => ConnId::new(&conn, roomcast_core::naming::DEFAULT_MAX_CONN_ID_BYTES)
                         .map_err(|e| {
                             Error::Member(roomcast_core::MemberError::InvalidConnection(e))
@@ -321,7 +321,7 @@ impl State {
                 let result = self
                     .attached(&conn, token)
                     .and_then(|()| match &mut self.hub {
-                        Some(hub) => hub.leave(&room, conn.as_str()).map_err(Error::from),
+                        Some(hub) => hub.leave(&room, conn.as_str(), now).map_err(Error::from),
                         None => self.leave(&room, conn.as_str(), Some(token)),
                     });
                 let _ = reply.send(result);
@@ -406,9 +406,10 @@ impl State {
                 held_by: "a Connection (Roomcast::connection)",
             });
         }
+        let now = self.now();
         let (room_id, conn_id, live) = match &mut self.hub {
             Some(hub) => {
-                let joined = hub.join(room, conn)?;
+                let joined = hub.join(room, conn, now)?;
                 let room_id = hub.check_room(room)?;
                 let conn_id = ConnId::new(conn, hub.config().max_conn_id_bytes)
                     .map_err(roomcast_core::MemberError::InvalidConnection)?;
@@ -534,9 +535,12 @@ impl State {
             }
         };
         let names: Vec<&str> = rooms.iter().collect();
+        let now = self.now();
         if let Some(hub) = &mut self.hub {
             // All or nothing: the hub checks every id first.
-            return hub.join_many(&names, conn.as_str()).map_err(batch_error);
+            return hub
+                .join_many(&names, conn.as_str(), now)
+                .map_err(batch_error);
         }
         // Standalone: the same checks, then members sharing the connection's queue.
         let max = roomcast_core::naming::DEFAULT_MAX_ROOM_ID_BYTES;
@@ -589,9 +593,10 @@ impl State {
         if let Some(a) = self.conns.remove(conn) {
             a.queue.close();
         }
+        let now = self.now();
         match &mut self.hub {
             Some(hub) => {
-                if let Err(e) = hub.disconnect(conn.as_str()) {
+                if let Err(e) = hub.disconnect(conn.as_str(), now) {
                     warn!(%e, "detaching a connection failed");
                 }
             }
@@ -655,8 +660,9 @@ impl State {
                 return Ok(false);
             }
         }
+        let now = self.now();
         let left = match &mut self.hub {
-            Some(hub) => hub.leave(room, conn)?,
+            Some(hub) => hub.leave(room, conn, now)?,
             None => {
                 // Refuse what the hub would refuse, so both modes answer alike.
                 RoomId::new(room, roomcast_core::naming::DEFAULT_MAX_ROOM_ID_BYTES)

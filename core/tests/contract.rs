@@ -78,7 +78,7 @@ fn data_for(events: &[Event], conn: &str) -> Vec<Bytes> {
 
 fn join_all(s: &mut Sim, room: &str, members: &[(usize, &str)]) {
     for (node, conn) in members {
-        s.nodes[*node].hub.join(room, conn).unwrap();
+        s.nodes[*node].hub.join(room, conn, s.now).unwrap();
     }
     s.settle();
     for (node, _) in members {
@@ -370,7 +370,7 @@ fn line5_trailerless_messages_exclude_everywhere() {
 #[test]
 fn line7_live_means_confirmed() {
     let mut s = sim(1);
-    let joined = s.nodes[0].hub.join("r", "a").unwrap();
+    let joined = s.nodes[0].hub.join("r", "a", s.now).unwrap();
     assert_eq!(joined.state, RoomState::Pending);
     // The server has not processed the SUBSCRIBE yet: written, not confirmed, not live.
     s.stall_link(0, SUBSCRIBER, true);
@@ -384,7 +384,7 @@ fn line7_live_means_confirmed() {
         .iter()
         .any(|e| matches!(e, Event::RoomLive { room } if room.as_str() == "r")));
     assert_eq!(
-        s.nodes[0].hub.join("r", "b").unwrap().state,
+        s.nodes[0].hub.join("r", "b", s.now).unwrap().state,
         RoomState::Live
     );
 }
@@ -529,7 +529,7 @@ fn duplicated_and_reordered_confirmations_end_in_the_right_state() {
     s.redis.shuffle_unsubscribe_confirmations(Some(7));
     let rooms: Vec<String> = (0..50).map(|i| format!("r{i}")).collect();
     for r in &rooms {
-        s.nodes[0].hub.join(r, "a").unwrap();
+        s.nodes[0].hub.join(r, "a", s.now).unwrap();
     }
     s.settle();
     for r in &rooms {
@@ -537,11 +537,11 @@ fn duplicated_and_reordered_confirmations_end_in_the_right_state() {
     }
     // Leave half, rejoin some while their UNSUBSCRIBE is in flight.
     for r in &rooms[..25] {
-        s.nodes[0].hub.leave(r, "a").unwrap();
+        s.nodes[0].hub.leave(r, "a", s.now).unwrap();
     }
     s.step();
     for r in &rooms[..10] {
-        s.nodes[0].hub.join(r, "b").unwrap();
+        s.nodes[0].hub.join(r, "b", s.now).unwrap();
     }
     s.advance(Duration::from_secs(2));
     let client = s.nodes[0].client(SUBSCRIBER).unwrap();
@@ -578,7 +578,7 @@ fn duplicated_and_reordered_confirmations_end_in_the_right_state() {
 fn joins_in_one_turn_become_one_subscribe_per_batch() {
     let mut s = sim(1);
     for i in 0..1200 {
-        s.nodes[0].hub.join(&format!("r{i}"), "a").unwrap();
+        s.nodes[0].hub.join(&format!("r{i}"), "a", s.now).unwrap();
     }
     let mut commands = 0;
     while let Some(tx) = s.nodes[0].hub.poll_transmit() {

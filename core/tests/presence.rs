@@ -71,7 +71,7 @@ fn every_instance_gives_the_same_answer() {
         (1, "hub/x:y", "b"),
         (2, "ünï/😀", "z"),
     ] {
-        s.nodes[n].hub.join(r, c).unwrap();
+        s.nodes[n].hub.join(r, c, s.now).unwrap();
     }
     s.settle();
     let want = vec![
@@ -91,8 +91,8 @@ fn every_instance_gives_the_same_answer() {
         );
     }
     // Leaving and disconnecting show at once.
-    s.nodes[0].hub.leave("lobby", "a").unwrap();
-    s.nodes[2].hub.disconnect("a").unwrap();
+    s.nodes[0].hub.leave("lobby", "a", s.now).unwrap();
+    s.nodes[2].hub.disconnect("a", s.now).unwrap();
     s.settle();
     assert_eq!(room(&mut s, 1, "lobby"), vec![(0x1001, "b".into())]);
     let q = s.nodes[1].hub.presence_connection("a").unwrap();
@@ -106,8 +106,8 @@ fn every_instance_gives_the_same_answer() {
 fn a_crashed_instance_vanishes_within_one_lease_and_its_entries_are_swept() {
     let mut s = sim(3);
     for n in 0..3 {
-        s.nodes[n].hub.join("r", &format!("c{n}")).unwrap();
-        s.nodes[n].hub.join(&format!("own{n}"), "x").unwrap();
+        s.nodes[n].hub.join("r", &format!("c{n}"), s.now).unwrap();
+        s.nodes[n].hub.join(&format!("own{n}"), "x", s.now).unwrap();
     }
     s.settle();
     assert_eq!(room(&mut s, 0, "r").len(), 3);
@@ -147,8 +147,8 @@ fn a_crashed_instance_vanishes_within_one_lease_and_its_entries_are_swept() {
 #[test]
 fn graceful_shutdown_removes_members_at_once() {
     let mut s = sim(2);
-    s.nodes[0].hub.join("r", "a").unwrap();
-    s.nodes[1].hub.join("r", "b").unwrap();
+    s.nodes[0].hub.join("r", "a", s.now).unwrap();
+    s.nodes[1].hub.join("r", "b", s.now).unwrap();
     s.settle();
     let now = s.now;
     s.nodes[1].hub.begin_shutdown(now);
@@ -161,8 +161,8 @@ fn graceful_shutdown_removes_members_at_once() {
 #[test]
 fn an_outage_refuses_queries_then_registers_again() {
     let mut s = sim(2);
-    s.nodes[0].hub.join("r", "a").unwrap();
-    s.nodes[1].hub.join("r", "b").unwrap();
+    s.nodes[0].hub.join("r", "a", s.now).unwrap();
+    s.nodes[1].hub.join("r", "b", s.now).unwrap();
     s.settle();
     s.refuse_connections = true;
     s.kill_link(1, LinkId(1));
@@ -199,7 +199,7 @@ fn local_view_when_configured() {
     });
     s.refuse_connections = true;
     s.settle();
-    s.nodes[0].hub.join("r", "a").unwrap();
+    s.nodes[0].hub.join("r", "a", s.now).unwrap();
     let q = s.nodes[0].hub.presence_room("r").unwrap();
     let now = s.now;
     let id = s.nodes[0].hub.query_presence(q, now).unwrap();
@@ -214,7 +214,7 @@ fn local_view_when_configured() {
 #[test]
 fn a_lease_lost_during_a_stall_is_noticed_and_registered_again() {
     let mut s = sim(2);
-    s.nodes[1].hub.join("r", "b").unwrap();
+    s.nodes[1].hub.join("r", "b", s.now).unwrap();
     s.settle();
     // The lease vanishes while the link stays up (as after a stall longer than the lease).
     s.redis
@@ -229,7 +229,7 @@ fn a_lease_lost_during_a_stall_is_noticed_and_registered_again() {
 #[test]
 fn scripts_forgotten_by_the_server_are_sent_again_transparently() {
     let mut s = sim(2);
-    s.nodes[1].hub.join("r", "b").unwrap();
+    s.nodes[1].hub.join("r", "b", s.now).unwrap();
     s.settle();
     let c = s.redis.connect();
     let now = s.now;
@@ -248,12 +248,12 @@ fn presence_events_tell_other_instances() {
         ..config()
     });
     s.settle();
-    s.nodes[0].hub.join("r", "watcher").unwrap();
+    s.nodes[0].hub.join("r", "watcher", s.now).unwrap();
     s.settle();
     s.take_events();
-    s.nodes[1].hub.join("r", "newcomer").unwrap();
+    s.nodes[1].hub.join("r", "newcomer", s.now).unwrap();
     s.settle();
-    s.nodes[1].hub.leave("r", "newcomer").unwrap();
+    s.nodes[1].hub.leave("r", "newcomer", s.now).unwrap();
     s.settle();
     let changes: Vec<PresenceChange> = s.nodes[0]
         .take_events()
@@ -275,8 +275,8 @@ fn presence_events_tell_other_instances() {
 fn observers_are_not_members() {
     let mut s = sim(1);
     let observer = format!("{}observer-1", roomcast_core::naming::OBSERVER_PREFIX);
-    s.nodes[0].hub.join("r", &observer).unwrap();
-    s.nodes[0].hub.join("r", "real").unwrap();
+    s.nodes[0].hub.join("r", &observer, s.now).unwrap();
+    s.nodes[0].hub.join("r", "real", s.now).unwrap();
     s.settle();
     assert_eq!(room(&mut s, 0, "r"), vec![(0x1000, "real".into())]);
 }

@@ -149,13 +149,13 @@ fn run(ops: Vec<Op>, protocol: Protocol, split: Split) -> Result<(), TestCaseErr
         let now = sim.now;
         match op {
             Op::Join(n, r, c) => {
-                sim.nodes[n].hub.join(ROOMS[r], CONNS[c]).unwrap();
+                sim.nodes[n].hub.join(ROOMS[r], CONNS[c], sim.now).unwrap();
             }
             Op::Leave(n, r, c) => {
-                sim.nodes[n].hub.leave(ROOMS[r], CONNS[c]).unwrap();
+                sim.nodes[n].hub.leave(ROOMS[r], CONNS[c], sim.now).unwrap();
             }
             Op::Disconnect(n, c) => {
-                sim.nodes[n].hub.disconnect(CONNS[c]).unwrap();
+                sim.nodes[n].hub.disconnect(CONNS[c], sim.now).unwrap();
             }
             Op::Publish(n, r) => {
                 next_id += 1;
@@ -277,7 +277,7 @@ fn run(ops: Vec<Op>, protocol: Protocol, split: Split) -> Result<(), TestCaseErr
     // Everyone leaves: nothing is left, in the hubs or in Redis.
     for node in &mut sim.nodes {
         for c in CONNS {
-            node.hub.disconnect(c).unwrap();
+            node.hub.disconnect(c, sim.now).unwrap();
         }
     }
     sim.advance(Duration::from_secs(5));

@@ -73,7 +73,7 @@ impl Checker {
                 let i = node(i);
                 let (room, conn) = (room.room(), conn.conn());
                 let before = c.peers[i].hub.metrics();
-                let r = c.peers[i].hub.join(room, conn);
+                let r = c.peers[i].hub.join(room, conn, c.now);
                 let valid = c.peers[i].hub.check_room(room).is_ok()
                     && crate::ConnId::new(conn, self.config.max_conn_id_bytes).is_ok();
                 let e = &mut self.expect[i];
@@ -105,7 +105,7 @@ impl Checker {
                 let i = node(i);
                 let (room, conn) = (room.room(), conn.conn());
                 let before = c.peers[i].hub.metrics();
-                match c.peers[i].hub.leave(room, conn) {
+                match c.peers[i].hub.leave(room, conn, c.now) {
                     Ok(left) => {
                         let was = self.expect[i].members.remove(&(room.into(), conn.into()));
                         assert_eq!(left, was);
@@ -125,7 +125,7 @@ impl Checker {
                 let i = node(i);
                 let conn = conn.conn();
                 let before = c.peers[i].hub.metrics();
-                match c.peers[i].hub.disconnect(conn) {
+                match c.peers[i].hub.disconnect(conn, c.now) {
                     Ok(rooms) => {
                         let mut want: Vec<String> = self.expect[i]
                             .members

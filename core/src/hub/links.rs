@@ -22,7 +22,9 @@ impl Hub {
         l.fifo.push_back((now, Request::Ping { user }));
     }
 
-    pub(super) fn flush_subscriptions(&mut self) {
+    /// Writes the subscription changes of this turn, stamped `now` (the latest `now` seen:
+    /// that of the call that made them).
+    pub(super) fn flush_subscriptions(&mut self, now: Instant) {
         if !self.links[0].is_ready() {
             return;
         }
@@ -30,7 +32,7 @@ impl Hub {
             let l = &mut self.links[0];
             encode_command(&mut l.out, &[b"SUBSCRIBE", &self.control]);
             l.fifo
-                .push_back((self.now, Request::Subscription { remaining: 1 }));
+                .push_back((now, Request::Subscription { remaining: 1 }));
             self.control_state = RoomState::Subscribing;
         }
         let (sub, unsub) = self
@@ -47,7 +49,7 @@ impl Hub {
                     encode_bulk(&mut l.out, &self.scratch);
                 }
                 l.fifo.push_back((
-                    self.now,
+                    now,
                     Request::Subscription {
                         remaining: chunk.len(),
                     },

@@ -170,6 +170,15 @@ struct Probe {
 /// and `poll_event` until they return `None`, and then wait for I/O or for the instant
 /// `poll_timeout` names. The hub never reads a clock: every `now` is an argument, and a `now`
 /// earlier than one seen before is treated as that one.
+///
+/// **Time.** Every input and every command that can cause output or a deadline takes `now`
+/// (joins, leaves and disconnects too: their SUBSCRIBE, UNSUBSCRIBE, presence writes and
+/// presence events are timed work); outputs and getters take none. A request's reply timer
+/// starts at the `now` of the call that caused it: what `poll_transmit` batches (the
+/// subscription changes of a turn) is stamped with the `now` of the latest input or command,
+/// which, drained as above, is the call that made the change. So a caller may call
+/// [`Hub::handle_timeout`] only at the instants `poll_timeout` names, however long it was
+/// idle before a command, and no request is ever stamped in the past.
 #[derive(Debug)]
 pub struct Hub {
     config: Config,
@@ -467,25 +476,32 @@ impl Hub {
 
     // ----- commands -----
 
-    /// Adds a local connection to a room. The first member subscribes the room's channel; the
-    /// SUBSCRIBE goes out (batched with the other joins of this turn) on the next
+    /// Adds a local connection to a room at `now`. The first member subscribes the room's
+    /// channel; the SUBSCRIBE goes out (batched with the other joins of this turn) on the next
     /// [`Hub::poll_transmit`]. Messages are promised once the room is `Live`
     /// ([`Event::RoomLive`]).
-    pub fn join(&mut self, room: &str, conn: &str) -> Result<Joined, MemberError> {
+    pub fn join(&mut self, room: &str, conn: &str, now: Instant) -> Result<Joined, MemberError> {
+        let now = self.tick(now);
         if self.shutting_down {
             return Err(MemberError::Shutdown);
         }
         RoomId::check(room, self.config.max_room_id_bytes).map_err(MemberError::InvalidRoom)?;
         let conn = ConnId::new(conn, self.config.max_conn_id_bytes)
             .map_err(MemberError::InvalidConnection)?;
-        Ok(self.join_checked(room, &conn))
+        Ok(self.join_checked(room, &conn, now))
     }
 
     /// Adds one local connection to many rooms, as [`Hub::join`] does one by one, with the
     /// connection id checked once. Every room id is checked first: if one is invalid nothing
     /// is joined and the error comes with its position in `rooms`. Returns how many rooms
     /// were newly joined.
-    pub fn join_many(&mut self, rooms: &[&str], conn: &str) -> Result<usize, (usize, MemberError)> {
+    pub fn join_many(
+        &mut self,
+        rooms: &[&str],
+        conn: &str,
+        now: Instant,
+    ) -> Result<usize, (usize, MemberError)> {
+        let now = self.tick(now);
         if self.shutting_down {
             return Err((0, MemberError::Shutdown));
         }
@@ -497,20 +513,20 @@ impl Hub {
         }
         Ok(rooms
             .iter()
-            .filter(|room| self.join_checked(room, &conn).added)
+            .filter(|room| self.join_checked(room, &conn, now).added)
             .count())
     }
 
     /// [`Hub::join`] after the checks; a room already known is not allocated again.
-    fn join_checked(&mut self, room: &str, conn: &ConnId) -> Joined {
+    fn join_checked(&mut self, room: &str, conn: &ConnId, now: Instant) -> Joined {
         let room = match self.rooms.get_with_id(room) {
             Some((id, _)) => id.clone(),
             None => RoomId::from_checked(room),
         };
         let added = self.rooms.join(&room, conn);
         if added {
-            self.presence_join(room.as_str(), conn.as_str());
-            self.presence_event(&room, conn, true);
+            self.presence_join(room.as_str(), conn.as_str(), now);
+            self.presence_event(&room, conn, true, now);
         }
         let state = self
             .rooms
@@ -521,33 +537,35 @@ impl Hub {
 
     /// Removes a local connection from a room; the last member unsubscribes it. Returns false
     /// if it was not a member.
-    pub fn leave(&mut self, room: &str, conn: &str) -> Result<bool, MemberError> {
+    pub fn leave(&mut self, room: &str, conn: &str, now: Instant) -> Result<bool, MemberError> {
+        let now = self.tick(now);
         let room = self.check_room(room)?;
         let conn = ConnId::new(conn, self.config.max_conn_id_bytes)
             .map_err(MemberError::InvalidConnection)?;
         let left = self.rooms.leave(&room, &conn);
         if left {
             let gone = self.rooms.rooms_of(conn.as_str()).is_empty();
-            self.presence_leave(room.as_str(), conn.as_str(), gone);
-            self.presence_event(&room, &conn, false);
+            self.presence_leave(room.as_str(), conn.as_str(), gone, now);
+            self.presence_event(&room, &conn, false, now);
         }
         Ok(left)
     }
 
     /// Removes a local connection from all its rooms; returns them.
-    pub fn disconnect(&mut self, conn: &str) -> Result<Vec<RoomId>, MemberError> {
+    pub fn disconnect(&mut self, conn: &str, now: Instant) -> Result<Vec<RoomId>, MemberError> {
+        let now = self.tick(now);
         let conn = ConnId::new(conn, self.config.max_conn_id_bytes)
             .map_err(MemberError::InvalidConnection)?;
         let rooms = self.rooms.disconnect(&conn);
         for (i, room) in rooms.iter().enumerate() {
-            self.presence_leave(room.as_str(), conn.as_str(), i + 1 == rooms.len());
-            self.presence_event(room, &conn, false);
+            self.presence_leave(room.as_str(), conn.as_str(), i + 1 == rooms.len(), now);
+            self.presence_event(room, &conn, false, now);
         }
         Ok(rooms)
     }
 
     /// With `presence_events` on: tells the room's instances that a member came or went.
-    fn presence_event(&mut self, room: &RoomId, conn: &ConnId, joined: bool) {
+    fn presence_event(&mut self, room: &RoomId, conn: &ConnId, joined: bool, now: Instant) {
         if !self.config.presence_events || conn.as_str().starts_with(crate::naming::OBSERVER_PREFIX)
         {
             return;
@@ -559,7 +577,6 @@ impl Hub {
             meta: Bytes::new(),
         }
         .encode();
-        let now = self.now;
         let sent = self.try_publish(
             &Publish {
                 room: room.as_str(),
@@ -622,7 +639,6 @@ impl Hub {
     /// out; wait for [`Hub::is_drained`] (with a bound of your own), then call [`Hub::close`].
     pub fn begin_shutdown(&mut self, now: Instant) {
         let now = self.tick(now);
-        let _ = now;
         if self.shutting_down {
             return;
         }
@@ -636,9 +652,9 @@ impl Hub {
             seen
         };
         for c in conns {
-            let _ = self.disconnect(c.as_str());
+            let _ = self.disconnect(c.as_str(), now);
         }
-        self.presence_goodbye();
+        self.presence_goodbye(now);
         self.shutting_down = true;
     }
 
@@ -682,10 +698,11 @@ impl Hub {
     // ----- outputs -----
 
     /// The next bytes to write. Subscription changes made since the last call are batched
-    /// here, so many joins in one turn become one SUBSCRIBE.
+    /// here, so many joins in one turn become one SUBSCRIBE (its reply timer starts at the
+    /// `now` of the latest input or command; see the [`Hub`] docs on time).
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.flush_subscriptions();
+        self.flush_subscriptions(self.now);
         let n = self.links.len();
         let start = self.next_transmit.min(n);
         // Round robin from `next_transmit`, without a division per link.
@@ -798,7 +815,7 @@ mod tests {
     fn output_beyond_a_block_is_sealed_not_copied_and_survives_a_kill() {
         let mut s = one_link(2);
         s.settle();
-        s.nodes[1].hub.join("r", "m").unwrap();
+        s.nodes[1].hub.join("r", "m", s.now).unwrap();
         s.settle();
         s.take_events();
         let publish_many = |s: &mut Sim, from: u32| {
@@ -837,7 +854,7 @@ mod tests {
             ..Config::default()
         });
         s.settle();
-        s.nodes[0].hub.join("r", "m").unwrap();
+        s.nodes[0].hub.join("r", "m", s.now).unwrap();
         s.settle();
         s.take_events();
         let msg = Publish::broadcast("r", b"x");
@@ -887,18 +904,18 @@ mod tests {
         let mut s = one_link(1);
         s.settle();
         let hub = &mut s.nodes[0].hub;
-        match hub.join_many(&["a", "", "b"], "c") {
+        match hub.join_many(&["a", "", "b"], "c", s.now) {
             Err((1, MemberError::InvalidRoom(_))) => {}
             other => panic!("expected the empty id at 1: {other:?}"),
         }
         assert!(hub.rooms_of("c").is_empty(), "nothing joined");
         assert!(matches!(
-            hub.join_many(&["a"], ""),
+            hub.join_many(&["a"], "", s.now),
             Err((0, MemberError::InvalidConnection(_)))
         ));
-        hub.join("a", "other").unwrap();
-        assert_eq!(hub.join_many(&["a", "b", "a", "c/d"], "c"), Ok(3));
-        assert_eq!(hub.join_many(&["b"], "c"), Ok(0));
+        hub.join("a", "other", s.now).unwrap();
+        assert_eq!(hub.join_many(&["a", "b", "a", "c/d"], "c", s.now), Ok(3));
+        assert_eq!(hub.join_many(&["b"], "c", s.now), Ok(0));
         let rooms: Vec<&str> = hub.rooms_of("c").iter().map(|r| r.as_str()).collect();
         assert_eq!(rooms, ["a", "b", "c/d"]);
         s.settle();
@@ -926,7 +943,7 @@ mod tests {
         assert!(c_in("a").ptr_eq(&c_in("c/d")));
         s.nodes[0].hub.begin_shutdown(s.now);
         assert_eq!(
-            s.nodes[0].hub.join_many(&["z"], "c"),
+            s.nodes[0].hub.join_many(&["z"], "c", s.now),
             Err((0, MemberError::Shutdown))
         );
     }

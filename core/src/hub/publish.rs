@@ -502,12 +502,12 @@ mod tests {
         });
         s.settle();
         let hub = &mut s.nodes[0].hub;
-        hub.join("r", "a").unwrap();
+        hub.join("r", "a", s.now).unwrap();
         s.settle();
         s.take_events();
         // The last member left; the room waits for its UNSUBSCRIBE to be confirmed.
         let hub = &mut s.nodes[0].hub;
-        hub.leave("r", "a").unwrap();
+        hub.leave("r", "a", s.now).unwrap();
         assert!(hub.room_state("r").is_some());
         let msg = Publish::broadcast("r", b"x");
         let now = s.now;
