@@ -162,8 +162,14 @@ pub struct Config {
     /// Most rooms with a publish sequence kept (default 100,000); beyond it an idle one is
     /// forgotten and restarts under a new epoch (receivers see a new baseline, not a gap).
     pub max_publish_streams: usize,
-    /// Most bytes queued for one link before the adapter takes them (default 64 MiB).
+    /// Most bytes held for one link on their way to Redis, in the hub and in the adapter's
+    /// write queue together (default 64 MiB): a publish to a link that holds this many is
+    /// refused with `PublishError::Backpressure` (one frame may go over it). See the `Hub`
+    /// docs on backpressure.
     pub max_output_bytes: usize,
+    /// Most bytes of publishes waiting for a link (down, or at its in-flight bound) across all
+    /// links (default 64 MiB); beyond it `publish` is refused with `QueueBytesFull`.
+    pub max_queued_bytes: usize,
     /// How long opening a link and its handshake may take (default 5 s).
     pub connect_timeout: Duration,
     /// How long any request may wait for its reply before the link is declared dead and
@@ -219,6 +225,7 @@ impl Default for Config {
             max_origins_per_room: 256,
             max_publish_streams: 100_000,
             max_output_bytes: 64 << 20,
+            max_queued_bytes: 64 << 20,
             connect_timeout: Duration::from_secs(5),
             reply_timeout: Duration::from_secs(5),
             keepalive_interval: Duration::from_secs(2),
@@ -374,6 +381,12 @@ impl Config {
         }
         if self.max_output_bytes < self.max_frame_bytes {
             return Err(bad("max_output_bytes", "must be at least max_frame_bytes"));
+        }
+        if self.max_queued_bytes < self.max_envelope_bytes {
+            return Err(bad(
+                "max_queued_bytes",
+                "must be at least max_envelope_bytes so that one message of the largest size can wait for its link",
+            ));
         }
         for (field, d) in [
             ("connect_timeout", self.connect_timeout),

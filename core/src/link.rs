@@ -41,6 +41,16 @@ pub(crate) struct Outgoing {
     pub bytes: Queued,
 }
 
+impl Outgoing {
+    /// The bytes it holds while queued (counted against `max_queued_bytes`).
+    pub(crate) fn len(&self) -> usize {
+        match &self.bytes {
+            Queued::Body { body, .. } => body.len(),
+            Queued::Frame(frame) => frame.len(),
+        }
+    }
+}
+
 /// The bytes a queued publish is written from.
 #[derive(Debug)]
 pub(crate) enum Queued {
@@ -140,6 +150,9 @@ pub(crate) struct Link {
     pub last_pong: Option<Instant>,
     /// Bytes of a partial frame the adapter holds for this link, as of the last input.
     pub held_input: usize,
+    /// Bytes handed out by `Hub::poll_transmit_link` that the adapter has not reported
+    /// written yet (its write queue for this link).
+    pub unwritten: usize,
 }
 
 impl Link {
@@ -163,6 +176,7 @@ impl Link {
             inflight_publishes: 0,
             last_pong: None,
             held_input: 0,
+            unwritten: 0,
         }
     }
 
@@ -223,11 +237,19 @@ impl Link {
         self.out.len() + self.sealed_len
     }
 
-    /// Drops everything not handed out yet (the link is gone or starts over).
+    /// Bytes held for this link on their way to Redis: in the hub and in the adapter's write
+    /// queue (bounded by `max_output_bytes` plus one frame).
+    pub(crate) fn held_output(&self) -> usize {
+        self.buffered() + self.unwritten
+    }
+
+    /// Drops everything not handed out yet (the link is gone or starts over; the adapter
+    /// drops its write queue with the connection).
     pub(crate) fn clear_output(&mut self) {
         self.out.clear();
         self.sealed.clear();
         self.sealed_len = 0;
+        self.unwritten = 0;
     }
 
     /// Makes room for `len` more bytes in `out`. When the block is full, what it holds is

@@ -46,6 +46,21 @@ fn idle_config() -> Config {
     }
 }
 
+/// `n` hubs built from `config`, run until their links are up (or refused, with
+/// `refuse`); `handle_timeout` only at each hub's own deadlines.
+fn started(n: usize, config: fn() -> Config, refuse: bool) -> Sim {
+    let mut s = Sim::new(n, ModelConfig::default(), |_| config());
+    s.refuse_connections = refuse;
+    let start = s.now;
+    run_until(&mut s, start + Duration::from_millis(10));
+    if !refuse {
+        for node in &s.nodes {
+            assert!(node.hub.health().all_ready(), "{:?}", node.hub.health());
+        }
+    }
+    s
+}
+
 fn link_downs(events: &[Event]) -> Vec<&Event> {
     events
         .iter()
@@ -55,12 +70,7 @@ fn link_downs(events: &[Event]) -> Vec<&Event> {
 
 #[test]
 fn a_join_after_an_idle_spell_goes_live_and_no_link_times_out() {
-    let mut s = Sim::new(2, ModelConfig::default(), |_| idle_config());
-    let start = s.now;
-    run_until(&mut s, start + Duration::from_millis(10));
-    for node in &s.nodes {
-        assert!(node.hub.health().all_ready(), "{:?}", node.hub.health());
-    }
+    let mut s = started(2, idle_config, false);
     s.take_events();
     // Ten seconds of virtual time with nothing to do: no deadline falls in it.
     let idle_end = s.now + Duration::from_secs(10);
@@ -119,9 +129,8 @@ fn a_join_after_an_idle_spell_goes_live_and_no_link_times_out() {
 
 #[test]
 fn a_leave_after_an_idle_spell_unsubscribes_and_no_link_times_out() {
-    let mut s = Sim::new(1, ModelConfig::default(), |_| idle_config());
+    let mut s = started(1, idle_config, false);
     let start = s.now;
-    run_until(&mut s, start + Duration::from_millis(10));
     s.nodes[0].hub.join("r", "a", s.now).expect("valid ids");
     run_until(&mut s, start + Duration::from_millis(20));
     assert_eq!(s.nodes[0].hub.room_state("r"), Some(RoomState::Live));
@@ -136,4 +145,118 @@ fn a_leave_after_an_idle_spell_unsubscribes_and_no_link_times_out() {
     let events = s.nodes[0].take_events();
     assert!(link_downs(&events).is_empty(), "{:?}", link_downs(&events));
     assert_eq!(s.nodes[0].hub.metrics().link_failures, 0);
+}
+
+/// One publish link, 64 KiB messages, small output and queue bounds.
+fn small_bounds() -> Config {
+    Config {
+        pool_size: 1,
+        presence: false,
+        max_envelope_bytes: 128 << 10,
+        max_frame_bytes: (128 << 10) + 1024,
+        max_output_bytes: 256 << 10,
+        max_queued_bytes: 200 << 10,
+        ..Config::default()
+    }
+}
+
+/// Ids of the publishes Redis confirmed, in order.
+fn confirmed(events: &[Event]) -> Vec<roomcast_core::PublishId> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::PublishConfirmed { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_full_link_refuses_publishes_at_once_until_the_adapter_writes() {
+    let mut s = started(1, small_bounds, false);
+    let hub = &mut s.nodes[0].hub;
+    let link = hub.publish_link("r");
+    let max = hub.config().max_output_bytes;
+    let data = vec![7u8; 64 << 10];
+    let frame = 64 << 10 | 1024;
+    let now = s.now;
+    // The adapter takes everything into its write queue; the socket takes nothing.
+    let (mut accepted, mut pulled, mut refusal) = (Vec::new(), Vec::new(), None);
+    for _ in 0..100 {
+        match hub.publish(&Publish::broadcast("r", &data), now) {
+            Ok(id) => accepted.push(id),
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+        while let Some(b) = hub.poll_transmit_link(link) {
+            pulled.push(b);
+        }
+    }
+    let held = hub.link_output(link);
+    assert_eq!(
+        refusal,
+        Some(roomcast_core::PublishError::Backpressure { link, held, max })
+    );
+    assert!(held >= max && held <= max + frame, "held {held}");
+    assert!(accepted.len() >= 3, "{} accepted", accepted.len());
+    let m = hub.metrics();
+    assert_eq!(m.unwritten_output, pulled.iter().map(|b| b.len()).sum());
+    assert_eq!(m.max_link_output, held);
+    assert_eq!(m.queued_publishes, 0, "a refused publish is not queued");
+    assert_eq!(m.publish_refused, 1);
+    // Still full while nothing is written, whoever pulls.
+    assert!(hub.poll_transmit_link(link).is_none());
+    assert!(matches!(
+        hub.publish(&Publish::broadcast("r", &data), now),
+        Err(roomcast_core::PublishError::Backpressure { .. })
+    ));
+    // The socket takes the bytes: Redis gets them, and the link has room again.
+    let client = s.nodes[0].client(link).expect("connected");
+    for b in pulled {
+        s.redis.input(client, &b, now);
+        s.nodes[0].hub.handle_written(link, b.len(), now);
+    }
+    assert_eq!(s.nodes[0].hub.link_output(link), 0);
+    let last = s.nodes[0]
+        .hub
+        .publish(&Publish::broadcast("r", &data), now)
+        .expect("room again");
+    accepted.push(last);
+    run_until(&mut s, now + Duration::from_millis(10));
+    assert_eq!(confirmed(&s.nodes[0].take_events()), accepted);
+}
+
+#[test]
+fn publishes_waiting_for_a_down_link_are_bounded_in_bytes() {
+    let mut s = started(1, small_bounds, true);
+    let data = vec![7u8; 64 << 10];
+    let now = s.now;
+    let hub = &mut s.nodes[0].hub;
+    let mut accepted = Vec::new();
+    let refusal = loop {
+        match hub.publish(&Publish::broadcast("r", &data), now) {
+            Ok(id) => accepted.push(id),
+            Err(e) => break e,
+        }
+        assert!(accepted.len() < 100, "never refused");
+    };
+    let m = hub.metrics();
+    assert!(m.queued_bytes <= hub.config().max_queued_bytes);
+    assert_eq!(m.queued_publishes, accepted.len());
+    assert_eq!(accepted.len(), 3, "200 KiB holds three 64 KiB bodies");
+    match refusal {
+        roomcast_core::PublishError::QueueBytesFull { queued, max } => {
+            assert_eq!((queued, max), (m.queued_bytes, 200 << 10));
+        }
+        other => panic!("expected QueueBytesFull, got {other:?}"),
+    }
+    assert!(refusal.to_string().contains("max_queued_bytes"));
+    // The link comes up: every queued publish goes out and is confirmed, in order.
+    s.refuse_connections = false;
+    run_until(&mut s, now + Duration::from_secs(5));
+    assert_eq!(confirmed(&s.nodes[0].take_events()), accepted);
+    let m = s.nodes[0].hub.metrics();
+    assert_eq!((m.queued_publishes, m.queued_bytes), (0, 0));
 }

@@ -107,6 +107,7 @@ impl Hub {
         }
         let l = &mut self.links[idx];
         self.queued_total += resend.len();
+        self.queued_bytes += resend.iter().map(Outgoing::len).sum::<usize>();
         for o in resend.into_iter().rev() {
             l.queue.push_front(o);
         }

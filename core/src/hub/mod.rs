@@ -179,6 +179,17 @@ struct Probe {
 /// which, drained as above, is the call that made the change. So a caller may call
 /// [`Hub::handle_timeout`] only at the instants `poll_timeout` names, however long it was
 /// idle before a command, and no request is ever stamped in the past.
+///
+/// **Backpressure.** `max_output_bytes` bounds the bytes held for one link on their way to
+/// Redis, in the hub and in the adapter together (one frame may go over it). An adapter with
+/// a write queue per socket pulls with [`Hub::poll_transmit_link`] only while that queue is
+/// short, and reports what the socket took with [`Hub::handle_written`]; the bytes count
+/// against the link from the moment they are written into the hub until then. (An adapter
+/// that writes every [`Hub::poll_transmit`] in full at once may use that instead: what it
+/// hands out counts as written.) A publish to a link that is up and holds `max_output_bytes`
+/// is refused at once with [`PublishError::Backpressure`] and nothing is queued; publishes
+/// wait in a link's queue only while it is down or at `max_inflight_publishes`, bounded by
+/// `max_queued_publishes` and `max_queued_bytes`.
 #[derive(Debug)]
 pub struct Hub {
     config: Config,
@@ -198,6 +209,8 @@ pub struct Hub {
     /// the hub's own presence events), by id, until confirmed or failed.
     confirm_wanted: hashbrown::HashSet<u64, FixedState>,
     queued_total: usize,
+    /// Bytes of the publishes in the links' queues (bounded by `max_queued_bytes`).
+    queued_bytes: usize,
     rng: Rng,
     probe: Option<Probe>,
     next_probe: Instant,
@@ -251,6 +264,7 @@ impl Hub {
             requests: VecDeque::new(),
             next_publish: 0,
             queued_total: 0,
+            queued_bytes: 0,
             rng: Rng::new(seed),
             probe: None,
             next_probe,
@@ -325,11 +339,14 @@ impl Hub {
         m.members = self.rooms.memberships();
         m.connections = self.rooms.connections();
         m.queued_publishes = self.queued_total;
+        m.queued_bytes = self.queued_bytes;
         m.inflight_publishes = self.links.iter().map(|l| l.inflight_publishes).sum();
         m.subscriptions_in_flight = self.rooms.in_flight();
         m.links_ready = self.links.iter().filter(|l| l.is_ready()).count();
         m.buffered_input = self.links.iter().map(|l| l.held_input).sum();
         m.buffered_output = self.buffered_output();
+        m.unwritten_output = self.links.iter().map(|l| l.unwritten).sum();
+        m.max_link_output = self.links.iter().map(Link::held_output).max().unwrap_or(0);
         m
     }
 
@@ -350,9 +367,17 @@ impl Hub {
         }
     }
 
-    /// Bytes buffered for the adapter on every link (bounded by `max_output_bytes` each).
+    /// Bytes buffered for the adapter on every link and not handed out yet (bounded by
+    /// `max_output_bytes` plus one frame each).
     pub fn buffered_output(&self) -> usize {
         self.links.iter().map(|l| l.buffered()).sum()
+    }
+
+    /// Bytes held for one link on their way to Redis: not handed out yet, or handed out by
+    /// [`Hub::poll_transmit_link`] and not yet reported by [`Hub::handle_written`] (0 for a
+    /// link that does not exist).
+    pub fn link_output(&self, link: LinkId) -> usize {
+        self.links.get(link.0 as usize).map_or(0, Link::held_output)
     }
 
     /// True once [`Hub::begin_shutdown`] was called and every queued publish and subscription
@@ -443,6 +468,21 @@ impl Hub {
             LinkState::Connecting { .. } | LinkState::Handshaking { .. } | LinkState::Ready
         ) {
             self.link_failed(idx, LinkError::Io(cause.to_string()), false, now);
+        }
+    }
+
+    /// The adapter wrote `n` bytes of what [`Hub::poll_transmit_link`] handed out for `link`
+    /// to its socket: they no longer count against the link's `max_output_bytes`, so
+    /// publishes waiting for room may be written now.
+    pub fn handle_written(&mut self, link: LinkId, n: usize, now: Instant) {
+        let now = self.tick(now);
+        let idx = link.0 as usize;
+        let Some(l) = self.links.get_mut(idx) else {
+            return;
+        };
+        l.unwritten = l.unwritten.saturating_sub(n);
+        if l.role == LinkRole::Publisher && !l.queue.is_empty() {
+            self.pump(idx, now);
         }
     }
 
@@ -687,6 +727,7 @@ impl Hub {
                     }
                 }
                 self.queued_total -= queue.len();
+                self.queued_bytes -= queue.iter().map(Outgoing::len).sum::<usize>();
                 for o in queue {
                     self.fail_publish(o.id, PublishError::Shutdown);
                 }
@@ -715,6 +756,23 @@ impl Hub {
             }
         }
         None
+    }
+
+    /// The next bytes to write to one link, for an adapter that keeps a write queue per link
+    /// and pulls only while that queue is short (see the [`Hub`] docs on backpressure). The
+    /// bytes count against the link's `max_output_bytes` until reported by
+    /// [`Hub::handle_written`]. Subscription changes are batched here as in
+    /// [`Hub::poll_transmit`].
+    #[must_use]
+    pub fn poll_transmit_link(&mut self, link: LinkId) -> Option<Bytes> {
+        if link == SUBSCRIBER {
+            self.flush_subscriptions(self.now);
+        }
+        let l = self.links.get_mut(link.0 as usize)?;
+        let bytes = l.next_output()?;
+        l.unwritten += bytes.len();
+        self.metrics.bytes_out += bytes.len() as u64;
+        Some(bytes)
     }
 
     /// The next link to open or close.

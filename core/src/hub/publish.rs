@@ -33,10 +33,8 @@ impl Hub {
         }
         let idx = self.publish_link(msg.room).0 as usize;
         let writable = self.can_write(idx);
-        if !writable && self.queued_total >= self.config.max_queued_publishes {
-            return Err(PublishError::QueueFull {
-                max: self.config.max_queued_publishes,
-            });
+        if !writable {
+            self.check_queue_room(idx, len - TRAILER_LEN)?;
         }
         // Nothing below refuses the publish.
         self.next_publish += 1;
@@ -61,6 +59,7 @@ impl Hub {
                 None,
             );
             let body = Bytes::from(body);
+            self.queued_bytes += body.len();
             self.links[idx].queue.push_back(Outgoing {
                 id,
                 bytes: Queued::Body {
@@ -140,7 +139,34 @@ impl Hub {
         l.is_ready()
             && l.queue.is_empty()
             && l.inflight_publishes < self.config.max_inflight_publishes
-            && l.buffered() < self.config.max_output_bytes
+            && l.held_output() < self.config.max_output_bytes
+    }
+
+    /// Whether a publish of `body_len` bytes that its link cannot take now may wait for it:
+    /// not when the link is up and its output full (backpressure: waiting would only move
+    /// the bytes into the queue), nor beyond the queue's bounds in count and bytes.
+    fn check_queue_room(&self, idx: usize, body_len: usize) -> Result<(), PublishError> {
+        let l = &self.links[idx];
+        let max = self.config.max_output_bytes;
+        if l.is_ready() && l.held_output() >= max {
+            return Err(PublishError::Backpressure {
+                link: l.id,
+                held: l.held_output(),
+                max,
+            });
+        }
+        if self.queued_total >= self.config.max_queued_publishes {
+            return Err(PublishError::QueueFull {
+                max: self.config.max_queued_publishes,
+            });
+        }
+        if self.queued_bytes + body_len > self.config.max_queued_bytes {
+            return Err(PublishError::QueueBytesFull {
+                queued: self.queued_bytes,
+                max: self.config.max_queued_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// Writes a queued publish: a new one is numbered now, a resent one keeps its number and
@@ -230,7 +256,7 @@ impl Hub {
             let l = &self.links[idx];
             if !(l.is_ready()
                 && l.inflight_publishes < self.config.max_inflight_publishes
-                && l.buffered() < self.config.max_output_bytes)
+                && l.held_output() < self.config.max_output_bytes)
             {
                 return;
             }
@@ -238,6 +264,7 @@ impl Hub {
                 return;
             };
             self.queued_total -= 1;
+            self.queued_bytes -= o.len();
             self.write_publish(idx, o, now);
         }
     }
