@@ -32,8 +32,22 @@ use crate::runtime::{BoxFuture, BoxedIo, Runtime};
 use crate::Options;
 
 /// Connection ids of room observers ([`crate::Roomcast::subscribe_room`]) start with this
-/// non-character: the core leaves them out of presence.
-pub(crate) use roomcast_core::naming::OBSERVER_PREFIX;
+/// non-character: a namespace of the driver's own, refused for the application's ids, so that
+/// the driver's observers never collide with a connection. What keeps observers out of
+/// presence is the core's observer flag ([`Hub::observe`]), not this prefix.
+pub(crate) const OBSERVER_PREFIX: char = '\u{FFFF}';
+
+/// Refuses an application's connection id in the observers' namespace.
+fn not_reserved(conn: &str) -> Result<(), Error> {
+    if conn.starts_with(OBSERVER_PREFIX) {
+        return Err(Error::ConnectionInUse {
+            conn: conn.to_string(),
+            held_by: "the room observers (ids starting with U+FFFF are reserved for them); \
+                      choose an id that does not start with U+FFFF",
+        });
+    }
+    Ok(())
+}
 
 const READ_CHUNK: usize = 64 << 10;
 /// The adapter pulls a link's output from the core only while that link's socket write
@@ -281,12 +295,16 @@ impl State {
         let now = self.now();
         match c {
             Command::Join { room, conn, reply } => {
-                let _ = reply.send(self.join(&room, &conn));
+                let _ =
+                    reply.send(not_reserved(&conn).and_then(|()| self.join(&room, &conn, false)));
             }
             Command::Observe { room, reply } => {
                 self.next_token += 1;
                 let conn = format!("{OBSERVER_PREFIX}observer-{}", self.next_token);
-                let _ = reply.send(self.join(&room, &conn).map(|inner| RoomStream { inner }));
+                let _ = reply.send(
+                    self.join(&room, &conn, true)
+                        .map(|inner| RoomStream { inner }),
+                );
             }
             Command::Leave {
                 room,
@@ -416,7 +434,8 @@ impl State {
             .is_none_or(|h| h.health().all_ready() && (!h.config().presence || h.presence_ready()))
     }
 
-    fn join(&mut self, room: &str, conn: &str) -> Result<Membership, Error> {
+    /// Joins `conn` to `room`, as an observer (in no presence) if `observer`.
+    fn join(&mut self, room: &str, conn: &str, observer: bool) -> Result<Membership, Error> {
         if self.shutdown.is_some() {
             return Err(Error::Member(roomcast_core::MemberError::Shutdown));
         }
@@ -429,7 +448,11 @@ impl State {
         let now = self.now();
         let (room_id, conn_id, live) = match &mut self.hub {
             Some(hub) => {
-                let joined = hub.join(room, conn, now)?;
+                let joined = if observer {
+                    hub.observe(room, conn, now)?
+                } else {
+                    hub.join(room, conn, now)?
+                };
                 let room_id = hub.check_room(room)?;
                 let conn_id = ConnId::new(conn, hub.config().max_conn_id_bytes)
                     .map_err(roomcast_core::MemberError::InvalidConnection)?;
@@ -491,6 +514,7 @@ impl State {
         if self.shutdown.is_some() {
             return Err(Error::Member(roomcast_core::MemberError::Shutdown));
         }
+        not_reserved(conn)?;
         let max = self
             .hub
             .as_ref()

@@ -225,6 +225,8 @@ pub struct Hub {
     /// Where a received message's room id is unescaped (no allocation per message).
     room_scratch: String,
     presence: presence::PresenceState,
+    /// Connections joined with [`Hub::observe`], while they are in a room: in no presence.
+    observers: hashbrown::HashSet<ConnId, FixedState>,
 }
 
 impl Hub {
@@ -253,6 +255,7 @@ impl Hub {
             rooms: Rooms::new(seed),
             streams: HashMap::with_hasher(FixedState::with_seed(seed.rotate_left(29))),
             confirm_wanted: hashbrown::HashSet::with_hasher(FixedState::with_seed(seed)),
+            observers: hashbrown::HashSet::with_hasher(FixedState::with_seed(seed.rotate_left(7))),
             namer,
             id,
             now,
@@ -521,6 +524,17 @@ impl Hub {
     /// [`Hub::poll_transmit`]. Messages are promised once the room is `Live`
     /// ([`Event::RoomLive`]).
     pub fn join(&mut self, room: &str, conn: &str, now: Instant) -> Result<Joined, MemberError> {
+        self.join_as(room, conn, false, now)
+    }
+
+    /// [`Hub::join`] or [`Hub::observe`].
+    fn join_as(
+        &mut self,
+        room: &str,
+        conn: &str,
+        observer: bool,
+        now: Instant,
+    ) -> Result<Joined, MemberError> {
         let now = self.tick(now);
         if self.shutting_down {
             return Err(MemberError::Shutdown);
@@ -528,6 +542,9 @@ impl Hub {
         RoomId::check(room, self.config.max_room_id_bytes).map_err(MemberError::InvalidRoom)?;
         let conn = ConnId::new(conn, self.config.max_conn_id_bytes)
             .map_err(MemberError::InvalidConnection)?;
+        if observer && self.rooms.rooms_of(conn.as_str()).is_empty() {
+            self.observers.insert(conn.clone());
+        }
         Ok(self.join_checked(room, &conn, now))
     }
 
@@ -555,6 +572,20 @@ impl Hub {
             .iter()
             .filter(|room| self.join_checked(room, &conn, now).added)
             .count())
+    }
+
+    /// Adds an observer to a room, as [`Hub::join`] does a connection: it receives the room's
+    /// messages but is no member in presence and makes no presence events (the adapter's
+    /// room streams). A connection is an observer from the `observe` that puts it in its
+    /// first room until it is in no room any more; a `join` meanwhile keeps it one, and an
+    /// `observe` of a connection already in a room as a member does not hide it.
+    pub fn observe(&mut self, room: &str, conn: &str, now: Instant) -> Result<Joined, MemberError> {
+        self.join_as(room, conn, true, now)
+    }
+
+    /// Whether a connection is an observer ([`Hub::observe`]): in no presence.
+    pub fn is_observer(&self, conn: &str) -> bool {
+        !self.observers.is_empty() && self.observers.contains(conn)
     }
 
     /// [`Hub::join`] after the checks; a room already known is not allocated again.
@@ -587,6 +618,9 @@ impl Hub {
             let gone = self.rooms.rooms_of(conn.as_str()).is_empty();
             self.presence_leave(room.as_str(), conn.as_str(), gone, now);
             self.presence_event(&room, &conn, false, now);
+            if gone {
+                self.observers.remove(conn.as_str());
+            }
         }
         Ok(left)
     }
@@ -601,13 +635,13 @@ impl Hub {
             self.presence_leave(room.as_str(), conn.as_str(), i + 1 == rooms.len(), now);
             self.presence_event(room, &conn, false, now);
         }
+        self.observers.remove(conn.as_str());
         Ok(rooms)
     }
 
     /// With `presence_events` on: tells the room's instances that a member came or went.
     fn presence_event(&mut self, room: &RoomId, conn: &ConnId, joined: bool, now: Instant) {
-        if !self.config.presence_events || conn.as_str().starts_with(crate::naming::OBSERVER_PREFIX)
-        {
+        if !self.config.presence_events || self.is_observer(conn.as_str()) {
             return;
         }
         let data = crate::presence::PresenceChange {

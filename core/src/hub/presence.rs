@@ -45,10 +45,6 @@ impl PresenceState {
     }
 }
 
-fn hidden(conn: &str) -> bool {
-    conn.starts_with(crate::naming::OBSERVER_PREFIX)
-}
-
 impl Hub {
     fn presence_on(&self) -> bool {
         self.config.presence && !self.closed && self.links[PRESENCE_LINK].is_ready()
@@ -113,7 +109,11 @@ impl Hub {
             .rooms
             .iter()
             .map(|(id, r)| {
-                let conns = r.members().iter().filter(|c| !hidden(c.as_str())).cloned();
+                let conns = r
+                    .members()
+                    .iter()
+                    .filter(|c| !self.is_observer(c.as_str()))
+                    .cloned();
                 (id.clone(), conns.collect::<Vec<ConnId>>())
             })
             .filter(|(_, c)| !c.is_empty())
@@ -143,7 +143,7 @@ impl Hub {
 
     /// A local connection joined a room.
     pub(super) fn presence_join(&mut self, room: &str, conn: &str, now: Instant) {
-        if !self.presence_on() || hidden(conn) {
+        if !self.presence_on() || self.is_observer(conn) {
             return;
         }
         let k = self.presence.keys.clone();
@@ -156,7 +156,7 @@ impl Hub {
 
     /// A local connection left a room (`gone`: it is in no room any more).
     pub(super) fn presence_leave(&mut self, room: &str, conn: &str, gone: bool, now: Instant) {
-        if !self.presence_on() || hidden(conn) {
+        if !self.presence_on() || self.is_observer(conn) {
             return;
         }
         let k = self.presence.keys.clone();
@@ -309,7 +309,7 @@ impl Hub {
             PresenceQuery::Room(room) => PresenceAnswer::Room(
                 self.members(room.as_str())
                     .iter()
-                    .filter(|c| !hidden(c.as_str()))
+                    .filter(|c| !self.is_observer(c.as_str()))
                     .map(|c| Member {
                         instance: me,
                         conn: c.clone(),
