@@ -97,7 +97,7 @@ impl Hub {
                     // not be resent.
                     _ => self.fail_publish(w.id, PublishError::OutcomeUnknown),
                 },
-                Request::Probe { .. } => self.probe = None,
+                Request::Probe { .. } => self.prober.abandon(),
                 Request::Presence(p) => presence_lost.push(p),
                 _ => {}
             }
@@ -112,7 +112,7 @@ impl Hub {
             l.queue.push_front(o);
         }
         if role == LinkRole::Subscriber {
-            self.probe = None;
+            self.prober.abandon();
             self.control_state = RoomState::Pending;
             let (live, _wanted) = self.rooms.on_link_lost();
             for room in &live {
@@ -171,44 +171,33 @@ impl Hub {
     }
 
     pub(super) fn probe_timers(&mut self, now: Instant) {
-        if let Some(p) = &self.probe {
-            if let Some(c) = p.confirmed {
-                if now >= c + self.config.probe_timeout {
-                    self.probe = None;
-                    self.metrics.deaf_detected += 1;
-                    if self.links[0].is_ready() {
-                        self.link_failed(0, LinkError::Deaf, true, now);
-                    }
-                }
+        if self.prober.timed_out(now, self.config.probe_timeout) {
+            self.prober.abandon();
+            self.metrics.deaf_detected += 1;
+            if self.links[0].is_ready() {
+                self.link_failed(0, LinkError::Deaf, true, now);
             }
             return;
         }
-        if now < self.next_probe || !self.probe_possible() {
+        if !self.prober.due(now) || !self.probe_possible() {
             return;
         }
         // Prefer the link after the last one used, so every publish link takes a turn.
         let n = self.links.len() - 1;
-        let start = (self.next_probe_token as usize) % n;
+        let start = (self.prober.next_token() as usize) % n;
         let Some(idx) = (0..n)
             .map(|k| 1 + (start + k) % n)
             .find(|&i| self.links[i].is_ready())
         else {
             return;
         };
-        let token = self.next_probe_token;
-        self.next_probe_token += 1;
+        let token = self.prober.start(now, self.config.probe_interval);
         let mut payload = Vec::with_capacity(14);
         payload.extend_from_slice(PROBE_MAGIC);
         payload.extend_from_slice(&token.to_le_bytes());
         let l = &mut self.links[idx];
         encode_command(&mut l.out, &[b"PUBLISH", &self.control, &payload]);
         l.fifo.push_back((now, Request::Probe { token }));
-        self.probe = Some(Probe {
-            token,
-            sent: now,
-            confirmed: None,
-        });
-        self.next_probe = now + self.config.probe_interval;
     }
 }
 

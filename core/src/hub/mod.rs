@@ -5,6 +5,7 @@
 
 mod links;
 mod presence;
+mod probe;
 mod publish;
 mod receive;
 
@@ -32,7 +33,7 @@ use crate::rooms::{Rooms, SeqCheck, Transition};
 /// The subscriber link.
 pub const SUBSCRIBER: LinkId = LinkId(0);
 
-const PROBE_MAGIC: &[u8; 6] = b"\0probe";
+use probe::PROBE_MAGIC;
 
 /// Who this instance is. The adapter draws both from OS randomness at start; tests fix them.
 /// Two instances with the same id would drop each other's messages as their own echo.
@@ -148,13 +149,6 @@ struct Stream {
     next: u64,
 }
 
-#[derive(Debug)]
-struct Probe {
-    token: u64,
-    sent: Instant,
-    confirmed: Option<Instant>,
-}
-
 /// The sans-IO state machine of one roomcast instance.
 ///
 /// Methods come in four groups, as in quinn-proto:
@@ -212,10 +206,7 @@ pub struct Hub {
     /// Bytes of the publishes in the links' queues (bounded by `max_queued_bytes`).
     queued_bytes: usize,
     rng: Rng,
-    probe: Option<Probe>,
-    next_probe: Instant,
-    next_probe_token: u64,
-    last_probe_ok: Option<Instant>,
+    prober: probe::Prober,
     missed: Vec<RoomId>,
     next_transmit: usize,
     metrics: Metrics,
@@ -250,7 +241,6 @@ impl Hub {
         }
         let control = namer.control_channel(id.instance);
         let namer_for_keys = namer.clone();
-        let next_probe = now + config.probe_interval;
         let mut hub = Hub {
             rooms: Rooms::new(seed),
             streams: HashMap::with_hasher(FixedState::with_seed(seed.rotate_left(29))),
@@ -269,10 +259,7 @@ impl Hub {
             queued_total: 0,
             queued_bytes: 0,
             rng: Rng::new(seed),
-            probe: None,
-            next_probe,
-            next_probe_token: 1,
-            last_probe_ok: None,
+            prober: probe::Prober::new(now, config.probe_interval),
             missed: Vec::new(),
             next_transmit: 0,
             metrics: Metrics::default(),
@@ -366,7 +353,7 @@ impl Hub {
                     last_error: l.last_error.clone(),
                 })
                 .collect(),
-            last_probe_ok: self.last_probe_ok,
+            last_probe_ok: self.prober.last_ok(),
         }
     }
 
@@ -703,8 +690,8 @@ impl Hub {
                 self.send_ping(idx, true, now);
             }
         }
-        if self.probe.is_none() {
-            self.next_probe = now;
+        if !self.prober.under_way() {
+            self.prober.due_now(now);
             self.probe_timers(now);
         }
     }
@@ -739,7 +726,7 @@ impl Hub {
         self.shutting_down = true;
         self.closed = true;
         // A probe under way would keep a timer, and count the subscriber deaf when it fired.
-        self.probe = None;
+        self.prober.abandon();
         for idx in 0..self.links.len() {
             let l = &mut self.links[idx];
             if l.state != LinkState::Closed {
@@ -839,12 +826,11 @@ impl Hub {
                 take(d);
             }
         }
-        if let Some(p) = &self.probe {
-            if let Some(c) = p.confirmed {
-                take(c + self.config.probe_timeout);
-            }
-        } else if self.probe_possible() {
-            take(self.next_probe);
+        if let Some(d) = self
+            .prober
+            .deadline(|| self.probe_possible(), self.config.probe_timeout)
+        {
+            take(d);
         }
         if self.links[presence::PRESENCE_LINK].is_ready() {
             if let Some(d) = self.presence.deadline() {

@@ -137,20 +137,20 @@ impl Hub {
                 self.pump(idx, now);
             }
             Request::Probe { token } => {
-                let Some(p) = self.probe.as_mut().filter(|p| p.token == token) else {
+                if !self.prober.is(token) {
                     return;
-                };
+                }
                 match v {
-                    Value::Int(n) if n > 0 => p.confirmed = Some(now),
+                    Value::Int(n) if n > 0 => self.prober.confirmed(now),
                     // Redis knows no subscriber for our control channel: we are deaf.
                     Value::Int(_) => {
-                        self.probe = None;
+                        self.prober.abandon();
                         self.metrics.deaf_detected += 1;
                         if self.links[0].is_ready() {
                             self.link_failed(0, LinkError::Deaf, true, now);
                         }
                     }
-                    _ => self.probe = None,
+                    _ => self.prober.abandon(),
                 }
             }
             Request::Presence(req) => self.on_presence_reply(req, v, now),
@@ -272,14 +272,8 @@ impl Hub {
         else {
             return;
         };
-        if let Some(p) = &self.probe {
-            if p.token == token {
-                let rtt = now.saturating_duration_since(p.sent);
-                self.last_probe_ok = Some(now);
-                self.probe = None;
-                self.next_probe = now + self.config.probe_interval;
-                self.events.push_back(Event::SubscriberVerified { rtt });
-            }
+        if let Some(rtt) = self.prober.arrived(token, now, self.config.probe_interval) {
+            self.events.push_back(Event::SubscriberVerified { rtt });
         }
     }
 }
