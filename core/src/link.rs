@@ -123,6 +123,19 @@ pub(crate) enum Step {
     SetName,
 }
 
+/// A link's timers. At most one is armed at a time ([`Link::timer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkTimer {
+    /// Backoff is over: open the connection again.
+    Reconnect,
+    /// Opening and handshake took `connect_timeout`: the link failed.
+    Connect,
+    /// The oldest request went `reply_timeout` without its reply: the link failed.
+    Reply,
+    /// Nothing was read for `keepalive_interval` and nothing is outstanding: send a PING.
+    Keepalive,
+}
+
 #[derive(Debug)]
 pub(crate) struct Link {
     pub id: LinkId,
@@ -332,16 +345,20 @@ impl Link {
             .any(|(_, r)| matches!(r, Request::Handshake(_)))
     }
 
-    /// The next instant this link needs attention, given the hub's timers.
-    pub(crate) fn deadline(&self, config: &Config) -> Option<Instant> {
+    /// The link's one armed timer, by name, and when it fires: its state decides which.
+    /// The only place a link's deadlines are computed.
+    pub(crate) fn timer(&self, config: &Config) -> Option<(LinkTimer, Instant)> {
         match self.state {
-            LinkState::Backoff { until } => Some(until),
+            LinkState::Backoff { until } => Some((LinkTimer::Reconnect, until)),
             LinkState::Connecting { since } | LinkState::Handshaking { since } => {
-                Some(since + config.connect_timeout)
+                Some((LinkTimer::Connect, since + config.connect_timeout))
             }
             LinkState::Ready => Some(match self.fifo.front() {
-                Some((sent, _)) => *sent + config.reply_timeout,
-                None => self.last_input + config.keepalive_interval,
+                Some((sent, _)) => (LinkTimer::Reply, *sent + config.reply_timeout),
+                None => (
+                    LinkTimer::Keepalive,
+                    self.last_input + config.keepalive_interval,
+                ),
             }),
             LinkState::Closed => None,
         }

@@ -8,6 +8,7 @@ mod presence;
 mod probe;
 mod publish;
 mod receive;
+mod timer;
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -479,29 +480,12 @@ impl Hub {
     /// The instant from [`Hub::poll_timeout`] has come (calling it early or twice is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.tick(now);
-        for idx in 0..self.links.len() {
-            let l = &self.links[idx];
-            match l.state {
-                LinkState::Backoff { until } if now >= until && !self.closed => self.open(idx, now),
-                LinkState::Connecting { since } | LinkState::Handshaking { since }
-                    if now >= since + self.config.connect_timeout =>
-                {
-                    self.link_failed(idx, LinkError::ConnectTimeout, true, now)
-                }
-                LinkState::Ready => match l.fifo.front() {
-                    Some((sent, _)) if now >= *sent + self.config.reply_timeout => {
-                        self.link_failed(idx, LinkError::ReplyTimeout, true, now)
-                    }
-                    None if now >= l.last_input + self.config.keepalive_interval => {
-                        self.send_ping(idx, false, now)
-                    }
-                    _ => {}
-                },
-                _ => {}
+        // Each is looked at when its turn comes: firing one can disarm another.
+        for t in self.timers() {
+            if self.timer(t).is_some_and(|at| now >= at) {
+                self.fire(t, now);
             }
         }
-        self.probe_timers(now);
-        self.presence_timers(now);
     }
 
     // ----- commands -----
@@ -819,25 +803,7 @@ impl Hub {
     /// When [`Hub::handle_timeout`] must be called next, if ever.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut t: Option<Instant> = None;
-        let mut take = |d: Instant| t = Some(t.map_or(d, |t| t.min(d)));
-        for l in &self.links {
-            if let Some(d) = l.deadline(&self.config) {
-                take(d);
-            }
-        }
-        if let Some(d) = self
-            .prober
-            .deadline(|| self.probe_possible(), self.config.probe_timeout)
-        {
-            take(d);
-        }
-        if self.links[presence::PRESENCE_LINK].is_ready() {
-            if let Some(d) = self.presence.deadline() {
-                take(d);
-            }
-        }
-        t
+        self.timers().filter_map(|t| self.timer(t)).min()
     }
 
     // ----- internals -----
