@@ -28,12 +28,11 @@ impl Hub {
         if !self.links[0].is_ready() {
             return;
         }
-        if self.control_state == RoomState::Pending && !self.closed {
+        if self.control.subscribe_now(self.closed) {
             let l = &mut self.links[0];
-            encode_command(&mut l.out, &[b"SUBSCRIBE", &self.control]);
+            encode_command(&mut l.out, &[b"SUBSCRIBE", &self.control.channel]);
             l.fifo
                 .push_back((now, Request::Subscription { remaining: 1 }));
-            self.control_state = RoomState::Subscribing;
         }
         let (sub, unsub) = self
             .rooms
@@ -113,7 +112,7 @@ impl Hub {
         }
         if role == LinkRole::Subscriber {
             self.prober.abandon();
-            self.control_state = RoomState::Pending;
+            self.control.link_lost();
             let (live, _wanted) = self.rooms.on_link_lost();
             for room in &live {
                 self.events.push_back(Event::RoomNotLive {
@@ -166,7 +165,7 @@ impl Hub {
     pub(super) fn probe_possible(&self) -> bool {
         !self.closed
             && self.links[0].is_ready()
-            && self.control_state == RoomState::Live
+            && self.control.is_live()
             && self.links[1..].iter().any(Link::is_ready)
     }
 
@@ -196,7 +195,7 @@ impl Hub {
         payload.extend_from_slice(PROBE_MAGIC);
         payload.extend_from_slice(&token.to_le_bytes());
         let l = &mut self.links[idx];
-        encode_command(&mut l.out, &[b"PUBLISH", &self.control, &payload]);
+        encode_command(&mut l.out, &[b"PUBLISH", &self.control.channel, &payload]);
         l.fifo.push_back((now, Request::Probe { token }));
     }
 }

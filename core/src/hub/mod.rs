@@ -1,13 +1,19 @@
 //! The façade: one [`Hub`] per instance owns every link, room and publish.
 //!
 //! This file holds the public surface (getters, inputs, commands, outputs); the work is in
-//! `publish` (sending), `receive` (frames from Redis) and `links` (link life and probes).
+//! `publish` (sending), `receive` (frames from Redis), `links` (link life and
+//! subscriptions) and `presence`. Parts with their own state and invariants, each tested
+//! alone: `sequence` (publish ids and per-room sequence numbers), `probe` (the subscriber's
+//! liveness probe), `control` (the control channel's subscription), `presence::PresenceState`
+//! and `timer` (every deadline by name, computed in one place).
 
+mod control;
 mod links;
 mod presence;
 mod probe;
 mod publish;
 mod receive;
+mod sequence;
 mod timer;
 
 use std::collections::VecDeque;
@@ -15,7 +21,6 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use foldhash::fast::FixedState;
-use hashbrown::HashMap;
 
 use crate::config::{Config, ConfigError, DeliveryMode, UnconfirmedPolicy};
 use crate::envelope::{self, InstanceId, MessageType, Trailer, TRAILER_LEN};
@@ -144,12 +149,6 @@ impl Health {
     }
 }
 
-#[derive(Debug)]
-struct Stream {
-    epoch: u64,
-    next: u64,
-}
-
 /// The sans-IO state machine of one roomcast instance.
 ///
 /// Methods come in four groups, as in quinn-proto:
@@ -193,13 +192,10 @@ pub struct Hub {
     now: Instant,
     rooms: Rooms,
     links: Vec<Link>,
-    control: Bytes,
-    control_state: RoomState,
-    streams: HashMap<RoomId, Stream, FixedState>,
-    stream_generation: u64,
+    control: control::Control,
+    seq: sequence::Sequencer,
     events: VecDeque<Event>,
     requests: VecDeque<LinkRequest>,
-    next_publish: u64,
     /// Publishes whose success is reported ([`Hub::publish`]; not [`Hub::publish_quiet`] or
     /// the hub's own presence events), by id, until confirmed or failed.
     confirm_wanted: hashbrown::HashSet<u64, FixedState>,
@@ -244,19 +240,20 @@ impl Hub {
         let namer_for_keys = namer.clone();
         let mut hub = Hub {
             rooms: Rooms::new(seed),
-            streams: HashMap::with_hasher(FixedState::with_seed(seed.rotate_left(29))),
+            seq: sequence::Sequencer::new(
+                seed.rotate_left(29),
+                id.epoch,
+                config.max_publish_streams,
+            ),
             confirm_wanted: hashbrown::HashSet::with_hasher(FixedState::with_seed(seed)),
             observers: hashbrown::HashSet::with_hasher(FixedState::with_seed(seed.rotate_left(7))),
             namer,
             id,
             now,
             links,
-            control,
-            control_state: RoomState::Pending,
-            stream_generation: 0,
+            control: control::Control::new(control),
             events: VecDeque::new(),
             requests: VecDeque::new(),
-            next_publish: 0,
             queued_total: 0,
             queued_bytes: 0,
             rng: Rng::new(seed),

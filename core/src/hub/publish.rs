@@ -37,8 +37,7 @@ impl Hub {
             self.check_queue_room(idx, len - TRAILER_LEN)?;
         }
         // Nothing below refuses the publish.
-        self.next_publish += 1;
-        let id = PublishId(self.next_publish);
+        let id = self.seq.next_id();
         self.metrics.published += 1;
         let (seq, room) = if writable {
             let (room, epoch, seq) = self.take_seq(msg.room);
@@ -112,7 +111,7 @@ impl Hub {
     /// The shared id of a room that passed `RoomId::check`: from the publish streams or the
     /// joined rooms when either knows it, built only otherwise.
     fn known_room(&mut self, room: &str) -> RoomId {
-        if let Some((id, _)) = self.streams.get_key_value(room) {
+        if let Some(id) = self.seq.known(room) {
             return id.clone();
         }
         match self.rooms.get_with_id(room) {
@@ -124,13 +123,11 @@ impl Hub {
     /// Numbers a new publish to a checked room: its shared id, epoch and sequence number, with
     /// one map lookup when the room has published before.
     fn take_seq(&mut self, room: &str) -> (RoomId, u64, u64) {
-        if let Some((id, s)) = self.streams.get_key_value_mut(room) {
-            let seq = s.next;
-            s.next += 1;
-            return (id.clone(), s.epoch, seq);
+        if let Some(numbered) = self.seq.take(room) {
+            return numbered;
         }
         let id = self.known_room(room);
-        let (epoch, seq) = self.next_seq(&id);
+        let (epoch, seq) = self.seq.next(&id);
         (id, epoch, seq)
     }
 
@@ -174,7 +171,7 @@ impl Hub {
     pub(super) fn write_publish(&mut self, idx: usize, o: Outgoing, now: Instant) {
         match o.bytes {
             Queued::Body { room, body } => {
-                let (epoch, seq) = self.next_seq(&room);
+                let (epoch, seq) = self.seq.next(&room);
                 self.emit_publish(idx, o.id, &room, Body::Encoded(&body), epoch, seq, now);
             }
             Queued::Frame(frame) => {
@@ -230,25 +227,6 @@ impl Hub {
         l.out.extend_from_slice(&trailer);
         l.out.extend_from_slice(b"\r\n");
         l.push_written(id, start, now);
-    }
-
-    pub(super) fn next_seq(&mut self, room: &RoomId) -> (u64, u64) {
-        if let Some(s) = self.streams.get_mut(room) {
-            let seq = s.next;
-            s.next += 1;
-            return (s.epoch, seq);
-        }
-        if self.streams.len() >= self.config.max_publish_streams {
-            // Forget one stream; if that room publishes again it starts a new epoch, which
-            // receivers take as a new baseline rather than a gap.
-            if let Some(k) = self.streams.keys().next().cloned() {
-                self.streams.remove(&k);
-            }
-        }
-        self.stream_generation += 1;
-        let epoch = self.id.epoch.wrapping_add(self.stream_generation - 1);
-        self.streams.insert(room.clone(), Stream { epoch, next: 2 });
-        (epoch, 1)
     }
 
     pub(super) fn pump(&mut self, idx: usize, now: Instant) {

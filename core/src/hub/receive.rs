@@ -12,10 +12,8 @@ impl Hub {
             }
             Incoming::Subscribed { channel } => {
                 self.count_confirmation(idx);
-                if channel == self.control {
-                    if self.control_state == RoomState::Subscribing {
-                        self.control_state = RoomState::Live;
-                    }
+                if channel == self.control.channel {
+                    self.control.confirmed();
                     return;
                 }
                 let t = match self
@@ -30,10 +28,8 @@ impl Hub {
             Incoming::Unsubscribed { channel } => {
                 self.count_confirmation(idx);
                 let Some(channel) = channel else { return };
-                if channel == self.control {
-                    if self.control_state == RoomState::Live && !self.shutting_down {
-                        self.control_state = RoomState::Pending;
-                    }
+                if channel == self.control.channel {
+                    self.control.dropped(self.shutting_down);
                     return;
                 }
                 let t = match self
@@ -171,7 +167,7 @@ impl Hub {
     }
 
     pub(super) fn on_message(&mut self, channel: Bytes, payload: Bytes, now: Instant) {
-        if channel == self.control {
+        if channel == self.control.channel {
             self.on_control(&payload, now);
             return;
         }
