@@ -154,11 +154,12 @@ impl Health {
 /// Methods come in four groups, as in quinn-proto:
 /// - **getters**: [`Hub::room_state`], [`Hub::members`], [`Hub::metrics`], [`Hub::health`], ...
 /// - **inputs** from the adapter: [`Hub::handle_connected`], [`Hub::handle_input`],
-///   [`Hub::handle_disconnected`], [`Hub::handle_timeout`];
-/// - **commands** from the application: [`Hub::join`], [`Hub::leave`], [`Hub::disconnect`],
-///   [`Hub::publish`], [`Hub::ping`], [`Hub::begin_shutdown`], [`Hub::close`];
-/// - **outputs**: [`Hub::poll_transmit`], [`Hub::poll_link_request`], [`Hub::poll_event`],
-///   [`Hub::poll_timeout`].
+///   [`Hub::handle_written`], [`Hub::handle_disconnected`], [`Hub::handle_timeout`];
+/// - **commands** from the application: [`Hub::join`], [`Hub::join_many`], [`Hub::observe`],
+///   [`Hub::leave`], [`Hub::disconnect`], [`Hub::publish`], [`Hub::query_presence`],
+///   [`Hub::ping`], [`Hub::begin_shutdown`], [`Hub::close`];
+/// - **outputs**: [`Hub::poll_transmit`] (or [`Hub::poll_transmit_link`] per link),
+///   [`Hub::poll_link_request`], [`Hub::poll_event`], [`Hub::poll_timeout`].
 ///
 /// After every input or command the caller MUST drain `poll_link_request`, `poll_transmit`
 /// and `poll_event` until they return `None`, and then wait for I/O or for the instant
