@@ -252,6 +252,7 @@ impl Link {
 
     /// Bytes held for this link on their way to Redis: in the hub and in the adapter's write
     /// queue (bounded by `max_output_bytes` plus one frame).
+    #[inline]
     pub(crate) fn held_output(&self) -> usize {
         self.buffered() + self.unwritten
     }

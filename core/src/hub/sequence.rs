@@ -42,17 +42,20 @@ impl Sequencer {
     }
 
     /// A new publish id.
+    #[inline]
     pub(super) fn next_id(&mut self) -> PublishId {
         self.last_id += 1;
         PublishId(self.last_id)
     }
 
     /// The shared id of a room with a stream.
+    #[inline]
     pub(super) fn known(&self, room: &str) -> Option<&RoomId> {
         self.streams.get_key_value(room).map(|(id, _)| id)
     }
 
     /// The next number of a room that has a stream, with its shared id: one map lookup.
+    #[inline]
     pub(super) fn take(&mut self, room: &str) -> Option<(RoomId, u64, u64)> {
         let (id, s) = self.streams.get_key_value_mut(room)?;
         let seq = s.next;
