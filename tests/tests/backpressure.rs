@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::{FutureExt, SinkExt};
 use roomcast::core::{Metrics, Protocol, PublishError};
 use roomcast::{Builder, Config, Error, PubSubMessage, Roomcast};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -154,6 +155,7 @@ fn a_server_that_stops_reading_bounds_memory_and_pushes_back() {
                         Err(_) => break,
                     };
                 }
+                publisher
             })
         };
         let mut most_held = 0;
@@ -162,10 +164,19 @@ fn a_server_that_stops_reading_bounds_memory_and_pushes_back() {
             most_held = most_held.max(check_gauges(&metrics(&rc).await));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::timeout(PATIENCE, publishing)
+        let mut publisher = tokio::time::timeout(PATIENCE, publishing)
             .await
             .expect("publisher loop ends")
             .expect("publisher task");
+        // The link stays full (the server never reads): the sink is not ready, and stays so.
+        for _ in 0..3 {
+            let ready = std::future::poll_fn(|cx| publisher.poll_ready_unpin(cx)).now_or_never();
+            assert!(
+                ready.is_none(),
+                "a Publisher ready while its link is full: {ready:?}"
+            );
+            tokio::task::yield_now().await;
+        }
         let m = metrics(&rc).await;
         check_gauges(&m);
         assert!(
