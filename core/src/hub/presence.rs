@@ -40,8 +40,15 @@ impl PresenceState {
         }
     }
 
+    /// When the lease's next heartbeat is due (none while not registering or registered).
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.next_heartbeat
+    }
+
+    /// The next heartbeat is due a third of the lease from `now`: two may be lost before the
+    /// lease runs out.
+    fn heartbeat_from(&mut self, now: Instant, lease: std::time::Duration) {
+        self.next_heartbeat = Some(now + lease / 3);
     }
 }
 
@@ -138,7 +145,7 @@ impl Hub {
             self.presence_write(&[b"SADD", &k.idx_conns, ck], true, now);
         }
         self.presence_write(&[b"EXEC"], true, now);
-        self.presence.next_heartbeat = Some(now + self.config.lease / 3);
+        self.presence.heartbeat_from(now, self.config.lease);
     }
 
     /// A local connection joined a room.
@@ -203,7 +210,7 @@ impl Hub {
             l.fifo
                 .push_back((now, Request::Presence(PresenceReq::Sweep)));
         }
-        self.presence.next_heartbeat = Some(now + self.config.lease / 3);
+        self.presence.heartbeat_from(now, self.config.lease);
     }
 
     /// Writes EVALSHA (or EVAL when the SHA is not known); the caller pushes the request.
