@@ -40,10 +40,8 @@ pub(crate) const OBSERVER_PREFIX: char = '\u{FFFF}';
 /// Refuses an application's connection id in the observers' namespace.
 fn not_reserved(conn: &str) -> Result<(), Error> {
     if conn.starts_with(OBSERVER_PREFIX) {
-        return Err(Error::ConnectionInUse {
+        return Err(Error::ReservedConnection {
             conn: conn.to_string(),
-            held_by: "the room observers (ids starting with U+FFFF are reserved for them); \
-                      choose an id that does not start with U+FFFF",
         });
     }
     Ok(())

@@ -762,7 +762,7 @@ async fn presence_every_instance_same_answer(rt: Rt) {
     let _observer = nodes[0].subscribe_room("lobby").await.unwrap();
     let reserved = nodes[0].join("lobby", "\u{FFFF}observer-1").await;
     assert!(
-        matches!(reserved, Err(roomcast::Error::ConnectionInUse { .. })),
+        matches!(reserved, Err(roomcast::Error::ReservedConnection { .. })),
         "{reserved:?}"
     );
     let mut want = vec![
