@@ -156,6 +156,11 @@ pub struct Config {
     pub max_queued_publishes: usize,
     /// Most publishes written to one link and not yet confirmed (default 4,096).
     pub max_inflight_publishes: usize,
+    /// Most bytes of PUBLISH frames written to one link and not yet confirmed (default
+    /// 64 MiB; one frame may go over it): each is kept until Redis answers, for a resend if
+    /// the link breaks. Beyond it publishes wait in the link's queue, as beyond
+    /// `max_inflight_publishes`.
+    pub max_inflight_bytes: usize,
     /// Most publishing origins tracked per room for duplicate and gap detection (default 256);
     /// the least recently seen is forgotten first (its next message is a new baseline).
     pub max_origins_per_room: usize,
@@ -222,6 +227,7 @@ impl Default for Config {
             max_subscriptions_in_flight: 8192,
             max_queued_publishes: 10_000,
             max_inflight_publishes: 4096,
+            max_inflight_bytes: 64 << 20,
             max_origins_per_room: 256,
             max_publish_streams: 100_000,
             max_output_bytes: 64 << 20,
@@ -366,6 +372,7 @@ impl Config {
                 self.max_subscriptions_in_flight,
             ),
             ("max_inflight_publishes", self.max_inflight_publishes),
+            ("max_inflight_bytes", self.max_inflight_bytes),
             ("max_origins_per_room", self.max_origins_per_room),
             ("max_publish_streams", self.max_publish_streams),
         ] {

@@ -160,6 +160,9 @@ pub(crate) struct Link {
     /// Publishes waiting for this link (already-sequenced re-sends first).
     pub queue: VecDeque<Outgoing>,
     pub inflight_publishes: usize,
+    /// Bytes of the PUBLISH frames of `inflight_publishes`: kept for a resend until
+    /// answered (bounded by `max_inflight_bytes` plus one frame).
+    pub inflight_bytes: usize,
     pub last_pong: Option<Instant>,
     /// Bytes of a partial frame the adapter holds for this link, as of the last input.
     pub held_input: usize,
@@ -187,6 +190,7 @@ impl Link {
             last_error: None,
             queue: VecDeque::new(),
             inflight_publishes: 0,
+            inflight_bytes: 0,
             last_pong: None,
             held_input: 0,
             unwritten: 0,
@@ -298,9 +302,27 @@ impl Link {
             end: self.out.len(),
         };
         self.inflight_publishes += 1;
+        self.inflight_bytes += self.out.len() - start;
         self.unsent_frames += 1;
         self.fifo
             .push_back((now, Request::Publish(Written { id, frame })));
+    }
+
+    /// Redis answered a publish written on this link: it is no longer in flight.
+    #[inline]
+    pub(crate) fn publish_answered(&mut self, w: &Written) {
+        self.inflight_publishes -= 1;
+        let len = match &w.frame {
+            Frame::Unsent { start, end } => end - start,
+            Frame::Sent(frame) => frame.len(),
+        };
+        self.inflight_bytes = self.inflight_bytes.saturating_sub(len);
+    }
+
+    /// Nothing is in flight any more (the link failed or closed).
+    pub(crate) fn forget_inflight(&mut self) {
+        self.inflight_publishes = 0;
+        self.inflight_bytes = 0;
     }
 
     /// Hands out everything written since the last call as one chunk, and gives each publish
@@ -310,7 +332,8 @@ impl Link {
     /// Memory: a slice keeps the allocation under its chunk alive until its publish is
     /// confirmed or failed. Replies come in order, so the allocations held are the one with
     /// the oldest unconfirmed publish and those after it: beyond the unconfirmed frames
-    /// themselves (at most `max_inflight_publishes`, each within `max_envelope_bytes`), about
+    /// themselves (at most `max_inflight_publishes`, and `max_inflight_bytes` plus one frame
+    /// in all), about
     /// one output block or chunk (a chunk is what `out` held, below `max_output_bytes` plus
     /// one frame). That is what the private copies of each body this replaced held, plus
     /// one buffer.

@@ -260,3 +260,35 @@ fn publishes_waiting_for_a_down_link_are_bounded_in_bytes() {
     let m = s.nodes[0].hub.metrics();
     assert_eq!((m.queued_publishes, m.queued_bytes), (0, 0));
 }
+
+/// As [`small_bounds`], with at most 150 KiB of unconfirmed publishes per link.
+fn small_inflight() -> Config {
+    Config {
+        max_inflight_bytes: 150 << 10,
+        ..small_bounds()
+    }
+}
+
+#[test]
+fn unconfirmed_publishes_are_bounded_in_bytes() {
+    let mut s = started(1, small_inflight, false);
+    let link = s.nodes[0].hub.publish_link("r");
+    // Redis takes the bytes but answers nothing for a while.
+    s.stall_link(0, link, true);
+    let data = vec![7u8; 64 << 10];
+    let now = s.now;
+    let mut accepted = Vec::new();
+    for _ in 0..4 {
+        let msg = Publish::broadcast("r", &data);
+        accepted.push(s.nodes[0].hub.publish(&msg, now).expect("accepted"));
+        s.run();
+    }
+    let m = s.nodes[0].hub.metrics();
+    // Three frames written (the third goes over the bound), the fourth waits in the queue.
+    assert_eq!((m.inflight_publishes, m.queued_publishes), (3, 1), "{m:?}");
+    s.stall_link(0, link, false);
+    run_until(&mut s, now + Duration::from_millis(10));
+    assert_eq!(confirmed(&s.nodes[0].take_events()), accepted);
+    let m = s.nodes[0].hub.metrics();
+    assert_eq!((m.inflight_publishes, m.queued_publishes), (0, 0));
+}

@@ -33,8 +33,8 @@ const FRAME: usize = MESSAGE + 1024;
 const WRITE_QUEUE: usize = 256 << 10;
 /// Resident memory the whole run may add. What may legitimately be held: per link
 /// `MAX_OUTPUT + FRAME` in the core and driver together; the frames written into the kernel's
-/// socket buffers and not yet confirmed (kept for a resend: a few MiB on loopback, which the
-/// never-reading server never drains); publishers' bytes handed to the driver ahead of the
+/// socket buffers and not yet confirmed (kept for a resend, within `max_inflight_bytes`: a
+/// few MiB on loopback, which the never-reading server never drains); publishers' bytes handed to the driver ahead of the
 /// core (`MAX_OUTPUT` plus one message per publisher); allocator slack. Without the byte
 /// bounds the driver queued everything the core handed out: hundreds of MiB in these seconds.
 const RSS_BOUND: usize = 64 << 20;

@@ -81,7 +81,7 @@ impl Hub {
         }
         l.clear_output();
         l.held_input = 0;
-        l.inflight_publishes = 0;
+        l.forget_inflight();
         let fifo = std::mem::take(&mut l.fifo);
         let mut resend = Vec::new();
         let mut presence_lost = Vec::new();

@@ -723,7 +723,7 @@ impl Hub {
                 l.state = LinkState::Closed;
                 l.clear_output();
                 l.held_input = 0;
-                l.inflight_publishes = 0;
+                l.forget_inflight();
                 for (_, req) in fifo {
                     if let Request::Publish(o) = req {
                         self.fail_publish(o.id, PublishError::Shutdown);

@@ -136,6 +136,7 @@ impl Hub {
         l.is_ready()
             && l.queue.is_empty()
             && l.inflight_publishes < self.config.max_inflight_publishes
+            && l.inflight_bytes < self.config.max_inflight_bytes
             && l.held_output() < self.config.max_output_bytes
     }
 
@@ -234,6 +235,7 @@ impl Hub {
             let l = &self.links[idx];
             if !(l.is_ready()
                 && l.inflight_publishes < self.config.max_inflight_publishes
+                && l.inflight_bytes < self.config.max_inflight_bytes
                 && l.held_output() < self.config.max_output_bytes)
             {
                 return;

@@ -107,7 +107,7 @@ impl Hub {
                 }
             }
             Request::Publish(o) => {
-                self.links[idx].inflight_publishes -= 1;
+                self.links[idx].publish_answered(&o);
                 match v {
                     Value::Int(n) => {
                         self.metrics.publish_confirmed += 1;
