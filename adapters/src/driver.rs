@@ -24,18 +24,34 @@ use tracing::{debug, info, warn};
 
 use crate::error::Error;
 use crate::handle::{
-    Command, Connection, EventStream, HealthReport, Liveness, Membership, PubSubMessage, Query,
-    QueryAnswer, Reply, RoomList, RoomStream,
+    publish_bytes, Command, Connection, EventStream, HealthReport, Liveness, Membership,
+    PubSubMessage, PublishGate, Query, QueryAnswer, Reply, RoomList, RoomStream,
 };
 use crate::queue::Queue;
 use crate::runtime::{BoxFuture, BoxedIo, Runtime};
 use crate::Options;
 
 /// Connection ids of room observers ([`crate::Roomcast::subscribe_room`]) start with this
-/// non-character: the core leaves them out of presence.
-pub(crate) use roomcast_core::naming::OBSERVER_PREFIX;
+/// non-character: a namespace of the driver's own, refused for the application's ids, so that
+/// the driver's observers never collide with a connection. What keeps observers out of
+/// presence is the core's observer flag ([`Hub::observe`]), not this prefix.
+pub(crate) const OBSERVER_PREFIX: char = '\u{FFFF}';
+
+/// Refuses an application's connection id in the observers' namespace.
+fn not_reserved(conn: &str) -> Result<(), Error> {
+    if conn.starts_with(OBSERVER_PREFIX) {
+        return Err(Error::ReservedConnection {
+            conn: conn.to_string(),
+        });
+    }
+    Ok(())
+}
 
 const READ_CHUNK: usize = 64 << 10;
+/// The adapter pulls a link's output from the core only while that link's socket write
+/// queue holds less than this (or less than `max_output_bytes`, if smaller): the rest waits
+/// in the core, where it counts against the same `max_output_bytes`.
+const WRITE_QUEUE_BYTES: usize = 256 << 10;
 /// Reads per link per poll before yielding to the others.
 const READ_BUDGET: usize = 16;
 
@@ -46,6 +62,8 @@ enum LinkIo {
         io: BoxedIo,
         rbuf: BytesMut,
         wq: VecDeque<Bytes>,
+        /// Bytes in `wq`.
+        wq_bytes: usize,
     },
 }
 
@@ -128,6 +146,12 @@ struct State {
     round_now: Option<Instant>,
     handles_gone: bool,
     done: bool,
+    /// Fire-and-forget publishes the core refused for backpressure, in order, retried as
+    /// their links drain; publishers wait at `gate` while there are any.
+    parked: VecDeque<PubSubMessage>,
+    gate: Arc<PublishGate>,
+    /// How much of a link's output the adapter takes into its write queue.
+    write_queue_bytes: usize,
 }
 
 impl Driver {
@@ -137,9 +161,13 @@ impl Driver {
         options: Options,
         cmds: mpsc::Receiver<Command>,
         identity: roomcast_core::Identity,
+        gate: Arc<PublishGate>,
     ) -> Driver {
         let (ctl_tx, ctl_rx) = mpsc::unbounded();
         let n = hub.as_ref().map_or(0, |h| h.config().pool_size + 1);
+        let write_queue_bytes = hub.as_ref().map_or(WRITE_QUEUE_BYTES, |h| {
+            WRITE_QUEUE_BYTES.min(h.config().max_output_bytes)
+        });
         // Every log line of this instance carries its id; payloads and passwords never appear.
         let span = tracing::info_span!(
             "roomcast",
@@ -172,6 +200,9 @@ impl Driver {
                 round_now: None,
                 handles_gone: false,
                 done: false,
+                parked: VecDeque::new(),
+                gate,
+                write_queue_bytes,
             }),
         }
     }
@@ -194,6 +225,7 @@ impl Future for Driver {
             for i in 0..s.links.len() {
                 progress |= s.poll_write(i, cx);
             }
+            progress |= s.flush_parked();
             progress |= s.poll_timer(cx);
             progress |= s.drain();
             s.check_shutdown();
@@ -261,12 +293,16 @@ impl State {
         let now = self.now();
         match c {
             Command::Join { room, conn, reply } => {
-                let _ = reply.send(self.join(&room, &conn));
+                let _ =
+                    reply.send(not_reserved(&conn).and_then(|()| self.join(&room, &conn, false)));
             }
             Command::Observe { room, reply } => {
                 self.next_token += 1;
                 let conn = format!("{OBSERVER_PREFIX}observer-{}", self.next_token);
-                let _ = reply.send(self.join(&room, &conn).map(|inner| RoomStream { inner }));
+                let _ = reply.send(
+                    self.join(&room, &conn, true)
+                        .map(|inner| RoomStream { inner }),
+                );
             }
             Command::Leave {
                 room,
@@ -281,7 +317,7 @@ impl State {
             }
             Command::Disconnect { conn, reply } => {
                 let result = match &mut self.hub {
-                    Some(hub) => hub.disconnect(&conn).map_err(Error::from),
+                    Some(hub) => hub.disconnect(&conn, now).map_err(Error::from),
                     None => ConnId::new(&conn, roomcast_core::naming::DEFAULT_MAX_CONN_ID_BYTES)
                         .map_err(|e| {
                             Error::Member(roomcast_core::MemberError::InvalidConnection(e))
@@ -321,7 +357,7 @@ impl State {
                 let result = self
                     .attached(&conn, token)
                     .and_then(|()| match &mut self.hub {
-                        Some(hub) => hub.leave(&room, conn.as_str()).map_err(Error::from),
+                        Some(hub) => hub.leave(&room, conn.as_str(), now).map_err(Error::from),
                         None => self.leave(&room, conn.as_str(), Some(token)),
                     });
                 let _ = reply.send(result);
@@ -358,7 +394,7 @@ impl State {
             Command::Publish { msg, reply } => self.publish(msg, reply, now),
             Command::PublishBatch { msgs } => {
                 for msg in msgs {
-                    self.publish(msg, None, now);
+                    self.publish_quiet(msg, now);
                 }
             }
             Command::Query { query, reply } => {
@@ -396,7 +432,8 @@ impl State {
             .is_none_or(|h| h.health().all_ready() && (!h.config().presence || h.presence_ready()))
     }
 
-    fn join(&mut self, room: &str, conn: &str) -> Result<Membership, Error> {
+    /// Joins `conn` to `room`, as an observer (in no presence) if `observer`.
+    fn join(&mut self, room: &str, conn: &str, observer: bool) -> Result<Membership, Error> {
         if self.shutdown.is_some() {
             return Err(Error::Member(roomcast_core::MemberError::Shutdown));
         }
@@ -406,9 +443,14 @@ impl State {
                 held_by: "a Connection (Roomcast::connection)",
             });
         }
+        let now = self.now();
         let (room_id, conn_id, live) = match &mut self.hub {
             Some(hub) => {
-                let joined = hub.join(room, conn)?;
+                let joined = if observer {
+                    hub.observe(room, conn, now)?
+                } else {
+                    hub.join(room, conn, now)?
+                };
                 let room_id = hub.check_room(room)?;
                 let conn_id = ConnId::new(conn, hub.config().max_conn_id_bytes)
                     .map_err(roomcast_core::MemberError::InvalidConnection)?;
@@ -470,6 +512,7 @@ impl State {
         if self.shutdown.is_some() {
             return Err(Error::Member(roomcast_core::MemberError::Shutdown));
         }
+        not_reserved(conn)?;
         let max = self
             .hub
             .as_ref()
@@ -534,9 +577,12 @@ impl State {
             }
         };
         let names: Vec<&str> = rooms.iter().collect();
+        let now = self.now();
         if let Some(hub) = &mut self.hub {
             // All or nothing: the hub checks every id first.
-            return hub.join_many(&names, conn.as_str()).map_err(batch_error);
+            return hub
+                .join_many(&names, conn.as_str(), now)
+                .map_err(batch_error);
         }
         // Standalone: the same checks, then members sharing the connection's queue.
         let max = roomcast_core::naming::DEFAULT_MAX_ROOM_ID_BYTES;
@@ -589,9 +635,10 @@ impl State {
         if let Some(a) = self.conns.remove(conn) {
             a.queue.close();
         }
+        let now = self.now();
         match &mut self.hub {
             Some(hub) => {
-                if let Err(e) = hub.disconnect(conn.as_str()) {
+                if let Err(e) = hub.disconnect(conn.as_str(), now) {
                     warn!(%e, "detaching a connection failed");
                 }
             }
@@ -655,8 +702,9 @@ impl State {
                 return Ok(false);
             }
         }
+        let now = self.now();
         let left = match &mut self.hub {
-            Some(hub) => hub.leave(room, conn)?,
+            Some(hub) => hub.leave(room, conn, now)?,
             None => {
                 // Refuse what the hub would refuse, so both modes answer alike.
                 RoomId::new(room, roomcast_core::naming::DEFAULT_MAX_ROOM_ID_BYTES)
@@ -690,36 +738,79 @@ impl State {
         }
     }
 
-    fn publish(&mut self, msg: PubSubMessage, reply: Option<Reply<u64>>, now: Instant) {
-        let p = Publish {
-            room: &msg.room_id,
-            message_type: msg.message_type,
-            data: &msg.data,
-            exclude_connection: msg.exclude_connection.as_deref(),
-            timestamp: msg.timestamp,
-        };
+    /// A publish whose caller waits for Redis's answer: a refusal (backpressure included)
+    /// is answered at once.
+    fn publish(&mut self, msg: PubSubMessage, reply: Reply<u64>, now: Instant) {
         let result = match &mut self.hub {
-            // Nobody waits for a fire-and-forget publish's answer: no event for its success.
-            Some(hub) if reply.is_none() => hub.publish_quiet(&p, now),
-            Some(hub) => hub.publish(&p, now),
+            Some(hub) => hub.publish(&as_publish(&msg), now),
             None => {
-                let n = self.deliver_standalone(&msg);
-                if let Some(r) = reply {
-                    let _ = r.send(n);
-                }
+                let _ = reply.send(self.deliver_standalone(&msg));
                 return;
             }
         };
-        match (result, reply) {
-            (Ok(id), Some(r)) => {
-                self.publishes.insert(id, r);
+        match result {
+            Ok(id) => {
+                self.publishes.insert(id, reply);
             }
-            (Ok(_), None) => {}
-            (Err(e), Some(r)) => {
-                let _ = r.send(Err(Error::Publish(e)));
+            Err(e) => {
+                let _ = reply.send(Err(Error::Publish(e)));
             }
-            (Err(e), None) => warn!(error = %e, room = %msg.room_id, "publish refused"),
         }
+    }
+
+    /// A fire-and-forget publish from a `Publisher`: held, in order behind any held before,
+    /// while its link pushes back; publishers wait at the gate meanwhile.
+    fn publish_quiet(&mut self, msg: PubSubMessage, now: Instant) {
+        if !self.parked.is_empty() || !self.try_publish_quiet(&msg, now) {
+            self.parked.push_back(msg);
+            self.gate.set_blocked(true);
+        }
+    }
+
+    /// Hands a fire-and-forget publish to the core (nobody waits for its answer: no event
+    /// for its success). False if the core refused it for backpressure: the caller keeps it.
+    fn try_publish_quiet(&mut self, msg: &PubSubMessage, now: Instant) -> bool {
+        let result = match &mut self.hub {
+            Some(hub) => {
+                // A full link would refuse it (and count a refusal at every retry).
+                let link = hub.publish_link(&msg.room_id);
+                if hub.link_output(link) >= hub.config().max_output_bytes {
+                    return false;
+                }
+                hub.publish_quiet(&as_publish(msg), now).map(drop)
+            }
+            None => self.deliver_standalone(msg).map(drop).map_err(|e| match e {
+                Error::Publish(e) => e,
+                _ => PublishError::Shutdown,
+            }),
+        };
+        match result {
+            Err(PublishError::Backpressure { .. }) => return false,
+            Err(e) => warn!(error = %e, room = %msg.room_id, "publish refused"),
+            Ok(()) => {}
+        }
+        self.gate.release(publish_bytes(msg));
+        true
+    }
+
+    /// Retries the held publishes as their links drain; opens the gate once none is left.
+    fn flush_parked(&mut self) -> bool {
+        if self.parked.is_empty() {
+            return false;
+        }
+        let now = self.now();
+        let mut progress = false;
+        while let Some(msg) = self.parked.pop_front() {
+            if !self.try_publish_quiet(&msg, now) {
+                self.parked.push_front(msg);
+                break;
+            }
+            progress = true;
+        }
+        if self.parked.is_empty() {
+            self.gate.set_blocked(false);
+        }
+        progress
     }
 
     /// No Redis: deliver within this process.
@@ -859,11 +950,11 @@ impl State {
             Query::Metrics => QueryAnswer::Metrics(Box::new(match &self.hub {
                 Some(hub) => {
                     let mut m = hub.metrics();
-                    m.buffered_output += self
+                    m.adapter_output = self
                         .links
                         .iter()
                         .map(|l| match l {
-                            LinkIo::Open { wq, .. } => wq.iter().map(Bytes::len).sum(),
+                            LinkIo::Open { wq_bytes, .. } => *wq_bytes,
                             _ => 0,
                         })
                         .sum::<usize>();
@@ -1031,6 +1122,7 @@ impl State {
                                 io,
                                 rbuf: BytesMut::with_capacity(READ_CHUNK),
                                 wq: VecDeque::new(),
+                                wq_bytes: 0,
                             };
                             if let Some(hub) = &mut self.hub {
                                 hub.handle_connected(link, now);
@@ -1089,8 +1181,12 @@ impl State {
 
     fn poll_write(&mut self, i: usize, cx: &mut Context<'_>) -> bool {
         let mut progress = false;
+        let link = LinkId(i as u16);
         loop {
-            let LinkIo::Open { io, wq, .. } = &mut self.links[i] else {
+            let LinkIo::Open {
+                io, wq, wq_bytes, ..
+            } = &mut self.links[i]
+            else {
                 return progress;
             };
             let Some(front) = wq.front_mut() else {
@@ -1107,10 +1203,16 @@ impl State {
                 }
                 Poll::Ready(Ok(n)) => {
                     progress = true;
-                    if n >= front.len() {
+                    let n = n.min(front.len());
+                    if n == front.len() {
                         wq.pop_front();
                     } else {
                         let _ = front.split_to(n);
+                    }
+                    *wq_bytes -= n;
+                    let now = self.now();
+                    if let Some(hub) = &mut self.hub {
+                        hub.handle_written(link, n, now);
                     }
                 }
                 Poll::Ready(Err(e)) => {
@@ -1182,10 +1284,19 @@ impl State {
                 }
             }
         }
-        while let Some(tx) = hub.poll_transmit() {
-            progress = true;
-            if let LinkIo::Open { wq, .. } = &mut self.links[tx.link.0 as usize] {
-                wq.push_back(tx.bytes);
+        // Each link's output, only while its write queue is short: the rest waits in the core
+        // (see the core's docs on backpressure).
+        for (i, l) in self.links.iter_mut().enumerate() {
+            let LinkIo::Open { wq, wq_bytes, .. } = l else {
+                continue;
+            };
+            while *wq_bytes < self.write_queue_bytes {
+                let Some(bytes) = hub.poll_transmit_link(LinkId(i as u16)) else {
+                    break;
+                };
+                progress = true;
+                *wq_bytes += bytes.len();
+                wq.push_back(bytes);
             }
         }
         let mut any = false;
@@ -1371,4 +1482,22 @@ fn tls_connect(
             "rediss:// needs TLS: build roomcast with the `tls` feature",
         ))
     })
+}
+
+impl Drop for Driver {
+    /// Publishers waiting at the gate wake up and find the driver gone.
+    fn drop(&mut self) {
+        self.state.gate.close();
+    }
+}
+
+/// The core's view of a message to publish.
+fn as_publish(msg: &PubSubMessage) -> Publish<'_> {
+    Publish {
+        room: &msg.room_id,
+        message_type: msg.message_type,
+        data: &msg.data,
+        exclude_connection: msg.exclude_connection.as_deref(),
+        timestamp: msg.timestamp,
+    }
 }

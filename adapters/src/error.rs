@@ -34,6 +34,12 @@ pub enum Error {
         /// What holds it.
         held_by: &'static str,
     },
+    /// A connection id in the namespace of the room observers
+    /// ([`crate::Roomcast::subscribe_room`]): ids starting with U+FFFF are theirs.
+    ReservedConnection {
+        /// The connection id.
+        conn: String,
+    },
     /// The instance is shut down (or its driver is no longer polled).
     Closed,
 }
@@ -56,6 +62,11 @@ impl fmt::Display for Error {
                 f,
                 "connection id {conn:?} is already held by {held_by}; drop that first, or use \
                  one API (Roomcast::connection or Roomcast::join) per connection id"
+            ),
+            Error::ReservedConnection { conn } => write!(
+                f,
+                "connection id {conn:?} starts with U+FFFF, which is reserved for room observers \
+                 (Roomcast::subscribe_room); choose an id that does not start with it"
             ),
             Error::Closed => write!(
                 f,

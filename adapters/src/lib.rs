@@ -22,6 +22,17 @@
 //! The protocol lives in [`roomcast_core`] (sans-IO); this crate adds one driver loop written
 //! against a small [`runtime::Runtime`] trait, with tokio and async-io (async-std, smol)
 //! implementations, and the async handle API.
+//!
+//! ## Backpressure
+//!
+//! Bytes on their way to Redis are bounded per link by `Config::max_output_bytes`, counting
+//! what the core holds and what the driver's socket write queue holds together (the driver
+//! takes a link's output only while that queue is short). When a room's link is full because
+//! Redis or the network is not keeping up, [`Roomcast::publish`] fails at once with
+//! `Error::Publish(PublishError::Backpressure { .. })` (nothing queued; retry later), while a
+//! [`Publisher`] waits: its `send` does not complete and, as a `Sink`, its `poll_ready` stays
+//! pending until the link drains. `Metrics::max_link_output`, `Metrics::buffered_output` (the
+//! core) and `Metrics::adapter_output` (the driver's write queues) show where the bytes are.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -147,12 +158,20 @@ impl Builder {
         };
         let (tx, rx) = mpsc::channel(self.options.command_queue.max(1));
         let publish_batch = self.options.publish_batch;
-        let driver = Driver::new(runtime, hub, self.options, rx, identity);
+        // Publishers hand the driver at most what one link may hold (one batch over).
+        let gate_limit = hub
+            .as_ref()
+            .map_or(Config::default().max_output_bytes, |h| {
+                h.config().max_output_bytes
+            });
+        let gate = Arc::new(handle::PublishGate::new(gate_limit));
+        let driver = Driver::new(runtime, hub, self.options, rx, identity, gate.clone());
         Ok((
             Roomcast {
                 tx,
                 identity,
                 publish_batch,
+                gate,
             },
             driver,
         ))

@@ -117,7 +117,7 @@ fn publish_loop(n: u64, local_first: bool) {
     };
     let mut rig = Rig::ready(config);
     if local_first {
-        rig.hub.join(ROOM, "member-1").expect("join");
+        rig.hub.join(ROOM, "member-1", rig.now).expect("join");
         rig.serve();
     }
     let link = rig.hub.publish_link(ROOM);

@@ -49,7 +49,9 @@ fn measure(rooms: usize, shared_conn: bool) {
         } else {
             format!("c{i}")
         };
-        rig.hub.join(&format!("room/{i}"), &conn).expect("join");
+        rig.hub
+            .join(&format!("room/{i}"), &conn, rig.now)
+            .expect("join");
         if i % 4096 == 4095 {
             rig.serve();
         }

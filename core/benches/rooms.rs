@@ -65,12 +65,12 @@ fn rooms(c: &mut Criterion) {
             },
             |(i, (mut sub, mut unsub))| {
                 let room = names[i].as_str();
-                rig.hub.join(room, "extra-conn").expect("join");
+                rig.hub.join(room, "extra-conn", rig.now).expect("join");
                 while let Some(tx) = rig.hub.poll_transmit() {
                     black_box(tx);
                 }
                 rig.hub.handle_input(SUBSCRIBER, &mut sub, rig.now);
-                rig.hub.leave(room, "extra-conn").expect("leave");
+                rig.hub.leave(room, "extra-conn", rig.now).expect("leave");
                 while let Some(tx) = rig.hub.poll_transmit() {
                     black_box(tx);
                 }
@@ -94,8 +94,8 @@ fn rooms(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % names.len();
             let room = names[i].as_str();
-            rig.hub.join(room, "extra-conn").expect("join");
-            rig.hub.leave(room, "extra-conn").expect("leave");
+            rig.hub.join(room, "extra-conn", rig.now).expect("join");
+            rig.hub.leave(room, "extra-conn", rig.now).expect("leave");
             while let Some(tx) = rig.hub.poll_transmit() {
                 black_box(tx);
             }
@@ -108,8 +108,8 @@ fn rooms(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % live.len();
             let room = live[i].as_str();
-            black_box(rig.hub.join(room, "second").expect("join"));
-            black_box(rig.hub.leave(room, "second").expect("leave"));
+            black_box(rig.hub.join(room, "second", rig.now).expect("join"));
+            black_box(rig.hub.leave(room, "second", rig.now).expect("leave"));
             while let Some(tx) = rig.hub.poll_transmit() {
                 black_box(tx);
             }

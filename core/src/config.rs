@@ -157,14 +157,25 @@ pub struct Config {
     pub max_queued_publishes: usize,
     /// Most publishes written to one link and not yet confirmed (default 4,096).
     pub max_inflight_publishes: usize,
+    /// Most bytes of PUBLISH frames written to one link and not yet confirmed (default
+    /// 64 MiB; one frame may go over it): each is kept until Redis answers, for a resend if
+    /// the link breaks. Beyond it publishes wait in the link's queue, as beyond
+    /// `max_inflight_publishes`.
+    pub max_inflight_bytes: usize,
     /// Most publishing origins tracked per room for duplicate and gap detection (default 256);
     /// the least recently seen is forgotten first (its next message is a new baseline).
     pub max_origins_per_room: usize,
     /// Most rooms with a publish sequence kept (default 100,000); beyond it an idle one is
     /// forgotten and restarts under a new epoch (receivers see a new baseline, not a gap).
     pub max_publish_streams: usize,
-    /// Most bytes queued for one link before the adapter takes them (default 64 MiB).
+    /// Most bytes held for one link on their way to Redis, in the hub and in the adapter's
+    /// write queue together (default 64 MiB): a publish to a link that holds this many is
+    /// refused with `PublishError::Backpressure` (one frame may go over it). See the `Hub`
+    /// docs on backpressure.
     pub max_output_bytes: usize,
+    /// Most bytes of publishes waiting for a link (down, or at its in-flight bound) across all
+    /// links (default 64 MiB); beyond it `publish` is refused with `QueueBytesFull`.
+    pub max_queued_bytes: usize,
     /// How long opening a link and its handshake may take (default 5 s).
     pub connect_timeout: Duration,
     /// How long any request may wait for its reply before the link is declared dead and
@@ -217,9 +228,11 @@ impl Default for Config {
             max_subscriptions_in_flight: 8192,
             max_queued_publishes: 10_000,
             max_inflight_publishes: 4096,
+            max_inflight_bytes: 64 << 20,
             max_origins_per_room: 256,
             max_publish_streams: 100_000,
             max_output_bytes: 64 << 20,
+            max_queued_bytes: 64 << 20,
             connect_timeout: Duration::from_secs(5),
             reply_timeout: Duration::from_secs(5),
             keepalive_interval: Duration::from_secs(2),
@@ -371,6 +384,7 @@ impl Config {
                 self.max_subscriptions_in_flight,
             ),
             ("max_inflight_publishes", self.max_inflight_publishes),
+            ("max_inflight_bytes", self.max_inflight_bytes),
             ("max_origins_per_room", self.max_origins_per_room),
             ("max_publish_streams", self.max_publish_streams),
         ] {
@@ -386,6 +400,12 @@ impl Config {
         }
         if self.max_output_bytes < self.max_frame_bytes {
             return Err(bad("max_output_bytes", "must be at least max_frame_bytes"));
+        }
+        if self.max_queued_bytes < self.max_envelope_bytes {
+            return Err(bad(
+                "max_queued_bytes",
+                "must be at least max_envelope_bytes so that one message of the largest size can wait for its link",
+            ));
         }
         for (field, d) in [
             ("connect_timeout", self.connect_timeout),

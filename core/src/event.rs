@@ -280,8 +280,6 @@ pub enum LinkError {
     Deaf,
     /// Redis sent something that is not RESP, or over a limit.
     Protocol(String),
-    /// The adapter did not take queued output in time (over `max_output_bytes`).
-    OutputOverflow,
     /// The hub is shutting down.
     Shutdown,
 }
@@ -311,10 +309,6 @@ impl fmt::Display for LinkError {
                 "the subscriber link stopped receiving messages (probe lost); it was reopened"
             ),
             LinkError::Protocol(e) => write!(f, "bad data from Redis: {e}; the link was reopened"),
-            LinkError::OutputOverflow => write!(
-                f,
-                "the adapter did not send queued output (over max_output_bytes); the link was reopened"
-            ),
             LinkError::Shutdown => write!(f, "the hub is shutting down"),
         }
     }
@@ -342,6 +336,24 @@ pub enum PublishError {
         /// The limit.
         max: usize,
     },
+    /// The publishes waiting for their links would hold more than `max_queued_bytes`.
+    QueueBytesFull {
+        /// Bytes queued now.
+        queued: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The room's link is up but holds `max_output_bytes` for Redis already (in the hub and
+    /// the adapter's write queue together): Redis or the network is not keeping up. Nothing
+    /// was queued; the same publish can be retried once the link drains.
+    Backpressure {
+        /// The room's publish link.
+        link: LinkId,
+        /// Bytes held for it now.
+        held: usize,
+        /// The limit (`max_output_bytes`).
+        max: usize,
+    },
     /// The hub is shut down.
     Shutdown,
     /// The link broke after the publish was written and before Redis confirmed it; it may or
@@ -363,6 +375,14 @@ impl fmt::Display for PublishError {
             PublishError::QueueFull { max } => write!(
                 f,
                 "{max} publishes are already waiting for Redis (max_queued_publishes); retry later or raise the limit"
+            ),
+            PublishError::QueueBytesFull { queued, max } => write!(
+                f,
+                "{queued} bytes of publishes are already waiting for Redis (max_queued_bytes = {max}); retry later or raise the limit"
+            ),
+            PublishError::Backpressure { link, held, max } => write!(
+                f,
+                "link {link} already holds {held} bytes for Redis (max_output_bytes = {max}): Redis or the network is not keeping up; wait and retry (a Publisher waits for you), publish less, or raise max_output_bytes"
             ),
             PublishError::Shutdown => write!(f, "the hub is shut down; no more publishes"),
             PublishError::OutcomeUnknown => write!(

@@ -13,7 +13,7 @@
 //! let now = Instant::now();
 //! let id = Identity { instance: InstanceId(0x1234), epoch: 1 };
 //! let mut hub = Hub::new(Config::default(), id, now).unwrap();
-//! hub.join("hub/abc", "conn-1").unwrap();
+//! hub.join("hub/abc", "conn-1", now).unwrap();
 //! hub.publish(&Publish {
 //!     room: "hub/abc",
 //!     message_type: MessageType::Broadcast,

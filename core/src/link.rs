@@ -41,6 +41,16 @@ pub(crate) struct Outgoing {
     pub bytes: Queued,
 }
 
+impl Outgoing {
+    /// The bytes it holds while queued (counted against `max_queued_bytes`).
+    pub(crate) fn len(&self) -> usize {
+        match &self.bytes {
+            Queued::Body { body, .. } => body.len(),
+            Queued::Frame(frame) => frame.len(),
+        }
+    }
+}
+
 /// The bytes a queued publish is written from.
 #[derive(Debug)]
 pub(crate) enum Queued {
@@ -113,6 +123,19 @@ pub(crate) enum Step {
     SetName,
 }
 
+/// A link's timers. At most one is armed at a time ([`Link::timer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkTimer {
+    /// Backoff is over: open the connection again.
+    Reconnect,
+    /// Opening and handshake took `connect_timeout`: the link failed.
+    Connect,
+    /// The oldest request went `reply_timeout` without its reply: the link failed.
+    Reply,
+    /// Nothing was read for `keepalive_interval` and nothing is outstanding: send a PING.
+    Keepalive,
+}
+
 #[derive(Debug)]
 pub(crate) struct Link {
     pub id: LinkId,
@@ -137,9 +160,15 @@ pub(crate) struct Link {
     /// Publishes waiting for this link (already-sequenced re-sends first).
     pub queue: VecDeque<Outgoing>,
     pub inflight_publishes: usize,
+    /// Bytes of the PUBLISH frames of `inflight_publishes`: kept for a resend until
+    /// answered (bounded by `max_inflight_bytes` plus one frame).
+    pub inflight_bytes: usize,
     pub last_pong: Option<Instant>,
     /// Bytes of a partial frame the adapter holds for this link, as of the last input.
     pub held_input: usize,
+    /// Bytes handed out by `Hub::poll_transmit_link` that the adapter has not reported
+    /// written yet (its write queue for this link).
+    pub unwritten: usize,
 }
 
 impl Link {
@@ -161,8 +190,10 @@ impl Link {
             last_error: None,
             queue: VecDeque::new(),
             inflight_publishes: 0,
+            inflight_bytes: 0,
             last_pong: None,
             held_input: 0,
+            unwritten: 0,
         }
     }
 
@@ -223,11 +254,20 @@ impl Link {
         self.out.len() + self.sealed_len
     }
 
-    /// Drops everything not handed out yet (the link is gone or starts over).
+    /// Bytes held for this link on their way to Redis: in the hub and in the adapter's write
+    /// queue (bounded by `max_output_bytes` plus one frame).
+    #[inline]
+    pub(crate) fn held_output(&self) -> usize {
+        self.buffered() + self.unwritten
+    }
+
+    /// Drops everything not handed out yet (the link is gone or starts over; the adapter
+    /// drops its write queue with the connection).
     pub(crate) fn clear_output(&mut self) {
         self.out.clear();
         self.sealed.clear();
         self.sealed_len = 0;
+        self.unwritten = 0;
     }
 
     /// Makes room for `len` more bytes in `out`. When the block is full, what it holds is
@@ -262,9 +302,27 @@ impl Link {
             end: self.out.len(),
         };
         self.inflight_publishes += 1;
+        self.inflight_bytes += self.out.len() - start;
         self.unsent_frames += 1;
         self.fifo
             .push_back((now, Request::Publish(Written { id, frame })));
+    }
+
+    /// Redis answered a publish written on this link: it is no longer in flight.
+    #[inline]
+    pub(crate) fn publish_answered(&mut self, w: &Written) {
+        self.inflight_publishes -= 1;
+        let len = match &w.frame {
+            Frame::Unsent { start, end } => end - start,
+            Frame::Sent(frame) => frame.len(),
+        };
+        self.inflight_bytes = self.inflight_bytes.saturating_sub(len);
+    }
+
+    /// Nothing is in flight any more (the link failed or closed).
+    pub(crate) fn forget_inflight(&mut self) {
+        self.inflight_publishes = 0;
+        self.inflight_bytes = 0;
     }
 
     /// Hands out everything written since the last call as one chunk, and gives each publish
@@ -274,7 +332,8 @@ impl Link {
     /// Memory: a slice keeps the allocation under its chunk alive until its publish is
     /// confirmed or failed. Replies come in order, so the allocations held are the one with
     /// the oldest unconfirmed publish and those after it: beyond the unconfirmed frames
-    /// themselves (at most `max_inflight_publishes`, each within `max_envelope_bytes`), about
+    /// themselves (at most `max_inflight_publishes`, and `max_inflight_bytes` plus one frame
+    /// in all), about
     /// one output block or chunk (a chunk is what `out` held, below `max_output_bytes` plus
     /// one frame). That is what the private copies of each body this replaced held, plus
     /// one buffer.
@@ -310,16 +369,20 @@ impl Link {
             .any(|(_, r)| matches!(r, Request::Handshake(_)))
     }
 
-    /// The next instant this link needs attention, given the hub's timers.
-    pub(crate) fn deadline(&self, config: &Config) -> Option<Instant> {
+    /// The link's one armed timer, by name, and when it fires: its state decides which.
+    /// The only place a link's deadlines are computed.
+    pub(crate) fn timer(&self, config: &Config) -> Option<(LinkTimer, Instant)> {
         match self.state {
-            LinkState::Backoff { until } => Some(until),
+            LinkState::Backoff { until } => Some((LinkTimer::Reconnect, until)),
             LinkState::Connecting { since } | LinkState::Handshaking { since } => {
-                Some(since + config.connect_timeout)
+                Some((LinkTimer::Connect, since + config.connect_timeout))
             }
             LinkState::Ready => Some(match self.fifo.front() {
-                Some((sent, _)) => *sent + config.reply_timeout,
-                None => self.last_input + config.keepalive_interval,
+                Some((sent, _)) => (LinkTimer::Reply, *sent + config.reply_timeout),
+                None => (
+                    LinkTimer::Keepalive,
+                    self.last_input + config.keepalive_interval,
+                ),
             }),
             LinkState::Closed => None,
         }

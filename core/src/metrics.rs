@@ -25,14 +25,25 @@ pub struct Metrics {
     /// a frame over the limit is refused, or for a message skipped unread, as soon as its
     /// size is known.
     pub buffered_input: usize,
-    /// Gauge: bytes for Redis not yet written: [`crate::Hub::buffered_output`], plus what the
-    /// async adapter has queued for its sockets when the snapshot comes from it.
+    /// Gauge: bytes for Redis in the hub, not handed out yet ([`crate::Hub::buffered_output`]).
     pub buffered_output: usize,
+    /// Gauge: bytes handed out by `Hub::poll_transmit_link` and not yet reported written
+    /// (`Hub::handle_written`): the adapter's socket write queues, as the hub counts them.
+    pub unwritten_output: usize,
+    /// Gauge: the most bytes held for any one link on their way to Redis, in the hub and the
+    /// adapter together: at most `max_output_bytes` plus one frame.
+    pub max_link_output: usize,
+    /// Gauge: bytes in the async adapter's socket write queues, as the adapter counts them
+    /// (0 in snapshots taken from the hub itself).
+    pub adapter_output: usize,
+    /// Gauge: bytes of the publishes waiting for a link (at most `max_queued_bytes`).
+    pub queued_bytes: usize,
     /// Publishes accepted by `publish`.
     pub published: u64,
     /// Publishes Redis confirmed.
     pub publish_confirmed: u64,
-    /// Publishes refused by `publish` (invalid, too large, queue full, shut down).
+    /// Publishes refused by `publish` (invalid, too large, backpressure, queue full, shut
+    /// down).
     pub publish_refused: u64,
     /// Accepted publishes that failed later (server error, outcome unknown, shutdown).
     pub publish_failed: u64,

@@ -42,11 +42,6 @@ pub const DEFAULT_MAX_CONN_ID_BYTES: usize = 256;
 /// Default channel prefix, the one the GraphWiz design used (`REDIS_CHANNEL_PREFIX`).
 pub const DEFAULT_CHANNEL_PREFIX: &str = "graphwiz";
 
-/// Connection ids that start with this character (a Unicode non-character) are internal
-/// observers, like the adapter's room streams: they subscribe a room but are not members in
-/// presence and make no presence events.
-pub const OBSERVER_PREFIX: char = '\u{FFFF}';
-
 /// Longest channel prefix [`ChannelNamer::new`] accepts, in bytes.
 pub const MAX_PREFIX_BYTES: usize = 256;
 

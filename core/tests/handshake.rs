@@ -221,7 +221,7 @@ fn stray_messages_and_server_unsubscribes_are_handled_on_the_live_link() {
     open_all(&mut hub, now);
     let _ = sent(&mut hub, SUBSCRIBER);
     feed(&mut hub, SUBSCRIBER, b"+OK\r\n", now);
-    hub.join("r", "a").unwrap();
+    hub.join("r", "a", now).unwrap();
     let _ = sent(&mut hub, SUBSCRIBER);
     let ctl = b"graphwiz:ctl:0000000000000007";
     let mut confirm = format!("*3\r\n$9\r\nsubscribe\r\n${}\r\n", ctl.len()).into_bytes();

@@ -757,6 +757,14 @@ async fn presence_every_instance_same_answer(rt: Rt) {
     ] {
         keep.push(nodes[n].join(room, conn).await.unwrap());
     }
+    // A room stream is an observer: it is nobody in presence. Its id namespace is the
+    // driver's own: an application's id in it is refused.
+    let _observer = nodes[0].subscribe_room("lobby").await.unwrap();
+    let reserved = nodes[0].join("lobby", "\u{FFFF}observer-1").await;
+    assert!(
+        matches!(reserved, Err(roomcast::Error::ReservedConnection { .. })),
+        "{reserved:?}"
+    );
     let mut want = vec![
         (nodes[0].instance(), "a".to_string()),
         (nodes[1].instance(), "b".to_string()),

@@ -120,7 +120,7 @@ fn publish<'a>(room: &'a str, data: &'a [u8], exclude: Option<&'a str>) -> Publi
 #[test]
 fn hub_refuses_bad_room_ids_everywhere() {
     let (mut hub, now) = hub();
-    hub.join("lobby", "c1").unwrap();
+    hub.join("lobby", "c1", now).unwrap();
     let _ = hub.poll_transmit();
     while hub.poll_event().is_some() {}
     let before = snapshot(&mut hub);
@@ -130,11 +130,11 @@ fn hub_refuses_bad_room_ids_everywhere() {
             Err(MemberError::InvalidRoom(want.clone()))
         );
         assert_eq!(
-            hub.join(&id, "c1"),
+            hub.join(&id, "c1", now),
             Err(MemberError::InvalidRoom(want.clone()))
         );
         assert_eq!(
-            hub.leave(&id, "c1"),
+            hub.leave(&id, "c1", now),
             Err(MemberError::InvalidRoom(want.clone()))
         );
         assert_eq!(
@@ -157,16 +157,16 @@ fn hub_refuses_bad_room_ids_everywhere() {
 #[test]
 fn hub_refuses_bad_connection_ids_everywhere() {
     let (mut hub, now) = hub();
-    hub.join("lobby", "c1").unwrap();
+    hub.join("lobby", "c1", now).unwrap();
     let _ = hub.poll_transmit();
     while hub.poll_event().is_some() {}
     let before = snapshot(&mut hub);
     for (id, want) in bad_ids(IdKind::Connection) {
         let member = MemberError::InvalidConnection(want.clone());
-        assert_eq!(hub.join("lobby", &id), Err(member.clone()));
-        assert_eq!(hub.join("fresh", &id), Err(member.clone()));
-        assert_eq!(hub.leave("lobby", &id), Err(member.clone()));
-        assert_eq!(hub.disconnect(&id), Err(member));
+        assert_eq!(hub.join("lobby", &id, now), Err(member.clone()));
+        assert_eq!(hub.join("fresh", &id, now), Err(member.clone()));
+        assert_eq!(hub.leave("lobby", &id, now), Err(member.clone()));
+        assert_eq!(hub.disconnect(&id, now), Err(member));
         assert_eq!(
             hub.publish(&publish("lobby", b"x", Some(&id)), now),
             Err(PublishError::InvalidExclude(want.clone()))
@@ -228,13 +228,13 @@ fn hub_refuses_payloads_over_the_maximum_without_using_a_number() {
 #[test]
 fn hub_refuses_everything_after_shutdown() {
     let (mut hub, now) = hub();
-    hub.join("lobby", "c1").unwrap();
+    hub.join("lobby", "c1", now).unwrap();
     hub.begin_shutdown(now);
     while hub.poll_event().is_some() {}
     let _ = hub.poll_transmit();
     let before = snapshot(&mut hub);
-    assert_eq!(hub.join("lobby", "c2"), Err(MemberError::Shutdown));
-    assert_eq!(hub.join("", ""), Err(MemberError::Shutdown));
+    assert_eq!(hub.join("lobby", "c2", now), Err(MemberError::Shutdown));
+    assert_eq!(hub.join("", "", now), Err(MemberError::Shutdown));
     assert_eq!(
         hub.publish(&publish("lobby", b"late", None), now),
         Err(PublishError::Shutdown)
@@ -246,7 +246,7 @@ fn hub_refuses_everything_after_shutdown() {
         hub.publish(&publish("lobby", b"later", None), now),
         Err(PublishError::Shutdown)
     );
-    assert_eq!(hub.join("lobby", "c3"), Err(MemberError::Shutdown));
+    assert_eq!(hub.join("lobby", "c3", now), Err(MemberError::Shutdown));
 }
 
 #[test]

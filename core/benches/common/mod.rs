@@ -104,7 +104,7 @@ impl Rig {
     pub fn join_live(&mut self, prefix: &str, rooms: usize) {
         for i in 0..rooms {
             self.hub
-                .join(&format!("{prefix}{i}"), &format!("c{i}"))
+                .join(&format!("{prefix}{i}"), &format!("c{i}"), self.now)
                 .expect("join");
             // Serve as we go so that no more than the in-flight bound waits.
             if i % 4096 == 4095 {

@@ -22,16 +22,17 @@ impl Hub {
         l.fifo.push_back((now, Request::Ping { user }));
     }
 
-    pub(super) fn flush_subscriptions(&mut self) {
+    /// Writes the subscription changes of this turn, stamped `now` (the latest `now` seen:
+    /// that of the call that made them).
+    pub(super) fn flush_subscriptions(&mut self, now: Instant) {
         if !self.links[0].is_ready() {
             return;
         }
-        if self.control_state == RoomState::Pending && !self.closed {
+        if self.control.subscribe_now(self.closed) {
             let l = &mut self.links[0];
-            encode_command(&mut l.out, &[b"SUBSCRIBE", &self.control]);
+            encode_command(&mut l.out, &[b"SUBSCRIBE", &self.control.channel]);
             l.fifo
-                .push_back((self.now, Request::Subscription { remaining: 1 }));
-            self.control_state = RoomState::Subscribing;
+                .push_back((now, Request::Subscription { remaining: 1 }));
         }
         let (sub, unsub) = self
             .rooms
@@ -47,7 +48,7 @@ impl Hub {
                     encode_bulk(&mut l.out, &self.scratch);
                 }
                 l.fifo.push_back((
-                    self.now,
+                    now,
                     Request::Subscription {
                         remaining: chunk.len(),
                     },
@@ -80,7 +81,7 @@ impl Hub {
         }
         l.clear_output();
         l.held_input = 0;
-        l.inflight_publishes = 0;
+        l.forget_inflight();
         let fifo = std::mem::take(&mut l.fifo);
         let mut resend = Vec::new();
         let mut presence_lost = Vec::new();
@@ -95,7 +96,7 @@ impl Hub {
                     // not be resent.
                     _ => self.fail_publish(w.id, PublishError::OutcomeUnknown),
                 },
-                Request::Probe { .. } => self.probe = None,
+                Request::Probe { .. } => self.prober.abandon(),
                 Request::Presence(p) => presence_lost.push(p),
                 _ => {}
             }
@@ -105,12 +106,13 @@ impl Hub {
         }
         let l = &mut self.links[idx];
         self.queued_total += resend.len();
+        self.queued_bytes += resend.iter().map(Outgoing::len).sum::<usize>();
         for o in resend.into_iter().rev() {
             l.queue.push_front(o);
         }
         if role == LinkRole::Subscriber {
-            self.probe = None;
-            self.control_state = RoomState::Pending;
+            self.prober.abandon();
+            self.control.link_lost();
             let (live, _wanted) = self.rooms.on_link_lost();
             for room in &live {
                 self.events.push_back(Event::RoomNotLive {
@@ -163,48 +165,37 @@ impl Hub {
     pub(super) fn probe_possible(&self) -> bool {
         !self.closed
             && self.links[0].is_ready()
-            && self.control_state == RoomState::Live
+            && self.control.is_live()
             && self.links[1..].iter().any(Link::is_ready)
     }
 
     pub(super) fn probe_timers(&mut self, now: Instant) {
-        if let Some(p) = &self.probe {
-            if let Some(c) = p.confirmed {
-                if now >= c + self.config.probe_timeout {
-                    self.probe = None;
-                    self.metrics.deaf_detected += 1;
-                    if self.links[0].is_ready() {
-                        self.link_failed(0, LinkError::Deaf, true, now);
-                    }
-                }
+        if self.prober.timed_out(now, self.config.probe_timeout) {
+            self.prober.abandon();
+            self.metrics.deaf_detected += 1;
+            if self.links[0].is_ready() {
+                self.link_failed(0, LinkError::Deaf, true, now);
             }
             return;
         }
-        if now < self.next_probe || !self.probe_possible() {
+        if !self.prober.due(now) || !self.probe_possible() {
             return;
         }
         // Prefer the link after the last one used, so every publish link takes a turn.
         let n = self.links.len() - 1;
-        let start = (self.next_probe_token as usize) % n;
+        let start = (self.prober.next_token() as usize) % n;
         let Some(idx) = (0..n)
             .map(|k| 1 + (start + k) % n)
             .find(|&i| self.links[i].is_ready())
         else {
             return;
         };
-        let token = self.next_probe_token;
-        self.next_probe_token += 1;
+        let token = self.prober.start(now, self.config.probe_interval);
         let mut payload = Vec::with_capacity(14);
         payload.extend_from_slice(PROBE_MAGIC);
         payload.extend_from_slice(&token.to_le_bytes());
         let l = &mut self.links[idx];
-        encode_command(&mut l.out, &[b"PUBLISH", &self.control, &payload]);
+        encode_command(&mut l.out, &[b"PUBLISH", &self.control.channel, &payload]);
         l.fifo.push_back((now, Request::Probe { token }));
-        self.probe = Some(Probe {
-            token,
-            sent: now,
-            confirmed: None,
-        });
-        self.next_probe = now + self.config.probe_interval;
     }
 }

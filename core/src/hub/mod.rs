@@ -1,19 +1,26 @@
 //! The façade: one [`Hub`] per instance owns every link, room and publish.
 //!
 //! This file holds the public surface (getters, inputs, commands, outputs); the work is in
-//! `publish` (sending), `receive` (frames from Redis) and `links` (link life and probes).
+//! `publish` (sending), `receive` (frames from Redis), `links` (link life and
+//! subscriptions) and `presence`. Parts with their own state and invariants, each tested
+//! alone: `sequence` (publish ids and per-room sequence numbers), `probe` (the subscriber's
+//! liveness probe), `control` (the control channel's subscription), `presence::PresenceState`
+//! and `timer` (every deadline by name, computed in one place).
 
+mod control;
 mod links;
 mod presence;
+mod probe;
 mod publish;
 mod receive;
+mod sequence;
+mod timer;
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use foldhash::fast::FixedState;
-use hashbrown::HashMap;
 
 use crate::config::{Config, ConfigError, DeliveryMode, UnconfirmedPolicy};
 use crate::envelope::{self, InstanceId, MessageType, Trailer, TRAILER_LEN};
@@ -32,7 +39,7 @@ use crate::rooms::{Rooms, SeqCheck, Transition};
 /// The subscriber link.
 pub const SUBSCRIBER: LinkId = LinkId(0);
 
-const PROBE_MAGIC: &[u8; 6] = b"\0probe";
+use probe::PROBE_MAGIC;
 
 /// Who this instance is. The adapter draws both from OS randomness at start; tests fix them.
 /// Two instances with the same id would drop each other's messages as their own echo.
@@ -142,34 +149,42 @@ impl Health {
     }
 }
 
-#[derive(Debug)]
-struct Stream {
-    epoch: u64,
-    next: u64,
-}
-
-#[derive(Debug)]
-struct Probe {
-    token: u64,
-    sent: Instant,
-    confirmed: Option<Instant>,
-}
-
 /// The sans-IO state machine of one roomcast instance.
 ///
 /// Methods come in four groups, as in quinn-proto:
 /// - **getters**: [`Hub::room_state`], [`Hub::members`], [`Hub::metrics`], [`Hub::health`], ...
 /// - **inputs** from the adapter: [`Hub::handle_connected`], [`Hub::handle_input`],
-///   [`Hub::handle_disconnected`], [`Hub::handle_timeout`];
-/// - **commands** from the application: [`Hub::join`], [`Hub::leave`], [`Hub::disconnect`],
-///   [`Hub::publish`], [`Hub::ping`], [`Hub::begin_shutdown`], [`Hub::close`];
-/// - **outputs**: [`Hub::poll_transmit`], [`Hub::poll_link_request`], [`Hub::poll_event`],
-///   [`Hub::poll_timeout`].
+///   [`Hub::handle_written`], [`Hub::handle_disconnected`], [`Hub::handle_timeout`];
+/// - **commands** from the application: [`Hub::join`], [`Hub::join_many`], [`Hub::observe`],
+///   [`Hub::leave`], [`Hub::disconnect`], [`Hub::publish`], [`Hub::query_presence`],
+///   [`Hub::ping`], [`Hub::begin_shutdown`], [`Hub::close`];
+/// - **outputs**: [`Hub::poll_transmit`] (or [`Hub::poll_transmit_link`] per link),
+///   [`Hub::poll_link_request`], [`Hub::poll_event`], [`Hub::poll_timeout`].
 ///
 /// After every input or command the caller MUST drain `poll_link_request`, `poll_transmit`
 /// and `poll_event` until they return `None`, and then wait for I/O or for the instant
 /// `poll_timeout` names. The hub never reads a clock: every `now` is an argument, and a `now`
 /// earlier than one seen before is treated as that one.
+///
+/// **Time.** Every input and every command that can cause output or a deadline takes `now`
+/// (joins, leaves and disconnects too: their SUBSCRIBE, UNSUBSCRIBE, presence writes and
+/// presence events are timed work); outputs and getters take none. A request's reply timer
+/// starts at the `now` of the call that caused it: what `poll_transmit` batches (the
+/// subscription changes of a turn) is stamped with the `now` of the latest input or command,
+/// which, drained as above, is the call that made the change. So a caller may call
+/// [`Hub::handle_timeout`] only at the instants `poll_timeout` names, however long it was
+/// idle before a command, and no request is ever stamped in the past.
+///
+/// **Backpressure.** `max_output_bytes` bounds the bytes held for one link on their way to
+/// Redis, in the hub and in the adapter together (one frame may go over it). An adapter with
+/// a write queue per socket pulls with [`Hub::poll_transmit_link`] only while that queue is
+/// short, and reports what the socket took with [`Hub::handle_written`]; the bytes count
+/// against the link from the moment they are written into the hub until then. (An adapter
+/// that writes every [`Hub::poll_transmit`] in full at once may use that instead: what it
+/// hands out counts as written.) A publish to a link that is up and holds `max_output_bytes`
+/// is refused at once with [`PublishError::Backpressure`] and nothing is queued; publishes
+/// wait in a link's queue only while it is down or at `max_inflight_publishes`, bounded by
+/// `max_queued_publishes` and `max_queued_bytes`.
 #[derive(Debug)]
 pub struct Hub {
     config: Config,
@@ -178,22 +193,18 @@ pub struct Hub {
     now: Instant,
     rooms: Rooms,
     links: Vec<Link>,
-    control: Bytes,
-    control_state: RoomState,
-    streams: HashMap<RoomId, Stream, FixedState>,
-    stream_generation: u64,
+    control: control::Control,
+    seq: sequence::Sequencer,
     events: VecDeque<Event>,
     requests: VecDeque<LinkRequest>,
-    next_publish: u64,
     /// Publishes whose success is reported ([`Hub::publish`]; not [`Hub::publish_quiet`] or
     /// the hub's own presence events), by id, until confirmed or failed.
     confirm_wanted: hashbrown::HashSet<u64, FixedState>,
     queued_total: usize,
+    /// Bytes of the publishes in the links' queues (bounded by `max_queued_bytes`).
+    queued_bytes: usize,
     rng: Rng,
-    probe: Option<Probe>,
-    next_probe: Instant,
-    next_probe_token: u64,
-    last_probe_ok: Option<Instant>,
+    prober: probe::Prober,
     missed: Vec<RoomId>,
     next_transmit: usize,
     metrics: Metrics,
@@ -203,6 +214,8 @@ pub struct Hub {
     /// Where a received message's room id is unescaped (no allocation per message).
     room_scratch: String,
     presence: presence::PresenceState,
+    /// Connections joined with [`Hub::observe`], while they are in a room: in no presence.
+    observers: hashbrown::HashSet<ConnId, FixedState>,
 }
 
 impl Hub {
@@ -226,27 +239,26 @@ impl Hub {
         }
         let control = namer.control_channel(id.instance);
         let namer_for_keys = namer.clone();
-        let next_probe = now + config.probe_interval;
         let mut hub = Hub {
             rooms: Rooms::new(seed),
-            streams: HashMap::with_hasher(FixedState::with_seed(seed.rotate_left(29))),
+            seq: sequence::Sequencer::new(
+                seed.rotate_left(29),
+                id.epoch,
+                config.max_publish_streams,
+            ),
             confirm_wanted: hashbrown::HashSet::with_hasher(FixedState::with_seed(seed)),
+            observers: hashbrown::HashSet::with_hasher(FixedState::with_seed(seed.rotate_left(7))),
             namer,
             id,
             now,
             links,
-            control,
-            control_state: RoomState::Pending,
-            stream_generation: 0,
+            control: control::Control::new(control),
             events: VecDeque::new(),
             requests: VecDeque::new(),
-            next_publish: 0,
             queued_total: 0,
+            queued_bytes: 0,
             rng: Rng::new(seed),
-            probe: None,
-            next_probe,
-            next_probe_token: 1,
-            last_probe_ok: None,
+            prober: probe::Prober::new(now, config.probe_interval),
             missed: Vec::new(),
             next_transmit: 0,
             metrics: Metrics::default(),
@@ -316,11 +328,14 @@ impl Hub {
         m.members = self.rooms.memberships();
         m.connections = self.rooms.connections();
         m.queued_publishes = self.queued_total;
+        m.queued_bytes = self.queued_bytes;
         m.inflight_publishes = self.links.iter().map(|l| l.inflight_publishes).sum();
         m.subscriptions_in_flight = self.rooms.in_flight();
         m.links_ready = self.links.iter().filter(|l| l.is_ready()).count();
         m.buffered_input = self.links.iter().map(|l| l.held_input).sum();
         m.buffered_output = self.buffered_output();
+        m.unwritten_output = self.links.iter().map(|l| l.unwritten).sum();
+        m.max_link_output = self.links.iter().map(Link::held_output).max().unwrap_or(0);
         m
     }
 
@@ -337,13 +352,21 @@ impl Hub {
                     last_error: l.last_error.clone(),
                 })
                 .collect(),
-            last_probe_ok: self.last_probe_ok,
+            last_probe_ok: self.prober.last_ok(),
         }
     }
 
-    /// Bytes buffered for the adapter on every link (bounded by `max_output_bytes` each).
+    /// Bytes buffered for the adapter on every link and not handed out yet (bounded by
+    /// `max_output_bytes` plus one frame each).
     pub fn buffered_output(&self) -> usize {
         self.links.iter().map(|l| l.buffered()).sum()
+    }
+
+    /// Bytes held for one link on their way to Redis: not handed out yet, or handed out by
+    /// [`Hub::poll_transmit_link`] and not yet reported by [`Hub::handle_written`] (0 for a
+    /// link that does not exist).
+    pub fn link_output(&self, link: LinkId) -> usize {
+        self.links.get(link.0 as usize).map_or(0, Link::held_output)
     }
 
     /// True once [`Hub::begin_shutdown`] was called and every queued publish and subscription
@@ -437,55 +460,74 @@ impl Hub {
         }
     }
 
+    /// The adapter wrote `n` bytes of what [`Hub::poll_transmit_link`] handed out for `link`
+    /// to its socket: they no longer count against the link's `max_output_bytes`, so
+    /// publishes waiting for room may be written now.
+    pub fn handle_written(&mut self, link: LinkId, n: usize, now: Instant) {
+        let now = self.tick(now);
+        let idx = link.0 as usize;
+        let Some(l) = self.links.get_mut(idx) else {
+            return;
+        };
+        l.unwritten = l.unwritten.saturating_sub(n);
+        if l.role == LinkRole::Publisher && !l.queue.is_empty() {
+            self.pump(idx, now);
+        }
+    }
+
     /// The instant from [`Hub::poll_timeout`] has come (calling it early or twice is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.tick(now);
-        for idx in 0..self.links.len() {
-            let l = &self.links[idx];
-            match l.state {
-                LinkState::Backoff { until } if now >= until && !self.closed => self.open(idx, now),
-                LinkState::Connecting { since } | LinkState::Handshaking { since }
-                    if now >= since + self.config.connect_timeout =>
-                {
-                    self.link_failed(idx, LinkError::ConnectTimeout, true, now)
-                }
-                LinkState::Ready => match l.fifo.front() {
-                    Some((sent, _)) if now >= *sent + self.config.reply_timeout => {
-                        self.link_failed(idx, LinkError::ReplyTimeout, true, now)
-                    }
-                    None if now >= l.last_input + self.config.keepalive_interval => {
-                        self.send_ping(idx, false, now)
-                    }
-                    _ => {}
-                },
-                _ => {}
+        // Each is looked at when its turn comes: firing one can disarm another.
+        for t in self.timers() {
+            if self.timer(t).is_some_and(|at| now >= at) {
+                self.fire(t, now);
             }
         }
-        self.probe_timers(now);
-        self.presence_timers(now);
     }
 
     // ----- commands -----
 
-    /// Adds a local connection to a room. The first member subscribes the room's channel; the
-    /// SUBSCRIBE goes out (batched with the other joins of this turn) on the next
+    /// Adds a local connection to a room at `now`. The first member subscribes the room's
+    /// channel; the SUBSCRIBE goes out (batched with the other joins of this turn) on the next
     /// [`Hub::poll_transmit`]. Messages are promised once the room is `Live`
     /// ([`Event::RoomLive`]).
-    pub fn join(&mut self, room: &str, conn: &str) -> Result<Joined, MemberError> {
+    pub fn join(&mut self, room: &str, conn: &str, now: Instant) -> Result<Joined, MemberError> {
+        self.join_as(room, conn, false, now)
+    }
+
+    /// [`Hub::join`] or [`Hub::observe`].
+    fn join_as(
+        &mut self,
+        room: &str,
+        conn: &str,
+        observer: bool,
+        now: Instant,
+    ) -> Result<Joined, MemberError> {
+        let now = self.tick(now);
         if self.shutting_down {
             return Err(MemberError::Shutdown);
         }
         RoomId::check(room, self.config.max_room_id_bytes).map_err(MemberError::InvalidRoom)?;
         let conn = ConnId::new(conn, self.config.max_conn_id_bytes)
             .map_err(MemberError::InvalidConnection)?;
-        Ok(self.join_checked(room, &conn))
+        if observer && self.rooms.rooms_of(conn.as_str()).is_empty() {
+            self.observers.insert(conn.clone());
+        }
+        Ok(self.join_checked(room, &conn, now))
     }
 
     /// Adds one local connection to many rooms, as [`Hub::join`] does one by one, with the
     /// connection id checked once. Every room id is checked first: if one is invalid nothing
     /// is joined and the error comes with its position in `rooms`. Returns how many rooms
     /// were newly joined.
-    pub fn join_many(&mut self, rooms: &[&str], conn: &str) -> Result<usize, (usize, MemberError)> {
+    pub fn join_many(
+        &mut self,
+        rooms: &[&str],
+        conn: &str,
+        now: Instant,
+    ) -> Result<usize, (usize, MemberError)> {
+        let now = self.tick(now);
         if self.shutting_down {
             return Err((0, MemberError::Shutdown));
         }
@@ -497,20 +539,34 @@ impl Hub {
         }
         Ok(rooms
             .iter()
-            .filter(|room| self.join_checked(room, &conn).added)
+            .filter(|room| self.join_checked(room, &conn, now).added)
             .count())
     }
 
+    /// Adds an observer to a room, as [`Hub::join`] does a connection: it receives the room's
+    /// messages but is no member in presence and makes no presence events (the adapter's
+    /// room streams). A connection is an observer from the `observe` that puts it in its
+    /// first room until it is in no room any more; a `join` meanwhile keeps it one, and an
+    /// `observe` of a connection already in a room as a member does not hide it.
+    pub fn observe(&mut self, room: &str, conn: &str, now: Instant) -> Result<Joined, MemberError> {
+        self.join_as(room, conn, true, now)
+    }
+
+    /// Whether a connection is an observer ([`Hub::observe`]): in no presence.
+    pub fn is_observer(&self, conn: &str) -> bool {
+        !self.observers.is_empty() && self.observers.contains(conn)
+    }
+
     /// [`Hub::join`] after the checks; a room already known is not allocated again.
-    fn join_checked(&mut self, room: &str, conn: &ConnId) -> Joined {
+    fn join_checked(&mut self, room: &str, conn: &ConnId, now: Instant) -> Joined {
         let room = match self.rooms.get_with_id(room) {
             Some((id, _)) => id.clone(),
             None => RoomId::from_checked(room),
         };
         let added = self.rooms.join(&room, conn);
         if added {
-            self.presence_join(room.as_str(), conn.as_str());
-            self.presence_event(&room, conn, true);
+            self.presence_join(room.as_str(), conn.as_str(), now);
+            self.presence_event(&room, conn, true, now);
         }
         let state = self
             .rooms
@@ -521,35 +577,40 @@ impl Hub {
 
     /// Removes a local connection from a room; the last member unsubscribes it. Returns false
     /// if it was not a member.
-    pub fn leave(&mut self, room: &str, conn: &str) -> Result<bool, MemberError> {
+    pub fn leave(&mut self, room: &str, conn: &str, now: Instant) -> Result<bool, MemberError> {
+        let now = self.tick(now);
         let room = self.check_room(room)?;
         let conn = ConnId::new(conn, self.config.max_conn_id_bytes)
             .map_err(MemberError::InvalidConnection)?;
         let left = self.rooms.leave(&room, &conn);
         if left {
             let gone = self.rooms.rooms_of(conn.as_str()).is_empty();
-            self.presence_leave(room.as_str(), conn.as_str(), gone);
-            self.presence_event(&room, &conn, false);
+            self.presence_leave(room.as_str(), conn.as_str(), gone, now);
+            self.presence_event(&room, &conn, false, now);
+            if gone {
+                self.observers.remove(conn.as_str());
+            }
         }
         Ok(left)
     }
 
     /// Removes a local connection from all its rooms; returns them.
-    pub fn disconnect(&mut self, conn: &str) -> Result<Vec<RoomId>, MemberError> {
+    pub fn disconnect(&mut self, conn: &str, now: Instant) -> Result<Vec<RoomId>, MemberError> {
+        let now = self.tick(now);
         let conn = ConnId::new(conn, self.config.max_conn_id_bytes)
             .map_err(MemberError::InvalidConnection)?;
         let rooms = self.rooms.disconnect(&conn);
         for (i, room) in rooms.iter().enumerate() {
-            self.presence_leave(room.as_str(), conn.as_str(), i + 1 == rooms.len());
-            self.presence_event(room, &conn, false);
+            self.presence_leave(room.as_str(), conn.as_str(), i + 1 == rooms.len(), now);
+            self.presence_event(room, &conn, false, now);
         }
+        self.observers.remove(conn.as_str());
         Ok(rooms)
     }
 
     /// With `presence_events` on: tells the room's instances that a member came or went.
-    fn presence_event(&mut self, room: &RoomId, conn: &ConnId, joined: bool) {
-        if !self.config.presence_events || conn.as_str().starts_with(crate::naming::OBSERVER_PREFIX)
-        {
+    fn presence_event(&mut self, room: &RoomId, conn: &ConnId, joined: bool, now: Instant) {
+        if !self.config.presence_events || self.is_observer(conn.as_str()) {
             return;
         }
         let data = crate::presence::PresenceChange {
@@ -559,7 +620,6 @@ impl Hub {
             meta: Bytes::new(),
         }
         .encode();
-        let now = self.now;
         let sent = self.try_publish(
             &Publish {
                 room: room.as_str(),
@@ -612,8 +672,8 @@ impl Hub {
                 self.send_ping(idx, true, now);
             }
         }
-        if self.probe.is_none() {
-            self.next_probe = now;
+        if !self.prober.under_way() {
+            self.prober.due_now(now);
             self.probe_timers(now);
         }
     }
@@ -622,7 +682,6 @@ impl Hub {
     /// out; wait for [`Hub::is_drained`] (with a bound of your own), then call [`Hub::close`].
     pub fn begin_shutdown(&mut self, now: Instant) {
         let now = self.tick(now);
-        let _ = now;
         if self.shutting_down {
             return;
         }
@@ -636,9 +695,9 @@ impl Hub {
             seen
         };
         for c in conns {
-            let _ = self.disconnect(c.as_str());
+            let _ = self.disconnect(c.as_str(), now);
         }
-        self.presence_goodbye();
+        self.presence_goodbye(now);
         self.shutting_down = true;
     }
 
@@ -649,7 +708,7 @@ impl Hub {
         self.shutting_down = true;
         self.closed = true;
         // A probe under way would keep a timer, and count the subscriber deaf when it fired.
-        self.probe = None;
+        self.prober.abandon();
         for idx in 0..self.links.len() {
             let l = &mut self.links[idx];
             if l.state != LinkState::Closed {
@@ -664,13 +723,14 @@ impl Hub {
                 l.state = LinkState::Closed;
                 l.clear_output();
                 l.held_input = 0;
-                l.inflight_publishes = 0;
+                l.forget_inflight();
                 for (_, req) in fifo {
                     if let Request::Publish(o) = req {
                         self.fail_publish(o.id, PublishError::Shutdown);
                     }
                 }
                 self.queued_total -= queue.len();
+                self.queued_bytes -= queue.iter().map(Outgoing::len).sum::<usize>();
                 for o in queue {
                     self.fail_publish(o.id, PublishError::Shutdown);
                 }
@@ -682,10 +742,11 @@ impl Hub {
     // ----- outputs -----
 
     /// The next bytes to write. Subscription changes made since the last call are batched
-    /// here, so many joins in one turn become one SUBSCRIBE.
+    /// here, so many joins in one turn become one SUBSCRIBE (its reply timer starts at the
+    /// `now` of the latest input or command; see the [`Hub`] docs on time).
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.flush_subscriptions();
+        self.flush_subscriptions(self.now);
         let n = self.links.len();
         let start = self.next_transmit.min(n);
         // Round robin from `next_transmit`, without a division per link.
@@ -698,6 +759,23 @@ impl Hub {
             }
         }
         None
+    }
+
+    /// The next bytes to write to one link, for an adapter that keeps a write queue per link
+    /// and pulls only while that queue is short (see the [`Hub`] docs on backpressure). The
+    /// bytes count against the link's `max_output_bytes` until reported by
+    /// [`Hub::handle_written`]. Subscription changes are batched here as in
+    /// [`Hub::poll_transmit`].
+    #[must_use]
+    pub fn poll_transmit_link(&mut self, link: LinkId) -> Option<Bytes> {
+        if link == SUBSCRIBER {
+            self.flush_subscriptions(self.now);
+        }
+        let l = self.links.get_mut(link.0 as usize)?;
+        let bytes = l.next_output()?;
+        l.unwritten += bytes.len();
+        self.metrics.bytes_out += bytes.len() as u64;
+        Some(bytes)
     }
 
     /// The next link to open or close.
@@ -723,26 +801,7 @@ impl Hub {
     /// When [`Hub::handle_timeout`] must be called next, if ever.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut t: Option<Instant> = None;
-        let mut take = |d: Instant| t = Some(t.map_or(d, |t| t.min(d)));
-        for l in &self.links {
-            if let Some(d) = l.deadline(&self.config) {
-                take(d);
-            }
-        }
-        if let Some(p) = &self.probe {
-            if let Some(c) = p.confirmed {
-                take(c + self.config.probe_timeout);
-            }
-        } else if self.probe_possible() {
-            take(self.next_probe);
-        }
-        if self.links[presence::PRESENCE_LINK].is_ready() {
-            if let Some(d) = self.presence.deadline() {
-                take(d);
-            }
-        }
-        t
+        self.timers().filter_map(|t| self.timer(t)).min()
     }
 
     // ----- internals -----
@@ -777,18 +836,18 @@ mod tests {
             epoch: 1,
         };
         let mut hub = Hub::new(Config::default(), id, now).unwrap();
-        match hub.join_many(&["a", "", "b"], "c") {
+        match hub.join_many(&["a", "", "b"], "c", now) {
             Err((1, MemberError::InvalidRoom(_))) => {}
             other => panic!("expected the empty id at 1: {other:?}"),
         }
         assert!(hub.rooms_of("c").is_empty(), "nothing joined");
         assert!(matches!(
-            hub.join_many(&["a"], ""),
+            hub.join_many(&["a"], "", now),
             Err((0, MemberError::InvalidConnection(_)))
         ));
-        hub.join("a", "other").unwrap();
-        assert_eq!(hub.join_many(&["a", "b", "a", "c/d"], "c"), Ok(3));
-        assert_eq!(hub.join_many(&["b"], "c"), Ok(0));
+        hub.join("a", "other", now).unwrap();
+        assert_eq!(hub.join_many(&["a", "b", "a", "c/d"], "c", now), Ok(3));
+        assert_eq!(hub.join_many(&["b"], "c", now), Ok(0));
         let rooms: Vec<&str> = hub.rooms_of("c").iter().map(|r| r.as_str()).collect();
         assert_eq!(rooms, ["a", "b", "c/d"]);
         // The room known before is shared, not allocated again.
@@ -810,6 +869,9 @@ mod tests {
         };
         assert!(c_in("a").ptr_eq(&c_in("c/d")));
         hub.begin_shutdown(now);
-        assert_eq!(hub.join_many(&["z"], "c"), Err((0, MemberError::Shutdown)));
+        assert_eq!(
+            hub.join_many(&["z"], "c", now),
+            Err((0, MemberError::Shutdown))
+        );
     }
 }

@@ -40,13 +40,16 @@ impl PresenceState {
         }
     }
 
+    /// When the lease's next heartbeat is due (none while not registering or registered).
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.next_heartbeat
     }
-}
 
-fn hidden(conn: &str) -> bool {
-    conn.starts_with(crate::naming::OBSERVER_PREFIX)
+    /// The next heartbeat is due a third of the lease from `now`: two may be lost before the
+    /// lease runs out.
+    fn heartbeat_from(&mut self, now: Instant, lease: std::time::Duration) {
+        self.next_heartbeat = Some(now + lease / 3);
+    }
 }
 
 impl Hub {
@@ -54,9 +57,8 @@ impl Hub {
         self.config.presence && !self.closed && self.links[PRESENCE_LINK].is_ready()
     }
 
-    fn presence_write(&mut self, args: &[&[u8]], register: bool) {
+    fn presence_write(&mut self, args: &[&[u8]], register: bool, now: Instant) {
         let gen = self.presence.gen;
-        let now = self.now;
         let l = &mut self.links[PRESENCE_LINK];
         encode_command(&mut l.out, args);
         l.fifo
@@ -92,7 +94,7 @@ impl Hub {
         // One transaction: clear whatever this instance wrote before (a leave written while
         // the link was down never reached Redis), then write the truth. Other instances never
         // see a half-registered state.
-        self.presence_write(&[b"MULTI"], true);
+        self.presence_write(&[b"MULTI"], true, now);
         self.presence_write(
             &[
                 b"EVAL",
@@ -102,14 +104,23 @@ impl Hub {
                 &k.me,
             ],
             true,
+            now,
         );
-        self.presence_write(&[b"SET", &k.lease, b"1", b"PX", lease_ms.as_bytes()], true);
-        self.presence_write(&[b"SADD", &k.instances, &k.me], true);
+        self.presence_write(
+            &[b"SET", &k.lease, b"1", b"PX", lease_ms.as_bytes()],
+            true,
+            now,
+        );
+        self.presence_write(&[b"SADD", &k.instances, &k.me], true, now);
         let rooms: Vec<(RoomId, Vec<ConnId>)> = self
             .rooms
             .iter()
             .map(|(id, r)| {
-                let conns = r.members().iter().filter(|c| !hidden(c.as_str())).cloned();
+                let conns = r
+                    .members()
+                    .iter()
+                    .filter(|c| !self.is_observer(c.as_str()))
+                    .cloned();
                 (id.clone(), conns.collect::<Vec<ConnId>>())
             })
             .filter(|(_, c)| !c.is_empty())
@@ -123,53 +134,53 @@ impl Hub {
                 args.push(f);
                 args.push(&k.me);
             }
-            self.presence_write(&args, true);
-            self.presence_write(&[b"SADD", &k.idx_rooms, &room_key], true);
+            self.presence_write(&args, true, now);
+            self.presence_write(&[b"SADD", &k.idx_rooms, &room_key], true, now);
             conn_keys.extend(conns.iter().map(|c| k.conn(c.as_str())));
         }
         conn_keys.sort_unstable();
         conn_keys.dedup();
         for ck in &conn_keys {
-            self.presence_write(&[b"SADD", ck, &k.me], true);
-            self.presence_write(&[b"SADD", &k.idx_conns, ck], true);
+            self.presence_write(&[b"SADD", ck, &k.me], true, now);
+            self.presence_write(&[b"SADD", &k.idx_conns, ck], true, now);
         }
-        self.presence_write(&[b"EXEC"], true);
-        self.presence.next_heartbeat = Some(now + self.config.lease / 3);
+        self.presence_write(&[b"EXEC"], true, now);
+        self.presence.heartbeat_from(now, self.config.lease);
     }
 
     /// A local connection joined a room.
-    pub(super) fn presence_join(&mut self, room: &str, conn: &str) {
-        if !self.presence_on() || hidden(conn) {
+    pub(super) fn presence_join(&mut self, room: &str, conn: &str, now: Instant) {
+        if !self.presence_on() || self.is_observer(conn) {
             return;
         }
         let k = self.presence.keys.clone();
         let (room_key, conn_key, field) = (k.room(room), k.conn(conn), k.field(conn));
-        self.presence_write(&[b"HSET", &room_key, &field, &k.me], false);
-        self.presence_write(&[b"SADD", &conn_key, &k.me], false);
-        self.presence_write(&[b"SADD", &k.idx_rooms, &room_key], false);
-        self.presence_write(&[b"SADD", &k.idx_conns, &conn_key], false);
+        self.presence_write(&[b"HSET", &room_key, &field, &k.me], false, now);
+        self.presence_write(&[b"SADD", &conn_key, &k.me], false, now);
+        self.presence_write(&[b"SADD", &k.idx_rooms, &room_key], false, now);
+        self.presence_write(&[b"SADD", &k.idx_conns, &conn_key], false, now);
     }
 
     /// A local connection left a room (`gone`: it is in no room any more).
-    pub(super) fn presence_leave(&mut self, room: &str, conn: &str, gone: bool) {
-        if !self.presence_on() || hidden(conn) {
+    pub(super) fn presence_leave(&mut self, room: &str, conn: &str, gone: bool, now: Instant) {
+        if !self.presence_on() || self.is_observer(conn) {
             return;
         }
         let k = self.presence.keys.clone();
-        self.presence_write(&[b"HDEL", &k.room(room), &k.field(conn)], false);
+        self.presence_write(&[b"HDEL", &k.room(room), &k.field(conn)], false, now);
         if gone {
-            self.presence_write(&[b"SREM", &k.conn(conn), &k.me], false);
+            self.presence_write(&[b"SREM", &k.conn(conn), &k.me], false, now);
         }
     }
 
     /// Graceful shutdown: the lease and the instance's index go at once.
-    pub(super) fn presence_goodbye(&mut self) {
+    pub(super) fn presence_goodbye(&mut self, now: Instant) {
         if !self.presence_on() {
             return;
         }
         let k = self.presence.keys.clone();
-        self.presence_write(&[b"DEL", &k.lease, &k.idx_rooms, &k.idx_conns], false);
-        self.presence_write(&[b"SREM", &k.instances, &k.me], false);
+        self.presence_write(&[b"DEL", &k.lease, &k.idx_rooms, &k.idx_conns], false, now);
+        self.presence_write(&[b"SREM", &k.instances, &k.me], false, now);
         self.presence.registered = false;
         self.presence.next_heartbeat = None;
     }
@@ -199,7 +210,7 @@ impl Hub {
             l.fifo
                 .push_back((now, Request::Presence(PresenceReq::Sweep)));
         }
-        self.presence.next_heartbeat = Some(now + self.config.lease / 3);
+        self.presence.heartbeat_from(now, self.config.lease);
     }
 
     /// Writes EVALSHA (or EVAL when the SHA is not known); the caller pushes the request.
@@ -305,7 +316,7 @@ impl Hub {
             PresenceQuery::Room(room) => PresenceAnswer::Room(
                 self.members(room.as_str())
                     .iter()
-                    .filter(|c| !hidden(c.as_str()))
+                    .filter(|c| !self.is_observer(c.as_str()))
                     .map(|c| Member {
                         instance: me,
                         conn: c.clone(),

@@ -31,14 +31,11 @@ impl Hub {
         }
         let idx = self.publish_link(msg.room).0 as usize;
         let writable = self.can_write(idx);
-        if !writable && self.queued_total >= self.config.max_queued_publishes {
-            return Err(PublishError::QueueFull {
-                max: self.config.max_queued_publishes,
-            });
+        if !writable {
+            self.check_queue_room(idx, len - TRAILER_LEN)?;
         }
         // Nothing below refuses the publish.
-        self.next_publish += 1;
-        let id = PublishId(self.next_publish);
+        let id = self.seq.next_id();
         self.metrics.published += 1;
         let (seq, room) = if writable {
             let (room, epoch, seq) = self.take_seq(msg.room);
@@ -59,6 +56,7 @@ impl Hub {
                 None,
             );
             let body = Bytes::from(body);
+            self.queued_bytes += body.len();
             self.links[idx].queue.push_back(Outgoing {
                 id,
                 bytes: Queued::Body {
@@ -111,7 +109,7 @@ impl Hub {
     /// The shared id of a room that passed `RoomId::check`: from the publish streams or the
     /// joined rooms when either knows it, built only otherwise.
     fn known_room(&mut self, room: &str) -> RoomId {
-        if let Some((id, _)) = self.streams.get_key_value(room) {
+        if let Some(id) = self.seq.known(room) {
             return id.clone();
         }
         match self.rooms.get_with_id(room) {
@@ -123,13 +121,11 @@ impl Hub {
     /// Numbers a new publish to a checked room: its shared id, epoch and sequence number, with
     /// one map lookup when the room has published before.
     fn take_seq(&mut self, room: &str) -> (RoomId, u64, u64) {
-        if let Some((id, s)) = self.streams.get_key_value_mut(room) {
-            let seq = s.next;
-            s.next += 1;
-            return (id.clone(), s.epoch, seq);
+        if let Some(numbered) = self.seq.take(room) {
+            return numbered;
         }
         let id = self.known_room(room);
-        let (epoch, seq) = self.next_seq(&id);
+        let (epoch, seq) = self.seq.next(&id);
         (id, epoch, seq)
     }
 
@@ -138,7 +134,35 @@ impl Hub {
         l.is_ready()
             && l.queue.is_empty()
             && l.inflight_publishes < self.config.max_inflight_publishes
-            && l.buffered() < self.config.max_output_bytes
+            && l.inflight_bytes < self.config.max_inflight_bytes
+            && l.held_output() < self.config.max_output_bytes
+    }
+
+    /// Whether a publish of `body_len` bytes that its link cannot take now may wait for it:
+    /// not when the link is up and its output full (backpressure: waiting would only move
+    /// the bytes into the queue), nor beyond the queue's bounds in count and bytes.
+    fn check_queue_room(&self, idx: usize, body_len: usize) -> Result<(), PublishError> {
+        let l = &self.links[idx];
+        let max = self.config.max_output_bytes;
+        if l.is_ready() && l.held_output() >= max {
+            return Err(PublishError::Backpressure {
+                link: l.id,
+                held: l.held_output(),
+                max,
+            });
+        }
+        if self.queued_total >= self.config.max_queued_publishes {
+            return Err(PublishError::QueueFull {
+                max: self.config.max_queued_publishes,
+            });
+        }
+        if self.queued_bytes + body_len > self.config.max_queued_bytes {
+            return Err(PublishError::QueueBytesFull {
+                queued: self.queued_bytes,
+                max: self.config.max_queued_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// Writes a queued publish: a new one is numbered now, a resent one keeps its number and
@@ -146,7 +170,7 @@ impl Hub {
     pub(super) fn write_publish(&mut self, idx: usize, o: Outgoing, now: Instant) {
         match o.bytes {
             Queued::Body { room, body } => {
-                let (epoch, seq) = self.next_seq(&room);
+                let (epoch, seq) = self.seq.next(&room);
                 self.emit_publish(idx, o.id, &room, Body::Encoded(&body), epoch, seq, now);
             }
             Queued::Frame(frame) => {
@@ -204,31 +228,13 @@ impl Hub {
         l.push_written(id, start, now);
     }
 
-    pub(super) fn next_seq(&mut self, room: &RoomId) -> (u64, u64) {
-        if let Some(s) = self.streams.get_mut(room) {
-            let seq = s.next;
-            s.next += 1;
-            return (s.epoch, seq);
-        }
-        if self.streams.len() >= self.config.max_publish_streams {
-            // Forget one stream; if that room publishes again it starts a new epoch, which
-            // receivers take as a new baseline rather than a gap.
-            if let Some(k) = self.streams.keys().next().cloned() {
-                self.streams.remove(&k);
-            }
-        }
-        self.stream_generation += 1;
-        let epoch = self.id.epoch.wrapping_add(self.stream_generation - 1);
-        self.streams.insert(room.clone(), Stream { epoch, next: 2 });
-        (epoch, 1)
-    }
-
     pub(super) fn pump(&mut self, idx: usize, now: Instant) {
         loop {
             let l = &self.links[idx];
             if !(l.is_ready()
                 && l.inflight_publishes < self.config.max_inflight_publishes
-                && l.buffered() < self.config.max_output_bytes)
+                && l.inflight_bytes < self.config.max_inflight_bytes
+                && l.held_output() < self.config.max_output_bytes)
             {
                 return;
             }
@@ -236,6 +242,7 @@ impl Hub {
                 return;
             };
             self.queued_total -= 1;
+            self.queued_bytes -= o.len();
             self.write_publish(idx, o, now);
         }
     }

@@ -12,10 +12,8 @@ impl Hub {
             }
             Incoming::Subscribed { channel } => {
                 self.count_confirmation(idx);
-                if channel == self.control {
-                    if self.control_state == RoomState::Subscribing {
-                        self.control_state = RoomState::Live;
-                    }
+                if channel == self.control.channel {
+                    self.control.confirmed();
                     return;
                 }
                 let t = match self
@@ -30,10 +28,8 @@ impl Hub {
             Incoming::Unsubscribed { channel } => {
                 self.count_confirmation(idx);
                 let Some(channel) = channel else { return };
-                if channel == self.control {
-                    if self.control_state == RoomState::Live && !self.shutting_down {
-                        self.control_state = RoomState::Pending;
-                    }
+                if channel == self.control.channel {
+                    self.control.dropped(self.shutting_down);
                     return;
                 }
                 let t = match self
@@ -116,7 +112,7 @@ impl Hub {
                 }
             }
             Request::Publish(o) => {
-                self.links[idx].inflight_publishes -= 1;
+                self.links[idx].publish_answered(&o);
                 match v {
                     Value::Int(n) => {
                         self.metrics.publish_confirmed += 1;
@@ -142,20 +138,20 @@ impl Hub {
                 self.pump(idx, now);
             }
             Request::Probe { token } => {
-                let Some(p) = self.probe.as_mut().filter(|p| p.token == token) else {
+                if !self.prober.is(token) {
                     return;
-                };
+                }
                 match v {
-                    Value::Int(n) if n > 0 => p.confirmed = Some(now),
+                    Value::Int(n) if n > 0 => self.prober.confirmed(now),
                     // Redis knows no subscriber for our control channel: we are deaf.
                     Value::Int(_) => {
-                        self.probe = None;
+                        self.prober.abandon();
                         self.metrics.deaf_detected += 1;
                         if self.links[0].is_ready() {
                             self.link_failed(0, LinkError::Deaf, true, now);
                         }
                     }
-                    _ => self.probe = None,
+                    _ => self.prober.abandon(),
                 }
             }
             Request::Presence(req) => self.on_presence_reply(req, v, now),
@@ -176,7 +172,7 @@ impl Hub {
     }
 
     pub(super) fn on_message(&mut self, channel: Bytes, payload: Bytes, now: Instant) {
-        if channel == self.control {
+        if channel == self.control.channel {
             self.on_control(&payload, now);
             return;
         }
@@ -273,7 +269,7 @@ impl Hub {
     /// the room its channel names (`None` for another channel, the control channel included).
     fn on_oversize(&mut self, channel: &[u8], len: u64) {
         self.metrics.dropped_too_large += 1;
-        let room = if channel == self.control {
+        let room = if channel == self.control.channel {
             None
         } else {
             self.namer
@@ -296,14 +292,8 @@ impl Hub {
         else {
             return;
         };
-        if let Some(p) = &self.probe {
-            if p.token == token {
-                let rtt = now.saturating_duration_since(p.sent);
-                self.last_probe_ok = Some(now);
-                self.probe = None;
-                self.next_probe = now + self.config.probe_interval;
-                self.events.push_back(Event::SubscriberVerified { rtt });
-            }
+        if let Some(rtt) = self.prober.arrived(token, now, self.config.probe_interval) {
+            self.events.push_back(Event::SubscriberVerified { rtt });
         }
     }
 }

@@ -490,7 +490,7 @@ impl Sim {
     /// `Hub::join` on node `i`, at virtual now. Tests call membership commands through these
     /// methods, so that a change of their signature is a change here.
     pub fn join(&mut self, i: usize, room: &str, conn: &str) -> Result<Joined, MemberError> {
-        self.nodes[i].hub.join(room, conn)
+        self.nodes[i].hub.join(room, conn, self.now)
     }
 
     /// `Hub::join_many` on node `i`, at virtual now.
@@ -500,17 +500,17 @@ impl Sim {
         rooms: &[&str],
         conn: &str,
     ) -> Result<usize, (usize, MemberError)> {
-        self.nodes[i].hub.join_many(rooms, conn)
+        self.nodes[i].hub.join_many(rooms, conn, self.now)
     }
 
     /// `Hub::leave` on node `i`, at virtual now.
     pub fn leave(&mut self, i: usize, room: &str, conn: &str) -> Result<bool, MemberError> {
-        self.nodes[i].hub.leave(room, conn)
+        self.nodes[i].hub.leave(room, conn, self.now)
     }
 
     /// `Hub::disconnect` on node `i`, at virtual now.
     pub fn disconnect(&mut self, i: usize, conn: &str) -> Result<Vec<RoomId>, MemberError> {
-        self.nodes[i].hub.disconnect(conn)
+        self.nodes[i].hub.disconnect(conn, self.now)
     }
 
     /// Runs, then lets 1 ms of virtual time pass (links connect, confirmations arrive).

@@ -274,9 +274,36 @@ fn presence_events_tell_other_instances() {
 #[test]
 fn observers_are_not_members() {
     let mut s = sim(1);
-    let observer = format!("{}observer-1", roomcast_core::naming::OBSERVER_PREFIX);
-    s.join(0, "r", &observer).unwrap();
-    s.join(0, "r", "real").unwrap();
+    s.nodes[0].hub.observe("r", "observer-1", s.now).unwrap();
+    s.nodes[0].hub.join("r", "real", s.now).unwrap();
+    // Being an observer is a flag, not a name: an id that looks like an internal one is
+    // a member like any other.
+    s.nodes[0]
+        .hub
+        .join("r", "\u{FFFF}looks-internal", s.now)
+        .unwrap();
     s.settle();
-    assert_eq!(room(&mut s, 0, "r"), vec![(0x1000, "real".into())]);
+    assert!(s.nodes[0].hub.is_observer("observer-1"));
+    assert!(!s.nodes[0].hub.is_observer("\u{FFFF}looks-internal"));
+    assert_eq!(
+        room(&mut s, 0, "r"),
+        vec![
+            (0x1000, "real".into()),
+            (0x1000, "\u{FFFF}looks-internal".into())
+        ]
+    );
+    // The observer receives the room's messages all the same, and leaves no trace.
+    let now = s.now;
+    s.nodes[0]
+        .hub
+        .publish(&roomcast_core::Publish::broadcast("r", b"m"), now)
+        .unwrap();
+    s.settle();
+    let to_observer = s.take_events_of(0).into_iter().any(|e| match e {
+        Event::Delivery(d) => d.recipients().any(|c| c.as_str() == "observer-1"),
+        _ => false,
+    });
+    assert!(to_observer);
+    s.nodes[0].hub.disconnect("observer-1", s.now).unwrap();
+    assert!(!s.nodes[0].hub.is_observer("observer-1"));
 }

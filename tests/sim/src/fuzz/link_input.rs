@@ -113,7 +113,7 @@ impl Bench {
             }
         }
         for (room, conn) in MEMBERS {
-            b.hub.join(room, conn).expect("valid ids");
+            b.hub.join(room, conn, now).expect("valid ids");
         }
         b.drain();
         let reply: &[u8] = match flags.config().server.protocol {

@@ -1,0 +1,71 @@
+//! Every deadline of the hub, by name (as quinn-proto's `Timer`): [`Hub::timer`] is the one
+//! place each is computed, [`Hub::poll_timeout`] is the minimum over all of them and
+//! [`Hub::handle_timeout`] fires those that are due, by name.
+//!
+//! The deadlines are derived from the state of the part that owns them (a link's state and
+//! request FIFO, the probe, the presence heartbeat) rather than stored apart from it, so none
+//! can be left armed after the state that needed it is gone.
+
+use super::*;
+use crate::link::LinkTimer;
+
+/// A timer of the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Timer {
+    /// A link's armed timer (its state decides which: [`LinkTimer`]).
+    Link(usize),
+    /// The probe: the next one due (while a probe is possible), or the timeout of the one
+    /// under way once Redis confirmed it.
+    Probe,
+    /// The presence lease's heartbeat (while the presence link is ready).
+    Heartbeat,
+}
+
+impl Hub {
+    /// Every timer, in the order `handle_timeout` fires them (the links never change in
+    /// number).
+    pub(super) fn timers(&self) -> impl Iterator<Item = Timer> + use<> {
+        (0..self.links.len())
+            .map(Timer::Link)
+            .chain([Timer::Probe, Timer::Heartbeat])
+    }
+
+    /// When `timer` fires, if it is armed.
+    pub(super) fn timer(&self, timer: Timer) -> Option<Instant> {
+        match timer {
+            Timer::Link(idx) => self.links[idx].timer(&self.config).map(|(_, at)| at),
+            Timer::Probe => self
+                .prober
+                .deadline(|| self.probe_possible(), self.config.probe_timeout),
+            Timer::Heartbeat => {
+                if self.links[presence::PRESENCE_LINK].is_ready() {
+                    self.presence.deadline()
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// Does what `timer` is for (it is due).
+    pub(super) fn fire(&mut self, timer: Timer, now: Instant) {
+        match timer {
+            Timer::Link(idx) => {
+                let Some((which, _)) = self.links[idx].timer(&self.config) else {
+                    return;
+                };
+                match which {
+                    LinkTimer::Reconnect if !self.closed => self.open(idx, now),
+                    LinkTimer::Reconnect => {}
+                    LinkTimer::Connect => {
+                        self.link_failed(idx, LinkError::ConnectTimeout, true, now)
+                    }
+                    LinkTimer::Reply => self.link_failed(idx, LinkError::ReplyTimeout, true, now),
+                    LinkTimer::Keepalive => self.send_ping(idx, false, now),
+                }
+            }
+            Timer::Probe => self.probe_timers(now),
+            Timer::Heartbeat => self.presence_timers(now),
+        }
+    }
+}
