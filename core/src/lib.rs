@@ -78,8 +78,9 @@ pub use hub::{
 };
 pub use link::LinkState;
 pub use metrics::Metrics;
-pub use naming::{ChannelNamer, ConnId, NameError, RoomId};
+pub use naming::{ChannelNamer, ConnId, NameError, RoomId, INLINE_ID_BYTES};
 pub use presence::{
     Member, PresenceAnswer, PresenceChange, PresenceError, PresenceQuery, PresenceWhenDown, QueryId,
 };
 pub use resp::{FrameError, Value};
+pub use rooms::{ConnSlot, Members, Recipient, RoomsOf};

@@ -20,7 +20,10 @@
 //! the channel is the one the GraphWiz design used, so publishers built from it interoperate.
 
 use std::borrow::{Borrow, Cow};
+use std::cmp::Ordering;
 use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroU8;
 use std::ops::DerefMut;
 use std::sync::Arc;
 
@@ -182,18 +185,99 @@ fn validate_id(id: &str, max_bytes: usize, what: IdKind) -> Result<(), NameError
     Ok(())
 }
 
+/// The longest id kept inside the id value itself (no allocation).
+pub const INLINE_ID_BYTES: usize = 15;
+
+/// The text of an id: up to [`INLINE_ID_BYTES`] bytes inside the value, a longer one behind
+/// one shared allocation. 16 bytes either way: the inline length is never zero, and zero in
+/// its place marks the shared form.
+#[derive(Clone)]
+enum Text {
+    Inline(Inline),
+    Shared(Arc<Box<str>>),
+}
+
+/// An inline id: its bytes, then its length (the last byte, so the shared form's pointer
+/// fits beside it).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Inline {
+    bytes: [u8; INLINE_ID_BYTES],
+    len: NonZeroU8,
+}
+
+const _: () = assert!(std::mem::size_of::<Text>() == 16);
+
+impl Text {
+    fn new(id: &str) -> Text {
+        match NonZeroU8::new(id.len() as u8) {
+            Some(len) if id.len() <= INLINE_ID_BYTES => {
+                let mut bytes = [0u8; INLINE_ID_BYTES];
+                bytes[..id.len()].copy_from_slice(id.as_bytes());
+                Text::Inline(Inline { bytes, len })
+            }
+            _ => Text::Shared(Arc::new(Box::from(id))),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Text::Inline(i) => &i.bytes[..usize::from(i.len.get())],
+            Text::Shared(s) => s.as_bytes(),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Built from a `&str` cut at its end: always valid; checked anyway (no `unsafe`).
+            Text::Inline(i) => {
+                std::str::from_utf8(&i.bytes[..usize::from(i.len.get())]).unwrap_or_default()
+            }
+            Text::Shared(s) => s,
+        }
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Text {}
+
+impl Hash for Text {
+    /// As the `str` hashes (so maps keyed by an id can be searched with a `&str`).
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl PartialOrd for Text {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Text {
+    /// As the `str`s compare (bytewise).
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
 macro_rules! id_type {
     ($(#[$meta:meta])* $name:ident, $kind:expr) => {
         $(#[$meta])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(Arc<str>);
+        pub struct $name(Text);
 
         impl $name {
             /// Validates `id`: non-empty, at most `max_bytes` bytes (and never more than
             /// [`MAX_ID_BYTES`]), no control characters.
             pub fn new(id: &str, max_bytes: usize) -> Result<Self, NameError> {
                 validate_id(id, max_bytes, $kind)?;
-                Ok(Self(Arc::from(id)))
+                Ok(Self(Text::new(&id)))
             }
 
             /// Checks `id` exactly as [`Self::new`] does, without building (allocating) one.
@@ -203,13 +287,28 @@ macro_rules! id_type {
 
             /// The id as text.
             pub fn as_str(&self) -> &str {
-                &self.0
+                self.0.as_str()
             }
 
-            /// Whether both share one allocation (tests of interning).
+            /// The id's bytes (its text as UTF-8).
+            pub fn as_bytes(&self) -> &[u8] {
+                self.0.as_bytes()
+            }
+
+            /// Whether the id is kept inside the value (at most [`INLINE_ID_BYTES`] bytes).
+            pub fn is_inline(&self) -> bool {
+                matches!(self.0, Text::Inline(_))
+            }
+
+            /// Whether both are the same value: inline and equal, or sharing one allocation
+            /// (tests of interning).
             #[cfg(test)]
             pub(crate) fn ptr_eq(&self, other: &Self) -> bool {
-                Arc::ptr_eq(&self.0, &other.0)
+                match (&self.0, &other.0) {
+                    (Text::Shared(a), Text::Shared(b)) => Arc::ptr_eq(a, b),
+                    (Text::Inline(_), Text::Inline(_)) => self == other,
+                    _ => false,
+                }
             }
         }
 
@@ -221,7 +320,7 @@ macro_rules! id_type {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(self.as_str())
             }
         }
 
@@ -240,26 +339,27 @@ macro_rules! id_type {
             /// Validates with [`MAX_ID_BYTES`] as the length limit.
             fn try_from(id: String) -> Result<Self, NameError> {
                 validate_id(&id, MAX_ID_BYTES, $kind)?;
-                Ok(Self(Arc::from(id)))
+                Ok(Self(Text::new(&id)))
             }
         }
 
         impl AsRef<str> for $name {
             fn as_ref(&self) -> &str {
-                &self.0
+                self.as_str()
             }
         }
 
         impl Borrow<str> for $name {
             fn borrow(&self) -> &str {
-                &self.0
+                self.as_str()
             }
         }
     };
 }
 
 id_type!(
-    /// A validated room id. Cheap to clone (shared).
+    /// A validated room id. Cheap to clone: up to [`INLINE_ID_BYTES`] bytes are kept inside
+    /// the value (16 bytes, no allocation), a longer id is shared.
     ///
     /// Built with [`RoomId::new`] (with the configured limit) or `TryFrom` (with
     /// [`MAX_ID_BYTES`]). `Borrow<str>` lets maps keyed by `RoomId` be searched with a `&str`.
@@ -270,12 +370,14 @@ id_type!(
 impl RoomId {
     /// Builds one from an `id` that already passed [`RoomId::check`].
     pub(crate) fn from_checked(id: &str) -> Self {
-        Self(Arc::from(id))
+        Self(Text::new(id))
     }
 }
 
 id_type!(
-    /// A validated connection id, unique per instance. Cheap to clone (shared).
+    /// A validated connection id, unique per instance. Cheap to clone: up to
+    /// [`INLINE_ID_BYTES`] bytes are kept inside the value (16 bytes, no allocation), a longer
+    /// id is shared.
     ///
     /// Built with [`ConnId::new`] (with the configured limit) or `TryFrom` (with
     /// [`MAX_ID_BYTES`]).
@@ -405,7 +507,7 @@ impl ChannelNamer {
     /// [`room_str_from_channel`](Self::room_str_from_channel).
     pub fn room_from_channel(&self, channel: &[u8], max_bytes: usize) -> Option<RoomId> {
         let id = self.room_str_from_channel(channel, max_bytes)?;
-        Some(RoomId(Arc::from(id.as_ref())))
+        Some(RoomId(Text::new(id.as_ref())))
     }
 
     /// Like [`room_from_channel`](Self::room_from_channel), but returns the room id as text,

@@ -27,7 +27,7 @@ use crate::naming::{ChannelNamer, ConnId, RoomId};
 use crate::resp::{
     encode_array_header, encode_bulk, encode_bulk_header, encode_command, Incoming, Value,
 };
-use crate::rooms::{Rooms, SeqCheck, Transition};
+use crate::rooms::{ConnSlot, Members, Rooms, RoomsOf, SeqCheck, Transition};
 
 /// The subscriber link.
 pub const SUBSCRIBER: LinkId = LinkId(0);
@@ -111,6 +111,9 @@ pub struct Joined {
     pub added: bool,
     /// The room's subscription state now; messages are promised only once it is `Live`.
     pub state: RoomState,
+    /// The connection's slot, the same in every room it is in until it leaves the last one
+    /// (see [`ConnSlot`]).
+    pub conn: ConnSlot,
 }
 
 /// One link as seen by [`Hub::health`].
@@ -289,13 +292,23 @@ impl Hub {
     }
 
     /// The local members of a room (empty if none).
-    pub fn members(&self, room: &str) -> &[ConnId] {
-        self.rooms.get(room).map(|r| r.members()).unwrap_or(&[])
+    pub fn members(&self, room: &str) -> Members<'_> {
+        self.rooms.members_of(room)
     }
 
     /// The rooms a local connection is in.
-    pub fn rooms_of(&self, conn: &str) -> &[RoomId] {
+    pub fn rooms_of(&self, conn: &str) -> RoomsOf<'_> {
         self.rooms.rooms_of(conn)
+    }
+
+    /// A local connection's slot, while it is a member of some room (see [`ConnSlot`]).
+    pub fn conn_slot(&self, conn: &str) -> Option<ConnSlot> {
+        self.rooms.conn_slot(conn)
+    }
+
+    /// The connection in a slot, if the slot still belongs to it (same generation).
+    pub fn conn_id(&self, slot: ConnSlot) -> Option<&ConnId> {
+        self.rooms.conn_id(slot)
     }
 
     /// Rooms with local members, and their states.
@@ -478,7 +491,7 @@ impl Hub {
         RoomId::check(room, self.config.max_room_id_bytes).map_err(MemberError::InvalidRoom)?;
         let conn = ConnId::new(conn, self.config.max_conn_id_bytes)
             .map_err(MemberError::InvalidConnection)?;
-        Ok(self.join_checked(room, &conn))
+        self.join_checked(room, &conn)
     }
 
     /// Adds one local connection to many rooms, as [`Hub::join`] does one by one, with the
@@ -495,28 +508,25 @@ impl Hub {
             RoomId::check(room, self.config.max_room_id_bytes)
                 .map_err(|e| (i, MemberError::InvalidRoom(e)))?;
         }
-        Ok(rooms
-            .iter()
-            .filter(|room| self.join_checked(room, &conn).added)
-            .count())
+        let mut added = 0;
+        for (i, room) in rooms.iter().enumerate() {
+            added += usize::from(self.join_checked(room, &conn).map_err(|e| (i, e))?.added);
+        }
+        Ok(added)
     }
 
     /// [`Hub::join`] after the checks; a room already known is not allocated again.
-    fn join_checked(&mut self, room: &str, conn: &ConnId) -> Joined {
-        let room = match self.rooms.get_with_id(room) {
-            Some((id, _)) => id.clone(),
-            None => RoomId::from_checked(room),
-        };
-        let added = self.rooms.join(&room, conn);
-        if added {
-            self.presence_join(room.as_str(), conn.as_str());
-            self.presence_event(&room, conn, true);
+    fn join_checked(&mut self, room: &str, conn: &ConnId) -> Result<Joined, MemberError> {
+        let j = self.rooms.join(room, conn).ok_or(MemberError::Full)?;
+        if j.added {
+            self.presence_join(room, conn.as_str());
+            self.presence_event(&j.room, conn, true);
         }
-        let state = self
-            .rooms
-            .get(room.as_str())
-            .map_or(RoomState::Pending, |r| r.state);
-        Joined { added, state }
+        Ok(Joined {
+            added: j.added,
+            state: j.state,
+            conn: j.slot,
+        })
     }
 
     /// Removes a local connection from a room; the last member unsubscribes it. Returns false

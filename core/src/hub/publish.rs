@@ -88,7 +88,7 @@ impl Hub {
             .rooms
             .get_mut(msg.room)
             .filter(|r| !r.members().is_empty());
-        if let Some(r) = room_with_members {
+        if let Some(mut r) = room_with_members {
             let excluded = msg
                 .exclude_connection
                 .and_then(|e| r.has_member(e).cloned());

@@ -192,7 +192,7 @@ impl Hub {
             });
             return;
         };
-        let Some((room_id, room)) = self.rooms.get_with_id(name) else {
+        let Some((room_id, mut room)) = self.rooms.get_with_id(name) else {
             self.metrics.dropped_unknown_channel += 1;
             return;
         };
