@@ -396,20 +396,31 @@ impl<'a> RoomRef<'a> {
     }
 }
 
-/// A room as the hub's delivery paths change it.
+/// A room as the hub's delivery paths change it. Its members are read only when needed (most
+/// messages find the recipients' snapshot made already).
 #[derive(Debug)]
 pub(crate) struct RoomMut<'a> {
-    members: Members<'a>,
+    members: Set,
+    pool: &'a Pool,
+    conns: &'a [ConnEntry],
     traffic: &'a mut Option<Box<Traffic>>,
 }
 
 impl<'a> RoomMut<'a> {
-    pub(crate) fn members(&self) -> Members<'a> {
-        self.members
+    pub(crate) fn members(&self) -> Members<'_> {
+        Members {
+            slots: self.pool.slice(&self.members),
+            conns: self.conns,
+        }
     }
 
-    pub(crate) fn has_member(&self, conn: &str) -> Option<&'a ConnId> {
-        self.members.find(conn)
+    /// Whether the room has no members (it waits for its UNSUBSCRIBE).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub(crate) fn has_member(&self, conn: &str) -> Option<&ConnId> {
+        self.members().find(conn)
     }
 
     pub(crate) fn check_seq(&mut self, t: &Trailer, max_origins: usize) -> SeqCheck {
@@ -418,21 +429,24 @@ impl<'a> RoomMut<'a> {
 
     /// The members, shared with every delivery until membership changes.
     pub(crate) fn recipients(&mut self) -> Arc<[Recipient]> {
-        let members = self.members;
-        self.traffic
-            .get_or_insert_with(Box::default)
-            .snapshot
-            .get_or_insert_with(|| {
-                members
-                    .iter()
-                    .zip(members.slots())
-                    .map(|(conn, slot)| Recipient {
-                        conn: conn.clone(),
-                        slot,
-                    })
-                    .collect()
+        let traffic = self.traffic.get_or_insert_with(Box::default);
+        if let Some(s) = &traffic.snapshot {
+            return s.clone();
+        }
+        let members = Members {
+            slots: self.pool.slice(&self.members),
+            conns: self.conns,
+        };
+        let snapshot: Arc<[Recipient]> = members
+            .iter()
+            .zip(members.slots())
+            .map(|(conn, slot)| Recipient {
+                conn: conn.clone(),
+                slot,
             })
-            .clone()
+            .collect();
+        traffic.snapshot = Some(snapshot.clone());
+        snapshot
     }
 }
 
@@ -554,11 +568,15 @@ impl Rooms {
             traffic,
             ..
         } = self.slab[i as usize].as_mut()?;
-        let members = Members {
-            slots: self.pool.slice(members),
-            conns: &self.conns,
-        };
-        Some((&*id, RoomMut { members, traffic }))
+        Some((
+            &*id,
+            RoomMut {
+                members: *members,
+                pool: &self.pool,
+                conns: &self.conns,
+                traffic,
+            },
+        ))
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -215,7 +215,7 @@ impl Hub {
             });
             return;
         }
-        if room.members().is_empty() {
+        if room.is_empty() {
             // Leaving: the UNSUBSCRIBE is on its way.
             return;
         }
