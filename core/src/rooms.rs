@@ -495,6 +495,9 @@ pub(crate) struct Rooms {
     dirty: VecDeque<u32>,
     in_flight: usize,
     memberships: usize,
+    /// Rooms [`Rooms::disconnect`] visited in all (tests of its cost).
+    #[cfg(test)]
+    visited: usize,
 }
 
 impl Rooms {
@@ -512,6 +515,8 @@ impl Rooms {
             dirty: VecDeque::new(),
             in_flight: 0,
             memberships: 0,
+            #[cfg(test)]
+            visited: 0,
         }
     }
 
@@ -801,6 +806,10 @@ impl Rooms {
         self.release_conn(c);
         let mut left = Vec::with_capacity(slots.len());
         for i in slots {
+            #[cfg(test)]
+            {
+                self.visited += 1;
+            }
             let Some(room) = self.slab[i as usize].as_mut() else {
                 continue;
             };
@@ -1109,5 +1118,184 @@ mod tests {
         assert_eq!(check_seq(&mut traffic, &t(3, 1, 1), 2), SeqCheck::InOrder);
         // Origin 1 was least recently seen and got evicted: a new baseline.
         assert_eq!(check_seq(&mut traffic, &t(1, 2, 1), 2), SeqCheck::InOrder);
+    }
+
+    /// The slab index a room has.
+    fn index_of(rooms: &Rooms, room: &str) -> u32 {
+        rooms.find(room).unwrap()
+    }
+
+    #[test]
+    fn slots_are_reused_after_the_room_is_gone() {
+        let mut rooms = Rooms::new(1);
+        join(&mut rooms, &r("a"), &c("1"));
+        join(&mut rooms, &r("b"), &c("1"));
+        rooms.take_commands(10);
+        rooms.on_subscribed(r("a"));
+        rooms.on_subscribed(r("b"));
+        let a = index_of(&rooms, "a");
+        rooms.leave(&r("a"), &c("1"));
+        // Unsubscribing: the room keeps its slot until Redis confirms.
+        assert_eq!(rooms.take_commands(10).1, vec![r("a")]);
+        join(&mut rooms, &r("c"), &c("1"));
+        assert_ne!(index_of(&rooms, "c"), a);
+        rooms.on_unsubscribed(r("a"));
+        assert!(rooms.find("a").is_none());
+        join(&mut rooms, &r("d"), &c("1"));
+        assert_eq!(index_of(&rooms, "d"), a, "the freed slot is taken again");
+        assert_eq!(rooms.slab.len(), 3);
+        let ids: Vec<&str> = rooms.rooms_of("1").iter().map(RoomId::as_str).collect();
+        assert_eq!(ids, ["b", "c", "d"]);
+    }
+
+    #[test]
+    fn a_room_removed_while_queued_keeps_its_slot_until_the_queue_passes_it() {
+        let mut rooms = Rooms::new(1);
+        join(&mut rooms, &r("a"), &c("1"));
+        let a = index_of(&rooms, "a");
+        rooms.leave(&r("a"), &c("1"));
+        assert_eq!(rooms.len(), 0);
+        // "a"'s queue entry is still there: "b" must not get its slot (the entry would then
+        // name "b" and subscribe it out of turn).
+        join(&mut rooms, &r("b"), &c("1"));
+        assert_ne!(index_of(&rooms, "b"), a);
+        assert_eq!(rooms.take_commands(10), (vec![r("b")], vec![]));
+        join(&mut rooms, &r("c"), &c("1"));
+        assert_eq!(index_of(&rooms, "c"), a, "free once the queue passed it");
+        assert_eq!(rooms.take_commands(10), (vec![r("c")], vec![]));
+    }
+
+    #[test]
+    fn a_connection_slot_gets_a_new_generation_for_each_occupant() {
+        let mut rooms = Rooms::new(1);
+        let first = rooms.join("a", &c("1")).unwrap().slot;
+        assert_eq!(
+            rooms.join("b", &c("1")).unwrap().slot,
+            first,
+            "one slot per connection"
+        );
+        assert_eq!(
+            rooms.join("a", &c("1")).unwrap().slot,
+            first,
+            "and when already in"
+        );
+        let other = rooms.join("a", &c("2")).unwrap().slot;
+        assert_ne!(other.index(), first.index());
+        assert_eq!(rooms.conn_id(first), Some(&c("1")));
+        assert_eq!(rooms.conn_slot("1"), Some(first));
+        let members: Vec<ConnSlot> = rooms.members_of("a").slots().collect();
+        assert_eq!(members, [first, other]);
+
+        // Leaving one room keeps the slot; leaving the last frees it.
+        rooms.leave(&r("a"), &c("1"));
+        assert_eq!(rooms.conn_id(first), Some(&c("1")));
+        rooms.leave(&r("b"), &c("1"));
+        assert_eq!(rooms.conn_id(first), None);
+        assert_eq!(rooms.conn_slot("1"), None);
+
+        // The next connection takes the index with a new generation: the old slot does not
+        // name it.
+        let third = rooms.join("a", &c("3")).unwrap().slot;
+        assert_eq!(third.index(), first.index());
+        assert_ne!(third.generation(), first.generation());
+        assert_ne!(third, first);
+        assert_eq!(rooms.conn_id(first), None);
+        assert_eq!(rooms.conn_id(third), Some(&c("3")));
+
+        // The same id back after a disconnect is a new occupant too.
+        rooms.disconnect(&c("3"));
+        let again = rooms.join("a", &c("3")).unwrap().slot;
+        assert_eq!(again.index(), third.index());
+        assert_ne!(again, third);
+        assert_eq!(rooms.connections(), 2);
+    }
+
+    #[test]
+    fn disconnect_visits_only_the_connections_rooms() {
+        let mut rooms = Rooms::new(1);
+        for i in 0..1000 {
+            join(&mut rooms, &r(&format!("other{i}")), &c("other"));
+        }
+        for i in 0..10 {
+            join(&mut rooms, &r(&format!("mine{i}")), &c("1"));
+            join(&mut rooms, &r(&format!("mine{i}")), &c("other"));
+        }
+        let mut left = rooms.disconnect(&c("1"));
+        left.sort();
+        assert_eq!(left.len(), 10);
+        assert_eq!(rooms.visited, 10, "one visit per room of the connection");
+        assert_eq!(rooms.memberships(), 1010);
+        assert_eq!(rooms.rooms_of("1").len(), 0);
+        assert_eq!(rooms.members_of("mine3").to_vec(), vec![c("other")]);
+        assert!(rooms.disconnect(&c("1")).is_empty());
+        assert_eq!(rooms.visited, 10);
+    }
+
+    #[test]
+    fn iteration_follows_the_slab_whatever_the_seed() {
+        let order = |seed: u64| {
+            let mut rooms = Rooms::new(seed);
+            for i in 0..50 {
+                join(&mut rooms, &r(&format!("r{i}")), &c(&format!("c{}", i % 7)));
+            }
+            for i in (0..50).step_by(3) {
+                rooms.leave(&r(&format!("r{i}")), &c(&format!("c{}", i % 7)));
+            }
+            // The hub's next turn: the queue passes the rooms gone, their slots are free.
+            rooms.take_commands(1000);
+            for i in 50..60 {
+                join(&mut rooms, &r(&format!("r{i}")), &c("c1"));
+            }
+            let ids: Vec<String> = rooms.iter().map(|(id, _)| id.to_string()).collect();
+            let of: Vec<String> = rooms
+                .rooms_of("c1")
+                .iter()
+                .map(|id| id.to_string())
+                .collect();
+            (ids, of)
+        };
+        let (ids, of) = order(1);
+        assert_eq!((ids.clone(), of.clone()), order(0xdead_beef));
+        assert_eq!(ids.len(), 50 - 17 + 10);
+        // Freed slots are taken again, most recently freed first.
+        assert_eq!(ids[0], "r1");
+        assert!(ids.iter().position(|id| id == "r59") < ids.iter().position(|id| id == "r50"));
+        assert_eq!(of.len(), 7 - 2 + 10);
+    }
+
+    #[test]
+    fn a_set_goes_inline_again_and_returns_its_vector() {
+        let mut pool = Pool::default();
+        let mut set = Set::EMPTY;
+        pool.push(&mut set, 7);
+        assert_eq!(pool.slice(&set), [7]);
+        assert!(pool.lists.is_empty(), "one value needs no vector");
+        pool.push(&mut set, 8);
+        pool.push(&mut set, 9);
+        assert_eq!(pool.slice(&set), [7, 8, 9]);
+        assert!(!pool.remove(&mut set, 1));
+        assert!(pool.remove(&mut set, 7));
+        assert_eq!(pool.slice(&set), [9, 8]);
+        assert!(pool.remove(&mut set, 9));
+        assert_eq!(pool.slice(&set), [8]);
+        assert_eq!(pool.free, [0], "the vector is free again");
+        assert_eq!(pool.lists[0].capacity(), 0, "and its memory returned");
+        let mut other = Set::EMPTY;
+        pool.push(&mut other, 1);
+        pool.push(&mut other, 2);
+        assert_eq!(other.0, POOLED, "the free vector is reused");
+        assert_eq!(pool.take(&mut other), [1, 2]);
+        assert!(other.is_empty());
+        assert!(pool.remove(&mut set, 8));
+        assert!(set.is_empty());
+    }
+
+    #[test]
+    fn a_room_slab_entry_is_32_bytes_and_an_id_16() {
+        assert_eq!(std::mem::size_of::<Option<Room>>(), 32);
+        assert_eq!(std::mem::size_of::<RoomId>(), 16);
+        assert!(r("a-fifteen-bytes").is_inline());
+        assert!(!r("sixteen-bytes-id").is_inline());
+        assert_eq!(r("sixteen-bytes-id").as_str(), "sixteen-bytes-id");
     }
 }

@@ -915,29 +915,74 @@ mod tests {
         for room in ["a", "b", "c/d"] {
             assert_eq!(s.nodes[0].hub.room_state(room), Some(RoomState::Live));
         }
-        // The room known before is shared, not allocated again.
+        // A long room id known before is shared, not allocated again (short ones are inline).
+        let long = "a-room-id-longer-than-inline";
+        let hub = &mut s.nodes[0].hub;
+        hub.join(long, "other").unwrap();
+        hub.join_many(&[long], "c").unwrap();
         let hub = &s.nodes[0].hub;
         let a = |conn: &str| {
             hub.rooms_of(conn)
                 .iter()
-                .find(|r| r.as_str() == "a")
+                .find(|r| r.as_str() == long)
                 .cloned()
                 .unwrap()
         };
+        assert!(!a("c").is_inline());
         assert!(a("c").ptr_eq(&a("other")));
-        // And the connection id is one allocation however many rooms it is in.
-        let c_in = |room: &str| {
-            hub.members(room)
-                .iter()
-                .find(|c| c.as_str() == "c")
-                .cloned()
-                .unwrap()
-        };
-        assert!(c_in("a").ptr_eq(&c_in("c/d")));
+        // And the connection has one slot however many rooms it is in.
+        let slot = hub.conn_slot("c").unwrap();
+        assert!(["a", "b", "c/d", long]
+            .iter()
+            .all(|room| hub.members(room).slots().any(|m| m == slot)));
         s.nodes[0].hub.begin_shutdown(s.now);
         assert_eq!(
             s.nodes[0].hub.join_many(&["z"], "c"),
             Err((0, MemberError::Shutdown))
         );
+    }
+
+    #[test]
+    fn a_queued_delivery_does_not_name_the_next_occupant_of_its_slot() {
+        let mut s = one_link(1);
+        s.settle();
+        let j = s.nodes[0].hub.join("r", "a").unwrap();
+        assert_eq!(s.nodes[0].hub.join("r2", "a").unwrap().conn, j.conn);
+        let other = s.nodes[0].hub.join("r", "other").unwrap().conn;
+        s.settle();
+        s.take_events();
+        let now = s.now;
+        s.nodes[0]
+            .hub
+            .publish(&Publish::broadcast("r", b"x"), now)
+            .unwrap();
+        s.settle();
+        // The delivery waits in the queue while "a" goes and "b" takes its slot.
+        s.nodes[0].hub.disconnect("a").unwrap();
+        let b = s.nodes[0].hub.join("r", "b").unwrap();
+        assert!(b.added);
+        assert_eq!(b.conn.index(), j.conn.index(), "the freed slot is reused");
+        assert_ne!(b.conn, j.conn, "with a new generation");
+        let d = s.nodes[0]
+            .take_events()
+            .into_iter()
+            .find_map(|e| match e {
+                Event::Delivery(d) => Some(d),
+                _ => None,
+            })
+            .expect("the message was delivered");
+        let ids: Vec<&str> = d.recipients().map(|c| c.as_str()).collect();
+        assert_eq!(ids, ["a", "other"]);
+        let slots: Vec<_> = d.recipient_slots().collect();
+        assert_eq!(slots, [j.conn, other]);
+        let hub = &s.nodes[0].hub;
+        assert_eq!(
+            hub.conn_id(slots[0]),
+            None,
+            "a's slot no longer names anyone"
+        );
+        assert_ne!(slots[0], b.conn, "nor b");
+        assert_eq!(hub.conn_id(slots[1]).map(|c| c.as_str()), Some("other"));
+        assert_eq!(hub.conn_id(b.conn).map(|c| c.as_str()), Some("b"));
     }
 }
