@@ -45,6 +45,12 @@
 //! # let _ = BytesMut::new();
 //! ```
 //!
+//! Each local connection has a [`ConnSlot`] while it is a member of some room
+//! ([`Joined::conn`], [`Hub::conn_slot`]), and a delivery names its recipients by slot as well
+//! as by id ([`Delivery::recipient_slots`], [`Recipients::slots`]): an adapter can keep its
+//! per-connection state in a vector indexed by [`ConnSlot::index`], checked against
+//! [`ConnSlot::generation`], instead of looking each recipient up by id.
+//!
 //! The delivery contract (ordering, duplicates, sequences, outages) is described on
 //! [`Hub`] and in the repository's README; each line of it has a test.
 #![forbid(unsafe_code)]

@@ -300,16 +300,6 @@ macro_rules! id_type {
                 matches!(self.0, Text::Inline(_))
             }
 
-            /// Whether both are the same value: inline and equal, or sharing one allocation
-            /// (tests of interning).
-            #[cfg(test)]
-            pub(crate) fn ptr_eq(&self, other: &Self) -> bool {
-                match (&self.0, &other.0) {
-                    (Text::Shared(a), Text::Shared(b)) => Arc::ptr_eq(a, b),
-                    (Text::Inline(_), Text::Inline(_)) => self == other,
-                    _ => false,
-                }
-            }
         }
 
         impl fmt::Debug for $name {
@@ -368,6 +358,17 @@ id_type!(
 );
 
 impl RoomId {
+    /// Whether both are the same value: inline and equal, or sharing one allocation (tests of
+    /// interning).
+    #[cfg(test)]
+    pub(crate) fn ptr_eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Text::Shared(a), Text::Shared(b)) => Arc::ptr_eq(a, b),
+            (Text::Inline(_), Text::Inline(_)) => self == other,
+            _ => false,
+        }
+    }
+
     /// Builds one from an `id` that already passed [`RoomId::check`].
     pub(crate) fn from_checked(id: &str) -> Self {
         Self(Text::new(id))
