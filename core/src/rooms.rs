@@ -297,27 +297,27 @@ pub struct Members<'a> {
 }
 
 impl<'a> Members<'a> {
-    fn id(&self, slot: u32) -> &'a ConnId {
+    /// The members' ids and slots.
+    fn entries(&self) -> impl Iterator<Item = (&'a ConnId, ConnSlot)> + 'a {
         let conns: &'a [ConnEntry] = self.conns;
-        conns[slot as usize]
-            .id
-            .as_ref()
-            .expect("a member's slot is occupied")
+        self.slots.iter().filter_map(move |&s| {
+            let e = conns.get(s as usize)?;
+            let slot = ConnSlot {
+                index: s,
+                generation: e.generation,
+            };
+            Some((e.id.as_ref()?, slot))
+        })
     }
 
     /// The members' ids.
     pub fn iter(&self) -> impl Iterator<Item = &'a ConnId> + 'a {
-        let this = *self;
-        self.slots.iter().map(move |&s| this.id(s))
+        self.entries().map(|(id, _)| id)
     }
 
     /// The members' slots.
     pub fn slots(&self) -> impl Iterator<Item = ConnSlot> + 'a {
-        let conns = self.conns;
-        self.slots.iter().map(move |&s| ConnSlot {
-            index: s,
-            generation: conns[s as usize].generation,
-        })
+        self.entries().map(|(_, slot)| slot)
     }
 
     /// How many there are.
@@ -346,7 +346,7 @@ impl<'a> IntoIterator for Members<'a> {
     type IntoIter = Box<dyn Iterator<Item = &'a ConnId> + 'a>;
 
     fn into_iter(self) -> Self::IntoIter {
-        Box::new(self.slots.iter().map(move |&s| self.id(s)))
+        Box::new(self.iter())
     }
 }
 
@@ -438,8 +438,7 @@ impl<'a> RoomMut<'a> {
             conns: self.conns,
         };
         let snapshot: Arc<[Recipient]> = members
-            .iter()
-            .zip(members.slots())
+            .entries()
             .map(|(conn, slot)| Recipient {
                 conn: conn.clone(),
                 slot,
