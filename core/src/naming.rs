@@ -891,4 +891,52 @@ mod tests {
             prop_assert_eq!(first_control(&s), expected);
         }
     }
+
+    #[test]
+    fn ids_up_to_the_inline_length_live_in_the_value() {
+        use std::collections::{BTreeSet, HashMap};
+        let ascii15 = "a".repeat(INLINE_ID_BYTES);
+        let ascii16 = "a".repeat(INLINE_ID_BYTES + 1);
+        // A two-byte character that ends exactly at the inline length, and one byte past it.
+        let utf8_15 = format!("{}é", "b".repeat(INLINE_ID_BYTES - 2));
+        let utf8_16 = format!("{}é", "b".repeat(INLINE_ID_BYTES - 1));
+        let ids = [
+            "x",
+            ascii15.as_str(),
+            ascii16.as_str(),
+            &utf8_15,
+            &utf8_16,
+            "hub/abc",
+        ];
+        let inline = [true, true, false, true, false, true];
+        let mut map = HashMap::new();
+        for (id, inline) in ids.iter().zip(inline) {
+            let r = RoomId::try_from(*id).unwrap();
+            assert_eq!(r.is_inline(), inline, "{id}");
+            assert_eq!(r.as_str(), *id);
+            assert_eq!(r.as_bytes(), id.as_bytes());
+            assert_eq!(r.clone(), r);
+            map.insert(r, id.len());
+        }
+        // Hashes and equality agree with `str`'s: found by `&str` whatever the form.
+        for id in ids {
+            assert_eq!(map.get(id), Some(&id.len()), "{id}");
+        }
+        // Ordered as the strings are, inline and shared mixed.
+        let by_id: Vec<String> = ids
+            .iter()
+            .map(|id| ConnId::try_from(*id).unwrap())
+            .collect::<BTreeSet<_>>()
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        let mut by_str: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        by_str.sort();
+        assert_eq!(by_id, by_str);
+        assert_ne!(
+            RoomId::try_from("ab").unwrap(),
+            RoomId::try_from("abc").unwrap()
+        );
+        assert_eq!(std::mem::size_of::<ConnId>(), 16);
+    }
 }
