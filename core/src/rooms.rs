@@ -430,23 +430,30 @@ impl<'a> RoomMut<'a> {
     /// The members, shared with every delivery until membership changes.
     pub(crate) fn recipients(&mut self) -> Arc<[Recipient]> {
         let traffic = self.traffic.get_or_insert_with(Box::default);
-        if let Some(s) = &traffic.snapshot {
-            return s.clone();
+        match &traffic.snapshot {
+            Some(s) => s.clone(),
+            None => {
+                let members = Members {
+                    slots: self.pool.slice(&self.members),
+                    conns: self.conns,
+                };
+                traffic.snapshot.insert(snapshot(members)).clone()
+            }
         }
-        let members = Members {
-            slots: self.pool.slice(&self.members),
-            conns: self.conns,
-        };
-        let snapshot: Arc<[Recipient]> = members
-            .entries()
-            .map(|(conn, slot)| Recipient {
-                conn: conn.clone(),
-                slot,
-            })
-            .collect();
-        traffic.snapshot = Some(snapshot.clone());
-        snapshot
     }
+}
+
+/// A new recipients snapshot (after a membership change): out of the receive path's way.
+#[cold]
+#[inline(never)]
+fn snapshot(members: Members<'_>) -> Arc<[Recipient]> {
+    members
+        .entries()
+        .map(|(conn, slot)| Recipient {
+            conn: conn.clone(),
+            slot,
+        })
+        .collect()
 }
 
 /// A change the hub reports as an event.
