@@ -247,9 +247,33 @@ impl PartialEq for Text {
 impl Eq for Text {}
 
 impl Hash for Text {
-    /// As the `str` hashes (so maps keyed by an id can be searched with a `&str`).
+    /// As the `str` hashes (so maps keyed by an id can be searched with a `&str`), without
+    /// building one: see [`hash_id`].
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state)
+        hash_id(self.as_bytes(), state)
+    }
+}
+
+/// Hashes an id's bytes exactly as `str::hash` does on stable Rust (its bytes, then `0xff`:
+/// `Hasher::write_str`'s behaviour, which only a nightly hasher can change).
+fn hash_id<H: Hasher>(bytes: &[u8], state: &mut H) {
+    state.write(bytes);
+    state.write_u8(0xff);
+}
+
+/// A `&str` to search a hashbrown map keyed by [`RoomId`] without turning each candidate key
+/// back into a `str` (`Borrow<str>` would check an inline id's UTF-8 on every comparison).
+pub(crate) struct IdStr<'a>(pub(crate) &'a str);
+
+impl Hash for IdStr<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_id(self.0.as_bytes(), state)
+    }
+}
+
+impl hashbrown::Equivalent<RoomId> for IdStr<'_> {
+    fn equivalent(&self, key: &RoomId) -> bool {
+        key.as_bytes() == self.0.as_bytes()
     }
 }
 
@@ -451,7 +475,7 @@ impl ChannelNamer {
 
     /// The length of `room`'s channel: what [`ChannelNamer::write_room_channel`] appends.
     pub(crate) fn room_channel_len(&self, room: &RoomId) -> usize {
-        let id = room.as_str().as_bytes();
+        let id = room.as_bytes();
         let escaped = id.iter().filter(|&&b| b == b'%' || b == b':').count();
         self.room_head.len() + id.len() + 2 * escaped
     }
@@ -461,7 +485,7 @@ impl ChannelNamer {
     where
         B: BufMut + DerefMut<Target = [u8]>,
     {
-        let id = room.as_str().as_bytes();
+        let id = room.as_bytes();
         out.put_slice(&self.room_head);
         // Common case, nothing to percent-encode: copy the id whole, then turn `/` into `:` in
         // place (both loops run without branching per byte).
@@ -918,10 +942,17 @@ mod tests {
             assert_eq!(r.clone(), r);
             map.insert(r, id.len());
         }
-        // Hashes and equality agree with `str`'s: found by `&str` whatever the form.
+        // Hashes and equality agree with `str`'s: found by `&str` whatever the form, in a std
+        // map and in the hub's kind (hashbrown with foldhash), by `&str` and by `IdStr`.
+        let mut fast: hashbrown::HashMap<RoomId, usize, foldhash::fast::FixedState> =
+            hashbrown::HashMap::with_hasher(foldhash::fast::FixedState::with_seed(7));
+        fast.extend(map.iter().map(|(k, v)| (k.clone(), *v)));
         for id in ids {
             assert_eq!(map.get(id), Some(&id.len()), "{id}");
+            assert_eq!(fast.get(id), Some(&id.len()), "{id}");
+            assert_eq!(fast.get(&IdStr(id)), Some(&id.len()), "{id}");
         }
+        assert_eq!(fast.get(&IdStr("bbbbbbbbbbbbb")), None);
         // Ordered as the strings are, inline and shared mixed.
         let by_id: Vec<String> = ids
             .iter()

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::link::Queued;
+use crate::naming::IdStr;
 
 /// A PUBLISH command's array header and name: `*3`, `$7 PUBLISH`.
 const PUBLISH_HEAD: &[u8] = b"*3\r\n$7\r\nPUBLISH\r\n";
@@ -108,7 +109,7 @@ impl Hub {
     /// The shared id of a room that passed `RoomId::check`: from the publish streams or the
     /// joined rooms when either knows it, built only otherwise.
     fn known_room(&mut self, room: &str) -> RoomId {
-        if let Some((id, _)) = self.streams.get_key_value(room) {
+        if let Some((id, _)) = self.streams.get_key_value(&IdStr(room)) {
             return id.clone();
         }
         match self.rooms.get_with_id(room) {
@@ -120,7 +121,7 @@ impl Hub {
     /// Numbers a new publish to a checked room: its shared id, epoch and sequence number, with
     /// one map lookup when the room has published before.
     fn take_seq(&mut self, room: &str) -> (RoomId, u64, u64) {
-        if let Some((id, s)) = self.streams.get_key_value_mut(room) {
+        if let Some((id, s)) = self.streams.get_key_value_mut(&IdStr(room)) {
             let seq = s.next;
             s.next += 1;
             return (id.clone(), s.epoch, seq);
