@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use crate::envelope::{InstanceId, MessageType, Trailer};
 use crate::naming::{ConnId, NameError, RoomId};
+use crate::rooms::{ConnSlot, Recipient};
 
 /// Identifies one Redis connection of a hub. Link 0 is the subscriber; links 1..=pool_size
 /// publish.
@@ -65,7 +66,7 @@ pub struct Delivery {
 impl Delivery {
     pub(crate) fn new(
         message: Message,
-        recipients: Arc<[ConnId]>,
+        recipients: Arc<[Recipient]>,
         excluded: Option<ConnId>,
     ) -> Self {
         Delivery {
@@ -81,6 +82,12 @@ impl Delivery {
     /// excluded connection where exclusion applies on this instance.
     pub fn recipients(&self) -> impl Iterator<Item = &ConnId> + '_ {
         self.recipients.iter()
+    }
+
+    /// The recipients' slots, in the order of [`Delivery::recipients`]: index the
+    /// application's per-connection state with them (see [`ConnSlot`]).
+    pub fn recipient_slots(&self) -> impl Iterator<Item = ConnSlot> + '_ {
+        self.recipients.slots()
     }
 
     /// The number of recipients.
@@ -104,15 +111,26 @@ impl Delivery {
 /// connection where exclusion applies on this instance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recipients {
-    list: Arc<[ConnId]>,
+    list: Arc<[Recipient]>,
     excluded: Option<ConnId>,
 }
 
 impl Recipients {
-    /// The recipients in membership order.
-    pub fn iter(&self) -> impl Iterator<Item = &ConnId> + '_ {
+    /// The recipients (id and slot) in membership order.
+    pub fn entries(&self) -> impl Iterator<Item = &Recipient> + '_ {
         let excluded = self.excluded.as_ref();
-        self.list.iter().filter(move |c| Some(*c) != excluded)
+        self.list.iter().filter(move |r| Some(&r.conn) != excluded)
+    }
+
+    /// The recipients' ids in membership order.
+    pub fn iter(&self) -> impl Iterator<Item = &ConnId> + '_ {
+        self.entries().map(|r| &r.conn)
+    }
+
+    /// The recipients' slots in membership order: each indexes the application's state for
+    /// that connection, checked against the slot's generation (see [`ConnSlot`]).
+    pub fn slots(&self) -> impl Iterator<Item = ConnSlot> + '_ {
+        self.entries().map(|r| r.slot)
     }
 
     /// How many there are.
@@ -406,6 +424,9 @@ pub enum MemberError {
     InvalidConnection(NameError),
     /// The hub is shut down.
     Shutdown,
+    /// The hub holds as many rooms, or connections, as it can index (about two thousand
+    /// million); nothing was joined. Leave rooms or spread connections over more instances.
+    Full,
 }
 
 impl fmt::Display for MemberError {
@@ -413,6 +434,11 @@ impl fmt::Display for MemberError {
         match self {
             MemberError::InvalidRoom(e) | MemberError::InvalidConnection(e) => e.fmt(f),
             MemberError::Shutdown => write!(f, "the hub is shut down; no more joins"),
+            MemberError::Full => write!(
+                f,
+                "the hub holds as many rooms or connections as it can index; leave rooms or \
+                 spread connections over more instances"
+            ),
         }
     }
 }

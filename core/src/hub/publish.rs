@@ -82,11 +82,8 @@ impl Hub {
         });
         // A room whose last member left only waits for its UNSUBSCRIBE: nobody to deliver
         // to, as on the receiving side.
-        let room_with_members = self
-            .rooms
-            .get_mut(msg.room)
-            .filter(|r| !r.members().is_empty());
-        if let Some(r) = room_with_members {
+        let room_with_members = self.rooms.get_mut(msg.room).filter(|r| !r.is_empty());
+        if let Some(mut r) = room_with_members {
             let excluded = msg
                 .exclude_connection
                 .and_then(|e| r.has_member(e).cloned());

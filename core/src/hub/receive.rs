@@ -188,7 +188,7 @@ impl Hub {
             });
             return;
         };
-        let Some((room_id, room)) = self.rooms.get_with_id(name) else {
+        let Some((room_id, mut room)) = self.rooms.get_with_id(name) else {
             self.metrics.dropped_unknown_channel += 1;
             return;
         };
@@ -211,7 +211,7 @@ impl Hub {
             });
             return;
         }
-        if room.members().is_empty() {
+        if room.is_empty() {
             // Leaving: the UNSUBSCRIBE is on its way.
             return;
         }
