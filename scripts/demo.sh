@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The demo: `roomcast demo`. Three WebSocket room servers (the server of
-# adapters/examples/ws_rooms.rs), each on its own roomcast instance, share rooms through one
+# The demo: `roomcast demo`. Three WebSocket room servers (the server of `roomcast serve`,
+# with its chat page), each on its own roomcast instance, share rooms through one
 # Redis; simulated WebSocket clients on every server join rooms and chat (and reconnect now
 # and then). A live view shows messages/s per instance, cross-instance latency percentiles,
 # rooms live and reconnects; it stops by itself and prints a summary.

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything CI checks, in the order CI checks it: formatting, lints, tests, the core's
 # dependency rule, and the fuzz targets' build. Installs redis-server (and openssl, for the
-# TLS tests' certificates) with apt when missing; the integration tests start private
-# servers of their own on free loopback ports.
+# TLS tests' certificates, and chromium, for the browser test of `roomcast serve`) with apt
+# when missing; the integration tests start private servers of their own on free loopback
+# ports.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -47,6 +48,13 @@ else
     echo "g++ missing: will install it (the fuzz targets' libFuzzer is C++)"
     missing+=(g++)
 fi
+# The browser test of `roomcast serve` drives headless Chromium (adapters/tests/browser.rs).
+if command -v chromium >/dev/null 2>&1 || [ -n "${ROOMCAST_CHROMIUM:-}" ]; then
+    echo "chromium present"
+else
+    echo "chromium missing: will install it (the browser test of roomcast serve)"
+    missing+=(chromium)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
@@ -59,6 +67,7 @@ cargo --version
 cargo fmt --version
 cargo clippy --version
 redis-server --version
+"${ROOMCAST_CHROMIUM:-chromium}" --version
 
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check

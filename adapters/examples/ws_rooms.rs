@@ -1,9 +1,11 @@
-//! A WebSocket chat server whose rooms are shared by every copy through Redis.
+//! A WebSocket chat server whose rooms are shared by every copy through Redis: the server of
+//! `roomcast serve` ([`roomcast::serve`]) in a dozen lines.
 //!
 //! Clients connect to `ws://HOST:PORT/rooms/{room}`. Every text frame goes to the room's
 //! other members on every copy (the sender is excluded), joins and leaves are published as
 //! presence events, and frames to clients are JSON (`welcome`, `broadcast`, `presence`,
-//! `system`). Run two copies against one Redis and chat across them:
+//! `system`); `http://HOST:PORT/` is a chat page. Run two copies against one Redis and chat
+//! across them:
 //!
 //! ```sh
 //! export REDIS_URL=redis://127.0.0.1:6379
@@ -11,14 +13,11 @@
 //! cargo run -p roomcast --features cli --example ws_rooms -- --port 9002
 //! websocat ws://127.0.0.1:9001/rooms/lobby    # and another on 9002
 //! ```
-//!
-//! The server is `src/bin/roomcast/ws.rs`, also used by `roomcast demo`.
-
-#[path = "../src/bin/roomcast/ws.rs"]
-mod ws;
 
 use std::process::ExitCode;
 use std::time::Duration;
+
+use roomcast::serve::{instance_options, ServeOptions, Server};
 
 const USAGE: &str = "usage: ws_rooms [--port PORT] [--host HOST]   (REDIS_URL, REDIS_CHANNEL_PREFIX, REDIS_POOL_SIZE from the environment)";
 
@@ -46,7 +45,12 @@ async fn main() -> ExitCode {
         }
     }
     let rc = match roomcast::config_from_env() {
-        Ok(config) => roomcast::connect(config).await,
+        Ok(config) => {
+            roomcast::Builder::new(config)
+                .options(instance_options())
+                .connect_tokio()
+                .await
+        }
         Err(e) => Err(e),
     };
     let rc = match rc {
@@ -56,17 +60,18 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let server = match ws::Server::bind(&format!("{host}:{port}"), rc.clone()).await {
+    let addr = format!("{host}:{port}");
+    let server = match Server::bind(&addr, rc.clone(), ServeOptions::default()).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ws_rooms: cannot listen on {host}:{port}: {e}");
+            eprintln!("ws_rooms: cannot listen on {addr}: {e}");
             return ExitCode::from(1);
         }
     };
     println!(
-        "ws_rooms: instance {} serving {} (Ctrl-C stops)",
+        "ws_rooms: instance {} serving ws://{}/rooms/{{room}} (Ctrl-C stops)",
         rc.instance(),
-        server.url("{room}").replace("%7B", "{").replace("%7D", "}")
+        server.addr()
     );
     let _ = tokio::signal::ctrl_c().await;
     server.shutdown(Duration::from_secs(2)).await;

@@ -1425,8 +1425,9 @@ impl State {
                     }
                 }
             }
-            // Health waiters are checked after every drain that had events.
-            Event::SubscriberVerified { .. } => return,
+            // Health waiters are checked after every drain that had events; event streams
+            // get the probe's round trip (`roomcast serve` keeps a histogram of it).
+            Event::SubscriberVerified { .. } => {}
             Event::Pong { link, rtt } => {
                 for w in &mut self.health {
                     if let Some(p) = w.pending.iter().position(|l| *l == link) {

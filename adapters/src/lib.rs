@@ -38,9 +38,13 @@
 
 mod driver;
 mod error;
+#[cfg(feature = "graphwiz")]
+pub mod graphwiz;
 mod handle;
 mod queue;
 pub mod runtime;
+#[cfg(feature = "cli")]
+pub mod serve;
 #[cfg(feature = "tls")]
 pub mod tls;
 

@@ -139,8 +139,9 @@ pub struct Config {
     pub max_conn_id_bytes: usize,
     /// Largest encoded message (envelope) accepted for publishing or delivery (default 1 MiB).
     pub max_envelope_bytes: usize,
-    /// Largest RESP frame buffered from Redis (default: envelope limit + 64 KiB). A larger one
-    /// breaks the link: the stream cannot be trusted after it.
+    /// Largest RESP frame buffered from Redis (default: envelope limit + 64 KiB). A pub/sub
+    /// message over it is skipped unread and reported as [`crate::DropCause::TooLarge`]; any
+    /// other frame over it (a reply) breaks the link.
     pub max_frame_bytes: usize,
     /// Deepest nesting of RESP aggregates accepted from Redis (default 32).
     pub max_frame_depth: usize,
@@ -253,6 +254,13 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The Redis Cluster URL (`redis+cluster://`) could not be understood.
+    BadClusterUrl {
+        /// The URL with any password masked.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A numeric or named setting is out of range.
     BadValue {
         /// The field or variable.
@@ -268,6 +276,10 @@ impl fmt::Display for ConfigError {
             ConfigError::BadUrl { url, reason } => write!(
                 f,
                 "invalid Redis URL {url:?}: {reason}; expected redis://[user[:password]@]host[:port][/db][?protocol=resp2|resp3] (rediss:// for TLS)"
+            ),
+            ConfigError::BadClusterUrl { url, reason } => write!(
+                f,
+                "invalid Redis Cluster URL {url:?}: {reason}; expected redis+cluster://[user[:password]@]host:port[,host:port...][?protocol=resp2|resp3] (rediss+cluster:// for TLS)"
             ),
             ConfigError::BadValue { field, reason } => write!(f, "invalid {field}: {reason}"),
         }
@@ -436,6 +448,10 @@ pub fn parse_redis_url(url: &str) -> Result<ServerConfig, ConfigError> {
         (false, r)
     } else if let Some(r) = url.strip_prefix("rediss://") {
         (true, r)
+    } else if url.starts_with("redis+cluster://") || url.starts_with("rediss+cluster://") {
+        return Err(err(
+            "a redis+cluster:// URL names the seed nodes of a Redis Cluster; read it with parse_redis_target or parse_cluster_url",
+        ));
     } else {
         return Err(err("the scheme must be redis:// or rediss://"));
     };
@@ -456,49 +472,14 @@ pub fn parse_redis_url(url: &str) -> Result<ServerConfig, ConfigError> {
         ..ServerConfig::default()
     };
     if let Some(info) = userinfo {
-        let (user, pass) = match info.split_once(':') {
-            Some((u, p)) => (u, Some(p)),
-            None => (info, None),
-        };
-        let user = percent_decode(user).ok_or_else(|| err("bad percent-encoding in the user"))?;
-        if !user.is_empty() {
-            server.username = Some(user);
-        }
-        if let Some(p) = pass {
-            let p = percent_decode(p).ok_or_else(|| err("bad percent-encoding in the password"))?;
-            server.password = Some(Secret(p));
-        } else if server.username.is_some() {
-            // `redis://secret@host` is commonly meant as a password for the default user.
-            server.password = server.username.take().map(Secret);
-        }
+        (server.username, server.password) = parse_userinfo(info).map_err(|r| err(&r))?;
     }
-    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| err("an IPv6 host needs a closing ]"))?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => Some(p),
-            None if after.is_empty() => None,
-            None => return Err(err("unexpected text after the IPv6 host")),
-        };
-        (h, port)
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (hostport, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(err("the host is empty"));
+    if hostport.contains(',') {
+        return Err(err(
+            "it lists several hosts; for Redis Cluster write redis+cluster://host:port,host:port (cluster mode)",
+        ));
     }
-    server.host = host.to_string();
-    if let Some(p) = port {
-        server.port = p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| err("the port must be a number from 1 to 65535"))?;
-    }
+    (server.host, server.port) = parse_host_port(hostport, server.port).map_err(|r| err(&r))?;
     let path = path.trim_end_matches('/');
     if !path.is_empty() {
         server.db = path
@@ -566,6 +547,331 @@ fn percent_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// `user[:password]` of a URL, percent-decoded: `(user, password)`. A lone word is a
+/// password (`redis://secret@host` is commonly meant for the default user).
+fn parse_userinfo(info: &str) -> Result<(Option<String>, Option<Secret>), String> {
+    let (user, pass) = match info.split_once(':') {
+        Some((u, p)) => (u, Some(p)),
+        None => (info, None),
+    };
+    let user = percent_decode(user).ok_or("bad percent-encoding in the user")?;
+    let user = (!user.is_empty()).then_some(user);
+    match pass {
+        Some(p) => {
+            let p = percent_decode(p).ok_or("bad percent-encoding in the password")?;
+            Ok((user, Some(Secret(p))))
+        }
+        None => Ok((None, user.map(Secret))),
+    }
+}
+
+/// `host[:port]` or `[ipv6][:port]`; `default_port` when no port is given.
+fn parse_host_port(hostport: &str, default_port: u16) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or("an IPv6 host needs a closing ]")?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err("unexpected text after the IPv6 host".into()),
+        };
+        (h, port)
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("the host is empty".into());
+    }
+    let port = match port {
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or("the port must be a number from 1 to 65535")?,
+        None => default_port,
+    };
+    Ok((host.to_string(), port))
+}
+
+impl Config {
+    /// [`Config::validate`] for cluster mode: also refuses a channel prefix with `{` or `}`,
+    /// whose hash tag would put every room in one slot (see [`crate::cluster`]).
+    pub fn validate_for_cluster(&self) -> Result<(), ConfigError> {
+        self.validate()?;
+        crate::cluster::check_cluster_prefix(&self.channel_prefix)
+            .map_err(|e| bad("channel_prefix", e.to_string()))
+    }
+}
+
+/// Most seed nodes a `redis+cluster://` URL may list.
+pub const MAX_CLUSTER_SEEDS: usize = 64;
+
+/// One seed node of a cluster URL: where the first `CLUSTER SHARDS` is asked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SeedNode {
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+/// The servers of cluster mode (`redis+cluster://`): seed nodes, and the login and protocol
+/// every node of the cluster shares. The cluster's nodes themselves are learnt from
+/// `CLUSTER SHARDS` (see [`crate::cluster::Topology`]). There is no database: Redis Cluster
+/// has only database 0, and pub/sub ignores databases anyway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterServers {
+    /// The seed nodes, in the URL's order, each once.
+    pub seeds: Vec<SeedNode>,
+    /// Use TLS (`rediss+cluster://`) on every node.
+    pub tls: bool,
+    /// ACL user name; `None` logs in as the default user.
+    pub username: Option<String>,
+    /// Password; `None` sends no AUTH.
+    pub password: Option<Secret>,
+    /// RESP version.
+    pub protocol: Protocol,
+}
+
+impl ClusterServers {
+    /// The settings for a link to the node at `host:port` (a seed, or a node named by
+    /// `CLUSTER SHARDS` or `-MOVED`): this cluster's login, TLS and protocol, database 0.
+    pub fn node(&self, host: &str, port: u16) -> ServerConfig {
+        ServerConfig {
+            host: host.to_string(),
+            port,
+            tls: self.tls,
+            username: self.username.clone(),
+            password: self.password.clone(),
+            db: 0,
+            protocol: self.protocol,
+        }
+    }
+}
+
+/// What a Redis URL names: one server, or the seed nodes of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `redis://` or `rediss://`: one server (classic pub/sub).
+    Single(ServerConfig),
+    /// `redis+cluster://` or `rediss+cluster://`: a Redis Cluster (sharded pub/sub).
+    Cluster(ClusterServers),
+}
+
+/// Parses any Redis URL roomcast accepts: `redis://` and `rediss://` exactly as
+/// [`parse_redis_url`] does, `redis+cluster://` and `rediss+cluster://` as
+/// [`parse_cluster_url`] does. Cluster mode is chosen by the scheme only.
+pub fn parse_redis_target(url: &str) -> Result<RedisTarget, ConfigError> {
+    if url.starts_with("redis+cluster://") || url.starts_with("rediss+cluster://") {
+        parse_cluster_url(url).map(RedisTarget::Cluster)
+    } else {
+        parse_redis_url(url).map(RedisTarget::Single)
+    }
+}
+
+/// Parses `redis+cluster://[user[:password]@]host[:port][,host[:port]…][/0][?protocol=resp2|resp3]`
+/// (`rediss+cluster://` for TLS). Each seed's port defaults to 6379; IPv6 hosts are written
+/// in brackets. A database other than 0 is refused: a cluster has only database 0.
+pub fn parse_cluster_url(url: &str) -> Result<ClusterServers, ConfigError> {
+    let err = |reason: &str| ConfigError::BadClusterUrl {
+        url: mask_url(url),
+        reason: reason.to_string(),
+    };
+    let (tls, rest) = if let Some(r) = url.strip_prefix("redis+cluster://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("rediss+cluster://") {
+        (true, r)
+    } else {
+        return Err(err(
+            "the scheme must be redis+cluster:// or rediss+cluster://",
+        ));
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((a, q)) => (a, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let (username, password) = match userinfo {
+        Some(info) => parse_userinfo(info).map_err(|r| err(&r))?,
+        None => (None, None),
+    };
+    let mut seeds: Vec<SeedNode> = Vec::new();
+    for (i, hostport) in hosts.split(',').enumerate() {
+        if hostport.is_empty() {
+            return Err(err(&format!(
+                "seed {} is empty; separate seeds with one comma, like host1:7000,host2:7000",
+                i + 1
+            )));
+        }
+        let (host, port) = parse_host_port(hostport, 6379)
+            .map_err(|r| err(&format!("seed {} ({hostport:?}): {r}", i + 1)))?;
+        let seed = SeedNode { host, port };
+        if seeds.contains(&seed) {
+            return Err(err(&format!(
+                "seed {hostport:?} is listed twice; list each node once"
+            )));
+        }
+        seeds.push(seed);
+    }
+    if seeds.len() > MAX_CLUSTER_SEEDS {
+        return Err(err(&format!(
+            "{} seeds is more than {MAX_CLUSTER_SEEDS}; a few nodes are enough, the others are found with CLUSTER SHARDS",
+            seeds.len()
+        )));
+    }
+    let no_db = |db: &str| {
+        err(&format!(
+            "database {db} was asked for, but Redis Cluster has only database 0 (and pub/sub \
+             ignores databases); remove the database from the URL and separate \
+             applications with the channel prefix (REDIS_CHANNEL_PREFIX)"
+        ))
+    };
+    let path = path.trim_end_matches('/');
+    if !path.is_empty() && path != "0" {
+        return Err(no_db(path));
+    }
+    let mut protocol = Protocol::Resp2;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("protocol", "resp2" | "2") => protocol = Protocol::Resp2,
+            ("protocol", "resp3" | "3") => protocol = Protocol::Resp3,
+            ("protocol", _) => return Err(err("protocol must be resp2 or resp3")),
+            ("db", "0") => {}
+            ("db", v) => return Err(no_db(v)),
+            (k, _) => {
+                return Err(err(&format!(
+                    "unknown query parameter {k:?} (known: protocol)"
+                )))
+            }
+        }
+    }
+    Ok(ClusterServers {
+        seeds,
+        tls,
+        username,
+        password,
+        protocol,
+    })
+}
+
+#[cfg(test)]
+mod cluster_url_tests {
+    use super::*;
+
+    fn seeds(c: &ClusterServers) -> Vec<(&str, u16)> {
+        c.seeds.iter().map(|s| (s.host.as_str(), s.port)).collect()
+    }
+
+    #[test]
+    fn parses_cluster_urls() {
+        let c = parse_cluster_url("redis+cluster://10.0.0.1:7000,10.0.0.2,[::1]:7002").unwrap();
+        assert_eq!(
+            seeds(&c),
+            vec![("10.0.0.1", 7000), ("10.0.0.2", 6379), ("::1", 7002)]
+        );
+        assert_eq!((c.tls, c.protocol), (false, Protocol::Resp2));
+        assert_eq!((c.username.as_deref(), c.password.as_ref()), (None, None));
+        let c =
+            parse_cluster_url("rediss+cluster://al%40ice:p%2Cw@h1:7000,h2:7001/0?protocol=resp3")
+                .unwrap();
+        assert!(c.tls);
+        assert_eq!(c.protocol, Protocol::Resp3);
+        assert_eq!(c.username.as_deref(), Some("al@ice"));
+        assert_eq!(c.password.as_ref().map(Secret::expose), Some("p,w"));
+        assert_eq!(seeds(&c), vec![("h1", 7000), ("h2", 7001)]);
+        let node = c.node("10.1.1.1", 7005);
+        assert_eq!(
+            (node.host.as_str(), node.port, node.db),
+            ("10.1.1.1", 7005, 0)
+        );
+        assert!(node.tls);
+        assert_eq!(node.username.as_deref(), Some("al@ice"));
+        assert_eq!(node.protocol, Protocol::Resp3);
+        let c = parse_cluster_url("redis+cluster://secret@h?db=0").unwrap();
+        assert_eq!(c.password.as_ref().map(Secret::expose), Some("secret"));
+        assert_eq!(c.username, None);
+    }
+
+    #[test]
+    fn the_scheme_chooses_the_mode() {
+        assert!(matches!(
+            parse_redis_target("redis+cluster://h:7000").unwrap(),
+            RedisTarget::Cluster(c) if seeds(&c) == vec![("h", 7000)]
+        ));
+        assert_eq!(
+            parse_redis_target("rediss://u:p@h:6380/3?protocol=resp3").unwrap(),
+            RedisTarget::Single(parse_redis_url("rediss://u:p@h:6380/3?protocol=resp3").unwrap())
+        );
+        // The single-server parser says where a cluster URL goes.
+        let e = parse_redis_url("redis+cluster://h:7000")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("parse_redis_target"), "{e}");
+        let e = parse_redis_url("redis://h1:7000,h2:7001")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("redis+cluster://"), "{e}");
+    }
+
+    #[test]
+    fn refuses_bad_cluster_urls_saying_what_to_write() {
+        for (url, needle) in [
+            ("redis+cluster://h:7000/1", "only database 0"),
+            ("redis+cluster://h:7000/", ""),
+            ("redis+cluster://h:7000?db=2", "only database 0"),
+            ("redis+cluster://h:7000/x", "only database 0"),
+            ("redis+cluster://", "seed 1 is empty"),
+            ("redis+cluster://h1:7000,,h2", "seed 2 is empty"),
+            ("redis+cluster://h1:7000,", "seed 2 is empty"),
+            (
+                "redis+cluster://h1:7000,h2:0",
+                "seed 2 (\"h2:0\"): the port",
+            ),
+            ("redis+cluster://h1:7000,[::1", "closing ]"),
+            ("redis+cluster://h:1,h:1", "listed twice"),
+            ("redis+cluster://h?protocol=resp4", "resp2 or resp3"),
+            ("redis+cluster://h?timeout=3", "unknown query parameter"),
+            ("redis://h", "redis+cluster://"),
+            ("rediss+cluster://u:hunter2@h:0", "port"),
+        ] {
+            match parse_cluster_url(url) {
+                Ok(_) if needle.is_empty() => {}
+                Ok(c) => panic!("{url} was accepted: {c:?}"),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(!needle.is_empty() && e.contains(needle), "{url}: {e}");
+                    assert!(e.contains("expected redis+cluster://"), "{e}");
+                    assert!(!e.contains("hunter2"), "password leaked: {e}");
+                }
+            }
+        }
+        let braces = Config {
+            channel_prefix: "{app}".into(),
+            ..Config::default()
+        };
+        braces.validate().expect("fine for one server");
+        let e = braces.validate_for_cluster().unwrap_err().to_string();
+        assert!(
+            e.starts_with("invalid channel_prefix") && e.contains("one hash slot"),
+            "{e}"
+        );
+        Config::default().validate_for_cluster().unwrap();
+        let many: Vec<String> = (1..=MAX_CLUSTER_SEEDS + 1)
+            .map(|p| format!("h:{p}"))
+            .collect();
+        let e = parse_cluster_url(&format!("redis+cluster://{}", many.join(",")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a few nodes are enough"), "{e}");
+    }
 }
 
 #[cfg(test)]

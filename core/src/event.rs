@@ -249,6 +249,15 @@ pub enum DropCause {
     RoomMismatch,
     /// A message on a channel this instance does not want.
     UnknownChannel,
+    /// The message's RESP frame is over `max_frame_bytes`: it was skipped unread (the link
+    /// stays up and the messages after it are delivered). Raise `max_frame_bytes` (and
+    /// `max_envelope_bytes`) on every instance if such messages are expected.
+    TooLarge {
+        /// The frame's length as Redis declared it.
+        len: u64,
+        /// The limit, `max_frame_bytes`.
+        max: usize,
+    },
 }
 
 /// Why a link is down.

@@ -22,7 +22,8 @@ pub struct Metrics {
     pub links_ready: usize,
     /// Gauge: bytes of partial frames from Redis that the adapter holds for the hub (its read
     /// buffers, as of the last `handle_input`): at most `max_frame_bytes + 2` per link, since
-    /// a frame over the limit is refused as soon as its size is known.
+    /// a frame over the limit is refused, or for a message skipped unread, as soon as its
+    /// size is known.
     pub buffered_input: usize,
     /// Gauge: bytes for Redis in the hub, not handed out yet ([`crate::Hub::buffered_output`]).
     pub buffered_output: usize,
@@ -62,6 +63,8 @@ pub struct Metrics {
     pub dropped_room_mismatch: u64,
     /// Messages on channels this instance does not want.
     pub dropped_unknown_channel: u64,
+    /// Messages whose frame was over `max_frame_bytes`, skipped unread (the link stayed up).
+    pub dropped_too_large: u64,
     /// Gaps reported.
     pub gaps: u64,
     /// Links that came up again after being down.

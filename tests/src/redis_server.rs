@@ -102,6 +102,16 @@ impl RedisServer {
     /// Starts `binary` (a path, or a name looked up on PATH) with the default arguments plus
     /// `extra`, and waits until it answers PING.
     pub fn try_start_with(binary: &str, extra: &[&str]) -> Result<RedisServer, HarnessError> {
+        RedisServer::try_start_picking(binary, extra, &mut free_port)
+    }
+
+    /// Like [`RedisServer::try_start_with`], on a port `pick` chooses (asked again, up to 10
+    /// times, while the server finds the port taken).
+    pub fn try_start_picking(
+        binary: &str,
+        extra: &[&str],
+        pick: &mut dyn FnMut() -> io::Result<u16>,
+    ) -> Result<RedisServer, HarnessError> {
         check_binary(binary)?;
         let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("roomcast-redis-{}-{n}", std::process::id()));
@@ -116,7 +126,7 @@ impl RedisServer {
         };
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
-            server.port = free_port()?;
+            server.port = pick()?;
             match server.spawn_and_wait()? {
                 Spawned::Up(child) => {
                     server.child = Some(child);
@@ -611,12 +621,21 @@ impl RespClient {
     /// Reads the next reply if one arrives within `timeout`; `Ok(None)` otherwise. A reply
     /// that was partly read stays buffered for the next call. EOF is `UnexpectedEof`.
     pub fn read_reply_within(&mut self, timeout: Duration) -> io::Result<Option<RespReply>> {
+        Ok(self.read_raw_within(timeout)?.map(|(reply, _)| reply))
+    }
+
+    /// Like [`RespClient::read_reply_within`], with the reply's bytes exactly as the server
+    /// sent them (for transcripts).
+    pub fn read_raw_within(
+        &mut self,
+        timeout: Duration,
+    ) -> io::Result<Option<(RespReply, Vec<u8>)>> {
         let deadline = Instant::now() + timeout;
         loop {
             match parse(&self.buf, 0) {
                 Ok(Some((reply, used))) => {
-                    self.buf.drain(..used);
-                    return Ok(Some(reply));
+                    let raw = self.buf.drain(..used).collect();
+                    return Ok(Some((reply, raw)));
                 }
                 Ok(None) => {}
                 Err(e) => return Err(io::Error::new(ErrorKind::InvalidData, e)),

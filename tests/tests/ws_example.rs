@@ -1,11 +1,10 @@
-//! The WebSocket room server of `examples/ws_rooms.rs` (and of `roomcast demo`): two copies
-//! on two roomcast instances against a private redis-server, driven by real WebSocket
-//! clients: delivery across instances, the sender excluded, presence events on join and
-//! leave, `/rooms/{room}` routing. The last test runs the example binary itself, twice.
+//! The WebSocket room server `roomcast::serve` (of `roomcast serve`, `roomcast demo` and
+//! `examples/ws_rooms.rs`): two copies on two roomcast instances against a private
+//! redis-server, driven by real WebSocket clients: delivery across instances, the sender
+//! excluded, presence events on join and leave, `/rooms/{room}` routing. The last test runs
+//! the example binary itself, twice (building it when it is not built yet).
 
-// The server's one source file, shared with the example and the command.
-#[path = "../../adapters/src/bin/roomcast/ws.rs"]
-mod ws;
+use roomcast::serve::{self as ws, ServeOptions};
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
@@ -86,10 +85,10 @@ async fn expect_broadcast(ws: &mut Ws, data: &str, from: &Value) {
 async fn two_servers_share_a_room_exclude_the_sender_and_announce_presence() {
     let redis = RedisServer::start();
     let (rc1, rc2) = (instance(&redis).await, instance(&redis).await);
-    let s1 = ws::Server::bind("127.0.0.1:0", rc1.clone())
+    let s1 = ws::Server::bind("127.0.0.1:0", rc1.clone(), ServeOptions::default())
         .await
         .expect("bind");
-    let s2 = ws::Server::bind("127.0.0.1:0", rc2.clone())
+    let s2 = ws::Server::bind("127.0.0.1:0", rc2.clone(), ServeOptions::default())
         .await
         .expect("bind");
 
@@ -192,16 +191,22 @@ where
 async fn rooms_are_routed_by_path() {
     let redis = RedisServer::start();
     let rc = instance(&redis).await;
-    let s = ws::Server::bind("127.0.0.1:0", rc.clone())
+    let s = ws::Server::bind("127.0.0.1:0", rc.clone(), ServeOptions::default())
         .await
         .expect("bind");
-    for path in ["/", "/rooms/", "/other/lobby", "/rooms/%zz"] {
+    // Not a room: 404 (or the page, at `/`); a bad room id: 400.
+    for (path, status) in [
+        ("/", "200"),
+        ("/other/lobby", "404"),
+        ("/rooms/", "400"),
+        ("/rooms/%zz", "400"),
+    ] {
         let tcp = TcpStream::connect(s.addr()).await.expect("tcp");
         let url = format!("ws://{}{path}", s.addr());
         let err = tokio_tungstenite::client_async(url.as_str(), tcp)
             .await
             .expect_err("refused");
-        assert!(err.to_string().contains("404"), "{path}: {err}");
+        assert!(err.to_string().contains(status), "{path}: {err}");
     }
     // Room ids keep their slashes and any character; two of them are two rooms.
     let (mut x, _) = client(s.addr(), "team/α b").await;
@@ -215,6 +220,47 @@ async fn rooms_are_routed_by_path() {
     assert_eq!(v["data"], "hi", "{v}");
     s.shutdown(Duration::from_secs(5)).await;
     rc.shutdown(Duration::from_secs(5)).await.expect("shutdown");
+}
+
+/// The `ws_rooms` example's binary: `cargo test --workspace` builds it next to this test's
+/// directory; when it is missing (this test run alone), it is built here with the cargo that
+/// runs the tests. Never skipped: a missing or unbuildable example fails the test.
+fn example_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary lives in target/PROFILE/deps");
+    let example = profile
+        .join("examples")
+        .join(format!("ws_rooms{}", std::env::consts::EXE_SUFFIX));
+    if !example.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args([
+            "build",
+            "-p",
+            "roomcast",
+            "--features",
+            "cli",
+            "--example",
+            "ws_rooms",
+        ]);
+        if profile.file_name().is_some_and(|p| p == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build for the example");
+        assert!(
+            status.success(),
+            "building examples/ws_rooms failed: {status}"
+        );
+    }
+    assert!(
+        example.is_file(),
+        "examples/ws_rooms is not at {} after building it",
+        example.display()
+    );
+    example
 }
 
 /// A free loopback port.
@@ -239,17 +285,7 @@ impl Drop for Copies {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_copies_of_the_example_chat_across_ports() {
-    // `cargo test --workspace` builds the examples next to this test's directory.
-    let exe = std::env::current_exe().expect("current_exe");
-    let example = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("examples").join("ws_rooms"))
-        .filter(|p| p.is_file());
-    let Some(example) = example else {
-        eprintln!("skipped: examples/ws_rooms not built (run `cargo test --workspace`)");
-        return;
-    };
+    let example = example_binary();
     let redis = RedisServer::start();
     let mut copies = Copies(Vec::new());
     let mut addrs = Vec::new();

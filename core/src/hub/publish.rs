@@ -1,7 +1,5 @@
 //! Publishing: numbering, writing, queueing and pumping publishes per link.
 
-use bytes::BufMut;
-
 use super::*;
 use crate::link::Queued;
 
@@ -302,26 +300,17 @@ impl Body<'_> {
 /// publishes are in flight; growing it by one frame would allocate once per publish.
 const OUTPUT_BLOCK: usize = 64 << 10;
 
-/// Appends `msg`'s envelope body (no trailer) to `out`: the bytes [`envelope::encode`] writes
-/// (a test holds them equal), written here because that takes a `Vec` and this goes straight
-/// into the link's output.
+/// Appends `msg`'s envelope body (no trailer) to `out`, straight into the link's output,
+/// with the envelope's encoder ([`envelope::put_body`]).
 fn put_body(out: &mut BytesMut, msg: &Publish<'_>) {
-    fn put_field(out: &mut BytesMut, bytes: &[u8]) {
-        out.put_u64_le(bytes.len() as u64);
-        out.put_slice(bytes);
-    }
-    put_field(out, msg.room.as_bytes());
-    // The declaration order is the wire number (see `MessageType`).
-    out.put_u32_le(msg.message_type as u32);
-    put_field(out, msg.data);
-    match msg.exclude_connection {
-        None => out.put_u8(0),
-        Some(e) => {
-            out.put_u8(1);
-            put_field(out, e.as_bytes());
-        }
-    }
-    out.put_i64_le(msg.timestamp);
+    envelope::put_body(
+        out,
+        msg.room,
+        msg.message_type,
+        msg.data,
+        msg.exclude_connection,
+        msg.timestamp,
+    );
 }
 
 #[cfg(test)]

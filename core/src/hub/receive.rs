@@ -46,6 +46,11 @@ impl Hub {
                 self.on_transition(t);
             }
             Incoming::Pong => self.on_reply(idx, Value::Simple(Bytes::from_static(b"PONG")), now),
+            Incoming::Oversize { channel, len } => {
+                if self.links[idx].role == LinkRole::Subscriber {
+                    self.on_oversize(&channel, len);
+                }
+            }
             Incoming::OtherPush => {}
             Incoming::Reply(v) => self.on_reply(idx, v, now),
         }
@@ -262,6 +267,25 @@ impl Hub {
         self.metrics.delivered += 1;
         self.metrics.member_deliveries += d.recipient_count() as u64;
         self.events.push_back(Event::Delivery(d));
+    }
+
+    /// A message over `max_frame_bytes`, skipped by the reader: counted, and reported for
+    /// the room its channel names (`None` for another channel, the control channel included).
+    fn on_oversize(&mut self, channel: &[u8], len: u64) {
+        self.metrics.dropped_too_large += 1;
+        let room = if channel == self.control {
+            None
+        } else {
+            self.namer
+                .room_from_channel(channel, self.config.max_room_id_bytes)
+        };
+        self.events.push_back(Event::Dropped {
+            cause: DropCause::TooLarge {
+                len,
+                max: self.config.max_frame_bytes,
+            },
+            room,
+        });
     }
 
     pub(super) fn on_control(&mut self, payload: &[u8], now: Instant) {

@@ -4,6 +4,9 @@
 /// Flags every command takes (they may also come before the command).
 pub const GLOBAL_FLAGS: &[&str] = &["url", "prefix", "pool"];
 
+/// Flags that may be given more than once (each value is kept).
+pub const REPEATABLE_FLAGS: &[&str] = &["allowed-origin"];
+
 /// A usage error: what was wrong (exit code 2).
 #[derive(Debug)]
 pub struct Usage(pub String);
@@ -74,7 +77,9 @@ impl Args {
                         .cloned()
                         .ok_or_else(|| Usage(format!("option '--{name}' needs a value")))?,
                 };
-                args.values.retain(|(n, _)| n != name);
+                if !REPEATABLE_FLAGS.contains(&name) {
+                    args.values.retain(|(n, _)| n != name);
+                }
                 args.values.push((name.to_string(), value));
             } else if switches(cmd).contains(&name) {
                 if inline.is_some() {
@@ -96,6 +101,15 @@ impl Args {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a repeatable `--name`, in order.
+    pub fn values(&self, name: &str) -> Vec<&str> {
+        self.values
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     /// Whether the switch `--name` was given.

@@ -1,8 +1,8 @@
-//! `roomcast demo`: WebSocket room servers (the `ws` module) on several roomcast instances
+//! `roomcast demo`: WebSocket room servers (`roomcast::serve`) on several roomcast instances
 //! sharing rooms through Redis, simulated clients that chat, a live view and a summary.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,8 +15,39 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::args::{Args, Usage};
 use crate::redis::{self, PrivateRedis};
-use crate::ws;
+use roomcast::serve;
+
+mod view;
+use view::{summary, View};
+
+pub const DEMO_HELP: &str = "\
+roomcast demo: WebSocket room servers sharing rooms through Redis
+
+Usage: roomcast demo [OPTIONS]
+
+Starts INSTANCES WebSocket room servers (the server of `roomcast serve`), each with its own
+roomcast instance, and CLIENTS simulated WebSocket clients spread over them, joining
+ROOMS rooms and chatting. A live view shows messages/s per instance, cross-instance latency
+percentiles, rooms live and reconnects; after DURATION it stops and prints a summary (lost
+and out-of-order messages are counted from per-sender sequence numbers).
+
+Redis: REDIS_URL or --url when given; otherwise a private redis-server from PATH on a free
+loopback port (stopped at the end); when none is installed, it says how to install it and
+runs standalone (one in-process roomcast shared by the servers, no Redis).
+
+Options:
+  --duration S       seconds to run (default 10)
+  --clients N        simulated clients in all (default 30)
+  --rooms N          rooms (default 5)
+  --instances N      servers, 1 to 8 (default 3)
+  --rate R           messages per second per client (default 20)
+  --churn S          each client reconnects after about S seconds (default 4; 0: never)
+  --standalone       no Redis even if one is available
+  (and --url, --prefix, --pool: see roomcast --help)
+Stops early on Ctrl-C (the summary is still printed).
+";
 
 /// What `roomcast demo` was asked for.
 #[derive(Debug, Clone)]
@@ -32,6 +63,23 @@ pub struct Options {
     pub standalone: bool,
     /// REDIS_URL or --url was given: use that server, start none.
     pub redis_given: bool,
+}
+
+/// Checks the arguments of `demo`.
+pub fn options(args: &Args) -> Result<Options, Usage> {
+    args.exactly(&[])?;
+    let churn = args.number("churn", 4.0f64, 0.0, 1e6)?;
+    Ok(Options {
+        duration: Duration::from_secs_f64(args.number("duration", 10.0f64, 0.5, 86_400.0)?),
+        clients: args.number("clients", 30usize, 1, 10_000)?,
+        rooms: args.number("rooms", 5usize, 1, 10_000)?,
+        instances: args.number("instances", 3usize, 1, 8)?,
+        rate: args.number("rate", 20.0f64, 0.1, 10_000.0)?,
+        churn: (churn > 0.0).then(|| Duration::from_secs_f64(churn)),
+        standalone: args.switch("standalone"),
+        // The demo decides between REDIS_URL/--url, a private server and standalone.
+        redis_given: args.value("url").is_some() || std::env::var_os("REDIS_URL").is_some(),
+    })
 }
 
 /// Counters shared by the simulated clients.
@@ -62,7 +110,7 @@ const MAX_SAMPLES: usize = 4_000_000;
 
 struct Instance {
     rc: Roomcast,
-    server: ws::Server,
+    server: serve::Server,
 }
 
 pub async fn run(mut config: Config, o: Options) -> Result<(), String> {
@@ -119,7 +167,7 @@ pub async fn run(mut config: Config, o: Options) -> Result<(), String> {
                 crate::connect(c).await?
             }
         };
-        let server = ws::Server::bind("127.0.0.1:0", rc.clone())
+        let server = serve::Server::bind("127.0.0.1:0", rc.clone(), serve::ServeOptions::default())
             .await
             .map_err(|e| format!("cannot listen on a loopback port: {e}"))?;
         instances.push(Instance { rc, server });
@@ -138,6 +186,14 @@ pub async fn run(mut config: Config, o: Options) -> Result<(), String> {
         o.duration,
     );
     println!("rooms shared through {backend}");
+    println!(
+        "watch it in a browser: {}",
+        instances
+            .iter()
+            .map(|i| format!("http://{}/#demo/room-0", i.server.addr()))
+            .collect::<Vec<_>>()
+            .join("  ")
+    );
 
     // The clients.
     let shared = Arc::new(Shared {
@@ -177,7 +233,7 @@ pub async fn run(mut config: Config, o: Options) -> Result<(), String> {
         .map(|i| i.rc.instance().to_string())
         .collect();
     let mut view = View::new(ids, tty);
-    let ctrl_c = stop_signal();
+    let ctrl_c = crate::stop_signal();
     tokio::pin!(ctrl_c);
     let mut interrupted = false;
     let mut next = Instant::now() + tick;
@@ -270,12 +326,13 @@ impl Snapshot {
         let mut seen = Vec::new();
         for inst in instances {
             let st = inst.server.stats();
-            s.frames_in.push(st.frames_in.load(Ordering::Relaxed));
-            s.frames_out.push(st.frames_out.load(Ordering::Relaxed));
-            s.connections.push(st.connections.load(Ordering::Relaxed));
-            s.slow_client_drops += st.dropped.load(Ordering::Relaxed);
-            s.server_errors += st.errors.load(Ordering::Relaxed);
-            if let Some(e) = lock(&st.last_error).clone() {
+            s.frames_in.push(st.frames_in);
+            s.frames_out.push(st.frames_out);
+            s.connections
+                .push(usize::try_from(st.clients).unwrap_or(usize::MAX));
+            s.slow_client_drops += st.member_queue_dropped + st.closed_slow;
+            s.server_errors += st.errors;
+            if let Some(e) = st.last_error {
                 s.last_server_error = Some(e);
             }
             let m = inst.rc.metrics().await.unwrap_or_default();
@@ -285,7 +342,8 @@ impl Snapshot {
             if !seen.contains(&inst.rc.instance()) {
                 seen.push(inst.rc.instance());
                 s.redis_reconnects += m.reconnects;
-                s.roomcast_drops += m.dropped_malformed + m.dropped_room_mismatch;
+                s.roomcast_drops +=
+                    m.dropped_malformed + m.dropped_room_mismatch + m.dropped_too_large;
                 s.gaps += m.gaps;
             }
         }
@@ -293,246 +351,8 @@ impl Snapshot {
     }
 }
 
-/// Ctrl-C, and on Unix also SIGTERM and SIGHUP (a closed terminal), so that the private
-/// redis-server is always stopped.
-async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).ok();
-        let mut hup = signal(SignalKind::hangup()).ok();
-        let other = async {
-            match (&mut term, &mut hup) {
-                (Some(t), Some(h)) => {
-                    tokio::select! {
-                        _ = t.recv() => {}
-                        _ = h.recv() => {}
-                    }
-                }
-                _ => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = other => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Draws the live view: in place on a terminal, one line per tick otherwise.
-struct View {
-    /// Instance ids (16 hex digits).
-    ids: Vec<String>,
-    tty: bool,
-    lines: usize,
-    last: Option<(Duration, Vec<u64>, Vec<u64>)>,
-}
-
-impl View {
-    fn new(ids: Vec<String>, tty: bool) -> View {
-        let instances = ids.len();
-        View {
-            ids,
-            tty,
-            lines: 0,
-            last: Some((Duration::ZERO, vec![0; instances], vec![0; instances])),
-        }
-    }
-
-    fn draw(&mut self, o: &Options, s: &Snapshot) {
-        let (dt, rate_in, rate_out) = match &self.last {
-            Some((at, fin, fout)) => {
-                let dt = (s.at - *at).as_secs_f64().max(1e-3);
-                let r = |now: &[u64], then: &[u64]| -> Vec<f64> {
-                    now.iter()
-                        .zip(then)
-                        .map(|(a, b)| a.saturating_sub(*b) as f64 / dt)
-                        .collect()
-                };
-                (dt, r(&s.frames_in, fin), r(&s.frames_out, fout))
-            }
-            None => (
-                0.0,
-                vec![0.0; s.frames_in.len()],
-                vec![0.0; s.frames_out.len()],
-            ),
-        };
-        let _ = dt;
-        self.last = Some((s.at, s.frames_in.clone(), s.frames_out.clone()));
-        let mut w = s.window_cross.clone();
-        w.sort_unstable();
-        let lat = if w.is_empty() {
-            "no samples yet".to_string()
-        } else {
-            format!(
-                "p50 {}  p90 {}  p99 {}  ({} samples)",
-                ms(pct(&w, 0.50)),
-                ms(pct(&w, 0.90)),
-                ms(pct(&w, 0.99)),
-                w.len()
-            )
-        };
-        let secs = s.at.as_secs_f64().min(o.duration.as_secs_f64());
-        let total = o.duration.as_secs_f64();
-        let conns: usize = s.connections.iter().sum();
-        if !self.tty {
-            println!(
-                "[{secs:5.1}/{total:.0} s] in {:>6.0} msg/s  out {:>7.0} msg/s  clients {conns}  rooms live {}  cross-instance latency {lat}",
-                rate_in.iter().sum::<f64>(),
-                rate_out.iter().sum::<f64>(),
-                s.rooms_live.iter().sum::<usize>(),
-            );
-            return;
-        }
-        let mut out = String::new();
-        let width = 30;
-        let done = ((secs / total) * width as f64).round() as usize;
-        out.push_str(&format!(
-            "[{}{}] {secs:5.1} / {total:.0} s\n",
-            "#".repeat(done.min(width)),
-            "-".repeat(width - done.min(width))
-        ));
-        out.push_str("instance               clients  from clients/s  to clients/s  rooms live\n");
-        for i in 0..s.frames_in.len() {
-            out.push_str(&format!(
-                "{i} {:<16}  {:>9}  {:>14.0}  {:>12.0}  {:>6}/{}\n",
-                self.ids.get(i).map_or("", |s| s.as_str()),
-                s.connections[i],
-                rate_in[i],
-                rate_out[i],
-                s.rooms_live[i],
-                s.rooms[i]
-            ));
-        }
-        out.push_str(&format!(
-            "cross-instance latency (last {:.1} s): {lat}\n",
-            dt
-        ));
-        out.push_str(&format!(
-            "reconnects: Redis {}, clients {}   presence events {}   lost {}   gaps {}   drops {}\n",
-            s.redis_reconnects,
-            s.client_reconnects,
-            s.presence,
-            s.lost,
-            s.gaps,
-            s.roomcast_drops + s.slow_client_drops
-        ));
-        let mut stdout = std::io::stdout().lock();
-        if self.lines > 0 {
-            // Up to the first line of the previous view, and clear below.
-            let _ = write!(stdout, "\x1b[{}A\x1b[J", self.lines);
-        }
-        let _ = write!(stdout, "{out}");
-        let _ = stdout.flush();
-        self.lines = out.lines().count();
-    }
-}
-
-fn pct(sorted: &[u32], p: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
-fn ms(micros: u32) -> String {
-    format!("{:.2} ms", f64::from(micros) / 1000.0)
-}
-
-/// `last` is the view's last snapshot (rates are counted up to it), `s` the one after the
-/// clients stopped.
-#[allow(clippy::too_many_arguments)]
-fn summary(
-    o: &Options,
-    shared: &Shared,
-    last: &Snapshot,
-    s: &Snapshot,
-    ran: Duration,
-    backend: &str,
-    interrupted: bool,
-) {
-    let secs = ran.as_secs_f64().max(1e-3);
-    let (sent, received) = (last.sent, last.received);
-    let mut cross = lock(&shared.all_cross).clone();
-    let mut local = lock(&shared.all_local).clone();
-    cross.sort_unstable();
-    local.sort_unstable();
-    let lost = shared.lost.load(Ordering::Relaxed);
-    let unordered = shared.out_of_order.load(Ordering::Relaxed);
-    println!();
-    println!(
-        "summary{}: {:.1} s, {} instance(s), {} clients, {} rooms; {backend}",
-        if interrupted { " (interrupted)" } else { "" },
-        ran.as_secs_f64(),
-        o.instances,
-        o.clients,
-        o.rooms
-    );
-    println!(
-        "  messages sent by clients   {sent:>9}  ({:.0}/s)",
-        sent as f64 / secs
-    );
-    println!(
-        "  delivered to clients       {received:>9}  ({:.0}/s, {:.1} per message)",
-        received as f64 / secs,
-        if sent > 0 {
-            received as f64 / sent as f64
-        } else {
-            0.0
-        }
-    );
-    let line = |name: &str, v: &[u32]| {
-        if v.is_empty() {
-            println!("  {name:<26} no samples");
-        } else {
-            println!(
-                "  {name:<26} p50 {}  p90 {}  p99 {}  max {}  ({} samples)",
-                ms(pct(v, 0.50)),
-                ms(pct(v, 0.90)),
-                ms(pct(v, 0.99)),
-                ms(*v.last().unwrap_or(&0)),
-                v.len()
-            );
-        }
-    };
-    line("cross-instance latency", &cross);
-    line("same-instance latency", &local);
-    for i in 0..o.instances {
-        println!(
-            "  instance {i}: {} client messages in, {} frames out",
-            last.frames_in.get(i).copied().unwrap_or(0),
-            last.frames_out.get(i).copied().unwrap_or(0)
-        );
-    }
-    println!(
-        "  lost {lost}, out of order {unordered}; presence events {}; client reconnects {}; Redis reconnects {}; roomcast gaps {}, drops {}",
-        shared.presence.load(Ordering::Relaxed),
-        shared.reconnects.load(Ordering::Relaxed),
-        s.redis_reconnects,
-        s.gaps,
-        s.roomcast_drops + s.slow_client_drops,
-    );
-    let failures = shared.connect_failures.load(Ordering::Relaxed);
-    if failures > 0 || s.server_errors > 0 {
-        println!(
-            "  client connect failures {failures}, server errors {}; last: {}",
-            s.server_errors,
-            lock(&shared.last_error)
-                .clone()
-                .or_else(|| s.last_server_error.clone())
-                .unwrap_or_default()
-        );
-    }
-    if lost == 0 && unordered == 0 {
-        println!("  every message reached every member that was in its room, in order");
-    }
 }
 
 struct ClientSpec {
