@@ -73,7 +73,8 @@ fn an_oversize_message_is_dropped_for_its_room_and_the_link_stays_up() {
             let mut s = Sim::new(1, ModelConfig::default(), |_| config(protocol));
             s.settle();
             for (room, member) in [("r", "a"), ("q", "b")] {
-                s.nodes[0].hub.join(room, member).unwrap();
+                let now = s.now;
+                s.nodes[0].hub.join(room, member, now).unwrap();
             }
             s.settle();
             assert_eq!(s.nodes[0].hub.room_state("r"), Some(RoomState::Live));
@@ -126,7 +127,8 @@ fn an_oversize_message_is_dropped_for_its_room_and_the_link_stays_up() {
 fn an_oversize_message_on_a_channel_of_no_room_is_reported_without_one() {
     let mut s = Sim::new(1, ModelConfig::default(), |_| config(Protocol::Resp3));
     s.settle();
-    s.nodes[0].hub.join("r", "a").unwrap();
+    let now = s.now;
+    s.nodes[0].hub.join("r", "a", now).unwrap();
     s.settle();
     s.take_events();
     let hub = &s.nodes[0].hub;
