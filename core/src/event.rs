@@ -147,6 +147,16 @@ pub enum Event {
         /// Why.
         error: PublishError,
     },
+    /// A publish nobody waits for (an adapter's fire-and-forget publisher) was refused
+    /// before it reached Redis. The hub never produces this event (its callers get the
+    /// refusal as the error of [`crate::Hub::publish_quiet`]); an adapter raises it so that
+    /// such a refusal is reported to the application, not only logged and counted.
+    PublishRefused {
+        /// The room the message was for, as given (it may be the invalid part).
+        room: String,
+        /// Why it was refused.
+        cause: PublishError,
+    },
     /// Redis confirmed the room's subscription: messages published from now on reach this
     /// instance.
     RoomLive {

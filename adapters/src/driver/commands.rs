@@ -187,7 +187,14 @@ impl State {
         };
         match result {
             Err(PublishError::Backpressure { .. }) => return false,
-            Err(e) => warn!(error = %e, room = %msg.room_id, "publish refused"),
+            Err(cause) => {
+                warn!(error = %cause, room = %msg.room_id, "publish refused");
+                let ev = Event::PublishRefused {
+                    room: msg.room_id.clone(),
+                    cause,
+                };
+                self.event_subs.retain(|q| q.push(ev.clone()));
+            }
             Ok(()) => {}
         }
         self.gate.release(publish_bytes(msg));

@@ -335,22 +335,12 @@ impl State {
             roomcast_core::naming::DEFAULT_MAX_ROOM_ID_BYTES,
         )
         .map_err(PublishError::InvalidRoom)?;
-        if let Some(c) = &msg.exclude_connection {
-            ConnId::new(c, roomcast_core::naming::DEFAULT_MAX_CONN_ID_BYTES)
-                .map_err(PublishError::InvalidExclude)?;
-        }
-        let len = roomcast_core::envelope::encoded_len(
+        // Standalone, no configuration: the default limits.
+        Config::default().check_publish(
             &msg.room_id,
             msg.data.len(),
             msg.exclude_connection.as_deref(),
-            true,
-        );
-        if len > roomcast_core::envelope::DEFAULT_MAX_ENVELOPE_BYTES {
-            return Err(Error::Publish(PublishError::TooLarge {
-                len,
-                max: roomcast_core::envelope::DEFAULT_MAX_ENVELOPE_BYTES,
-            }));
-        }
+        )?;
         let Some(entry) = self.rooms.get(&room) else {
             return Ok(0);
         };

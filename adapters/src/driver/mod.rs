@@ -22,8 +22,8 @@ use futures_channel::mpsc;
 use futures_core::Stream;
 use futures_io::{AsyncRead, AsyncWrite};
 use roomcast_core::{
-    ConnId, Event, Hub, LinkId, LinkRequest, Message, Publish, PublishError, PublishId, RoomId,
-    RoomState,
+    Config, ConnId, Event, Hub, LinkId, LinkRequest, Message, Publish, PublishError, PublishId,
+    RoomId, RoomState,
 };
 use tracing::{debug, info, warn};
 

@@ -232,6 +232,8 @@ pub struct Roomcast {
     pub(crate) identity: Identity,
     pub(crate) publish_batch: usize,
     pub(crate) gate: Arc<PublishGate>,
+    /// The limits a publish is checked against before it is queued.
+    pub(crate) limits: Arc<roomcast_core::Config>,
 }
 
 impl Roomcast {
@@ -323,6 +325,7 @@ impl Roomcast {
             buf: Vec::new(),
             batch: self.publish_batch.max(1),
             gate: self.gate.clone(),
+            limits: self.limits.clone(),
         }
     }
 

@@ -118,6 +118,7 @@ pub struct Publisher {
     pub(super) buf: Vec<PubSubMessage>,
     pub(super) batch: usize,
     pub(super) gate: Arc<PublishGate>,
+    pub(super) limits: Arc<roomcast_core::Config>,
 }
 
 impl Clone for Publisher {
@@ -127,6 +128,7 @@ impl Clone for Publisher {
             buf: Vec::new(),
             batch: self.batch,
             gate: self.gate.clone(),
+            limits: self.limits.clone(),
         }
     }
 }
@@ -134,22 +136,44 @@ impl Clone for Publisher {
 impl Publisher {
     /// Queues a message, after any messages fed into the sink before. Waits while the
     /// driver's command queue is full and while the driver holds publishes whose link's
-    /// output is full (backpressure: nothing is refused for it, the publisher slows down). Failures after acceptance are reported on
-    /// [`Roomcast::events`] as [`Event::PublishFailed`]; refusals (invalid, too large, queue
-    /// full) are logged and counted in `Metrics::publish_refused`.
+    /// output is full (backpressure: nothing is refused for it, the publisher slows down).
+    ///
+    /// What the configured limits refuse (an invalid room or exclude id, a message over
+    /// `max_envelope_bytes`) is returned at once as [`Error::Publish`] and nothing is queued.
+    /// Refusals found by the driver later (its publish queue full) are reported on
+    /// [`Roomcast::events`] as [`Event::PublishRefused`](roomcast_core::Event::PublishRefused),
+    /// failures after acceptance as [`Event::PublishFailed`](roomcast_core::Event::PublishFailed).
     pub async fn send(&mut self, msg: PubSubMessage) -> Result<(), Error> {
+        self.check(&msg)?;
         self.buf.push(msg);
         std::future::poll_fn(|cx| self.poll_hand_over(cx)).await
     }
 
     /// Queues many messages as one command to the driver (the explicit pipeline): they are
-    /// published in order, with the same reporting as [`Publisher::send`].
+    /// published in order, with the same reporting as [`Publisher::send`]. If the limits
+    /// refuse any of them, none is queued and the first refusal is returned.
     pub async fn send_batch(
         &mut self,
         msgs: impl IntoIterator<Item = PubSubMessage>,
     ) -> Result<(), Error> {
+        let start = self.buf.len();
         self.buf.extend(msgs);
+        if let Some(e) = self.buf[start..].iter().find_map(|m| self.check(m).err()) {
+            self.buf.truncate(start);
+            return Err(e);
+        }
         std::future::poll_fn(|cx| self.poll_hand_over(cx)).await
+    }
+
+    /// What the limits refuse before anything is queued. (Messages fed into the `Sink` are
+    /// checked by the driver, which reports a refusal as `Event::PublishRefused`.)
+    fn check(&self, msg: &PubSubMessage) -> Result<(), Error> {
+        self.limits.check_publish(
+            &msg.room_id,
+            msg.data.len(),
+            msg.exclude_connection.as_deref(),
+        )?;
+        Ok(())
     }
 
     /// Hands what is buffered to the driver as one command, once the gate is open.
