@@ -270,6 +270,47 @@ pub enum DropCause {
     },
 }
 
+/// The request a link was busy with when it failed: the handshake's commands, or one of the
+/// requests of an established link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkStep {
+    /// The handshake's `HELLO`.
+    Hello,
+    /// The handshake's `AUTH`.
+    Auth,
+    /// The handshake's `SELECT`.
+    Select,
+    /// The handshake's `CLIENT SETNAME`.
+    SetName,
+    /// A `PING` on an established link (keepalive or a health check).
+    Ping,
+    /// A `SUBSCRIBE` or `UNSUBSCRIBE` of rooms.
+    Subscribe,
+    /// A `PUBLISH` of a message.
+    Publish,
+    /// A presence command (registration, heartbeat, query, script load).
+    Presence,
+    /// A liveness probe published to the control channel.
+    Probe,
+}
+
+impl fmt::Display for LinkStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LinkStep::Hello => "the handshake's HELLO",
+            LinkStep::Auth => "the handshake's AUTH",
+            LinkStep::Select => "the handshake's SELECT",
+            LinkStep::SetName => "the handshake's CLIENT SETNAME",
+            LinkStep::Ping => "a PING on the established link",
+            LinkStep::Subscribe => "a SUBSCRIBE/UNSUBSCRIBE",
+            LinkStep::Publish => "a PUBLISH",
+            LinkStep::Presence => "a presence command",
+            LinkStep::Probe => "a liveness probe",
+        })
+    }
+}
+
 /// Why a link is down.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -280,12 +321,23 @@ pub enum LinkError {
     Auth(String),
     /// The server does not speak RESP3 (`HELLO` unknown); use `protocol=resp2`.
     NoResp3(String),
-    /// The server refused a handshake command.
+    /// The server refused a handshake command (the text names the command, then Redis's
+    /// error).
     Handshake(String),
+    /// The server answered a request of an established link with an error.
+    Refused {
+        /// The request.
+        step: LinkStep,
+        /// Redis's error.
+        text: String,
+    },
     /// Connecting or the handshake took longer than `connect_timeout`.
     ConnectTimeout,
     /// A request went unanswered for `reply_timeout`: the server is stalled or unreachable.
-    ReplyTimeout,
+    ReplyTimeout {
+        /// The oldest request, the one that went unanswered.
+        step: LinkStep,
+    },
     /// The subscriber stopped receiving its own probes: connected but deaf.
     Deaf,
     /// Redis sent something that is not RESP, or over a limit.
@@ -306,13 +358,17 @@ impl fmt::Display for LinkError {
                 f,
                 "the server does not support RESP3 ({e}); use ?protocol=resp2 in the Redis URL"
             ),
-            LinkError::Handshake(e) => write!(f, "Redis refused the handshake: {e}"),
+            // The text starts with the step ("the handshake's AUTH: ...").
+            LinkError::Handshake(e) => write!(f, "Redis refused {e}"),
+            LinkError::Refused { step, text } => {
+                write!(f, "Redis refused {step}: {text}; the link was reopened")
+            }
             LinkError::ConnectTimeout => {
                 write!(f, "connecting to Redis took longer than connect_timeout")
             }
-            LinkError::ReplyTimeout => write!(
+            LinkError::ReplyTimeout { step } => write!(
                 f,
-                "Redis did not answer within reply_timeout; the link was reopened"
+                "Redis did not answer {step} within reply_timeout; the link was reopened"
             ),
             LinkError::Deaf => write!(
                 f,

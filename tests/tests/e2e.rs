@@ -405,7 +405,7 @@ async fn debug_sleep_is_detected_and_recovered(rt: Rt) {
         {
             detected = matches!(
                 cause,
-                roomcast::core::LinkError::ReplyTimeout | roomcast::core::LinkError::Deaf
+                roomcast::core::LinkError::ReplyTimeout { .. } | roomcast::core::LinkError::Deaf
             ) || detected;
         }
     }

@@ -489,8 +489,9 @@ impl Hub {
                     self.link_failed(idx, LinkError::ConnectTimeout, true, now)
                 }
                 LinkState::Ready => match l.fifo.front() {
-                    Some((sent, _)) if now >= *sent + self.config.reply_timeout => {
-                        self.link_failed(idx, LinkError::ReplyTimeout, true, now)
+                    Some((sent, req)) if now >= *sent + self.config.reply_timeout => {
+                        let step = req.step();
+                        self.link_failed(idx, LinkError::ReplyTimeout { step }, true, now)
                     }
                     None if now >= l.last_input + self.config.keepalive_interval => {
                         self.send_ping(idx, false, now)
