@@ -42,6 +42,8 @@ mod error;
 pub mod graphwiz;
 mod handle;
 mod queue;
+#[cfg(feature = "cli")]
+pub mod redis_server;
 pub mod runtime;
 #[cfg(feature = "cli")]
 pub mod serve;
