@@ -324,13 +324,6 @@ pub enum LinkError {
     /// The server refused a handshake command (the text names the command, then Redis's
     /// error).
     Handshake(String),
-    /// The server answered a request of an established link with an error.
-    Refused {
-        /// The request.
-        step: LinkStep,
-        /// Redis's error.
-        text: String,
-    },
     /// Connecting or the handshake took longer than `connect_timeout`.
     ConnectTimeout,
     /// A request went unanswered for `reply_timeout`: the server is stalled or unreachable.
@@ -340,7 +333,8 @@ pub enum LinkError {
     },
     /// The subscriber stopped receiving its own probes: connected but deaf.
     Deaf,
-    /// Redis sent something that is not RESP, or over a limit.
+    /// Redis sent something that is not RESP, or over a limit, or answered a request of an
+    /// established link with an error (the text names the request: [`LinkStep`]).
     Protocol(String),
     /// The hub is shutting down.
     Shutdown,
@@ -360,9 +354,6 @@ impl fmt::Display for LinkError {
             ),
             // The text starts with the step ("the handshake's AUTH: ...").
             LinkError::Handshake(e) => write!(f, "Redis refused {e}"),
-            LinkError::Refused { step, text } => {
-                write!(f, "Redis refused {step}: {text}; the link was reopened")
-            }
             LinkError::ConnectTimeout => {
                 write!(f, "connecting to Redis took longer than connect_timeout")
             }

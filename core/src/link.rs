@@ -391,7 +391,7 @@ pub(crate) fn refused_error(step: LinkStep, msg: &[u8]) -> LinkError {
     {
         return LinkError::Auth(format!("{step}: {text}"));
     }
-    LinkError::Refused { step, text }
+    LinkError::Protocol(format!("{step} was refused: {text}"))
 }
 
 /// Turns an error reply to a handshake command into the error the application sees.

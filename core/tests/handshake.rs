@@ -295,10 +295,10 @@ fn an_error_answering_a_ping_on_an_established_link_names_the_ping_not_the_hands
         .expect("the link went down");
     assert_eq!(
         cause,
-        LinkError::Refused {
-            step: LinkStep::Ping,
-            text: "ERR PING refused for this test".into()
-        }
+        LinkError::Protocol(format!(
+            "{} was refused: ERR PING refused for this test",
+            LinkStep::Ping
+        ))
     );
     let text = cause.to_string();
     assert!(text.contains("PING on the established link"), "{text}");
