@@ -1240,6 +1240,12 @@ async fn connection_standalone(rt: Rt) {
     assert_eq!(rooms, ["r1", "r2"]);
     assert!(c.leave("r1").await.unwrap());
     assert_eq!(solo.room_state("r1").await.unwrap(), None);
+    // Leaving one room keeps the connection's stream for the others.
+    solo.publish(PubSubMessage::broadcast("r2", "still c"))
+        .await
+        .unwrap();
+    assert_eq!(next_of(rt, &mut c).await.unwrap().data, &b"still c"[..]);
+    assert_eq!(next_of(rt, &mut d).await.unwrap().data, &b"still c"[..]);
     drop(c);
     // d is still in r2, c is gone from it.
     solo.publish(PubSubMessage::broadcast("r2", "d only"))

@@ -75,6 +75,10 @@ impl State {
                         Some(hub) => hub.leave(&room, conn.as_str(), now).map_err(Error::from),
                         None => self.leave(&room, conn.as_str(), Some(token)),
                     });
+                if result.is_ok() {
+                    // Its member entry (standalone: gone already).
+                    self.forget_member(&room, conn.as_str(), Some(token));
+                }
                 let _ = reply.send(result);
             }
             Command::ConnRooms { conn, token, reply } => {

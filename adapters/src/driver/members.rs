@@ -53,6 +53,7 @@ impl State {
             Member {
                 queue: queue.clone(),
                 token,
+                shared: false,
             },
         ) {
             old.queue.close();
@@ -160,35 +161,52 @@ impl State {
         };
         let names: Vec<&str> = rooms.iter().collect();
         let now = self.now();
-        if let Some(hub) = &mut self.hub {
-            // All or nothing: the hub checks every id first.
-            return hub
-                .join_many(&names, conn.as_str(), now)
-                .map_err(batch_error);
-        }
-        // Standalone: the same checks, then members sharing the connection's queue.
-        let max = roomcast_core::naming::DEFAULT_MAX_ROOM_ID_BYTES;
-        let ids = names
-            .iter()
-            .enumerate()
-            .map(|(i, room)| {
-                RoomId::new(room, max).map_err(|e| (i, roomcast_core::MemberError::InvalidRoom(e)))
-            })
-            .collect::<Result<Vec<RoomId>, _>>()
-            .map_err(batch_error)?;
+        // (room, live now) for each room, after the same all-or-nothing checks in both modes.
+        let ids: Vec<(RoomId, bool)> = match &mut self.hub {
+            Some(hub) => {
+                // The hub checks every id first.
+                hub.join_many(&names, conn.as_str(), now)
+                    .map_err(batch_error)?;
+                names
+                    .iter()
+                    .filter_map(|room| hub.check_room(room).ok())
+                    .map(|id| {
+                        let live = hub.room_state(id.as_str()) == Some(RoomState::Live);
+                        (id, live)
+                    })
+                    .collect()
+            }
+            None => {
+                let max = roomcast_core::naming::DEFAULT_MAX_ROOM_ID_BYTES;
+                names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, room)| {
+                        RoomId::new(room, max)
+                            .map(|id| (id, true))
+                            .map_err(|e| (i, roomcast_core::MemberError::InvalidRoom(e)))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(batch_error)?
+            }
+        };
         let Some(a) = self.conns.get(conn) else {
             return Err(Error::Closed);
         };
+        // Members sharing the connection's queue.
         let mut added = 0;
-        for room in ids {
+        for (room, live) in ids {
             let entry = self.rooms.entry(room).or_default();
-            entry.live.set(true);
+            if live {
+                entry.live.set(true);
+            }
             if !entry.members.contains_key(conn.as_str()) {
                 entry.members.insert(
                     conn.clone(),
                     Member {
                         queue: a.queue.clone(),
                         token: a.token,
+                        shared: true,
                     },
                 );
                 added += 1;
@@ -218,17 +236,15 @@ impl State {
             a.queue.close();
         }
         let now = self.now();
-        match &mut self.hub {
-            Some(hub) => {
-                if let Err(e) = hub.disconnect(conn.as_str(), now) {
-                    warn!(%e, "detaching a connection failed");
-                }
-            }
-            None => {
-                for room in self.standalone_rooms_of(conn.as_str()) {
-                    self.forget_member(room.as_str(), conn.as_str(), Some(token));
-                }
-            }
+        let rooms = match &mut self.hub {
+            Some(hub) => hub.disconnect(conn.as_str(), now).unwrap_or_else(|e| {
+                warn!(%e, "detaching a connection failed");
+                Vec::new()
+            }),
+            None => self.standalone_rooms_of(conn.as_str()),
+        };
+        for room in rooms {
+            self.forget_member(room.as_str(), conn.as_str(), Some(token));
         }
         let mut i = 0;
         while i < self.live_waiters.len() {
@@ -315,7 +331,10 @@ impl State {
                 .is_some_and(|m| token.is_none_or(|t| t == m.token));
             if matches {
                 if let Some(m) = entry.members.remove(conn) {
-                    m.queue.close();
+                    // A connection's queue stays open for its other rooms.
+                    if !m.shared {
+                        m.queue.close();
+                    }
                 }
             }
             if entry.members.is_empty() {
@@ -364,21 +383,16 @@ impl State {
         match ev {
             Event::Delivery(d) => {
                 let (message, recipients) = d.into_shared();
-                let entry = if self.rooms.is_empty() {
-                    None
-                } else {
-                    self.rooms.get(&message.room)
+                let Some(entry) = self.rooms.get(&message.room) else {
+                    return;
                 };
                 let mut closed = Vec::new();
                 let mut detached = Vec::new();
                 for conn in recipients.iter() {
-                    if let Some(a) = self.conns.get(conn) {
-                        if !a.queue.push(message.clone()) {
-                            detached.push((conn.clone(), a.token));
-                        }
-                    } else if let Some(m) = entry.and_then(|e| e.members.get(conn)) {
+                    if let Some(m) = entry.members.get(conn) {
                         if !m.queue.push(message.clone()) {
-                            closed.push((conn.clone(), m.token));
+                            let gone = if m.shared { &mut detached } else { &mut closed };
+                            gone.push((conn.clone(), m.token));
                         }
                     }
                 }

@@ -74,14 +74,20 @@ enum LinkIo {
     },
 }
 
+/// One local member of one room, the only thing deliveries look up: a `Membership` (a queue
+/// of its own) or one room of a `Connection` (`shared`: the connection's queue, which its
+/// rooms share). A `Connection` is memberships with one queue; a `Membership` is a connection
+/// with one room.
 struct Member {
     queue: Arc<Queue<Arc<Message>>>,
     token: u64,
+    /// The queue is an attached connection's: leaving this room does not close it, and when
+    /// it overflows the whole connection goes.
+    shared: bool,
 }
 
-/// A connection attached with `Roomcast::connection`: one queue for all its rooms. With Redis
-/// its rooms live in the core only (nothing per room here); standalone, its rooms are
-/// `RoomEntry` members sharing this queue.
+/// A connection attached with `Roomcast::connection`: the registration of its one queue (its
+/// rooms are `RoomEntry` members sharing it, as for any member).
 struct Attached {
     queue: Arc<Queue<Arc<Message>>>,
     token: u64,
