@@ -1,7 +1,20 @@
 //! Handle commands: joins and leaves routed to the member code, publishes (with the parked
 //! fire-and-forget queue behind the publish gate), presence queries.
 
-use super::*;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use roomcast_core::{ConnId, Event, Publish, PublishError, RoomId, RoomState};
+use tracing::warn;
+
+use crate::error::Error;
+use crate::handle::{
+    publish_bytes, Command, EventStream, PubSubMessage, Query, QueryAnswer, Reply, RoomStream,
+};
+use crate::queue::Queue;
+
+use super::{not_reserved, LinkIo, LiveWaiter, State, OBSERVER_PREFIX};
 
 impl State {
     pub(super) fn command(&mut self, c: Command) {

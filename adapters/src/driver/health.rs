@@ -1,6 +1,13 @@
 //! Health checks (a PING round on every link) and graceful shutdown.
 
-use super::*;
+use std::time::{Duration, Instant};
+
+use roomcast_core::{Hub, PublishError};
+
+use crate::error::Error;
+use crate::handle::{HealthReport, Reply};
+
+use super::{HealthWaiter, LinkIo, ShutdownState, State};
 
 impl State {
     /// Every link through its handshake and, with presence on, this instance registered (so

@@ -1,7 +1,20 @@
 //! Link I/O: opening links (TCP, TLS), reading into the core, writing its output, the timer,
 //! and draining the core's outputs after each step.
 
-use super::*;
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use futures_io::{AsyncRead, AsyncWrite};
+use roomcast_core::{Event, Hub, LinkId, LinkRequest};
+use tracing::debug;
+
+use crate::runtime::{BoxFuture, BoxedIo};
+use crate::Options;
+
+use super::{LinkIo, State, READ_BUDGET, READ_CHUNK};
 
 impl State {
     pub(super) fn poll_link(&mut self, i: usize, cx: &mut Context<'_>) -> bool {

@@ -1,7 +1,18 @@
 //! Member queues and dispatch: memberships, connections, room liveness, standalone delivery,
 //! and the fan-out of the core's events to the queues that wait for them.
 
-use super::*;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use roomcast_core::{Config, ConnId, Event, Message, PublishError, RoomId, RoomState};
+use tracing::{debug, info, warn};
+
+use crate::error::Error;
+use crate::handle::{Connection, Membership, PubSubMessage, RoomList};
+use crate::queue::Queue;
+
+use super::{not_reserved, Attached, Member, State};
 
 impl State {
     /// Joins `conn` to `room`, as an observer (in no presence) if `observer`.

@@ -20,18 +20,10 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_channel::mpsc;
 use futures_core::Stream;
-use futures_io::{AsyncRead, AsyncWrite};
-use roomcast_core::{
-    Config, ConnId, Event, Hub, LinkId, LinkRequest, Message, Publish, PublishError, PublishId,
-    RoomId, RoomState,
-};
-use tracing::{debug, info, warn};
+use roomcast_core::{ConnId, Event, Hub, LinkId, Message, PublishId, RoomId};
 
 use crate::error::Error;
-use crate::handle::{
-    publish_bytes, Command, Connection, EventStream, HealthReport, Liveness, Membership,
-    PubSubMessage, PublishGate, Query, QueryAnswer, Reply, RoomList, RoomStream,
-};
+use crate::handle::{Command, HealthReport, Liveness, PubSubMessage, PublishGate, Reply};
 use crate::queue::Queue;
 use crate::runtime::{BoxFuture, BoxedIo, Runtime};
 use crate::Options;

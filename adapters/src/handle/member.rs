@@ -1,7 +1,21 @@
 //! Members: memberships (one room), connections (many rooms), their room streams and the
 //! liveness they wait on.
 
-use super::*;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use futures_channel::mpsc;
+use futures_core::Stream;
+use roomcast_core::{ConnId, Event, Message, RoomId};
+
+use crate::error::Error;
+use crate::queue::Queue;
+
+use super::{call_ctl, Command};
 
 /// Whether a room's subscription is confirmed, shared by its memberships.
 #[derive(Debug, Default)]

@@ -44,23 +44,16 @@ pub(crate) use member::{Liveness, RoomList};
 pub use publisher::Publisher;
 pub(crate) use publisher::{publish_bytes, PublishGate};
 
-use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_channel::{mpsc, oneshot};
-use futures_core::Stream;
 use roomcast_core::{
-    ConnId, Event, Identity, InstanceId, Member, Message, MessageType, Metrics, PresenceAnswer,
-    RoomId, RoomState,
+    ConnId, Identity, InstanceId, Member, MessageType, Metrics, PresenceAnswer, RoomId, RoomState,
 };
 
 use crate::error::Error;
-use crate::queue::Queue;
 
 /// A message as the GraphWiz design defined it, for publishing.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,15 @@
 //! Publishing: the fire-and-forget [`Publisher`] and the gate it waits at under backpressure.
 
-use super::*;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use futures_channel::mpsc;
+
+use crate::error::Error;
+
+use super::{Command, PubSubMessage};
 
 /// Holds [`Publisher`]s back: while the driver holds fire-and-forget publishes the core
 /// refused for backpressure (their link's output is full), and while the bytes publishers
