@@ -169,7 +169,7 @@ impl Drop for EventStream {
     }
 }
 
-/// One local connection attached with [`Roomcast::connection`]: a `Stream` of the messages
+/// One local connection attached with [`Roomcast::connection`](crate::Roomcast::connection): a `Stream` of the messages
 /// of every room it is in, in the order this instance received them (per room: the order
 /// Redis delivered). Dropping it leaves every room.
 #[derive(Debug)]

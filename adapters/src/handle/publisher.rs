@@ -150,7 +150,7 @@ impl Publisher {
     /// What the configured limits refuse (an invalid room or exclude id, a message over
     /// `max_envelope_bytes`) is returned at once as [`Error::Publish`] and nothing is queued.
     /// Refusals found by the driver later (its publish queue full) are reported on
-    /// [`Roomcast::events`] as [`Event::PublishRefused`](roomcast_core::Event::PublishRefused),
+    /// [`Roomcast::events`](crate::Roomcast::events) as [`Event::PublishRefused`](roomcast_core::Event::PublishRefused),
     /// failures after acceptance as [`Event::PublishFailed`](roomcast_core::Event::PublishFailed).
     pub async fn send(&mut self, msg: PubSubMessage) -> Result<(), Error> {
         self.check(&msg)?;
