@@ -165,6 +165,16 @@ pub enum Event {
         /// Why.
         error: PublishError,
     },
+    /// A publish nobody waits for (an adapter's fire-and-forget publisher) was refused
+    /// before it reached Redis. The hub never produces this event (its callers get the
+    /// refusal as the error of [`crate::Hub::publish_quiet`]); an adapter raises it so that
+    /// such a refusal is reported to the application, not only logged and counted.
+    PublishRefused {
+        /// The room the message was for, as given (it may be the invalid part).
+        room: String,
+        /// Why it was refused.
+        cause: PublishError,
+    },
     /// Redis confirmed the room's subscription: messages published from now on reach this
     /// instance.
     RoomLive {
@@ -278,6 +288,47 @@ pub enum DropCause {
     },
 }
 
+/// The request a link was busy with when it failed: the handshake's commands, or one of the
+/// requests of an established link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkStep {
+    /// The handshake's `HELLO`.
+    Hello,
+    /// The handshake's `AUTH`.
+    Auth,
+    /// The handshake's `SELECT`.
+    Select,
+    /// The handshake's `CLIENT SETNAME`.
+    SetName,
+    /// A `PING` on an established link (keepalive or a health check).
+    Ping,
+    /// A `SUBSCRIBE` or `UNSUBSCRIBE` of rooms.
+    Subscribe,
+    /// A `PUBLISH` of a message.
+    Publish,
+    /// A presence command (registration, heartbeat, query, script load).
+    Presence,
+    /// A liveness probe published to the control channel.
+    Probe,
+}
+
+impl fmt::Display for LinkStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LinkStep::Hello => "the handshake's HELLO",
+            LinkStep::Auth => "the handshake's AUTH",
+            LinkStep::Select => "the handshake's SELECT",
+            LinkStep::SetName => "the handshake's CLIENT SETNAME",
+            LinkStep::Ping => "a PING on the established link",
+            LinkStep::Subscribe => "a SUBSCRIBE/UNSUBSCRIBE",
+            LinkStep::Publish => "a PUBLISH",
+            LinkStep::Presence => "a presence command",
+            LinkStep::Probe => "a liveness probe",
+        })
+    }
+}
+
 /// Why a link is down.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -288,15 +339,20 @@ pub enum LinkError {
     Auth(String),
     /// The server does not speak RESP3 (`HELLO` unknown); use `protocol=resp2`.
     NoResp3(String),
-    /// The server refused a handshake command.
+    /// The server refused a handshake command (the text names the command, then Redis's
+    /// error).
     Handshake(String),
     /// Connecting or the handshake took longer than `connect_timeout`.
     ConnectTimeout,
     /// A request went unanswered for `reply_timeout`: the server is stalled or unreachable.
-    ReplyTimeout,
+    ReplyTimeout {
+        /// The oldest request, the one that went unanswered.
+        step: LinkStep,
+    },
     /// The subscriber stopped receiving its own probes: connected but deaf.
     Deaf,
-    /// Redis sent something that is not RESP, or over a limit.
+    /// Redis sent something that is not RESP, or over a limit, or answered a request of an
+    /// established link with an error (the text names the request: [`LinkStep`]).
     Protocol(String),
     /// The hub is shutting down.
     Shutdown,
@@ -314,13 +370,14 @@ impl fmt::Display for LinkError {
                 f,
                 "the server does not support RESP3 ({e}); use ?protocol=resp2 in the Redis URL"
             ),
-            LinkError::Handshake(e) => write!(f, "Redis refused the handshake: {e}"),
+            // The text starts with the step ("the handshake's AUTH: ...").
+            LinkError::Handshake(e) => write!(f, "Redis refused {e}"),
             LinkError::ConnectTimeout => {
                 write!(f, "connecting to Redis took longer than connect_timeout")
             }
-            LinkError::ReplyTimeout => write!(
+            LinkError::ReplyTimeout { step } => write!(
                 f,
-                "Redis did not answer within reply_timeout; the link was reopened"
+                "Redis did not answer {step} within reply_timeout; the link was reopened"
             ),
             LinkError::Deaf => write!(
                 f,

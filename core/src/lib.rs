@@ -73,8 +73,8 @@ pub use config::{
 };
 pub use envelope::{InstanceId, MessageType, Trailer};
 pub use event::{
-    Delivery, DropCause, Event, LinkError, LinkId, LinkRole, MemberError, Message, NotLiveReason,
-    PublishError, PublishId, Recipients, RoomState,
+    Delivery, DropCause, Event, LinkError, LinkId, LinkRole, LinkStep, MemberError, Message,
+    NotLiveReason, PublishError, PublishId, Recipients, RoomState,
 };
 pub use hub::{
     Health, Hub, Identity, Joined, LinkHealth, LinkRequest, Publish, Transmit, SUBSCRIBER,

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use roomcast_core::{
-    Config, Event, Hub, Identity, InstanceId, LinkError, LinkId, LinkRequest, SUBSCRIBER,
+    Config, Event, Hub, Identity, InstanceId, LinkError, LinkId, LinkRequest, LinkStep, SUBSCRIBER,
 };
 
 fn hub(url: &str) -> (Hub, Instant) {
@@ -259,4 +259,48 @@ fn stray_messages_and_server_unsubscribes_are_handled_on_the_live_link() {
         b"*2\r\n$9\r\nSUBSCRIBE\r\n$15\r\ngraphwiz:room:r\r\n"
     );
     assert_eq!(hub.metrics().server_unsubscribes, 1);
+}
+
+#[test]
+fn an_error_answering_a_ping_on_an_established_link_names_the_ping_not_the_handshake() {
+    let now = Instant::now();
+    let config = Config {
+        pool_size: 1,
+        presence: false,
+        ..Config::from_url("redis://127.0.0.1:6390").unwrap()
+    };
+    let id = Identity {
+        instance: InstanceId(7),
+        epoch: 1,
+    };
+    let mut hub = Hub::new(config, id, now).unwrap();
+    let link = LinkId(1);
+    open_all(&mut hub, now);
+    let _ = sent(&mut hub, link);
+    feed(&mut hub, link, b"+OK\r\n", now);
+    assert!(events(&mut hub)
+        .iter()
+        .any(|e| matches!(e, Event::LinkUp { link: l, .. } if *l == link)));
+    // The ready link (no presence) has nothing outstanding; a PING that Redis refuses.
+    assert_eq!(sent(&mut hub, link), b"");
+    hub.ping(now);
+    assert_eq!(sent(&mut hub, link), b"*1\r\n$4\r\nPING\r\n");
+    feed(&mut hub, link, b"-ERR PING refused for this test\r\n", now);
+    let cause = events(&mut hub)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::LinkDown { link: l, cause, .. } if l == link => Some(cause),
+            _ => None,
+        })
+        .expect("the link went down");
+    assert_eq!(
+        cause,
+        LinkError::Protocol(format!(
+            "{} was refused: ERR PING refused for this test",
+            LinkStep::Ping
+        ))
+    );
+    let text = cause.to_string();
+    assert!(text.contains("PING on the established link"), "{text}");
+    assert!(!text.contains("handshake"), "{text}");
 }

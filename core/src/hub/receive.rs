@@ -98,7 +98,7 @@ impl Hub {
             }
             Request::Ping { user } => {
                 if let Some(e) = error_text(&v) {
-                    let cause = handshake_error(crate::link::Step::Select, e);
+                    let cause = crate::link::refused_error(crate::LinkStep::Ping, e);
                     self.link_failed(idx, cause, true, now);
                     return;
                 }
@@ -161,10 +161,9 @@ impl Hub {
                 let text = error_text(&v)
                     .map(|e| String::from_utf8_lossy(e).into_owned())
                     .unwrap_or_else(|| format!("unexpected reply to SUBSCRIBE: {v:?}"));
-                let cause = if text.starts_with("NOPERM") {
-                    LinkError::Auth(text)
-                } else {
-                    LinkError::Protocol(text)
+                let cause = match error_text(&v) {
+                    Some(e) => crate::link::refused_error(crate::LinkStep::Subscribe, e),
+                    None => LinkError::Protocol(text),
                 };
                 self.link_failed(idx, cause, true, now);
             }
