@@ -599,11 +599,17 @@ fn joins_in_one_turn_become_one_subscribe_per_batch() {
 /// does, so no other instance's timers help: node 0 runs no presence heartbeat, and still
 /// finds its deaf subscriber within one probe interval and one probe timeout.
 #[test]
-fn a_deaf_subscriber_is_found_by_its_own_deadlines_alone() {
+fn c8_a_deaf_subscriber_is_found_by_its_own_deadlines_alone() {
     let mut s = Sim::new(2, model(), |i| Config {
         pool_size: 1,
-        // Node 0 has no presence heartbeat to wake it; node 1 has.
+        // Node 0 has no presence heartbeat to wake it, and a keepalive far beyond the
+        // probe's deadlines: only the probe's own timers can find the deafness in time.
         presence: i == 1,
+        keepalive_interval: if i == 0 {
+            Duration::from_secs(30)
+        } else {
+            Config::default().keepalive_interval
+        },
         ..Config::default()
     });
     s.settle();
