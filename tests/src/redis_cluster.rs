@@ -756,13 +756,16 @@ fn info_field(text: &str, field: &str) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
+/// Each slot-serving master's id and config epoch, in one node's view.
+type MasterEpochs = Vec<(String, u64)>;
+
 /// Checks that the running nodes' `CLUSTER NODES` views are settled: every running node
 /// sees every other running node connected and without failure flags, all agree on the
 /// current epoch and on each slot-serving master's config epoch, and those epochs are
 /// distinct (a collision, e.g. after two `TAKEOVER`s, is resolved by the nodes within a few
 /// pings; a failover started before that may be refused).
 fn settled_epochs(running: &[u16], views: &[(u16, String, Vec<NodeLine>)]) -> Result<(), String> {
-    let mut first: Option<(u16, &str, Vec<(String, u64)>)> = None;
+    let mut first: Option<(u16, &str, MasterEpochs)> = None;
     for (port, epoch, nodes) in views {
         for n in nodes {
             let Some(p) = n.port.filter(|p| running.contains(p)) else {
@@ -774,7 +777,7 @@ fn settled_epochs(running: &[u16], views: &[(u16, String, Vec<NodeLine>)]) -> Re
                 ));
             }
         }
-        let mut masters: Vec<(String, u64)> = nodes
+        let mut masters: MasterEpochs = nodes
             .iter()
             .filter(|n| n.master && n.serves_slots)
             .map(|n| (n.id.clone(), n.config_epoch))
