@@ -13,7 +13,8 @@
 //! and the bus port are checked free, and neither can be taken by an outgoing connection's
 //! ephemeral port meanwhile.
 //!
-//! Every wait is bounded; a timeout panics with what the nodes said last.
+//! Every wait is bounded; a timeout panics with what the nodes said last: every node's
+//! `CLUSTER NODES` view, epochs and the end of its log.
 
 use std::fmt;
 use std::io;
@@ -370,7 +371,11 @@ impl RedisCluster {
 
     /// Waits (bounded by [`SETTLE_TIMEOUT`]) until every running node reports
     /// `cluster_state:ok`, sees every slot served by an online master with online replicas,
-    /// and all of them agree on which node serves which slot. Returns that topology.
+    /// and all of them agree on which node serves which slot; until no running node is
+    /// suspected, failed or unlinked in any view, all agree on the current epoch and on each
+    /// master's config epoch (all distinct), and every replica's link to its master is up.
+    /// Then the next step starts from a settled, known layout. Returns that topology; on
+    /// timeout panics with every node's view ([`RedisCluster::diagnostics`]).
     pub fn wait_stable(&mut self) -> Topology {
         self.try_wait_stable()
             .unwrap_or_else(|e| panic!("{e}\n{}", self.diagnostics()))
