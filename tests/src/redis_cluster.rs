@@ -13,7 +13,8 @@
 //! and the bus port are checked free, and neither can be taken by an outgoing connection's
 //! ephemeral port meanwhile.
 //!
-//! Every wait is bounded; a timeout panics with what the nodes said last.
+//! Every wait is bounded; a timeout panics with what the nodes said last: every node's
+//! `CLUSTER NODES` view, epochs and the end of its log.
 
 use std::fmt;
 use std::io;
@@ -38,13 +39,23 @@ const BUS_OFFSET: u16 = 10_000;
 /// How long the cluster may take to form, or to settle after a change, on a loaded machine.
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// `--cluster-node-timeout` of every node, in milliseconds (see [`NODE_TIMEOUT`]).
+const NODE_TIMEOUT_MS: u64 = 5000;
+
 /// How long one `CLUSTER FAILOVER` attempt may take before it is made again: a manual
 /// failover's own limit (5 s) plus two node timeouts (after which masters vote again).
-pub const FAILOVER_ATTEMPT: Duration = Duration::from_secs(10);
+pub const FAILOVER_ATTEMPT: Duration = Duration::from_millis(5000 + 2 * NODE_TIMEOUT_MS);
 
-/// `--cluster-node-timeout` of every node. Small, so that a killed master is noticed soon,
-/// but not so small that a node stalled by a busy machine is failed over by mistake.
-pub const NODE_TIMEOUT: Duration = Duration::from_millis(2000);
+/// `--cluster-node-timeout` of every node: a node that does not answer pings for this long
+/// is suspected (`fail?`), and failed over once a majority of masters agree.
+///
+/// Not smaller: on a loaded 2-core machine (CI; load average 4 to 12) a node can get no CPU
+/// for a few seconds. A stall longer than the node timeout is taken for a crash: the stalled
+/// master is failed over behind the test's back and the cluster goes `cluster_state:fail`
+/// while it happens (seen with stalls of 2 to 4 s against a 2 s timeout; stalls shorter
+/// than the timeout did nothing). The cost is paid once per test: a master killed without
+/// a takeover ([`Promotion::NodeTimeout`]) is replaced about one node timeout later.
+pub const NODE_TIMEOUT: Duration = Duration::from_millis(NODE_TIMEOUT_MS);
 
 /// How a replica takes over with `CLUSTER FAILOVER`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,9 +250,12 @@ impl RedisCluster {
             "--cluster-yes".to_string(),
         ]);
         redis_cli(&create, SETTLE_TIMEOUT)?;
-        cluster
-            .try_wait_stable()
-            .map_err(|e| HarnessError::Start(format!("the cluster did not form: {e}")))?;
+        cluster.try_wait_stable().map_err(|e| {
+            HarnessError::Start(format!(
+                "the cluster did not form: {e}\n{}",
+                cluster.diagnostics()
+            ))
+        })?;
         Ok(cluster)
     }
 
@@ -357,9 +371,14 @@ impl RedisCluster {
 
     /// Waits (bounded by [`SETTLE_TIMEOUT`]) until every running node reports
     /// `cluster_state:ok`, sees every slot served by an online master with online replicas,
-    /// and all of them agree on which node serves which slot. Returns that topology.
+    /// and all of them agree on which node serves which slot; until no running node is
+    /// suspected, failed or unlinked in any view, all agree on the current epoch and on each
+    /// master's config epoch (all distinct), and every replica's link to its master is up.
+    /// Then the next step starts from a settled, known layout. Returns that topology; on
+    /// timeout panics with every node's view ([`RedisCluster::diagnostics`]).
     pub fn wait_stable(&mut self) -> Topology {
-        self.try_wait_stable().unwrap_or_else(|e| panic!("{e}"))
+        self.try_wait_stable()
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.diagnostics()))
     }
 
     /// [`RedisCluster::wait_stable`] returning the error.
@@ -371,7 +390,7 @@ impl RedisCluster {
     /// all nodes agree on satisfies `check`; returns it. Panics naming `what` on timeout.
     pub fn wait_stable_where(&self, what: &str, check: impl Fn(&Topology) -> bool) -> Topology {
         self.try_wait_stable_where(check, SETTLE_TIMEOUT)
-            .unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
+            .unwrap_or_else(|e| panic!("waiting for {what}: {e}\n{}", self.diagnostics()))
     }
 
     fn try_wait_stable_where(
@@ -399,6 +418,7 @@ impl RedisCluster {
     fn stable_view(&self) -> Result<Topology, String> {
         let mut running = Vec::new();
         let mut views = Vec::new();
+        let mut node_views = Vec::new();
         for node in &self.nodes {
             let port = node.port();
             let Ok(mut c) = node.try_client() else {
@@ -412,9 +432,27 @@ impl RedisCluster {
             if !state.lines().any(|l| l.trim() == "cluster_state:ok") {
                 return Err(format!("node {port} is not cluster_state:ok"));
             }
+            let epoch = info_field(&state, "cluster_current_epoch").unwrap_or_default();
+            let nodes = c
+                .try_cmd(&["CLUSTER", "NODES"])
+                .map_err(|e| format!("node {port}: {e}"))?;
+            let nodes = parse_cluster_nodes(&nodes.as_text().unwrap_or_default());
+            if nodes.iter().any(|n| n.myself && !n.master) {
+                // A replica has finished syncing with its master: a demoted or revived node
+                // that is still connecting would fail the next scenario's replica checks.
+                let repl = c
+                    .try_cmd(&["INFO", "replication"])
+                    .map_err(|e| format!("node {port}: {e}"))?;
+                let repl = repl.as_text().unwrap_or_default();
+                if info_field(&repl, "master_link_status") != Some("up".into()) {
+                    return Err(format!("replica {port}: link to its master not up"));
+                }
+            }
             running.push(port);
+            node_views.push((port, epoch, nodes));
             views.push((port, self.try_topology_from(port)?));
         }
+        settled_epochs(&running, &node_views)?;
         let mut agreed: Option<(u16, Topology, Layout)> = None;
         for (port, t) in views {
             if !t.is_complete() {
@@ -593,12 +631,49 @@ impl RedisCluster {
     }
 
     fn panic_with_log(&self, port: u16, message: &str) -> ! {
-        let log = self.node(port).log();
-        let tail: Vec<&str> = log.lines().rev().take(30).collect();
         panic!(
-            "{message}\nthe log of {port} ends:\n{}",
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            "{message}\nthe log of {port} ends:\n{}\n{}",
+            log_tail(&self.node(port).log(), 30),
+            self.diagnostics()
         );
+    }
+
+    /// What every node says about the cluster, for failure messages: per node, its
+    /// `cluster_state` and epochs (`CLUSTER INFO`), its `CLUSTER NODES` view, and the end of
+    /// its log (a stopped node: only the log).
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::from("every node's view:");
+        for node in &self.nodes {
+            let port = node.port();
+            out.push_str(&format!("\n--- node {port}"));
+            match node.try_client() {
+                Err(e) => out.push_str(&format!(" (not answering: {e})")),
+                Ok(mut c) => {
+                    let mut ask = |args: &[&str]| match c.try_cmd(args) {
+                        Ok(r) => r.as_text().unwrap_or_else(|| format!("{r:?}")),
+                        Err(e) => format!("{args:?} failed: {e}"),
+                    };
+                    let info = ask(&["CLUSTER", "INFO"]);
+                    let keep = ["cluster_state", "current_epoch", "my_epoch", "known_nodes"];
+                    let summary: Vec<&str> = info
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| keep.iter().any(|k| l.starts_with(k)))
+                        .collect();
+                    let repl = ask(&["INFO", "replication"]);
+                    let link = info_field(&repl, "master_link_status")
+                        .map(|l| format!(" master_link_status:{l}"))
+                        .unwrap_or_default();
+                    out.push_str(&format!(" {}{link}\n", summary.join(" ")));
+                    out.push_str(ask(&["CLUSTER", "NODES"]).trim_end());
+                }
+            }
+            out.push_str(&format!(
+                "\nits log ends:\n{}",
+                log_tail(&node.log(), DIAGNOSTIC_LOG_LINES)
+            ));
+        }
+        out
     }
 }
 
@@ -633,6 +708,117 @@ fn layout(t: &Topology) -> Layout {
     out
 }
 
+/// One line of `CLUSTER NODES`: what one node says about one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NodeLine {
+    id: String,
+    port: Option<u16>,
+    myself: bool,
+    master: bool,
+    /// `fail`, `fail?`, `handshake` or `noaddr`.
+    troubled: bool,
+    config_epoch: u64,
+    connected: bool,
+    serves_slots: bool,
+}
+
+/// Parses `CLUSTER NODES` (`id ip:port@bus flags master ping pong epoch link slots...`);
+/// lines that do not parse are left out.
+fn parse_cluster_nodes(text: &str) -> Vec<NodeLine> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 8 {
+                return None;
+            }
+            let port = f[1]
+                .split('@')
+                .next()
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse().ok());
+            let flags: Vec<&str> = f[2].split(',').collect();
+            Some(NodeLine {
+                id: f[0].to_string(),
+                port,
+                myself: flags.contains(&"myself"),
+                master: flags.contains(&"master"),
+                troubled: flags
+                    .iter()
+                    .any(|x| ["fail", "fail?", "handshake", "noaddr"].contains(x)),
+                config_epoch: f[6].parse().ok()?,
+                connected: f[7] == "connected",
+                serves_slots: f.len() > 8,
+            })
+        })
+        .collect()
+}
+
+/// The value of `field:value` in an `INFO`-style text.
+fn info_field(text: &str, field: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|l| l.trim().split_once(':'))
+        .find(|(k, _)| *k == field)
+        .map(|(_, v)| v.to_string())
+}
+
+/// Each slot-serving master's id and config epoch, in one node's view.
+type MasterEpochs = Vec<(String, u64)>;
+
+/// Checks that the running nodes' `CLUSTER NODES` views are settled: every running node
+/// sees every other running node connected and without failure flags, all agree on the
+/// current epoch and on each slot-serving master's config epoch, and those epochs are
+/// distinct (a collision, e.g. after two `TAKEOVER`s, is resolved by the nodes within a few
+/// pings; a failover started before that may be refused).
+fn settled_epochs(running: &[u16], views: &[(u16, String, Vec<NodeLine>)]) -> Result<(), String> {
+    let mut first: Option<(u16, &str, MasterEpochs)> = None;
+    for (port, epoch, nodes) in views {
+        for n in nodes {
+            let Some(p) = n.port.filter(|p| running.contains(p)) else {
+                continue;
+            };
+            if n.troubled || !(n.myself || n.connected) {
+                return Err(format!(
+                    "node {port} sees running node {p} as failing or unlinked"
+                ));
+            }
+        }
+        let mut masters: MasterEpochs = nodes
+            .iter()
+            .filter(|n| n.master && n.serves_slots)
+            .map(|n| (n.id.clone(), n.config_epoch))
+            .collect();
+        masters.sort();
+        let mut epochs: Vec<u64> = masters.iter().map(|m| m.1).collect();
+        epochs.sort_unstable();
+        epochs.dedup();
+        if epochs.len() != masters.len() {
+            return Err(format!(
+                "node {port} sees masters sharing a config epoch: {masters:?}"
+            ));
+        }
+        match &first {
+            None => first = Some((*port, epoch, masters)),
+            Some((p0, e0, m0)) if *e0 != epoch || *m0 != masters => {
+                return Err(format!(
+                    "nodes {p0} and {port} disagree on epochs: current {e0} vs {epoch}, \
+                     masters {m0:?} vs {masters:?}"
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// How many lines of each node's log [`RedisCluster::diagnostics`] shows.
+const DIAGNOSTIC_LOG_LINES: usize = 15;
+
+/// The last `lines` lines of `log`.
+fn log_tail(log: &str, lines: usize) -> String {
+    let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
 fn expect_ok(reply: RespReply, what: &str) {
     assert!(
         reply.is_ok() || reply.as_text().as_deref() == Some("NOKEY"),
@@ -652,6 +838,45 @@ mod tests {
         let q = free_cluster_port(p, &[p]).expect("another pair");
         assert_ne!(p, q);
         assert!((PORT_LOW..PORT_HIGH).contains(&scan_start()));
+    }
+
+    #[test]
+    fn reads_cluster_nodes_lines() {
+        let text = "a1 127.0.0.1:10001@20001 myself,master - 0 0 7 connected 0-5460\n\
+                    b2 127.0.0.1:10002@20002 slave,fail? a1 1 2 7 disconnected\n\
+                    c3 :0@0 master,noaddr - 1 2 3 disconnected\n\
+                    garbage\n";
+        let nodes = parse_cluster_nodes(text);
+        assert_eq!(nodes.len(), 3);
+        assert!(nodes[0].myself && nodes[0].master && nodes[0].serves_slots);
+        assert_eq!((nodes[0].port, nodes[0].config_epoch), (Some(10001), 7));
+        assert!(nodes[1].troubled && !nodes[1].master && !nodes[1].connected);
+        assert!(nodes[2].troubled && !nodes[2].serves_slots);
+        assert_eq!(
+            info_field(
+                "x:1\r\ncluster_current_epoch:9\r\n",
+                "cluster_current_epoch"
+            ),
+            Some("9".into())
+        );
+        // Two running nodes agreeing, except on one master's epoch: not settled.
+        let view = |epoch: &str| {
+            let t =
+                format!("a1 127.0.0.1:10001@20001 myself,master - 0 0 {epoch} connected 0-5460");
+            parse_cluster_nodes(&t)
+        };
+        let agree = [
+            (10001, "7".to_string(), view("7")),
+            (10002, "7".to_string(), view("7")),
+        ];
+        assert!(settled_epochs(&[10001], &agree).is_ok());
+        let differ = [
+            (10001, "7".to_string(), view("7")),
+            (10002, "7".to_string(), view("6")),
+        ];
+        assert!(settled_epochs(&[10001], &differ).is_err());
+        let failing = [(10001, "7".to_string(), nodes.clone())];
+        assert!(settled_epochs(&[10001, 10002], &failing).is_err());
     }
 
     #[test]
