@@ -29,7 +29,7 @@ impl Hub {
                 max: self.config.max_envelope_bytes,
             });
         }
-        let idx = self.publish_link(msg.room).0 as usize;
+        let idx = self.roles.publisher_of_room(msg.room);
         let writable = self.can_write(idx);
         if !writable {
             self.check_queue_room(idx, len - TRAILER_LEN)?;
