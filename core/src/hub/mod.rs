@@ -13,6 +13,7 @@ mod presence;
 mod probe;
 mod publish;
 mod receive;
+mod roles;
 mod sequence;
 mod timer;
 
@@ -36,7 +37,8 @@ use crate::resp::{
 };
 use crate::rooms::{ConnSlot, Members, Rooms, RoomsOf, SeqCheck, Transition};
 
-/// The subscriber link.
+/// The subscriber link in single-server mode (the hub finds each link's role by lookup, see
+/// [`LinkHealth::role`]; in single-server mode the subscriber is always this one).
 pub const SUBSCRIBER: LinkId = LinkId(0);
 
 use probe::PROBE_MAGIC;
@@ -196,6 +198,10 @@ pub struct Hub {
     now: Instant,
     rooms: Rooms,
     links: Vec<Link>,
+    /// Which link does what (subscriber per place, publish links, presence).
+    roles: roles::Roles,
+    /// The subscriber link the probe under way (or the last one) goes to.
+    probed: usize,
     control: control::Control,
     seq: sequence::Sequencer,
     events: VecDeque<Event>,
@@ -231,15 +237,11 @@ impl Hub {
                 reason: e.to_string(),
             })?;
         let seed = config.rng_seed ^ id.instance.0;
-        let mut links = vec![Link::new(SUBSCRIBER, LinkRole::Subscriber, &config, now)];
-        for i in 1..=config.pool_size {
-            links.push(Link::new(
-                LinkId(i as u16),
-                LinkRole::Publisher,
-                &config,
-                now,
-            ));
-        }
+        let roles = roles::Roles::single(config.server.clone(), config.pool_size);
+        let links = (0..roles.len())
+            .map(|i| Link::new(roles::Roles::id(i), roles.role(i), &config, now))
+            .collect();
+        let probed = roles.subscribers().next().unwrap_or(0);
         let control = namer.control_channel(id.instance);
         let namer_for_keys = namer.clone();
         let mut hub = Hub {
@@ -255,6 +257,8 @@ impl Hub {
             id,
             now,
             links,
+            probed,
+            roles,
             control: control::Control::new(control),
             events: VecDeque::new(),
             requests: VecDeque::new(),
@@ -389,7 +393,7 @@ impl Hub {
             && self.queued_total == 0
             && self.links.iter().all(|l| l.inflight_publishes == 0)
             && self.rooms.len() == 0
-            && !self.links[presence::PRESENCE_LINK]
+            && !self.links[self.roles.presence()]
                 .fifo
                 .iter()
                 .any(|(_, r)| matches!(r, Request::Presence(_)))
@@ -397,13 +401,7 @@ impl Hub {
 
     /// The publish link a room always uses.
     pub fn publish_link(&self, room: &str) -> LinkId {
-        // FNV-1a: stable across runs and versions, unlike std's hasher.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in room.as_bytes() {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        LinkId(1 + (h % self.config.pool_size as u64) as u16)
+        roles::Roles::id(self.roles.publisher_of_room(room))
     }
 
     // ----- inputs -----
@@ -787,7 +785,8 @@ impl Hub {
     /// [`Hub::poll_transmit`].
     #[must_use]
     pub fn poll_transmit_link(&mut self, link: LinkId) -> Option<Bytes> {
-        if link == SUBSCRIBER {
+        let idx = link.0 as usize;
+        if idx < self.links.len() && self.roles.role(idx) == LinkRole::Subscriber {
             self.flush_subscriptions(self.now);
         }
         let l = self.links.get_mut(link.0 as usize)?;

@@ -1,5 +1,6 @@
 //! Presence: registering the lease and members, heartbeats, queries and their replies.
-//! All presence traffic goes on one link ([`PRESENCE_LINK`]) so that writes apply in order.
+//! All presence traffic goes on one link (the presence link, found in the hub's roles) so
+//! that writes apply in order.
 
 use super::*;
 use crate::link::PresenceReq;
@@ -7,9 +8,6 @@ use crate::presence::{
     parse_field, parse_instance, Keys, Member, PresenceAnswer, PresenceError, PresenceQuery,
     PresenceWhenDown, QueryId, Script, SCRIPTS,
 };
-
-/// The link that carries presence commands.
-pub(crate) const PRESENCE_LINK: usize = 1;
 
 /// Sweep dead instances every this many heartbeats.
 const SWEEP_EVERY: u32 = 3;
@@ -54,12 +52,12 @@ impl PresenceState {
 
 impl Hub {
     fn presence_on(&self) -> bool {
-        self.config.presence && !self.closed && self.links[PRESENCE_LINK].is_ready()
+        self.config.presence && !self.closed && self.links[self.roles.presence()].is_ready()
     }
 
     fn presence_write(&mut self, args: &[&[u8]], register: bool, now: Instant) {
         let gen = self.presence.gen;
-        let l = &mut self.links[PRESENCE_LINK];
+        let l = &mut self.links[self.roles.presence()];
         encode_command(&mut l.out, args);
         l.fifo
             .push_back((now, Request::Presence(PresenceReq::Write { gen, register })));
@@ -75,7 +73,7 @@ impl Hub {
         }
         for (i, src) in SCRIPTS.iter().enumerate() {
             let which = [Script::Room, Script::Conn, Script::Sweep][i];
-            let l = &mut self.links[PRESENCE_LINK];
+            let l = &mut self.links[self.roles.presence()];
             encode_command(&mut l.out, &[b"SCRIPT", b"LOAD", src.as_bytes()]);
             l.fifo
                 .push_back((now, Request::Presence(PresenceReq::Load(which))));
@@ -194,7 +192,7 @@ impl Hub {
         }
         let ms = self.config.lease.as_millis().to_string();
         let lease = self.presence.keys.lease.clone();
-        let l = &mut self.links[PRESENCE_LINK];
+        let l = &mut self.links[self.roles.presence()];
         encode_command(&mut l.out, &[b"PEXPIRE", &lease, ms.as_bytes()]);
         l.fifo
             .push_back((now, Request::Presence(PresenceReq::Heartbeat)));
@@ -206,7 +204,7 @@ impl Hub {
                 &[&k.instances],
                 &[&k.lease_prefix, &k.index_prefix],
             );
-            let l = &mut self.links[PRESENCE_LINK];
+            let l = &mut self.links[self.roles.presence()];
             l.fifo
                 .push_back((now, Request::Presence(PresenceReq::Sweep)));
         }
@@ -216,7 +214,7 @@ impl Hub {
     /// Writes EVALSHA (or EVAL when the SHA is not known); the caller pushes the request.
     fn send_script(&mut self, script: Script, keys: &[&[u8]], args: &[&[u8]]) {
         let nkeys = keys.len().to_string();
-        let l = &mut self.links[PRESENCE_LINK];
+        let l = &mut self.links[self.roles.presence()];
         let mut cmd: Vec<&[u8]> = Vec::with_capacity(3 + keys.len() + args.len());
         match &self.presence.shas[script as usize] {
             Some(sha) => {
@@ -253,7 +251,7 @@ impl Hub {
                 );
             }
         }
-        self.links[PRESENCE_LINK].fifo.push_back((
+        self.links[self.roles.presence()].fifo.push_back((
             now,
             Request::Presence(PresenceReq::Query { id, query, retried }),
         ));

@@ -19,7 +19,7 @@ impl Hub {
         let len = self
             .config
             .check_publish(msg.room, msg.data.len(), msg.exclude_connection)?;
-        let idx = self.publish_link(msg.room).0 as usize;
+        let idx = self.roles.publisher_of_room(msg.room);
         let writable = self.can_write(idx);
         if !writable {
             self.check_queue_room(idx, len - TRAILER_LEN)?;

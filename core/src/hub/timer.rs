@@ -38,7 +38,7 @@ impl Hub {
                 .prober
                 .deadline(|| self.probe_possible(), self.config.probe_timeout),
             Timer::Heartbeat => {
-                if self.links[presence::PRESENCE_LINK].is_ready() {
+                if self.links[self.roles.presence()].is_ready() {
                     self.presence.deadline()
                 } else {
                     None
