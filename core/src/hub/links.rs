@@ -110,7 +110,7 @@ impl Hub {
                 _ => {}
             }
         }
-        if idx == self.roles.presence() {
+        if Some(idx) == self.roles.presence() {
             self.presence_link_lost(presence_lost);
         }
         let l = &mut self.links[idx];
@@ -163,7 +163,7 @@ impl Hub {
             outage,
             missed_rooms,
         });
-        if idx == self.roles.presence() {
+        if Some(idx) == self.roles.presence() {
             self.presence_link_ready(now);
         }
         if role == LinkRole::Publisher {
@@ -182,7 +182,10 @@ impl Hub {
 
     pub(super) fn probe_possible(&self) -> bool {
         !self.closed
-            && self.links[self.next_probed()].is_ready()
+            && self
+                .links
+                .get(self.next_probed())
+                .is_some_and(Link::is_ready)
             && self.control.is_live()
             && self.roles.publishers().any(|i| self.links[i].is_ready())
     }

@@ -21,8 +21,8 @@ pub(crate) struct Roles {
     places: Vec<ServerConfig>,
     /// Per link (by index): its role and place.
     links: Vec<(LinkRole, Place)>,
-    /// The link that carries presence commands.
-    presence: usize,
+    /// The link that carries presence commands (none in standalone mode).
+    presence: Option<usize>,
 }
 
 impl Roles {
@@ -32,12 +32,25 @@ impl Roles {
         let place = Place(0);
         let mut links = vec![(LinkRole::Subscriber, place)];
         links.extend((0..pool_size.max(1)).map(|_| (LinkRole::Publisher, place)));
-        let presence = 1;
         Roles {
             places: vec![server],
             links,
-            presence,
+            presence: Some(1),
         }
+    }
+
+    /// Standalone mode: no place and no link (the hub delivers locally).
+    pub(crate) fn standalone() -> Roles {
+        Roles {
+            places: Vec::new(),
+            links: Vec::new(),
+            presence: None,
+        }
+    }
+
+    /// Whether there is no link at all (standalone mode).
+    pub(crate) fn is_standalone(&self) -> bool {
+        self.links.is_empty()
     }
 
     /// How many links there are (their ids are `0..len`).
@@ -91,8 +104,9 @@ impl Roles {
     }
 
     /// The publish link a room always uses: one of its place's, chosen by a stable hash of
-    /// the room id (FNV-1a: the same across runs and versions, unlike std's hasher).
-    pub(crate) fn publisher_of_room(&self, room: &str) -> usize {
+    /// the room id (FNV-1a: the same across runs and versions, unlike std's hasher). `None`
+    /// when its place has no publish link (standalone mode: no link at all).
+    pub(crate) fn publisher_of_room(&self, room: &str) -> Option<usize> {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in room.as_bytes() {
             h ^= u64::from(*b);
@@ -100,13 +114,11 @@ impl Roles {
         }
         let place = self.place_of_room(room);
         let n = self.publishers_of(place).count().max(1);
-        self.publishers_of(place)
-            .nth((h % n as u64) as usize)
-            .unwrap_or(self.presence)
+        self.publishers_of(place).nth((h % n as u64) as usize)
     }
 
-    /// The link that carries presence commands.
-    pub(crate) fn presence(&self) -> usize {
+    /// The link that carries presence commands (`None` in standalone mode).
+    pub(crate) fn presence(&self) -> Option<usize> {
         self.presence
     }
 
@@ -127,7 +139,7 @@ mod tests {
         assert_eq!(r.subscribers().collect::<Vec<_>>(), [0]);
         assert_eq!(r.subscriber_of(r.place_of_room("x")), Some(0));
         assert_eq!(r.publishers().collect::<Vec<_>>(), [1, 2, 3]);
-        assert_eq!(r.presence(), 1);
+        assert_eq!(r.presence(), Some(1));
         assert_eq!(r.role(0), LinkRole::Subscriber);
         assert_eq!(r.role(2), LinkRole::Publisher);
         // Every room maps to one of its place's publish links, always the same one, and the
@@ -135,12 +147,24 @@ mod tests {
         let mut seen = [false; 4];
         for i in 0..64 {
             let room = format!("room-{i}");
-            let p = r.publisher_of_room(&room);
-            assert_eq!(p, r.publisher_of_room(&room));
+            let p = r.publisher_of_room(&room).unwrap();
+            assert_eq!(Some(p), r.publisher_of_room(&room));
             assert_eq!(r.role(p), LinkRole::Publisher);
             seen[p] = true;
         }
         assert_eq!(seen, [false, true, true, true]);
         assert_eq!(r.server_of(2).port, ServerConfig::default().port);
+    }
+
+    #[test]
+    fn standalone_has_no_link_of_any_role() {
+        let r = Roles::standalone();
+        assert!(r.is_standalone());
+        assert_eq!(r.len(), 0);
+        assert_eq!(r.subscribers().count() + r.publishers().count(), 0);
+        assert_eq!(r.subscriber_of(r.place_of_room("x")), None);
+        assert_eq!(r.publisher_of_room("x"), None);
+        assert_eq!(r.presence(), None);
+        assert!(!Roles::single(ServerConfig::default(), 1).is_standalone());
     }
 }
