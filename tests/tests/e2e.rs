@@ -628,7 +628,9 @@ async fn health_and_standalone(rt: Rt) {
     let report = a.health_check(PATIENCE).await.unwrap();
     assert_eq!(report.link_rtts.len(), 3);
     // Standalone: the same API within one process.
-    let (solo, driver) = Builder::standalone().build(rt.runtime()).unwrap();
+    let (solo, driver) = Builder::standalone(Config::default())
+        .build(rt.runtime())
+        .unwrap();
     match rt {
         Rt::Tokio => drop(tokio::spawn(driver)),
         Rt::AsyncStd => drop(async_std::task::spawn(driver)),
@@ -1000,7 +1002,7 @@ async fn next_of(rt: Rt, c: &mut roomcast::Connection) -> Option<Arc<roomcast::M
 }
 
 fn spawn_standalone(rt: Rt, options: Options) -> Roomcast {
-    let (solo, driver) = Builder::standalone()
+    let (solo, driver) = Builder::standalone(Config::default())
         .options(options)
         .build(rt.runtime())
         .unwrap();
