@@ -286,6 +286,7 @@ fn health_is_ok_with_no_links_and_shutdown_drains_at_once() {
     let (mut hub, now) = hub(Config::default());
     let health = hub.health();
     assert!(health.links.is_empty() && health.all_ready());
+    assert!(hub.presence_ready(), "its answers are whole from the start");
     assert_eq!(hub.publish_link("r"), None);
     hub.join("r", "a", now).unwrap();
     hub.ping(now);

@@ -636,6 +636,11 @@ async fn health_and_standalone(rt: Rt) {
         Rt::AsyncStd => drop(async_std::task::spawn(driver)),
         Rt::Smol => smol::spawn(driver).detach(),
     }
+    // Nothing to connect: ready at once (what `connect_tokio` waits for).
+    rt.timeout(PATIENCE, Box::pin(solo.wait_ready()))
+        .await
+        .expect("a standalone instance is ready")
+        .unwrap();
     let mut x = solo.join("r", "x").await.unwrap();
     assert!(x.is_live());
     let _y = solo.join("r", "y").await.unwrap();

@@ -333,8 +333,9 @@ impl Hub {
     }
 
     /// Whether this instance's lease and members are registered (presence answers whole).
+    /// Always for a standalone hub: its local answers are whole.
     pub fn presence_ready(&self) -> bool {
-        self.presence.registered && self.presence_on()
+        self.roles.is_standalone() || (self.presence.registered && self.presence_on())
     }
 
     fn local_presence(&self, query: &PresenceQuery) -> PresenceAnswer {
