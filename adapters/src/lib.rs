@@ -33,6 +33,15 @@
 //! [`Publisher`] waits: its `send` does not complete and, as a `Sink`, its `poll_ready` stays
 //! pending until the link drains. `Metrics::max_link_output`, `Metrics::buffered_output` (the
 //! core) and `Metrics::adapter_output` (the driver's write queues) show where the bytes are.
+//!
+//! ## Standalone
+//!
+//! [`Builder::standalone`] (or `roomcast::standalone` on tokio) runs an instance with no Redis: the same API,
+//! rooms shared by this process only. It is the core's standalone hub
+//! ([`roomcast_core::Hub::standalone`]) driven by the same driver code as a Redis-backed
+//! instance, so the `Config`'s limits, the events, the metrics and the presence answers are
+//! the same; rooms are live at once, publishes are delivered at once (their receiver count is
+//! 1 when the room has members here, else 0), and the health check has no link to ping.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
