@@ -36,8 +36,8 @@
 //!
 //! ## Standalone
 //!
-//! [`Builder::standalone`] (or `roomcast::standalone` on tokio) runs an instance with no Redis: the same API,
-//! rooms shared by this process only. It is the core's standalone hub
+//! [`Builder::standalone`] (or `roomcast::standalone` on tokio) runs an instance with no
+//! Redis: the same API, rooms shared by this process only. It is the core's standalone hub
 //! ([`roomcast_core::Hub::standalone`]) driven by the same driver code as a Redis-backed
 //! instance, so the `Config`'s limits, the events, the metrics and the presence answers are
 //! the same; rooms are live at once, publishes are delivered at once (their receiver count is
