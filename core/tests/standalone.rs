@@ -236,10 +236,8 @@ fn presence_is_answered_locally_and_events_are_delivered_locally() {
             other => panic!("expected one answer: {other:?}"),
         }
     };
-    match {
-        let q = hub.presence_room("r").unwrap();
-        ask(&mut hub, q)
-    } {
+    let q = hub.presence_room("r").unwrap();
+    match ask(&mut hub, q) {
         PresenceAnswer::Room(m) => {
             let who: Vec<(InstanceId, &str)> =
                 m.iter().map(|m| (m.instance, m.conn.as_str())).collect();
