@@ -23,6 +23,9 @@ pub(crate) struct Roles {
     links: Vec<(LinkRole, Place)>,
     /// The link that carries presence commands (none in standalone mode).
     presence: Option<usize>,
+    /// The publish links of each place, by [`Place`] index, in id order (the per-publish
+    /// lookup: no scan of every link).
+    place_publishers: Vec<Vec<usize>>,
 }
 
 impl Roles {
@@ -34,6 +37,7 @@ impl Roles {
         links.extend((0..pool_size.max(1)).map(|_| (LinkRole::Publisher, place)));
         Roles {
             places: vec![server],
+            place_publishers: vec![(1..links.len()).collect()],
             links,
             presence: Some(1),
         }
@@ -45,6 +49,7 @@ impl Roles {
             places: Vec::new(),
             links: Vec::new(),
             presence: None,
+            place_publishers: Vec::new(),
         }
     }
 
@@ -112,9 +117,9 @@ impl Roles {
             h ^= u64::from(*b);
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
-        let place = self.place_of_room(room);
-        let n = self.publishers_of(place).count().max(1);
-        self.publishers_of(place).nth((h % n as u64) as usize)
+        let publishers = self.place_publishers.get(self.place_of_room(room).0)?;
+        let n = publishers.len().max(1);
+        publishers.get((h % n as u64) as usize).copied()
     }
 
     /// The link that carries presence commands (`None` in standalone mode).
@@ -154,6 +159,10 @@ mod tests {
         }
         assert_eq!(seen, [false, true, true, true]);
         assert_eq!(r.server_of(2).port, ServerConfig::default().port);
+        assert_eq!(
+            r.place_publishers[0],
+            r.publishers_of(Place(0)).collect::<Vec<_>>()
+        );
     }
 
     #[test]
