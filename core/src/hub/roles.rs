@@ -103,9 +103,11 @@ impl Roles {
             .map(|(i, _)| i)
     }
 
-    /// The publish links of a place, in id order.
-    pub(crate) fn publishers_of(&self, place: Place) -> impl Iterator<Item = usize> + '_ {
-        self.publishers().filter(move |&i| self.links[i].1 == place)
+    /// The publish links of a place, in id order (none for a place that does not exist).
+    pub(crate) fn publishers_of(&self, place: Place) -> &[usize] {
+        self.place_publishers
+            .get(place.0)
+            .map_or(&[], Vec::as_slice)
     }
 
     /// The publish link a room always uses: one of its place's, chosen by a stable hash of
@@ -117,7 +119,7 @@ impl Roles {
             h ^= u64::from(*b);
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
-        let publishers = self.place_publishers.get(self.place_of_room(room).0)?;
+        let publishers = self.publishers_of(self.place_of_room(room));
         let n = publishers.len().max(1);
         publishers.get((h % n as u64) as usize).copied()
     }
@@ -159,10 +161,13 @@ mod tests {
         }
         assert_eq!(seen, [false, true, true, true]);
         assert_eq!(r.server_of(2).port, ServerConfig::default().port);
-        assert_eq!(
-            r.place_publishers[0],
-            r.publishers_of(Place(0)).collect::<Vec<_>>()
-        );
+        // Each place's list is its publish links, found by role and place.
+        let scanned: Vec<usize> = r
+            .publishers()
+            .filter(|&i| r.links[i].1 == Place(0))
+            .collect();
+        assert_eq!(r.publishers_of(Place(0)), &scanned[..]);
+        assert!(r.publishers_of(Place(1)).is_empty());
     }
 
     #[test]
