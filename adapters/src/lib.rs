@@ -85,6 +85,19 @@
 //! [`Publisher`] waits: its `send` does not complete and, as a `Sink`, its `poll_ready` stays
 //! pending until the link drains. `Metrics::max_link_output`, `Metrics::buffered_output` (the
 //! core) and `Metrics::adapter_output` (the driver's write queues) show where the bytes are.
+//!
+//! # Standalone
+//!
+//! [`Builder::standalone`] (or `roomcast::standalone` on tokio) runs an instance with no
+//! Redis: the same API, rooms shared by this process only. It is the core's standalone hub
+//! ([`roomcast_core::Hub::standalone`]) driven by the same driver code as a Redis-backed
+//! instance, so the `Config`'s limits, the events, the metrics and the presence answers are
+//! the same. The contract holds, several promises trivially: the instance is the whole
+//! cluster, so its publish order is the room's order (1) and exclusion applies to its own
+//! members (5); publishes carry the same trailers (2, 3) and are delivered and confirmed at
+//! once, with receiver count 1 when the room has members here, else 0 (4); rooms are live at
+//! once (7); with no link there is no outage to report (8) and nothing from Redis to drop
+//! (9); the health check has no link to ping.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -158,7 +171,9 @@ impl Default for Options {
 /// Builds an instance: with Redis ([`Builder::new`]) or standalone ([`Builder::standalone`]).
 #[derive(Debug, Clone)]
 pub struct Builder {
-    config: Option<Config>,
+    config: Config,
+    /// No Redis: the core's standalone hub.
+    standalone: bool,
     identity: Option<Identity>,
     options: Options,
 }
@@ -167,18 +182,20 @@ impl Builder {
     /// An instance that shares rooms with others through the Redis in `config`.
     pub fn new(config: Config) -> Self {
         Builder {
-            config: Some(config),
+            config,
+            standalone: false,
             identity: None,
             options: Options::default(),
         }
     }
 
-    /// An instance with no Redis: the same API, delivering within this process only.
-    pub fn standalone() -> Self {
+    /// An instance with no Redis: the same API, delivering within this process only. The
+    /// `config`'s limits (id lengths, message size), delivery and presence settings apply as
+    /// for any instance; its server, pool and timing settings have nothing to act on.
+    pub fn standalone(config: Config) -> Self {
         Builder {
-            config: None,
-            identity: None,
-            options: Options::default(),
+            standalone: true,
+            ..Builder::new(config)
         }
     }
 
@@ -201,29 +218,21 @@ impl Builder {
             Some(id) => id,
             None => random_identity()?,
         };
-        let hub = match self.config {
-            Some(mut config) => {
-                if config.rng_seed == Config::default().rng_seed {
-                    config.rng_seed = identity.instance.0 ^ identity.epoch;
-                }
-                Some(Hub::new(config, identity, runtime.now())?)
-            }
-            None => None,
+        let mut config = self.config;
+        if config.rng_seed == Config::default().rng_seed {
+            config.rng_seed = identity.instance.0 ^ identity.epoch;
+        }
+        let hub = if self.standalone {
+            Hub::standalone(config, identity, runtime.now())?
+        } else {
+            Hub::new(config, identity, runtime.now())?
         };
         let (tx, rx) = mpsc::channel(self.options.command_queue.max(1));
         let publish_batch = self.options.publish_batch;
         // Publishers hand the driver at most what one link may hold (one batch over).
-        let gate_limit = hub
-            .as_ref()
-            .map_or(Config::default().max_output_bytes, |h| {
-                h.config().max_output_bytes
-            });
-        let gate = Arc::new(handle::PublishGate::new(gate_limit));
-        // What a Publisher checks in the caller's task (standalone: the default limits).
-        let limits = Arc::new(
-            hub.as_ref()
-                .map_or_else(Config::default, |h| h.config().clone()),
-        );
+        let gate = Arc::new(handle::PublishGate::new(hub.config().max_output_bytes));
+        // What a Publisher checks in the caller's task.
+        let limits = Arc::new(hub.config().clone());
         let driver = Driver::new(runtime, hub, self.options, rx, identity, gate.clone());
         Ok((
             Roomcast {
@@ -270,14 +279,14 @@ pub async fn from_env() -> Result<Roomcast, Error> {
     connect(config_from_env()?).await
 }
 
-/// A standalone instance on tokio (no Redis; delivery within this process).
+/// A standalone instance on tokio (no Redis; delivery within this process), with
+/// `config`'s limits. Fails only for an invalid `config` (or no OS randomness for its id).
 #[cfg(feature = "tokio")]
-pub fn standalone() -> Roomcast {
-    let (handle, driver) = Builder::standalone()
-        .build(Arc::new(runtime::tokio::TokioRuntime))
-        .expect("a standalone instance has no configuration that can fail");
+pub fn standalone(config: Config) -> Result<Roomcast, Error> {
+    let (handle, driver) =
+        Builder::standalone(config).build(Arc::new(runtime::tokio::TokioRuntime))?;
     tokio::spawn(driver);
-    handle
+    Ok(handle)
 }
 
 /// Reads `REDIS_URL`, `REDIS_CHANNEL_PREFIX` and `REDIS_POOL_SIZE` from the environment;

@@ -51,7 +51,7 @@ fn publish(c: &mut Criterion) {
 
     let data = [0x5au8; 64];
     let mut rig = Rig::ready(Config::default());
-    let link = rig.hub.publish_link(ROOM);
+    let link = rig.hub.publish_link(ROOM).expect("a hub with links");
     let now = rig.now;
     let mut reply = BytesMut::new();
     group.bench_function("64B_confirmed", |b| {
@@ -73,7 +73,7 @@ fn publish(c: &mut Criterion) {
 /// Publishes of `data` with their bytes taken, replies fed untimed every `CONFIRM_EVERY`.
 fn unconfirmed(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, data: &[u8]) {
     let mut rig = Rig::ready(Config::default());
-    let link = rig.hub.publish_link(ROOM);
+    let link = rig.hub.publish_link(ROOM).expect("a hub with links");
     let now = rig.now;
     group.bench_function(name, |b| {
         b.iter_custom(|iters| {
@@ -120,7 +120,7 @@ fn publish_loop(n: u64, local_first: bool) {
         rig.hub.join(ROOM, "member-1", rig.now).expect("join");
         rig.serve();
     }
-    let link = rig.hub.publish_link(ROOM);
+    let link = rig.hub.publish_link(ROOM).expect("a hub with links");
     let now = rig.now;
     let size = std::env::var("ROOMCAST_PUBLISH_BYTES")
         .ok()

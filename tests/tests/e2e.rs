@@ -628,12 +628,19 @@ async fn health_and_standalone(rt: Rt) {
     let report = a.health_check(PATIENCE).await.unwrap();
     assert_eq!(report.link_rtts.len(), 3);
     // Standalone: the same API within one process.
-    let (solo, driver) = Builder::standalone().build(rt.runtime()).unwrap();
+    let (solo, driver) = Builder::standalone(Config::default())
+        .build(rt.runtime())
+        .unwrap();
     match rt {
         Rt::Tokio => drop(tokio::spawn(driver)),
         Rt::AsyncStd => drop(async_std::task::spawn(driver)),
         Rt::Smol => smol::spawn(driver).detach(),
     }
+    // Nothing to connect: ready at once (what `connect_tokio` waits for).
+    rt.timeout(PATIENCE, Box::pin(solo.wait_ready()))
+        .await
+        .expect("a standalone instance is ready")
+        .unwrap();
     let mut x = solo.join("r", "x").await.unwrap();
     assert!(x.is_live());
     let _y = solo.join("r", "y").await.unwrap();
@@ -1000,7 +1007,7 @@ async fn next_of(rt: Rt, c: &mut roomcast::Connection) -> Option<Arc<roomcast::M
 }
 
 fn spawn_standalone(rt: Rt, options: Options) -> Roomcast {
-    let (solo, driver) = Builder::standalone()
+    let (solo, driver) = Builder::standalone(Config::default())
         .options(options)
         .build(rt.runtime())
         .unwrap();

@@ -262,11 +262,16 @@ fn hub_ignores_links_that_do_not_exist() {
         assert!(buf.is_empty(), "input for a missing link is dropped");
         hub.handle_disconnected(link, "gone", now);
     }
-    // Input for a link that is not connected yet is dropped too.
+    assert_eq!(snapshot(&mut hub), before);
+    // Input for a link that is not connected yet is dropped too; its bytes came from a
+    // socket of the hub's, so `bytes_in` counts them, and nothing else changes.
     let mut buf = From::from(&b"+OK\r\n"[..]);
     hub.handle_input(LinkId(0), &mut buf, now);
     assert!(buf.is_empty());
-    assert_eq!(snapshot(&mut hub), before);
+    let (mut m, rooms, out) = snapshot(&mut hub);
+    assert_eq!(m.bytes_in, before.0.bytes_in + 5);
+    m.bytes_in = before.0.bytes_in;
+    assert_eq!((m, rooms, out), before);
     assert_quiet(&mut hub);
 }
 
@@ -398,6 +403,22 @@ async fn refuses_bad_input(rc: &Roomcast, max_envelope: usize) -> roomcast::Memb
     lobby
 }
 
+/// Presence queries validate their ids too.
+async fn refuses_bad_presence_ids(rc: &Roomcast) {
+    for (id, want) in bad_ids(IdKind::Room) {
+        assert_eq!(
+            rc.room_connections(&id).await,
+            Err(Error::Presence(PresenceError::Invalid(want)))
+        );
+    }
+    for (id, want) in bad_ids(IdKind::Connection) {
+        assert_eq!(
+            rc.connection_exists(&id).await,
+            Err(Error::Presence(PresenceError::Invalid(want)))
+        );
+    }
+}
+
 /// After shutdown every call fails with a typed error, and nothing hangs.
 async fn refuses_after_shutdown(rc: &Roomcast) {
     within("shutdown", rc.shutdown(Duration::from_secs(5)))
@@ -439,8 +460,8 @@ async fn refuses_after_shutdown(rc: &Roomcast) {
 
 /// A `Publisher` returns what the limits refuse at once (nothing queued, nothing counted);
 /// what only the driver finds (here: a bad id fed into the `Sink`, checked after batching) is
-/// an `Event::PublishRefused` naming the room and the cause, and counted (`counted`:
-/// standalone mode keeps no refusal count). A good message sent
+/// an `Event::PublishRefused` naming the room and the cause, and counted (when `counted`). A
+/// good message sent
 /// after each refusal arrives (the positive control), and nothing was published in between.
 async fn publisher_reports_refusals(
     rc: &Roomcast,
@@ -527,19 +548,7 @@ fn roomcast_with_redis_refuses_bad_input_and_calls_after_shutdown() {
             .unwrap();
         let mut events = rc.events().await.unwrap();
         let _lobby = refuses_bad_input(&rc, 4096).await;
-        // Presence queries validate too.
-        for (id, want) in bad_ids(IdKind::Room) {
-            assert_eq!(
-                rc.room_connections(&id).await,
-                Err(Error::Presence(PresenceError::Invalid(want)))
-            );
-        }
-        for (id, want) in bad_ids(IdKind::Connection) {
-            assert_eq!(
-                rc.connection_exists(&id).await,
-                Err(Error::Presence(PresenceError::Invalid(want)))
-            );
-        }
+        refuses_bad_presence_ids(&rc).await;
         // Redis never saw a bad id: only the lobby's channel exists.
         assert_eq!(
             server.channels("graphwiz:room:*"),
@@ -566,11 +575,95 @@ fn roomcast_with_redis_refuses_bad_input_and_calls_after_shutdown() {
 #[test]
 fn standalone_roomcast_refuses_the_same_bad_input() {
     runtime().block_on(async {
-        let rc = roomcast::standalone();
+        // The configured limit, not the default one, as with Redis.
+        let config = Config {
+            max_envelope_bytes: 4096,
+            ..Config::default()
+        };
+        let rc = roomcast::standalone(config).unwrap();
         let mut events = rc.events().await.unwrap();
-        let max = roomcast::core::envelope::DEFAULT_MAX_ENVELOPE_BYTES;
-        let _lobby = refuses_bad_input(&rc, max).await;
-        publisher_reports_refusals(&rc, &mut events, max, false).await;
+        let _lobby = refuses_bad_input(&rc, 4096).await;
+        refuses_bad_presence_ids(&rc).await;
+        let m = rc.metrics().await.unwrap();
+        assert!(m.publish_refused >= 8 + 8 + 2, "{}", m.publish_refused);
+        publisher_reports_refusals(&rc, &mut events, 4096, true).await;
+        assert_eq!(rc.metrics().await.unwrap().published, m.published + 1);
         refuses_after_shutdown(&rc).await;
+    });
+}
+
+/// Id limits smaller than the defaults apply standalone too: every API refuses an id over
+/// them, naming the configured maximum, and accepts one at it (the positive control).
+#[test]
+fn standalone_roomcast_applies_the_configured_id_limits() {
+    runtime().block_on(async {
+        let config = Config {
+            max_room_id_bytes: 8,
+            max_conn_id_bytes: 6,
+            ..Config::default()
+        };
+        let rc = roomcast::standalone(config).unwrap();
+        let room_too_long = |len| NameError::TooLong {
+            what: IdKind::Room,
+            len,
+            max: 8,
+        };
+        let conn_too_long = NameError::TooLong {
+            what: IdKind::Connection,
+            len: 7,
+            max: 6,
+        };
+        let member = Error::Member(MemberError::InvalidRoom(room_too_long(9)));
+        assert_eq!(rc.join("room-nine", "c").await.err(), Some(member.clone()));
+        assert_eq!(rc.leave("room-nine", "c").await, Err(member));
+        assert!(matches!(
+            rc.subscribe_room("room-nine").await,
+            Err(Error::Member(MemberError::InvalidRoom(_)))
+        ));
+        assert_eq!(
+            rc.join("room", "conn-77").await.err(),
+            Some(Error::Member(MemberError::InvalidConnection(
+                conn_too_long.clone()
+            )))
+        );
+        assert_eq!(
+            rc.connection("conn-77").await.err(),
+            Some(Error::Member(MemberError::InvalidConnection(
+                conn_too_long.clone()
+            )))
+        );
+        assert_eq!(
+            rc.publish(PubSubMessage::broadcast("room-nine", "x")).await,
+            Err(Error::Publish(PublishError::InvalidRoom(room_too_long(9))))
+        );
+        assert_eq!(
+            rc.publish(PubSubMessage::broadcast("room", "x").excluding("conn-77"))
+                .await,
+            Err(Error::Publish(PublishError::InvalidExclude(conn_too_long)))
+        );
+        assert_eq!(
+            rc.publisher()
+                .send(PubSubMessage::broadcast("room-nine", "x"))
+                .await,
+            Err(Error::Publish(PublishError::InvalidRoom(room_too_long(9))))
+        );
+        assert_eq!(
+            rc.room_connections("room-nine").await,
+            Err(Error::Presence(PresenceError::Invalid(room_too_long(9))))
+        );
+        assert_eq!(rc.room_state("room-nine").await, Ok(None));
+        // At the limits: accepted, and the message arrives.
+        let mut m = within("join", rc.join("room-eig", "conn-6")).await.unwrap();
+        assert!(m.is_live());
+        assert_eq!(
+            rc.publish(PubSubMessage::broadcast("room-eig", "ok")).await,
+            Ok(1)
+        );
+        use futures_util::StreamExt;
+        let got = within("delivery", m.next()).await.expect("stream ends");
+        assert_eq!(&got.data[..], b"ok");
+        let metrics = rc.metrics().await.unwrap();
+        // The two `publish` refusals (the Publisher's is refused in the caller's task).
+        assert_eq!((metrics.published, metrics.publish_refused), (1, 2));
     });
 }

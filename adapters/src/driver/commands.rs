@@ -44,20 +44,7 @@ impl State {
                 }
             }
             Command::Disconnect { conn, reply } => {
-                let result = match &mut self.hub {
-                    Some(hub) => hub.disconnect(&conn, now).map_err(Error::from),
-                    None => ConnId::new(&conn, roomcast_core::naming::DEFAULT_MAX_CONN_ID_BYTES)
-                        .map_err(|e| {
-                            Error::Member(roomcast_core::MemberError::InvalidConnection(e))
-                        })
-                        .map(|_| {
-                            self.rooms
-                                .iter()
-                                .filter(|(_, r)| r.members.contains_key(conn.as_str()))
-                                .map(|(id, _)| id.clone())
-                                .collect()
-                        }),
-                };
+                let result = self.hub.disconnect(&conn, now).map_err(Error::from);
                 if let Ok(rooms) = &result {
                     for room in rooms {
                         self.forget_member(room.as_str(), &conn, None);
@@ -82,38 +69,33 @@ impl State {
                 room,
                 reply,
             } => {
-                let result = self
-                    .attached(&conn, token)
-                    .and_then(|()| match &mut self.hub {
-                        Some(hub) => hub.leave(&room, conn.as_str(), now).map_err(Error::from),
-                        None => self.leave(&room, conn.as_str(), Some(token)),
-                    });
+                let result = self.attached(&conn, token).and_then(|()| {
+                    self.hub
+                        .leave(&room, conn.as_str(), now)
+                        .map_err(Error::from)
+                });
                 if result.is_ok() {
-                    // Its member entry (standalone: gone already).
                     self.forget_member(&room, conn.as_str(), Some(token));
                 }
                 let _ = reply.send(result);
             }
             Command::ConnRooms { conn, token, reply } => {
-                let result = self.attached(&conn, token).map(|()| match &self.hub {
-                    Some(hub) => hub.rooms_of(conn.as_str()).to_vec(),
-                    None => self.standalone_rooms_of(conn.as_str()),
-                });
+                let result = self
+                    .attached(&conn, token)
+                    .map(|()| self.hub.rooms_of(conn.as_str()).to_vec());
                 let _ = reply.send(result);
             }
             Command::ConnWaitLive { conn, token, reply } => {
                 if let Err(e) = self.attached(&conn, token) {
                     let _ = reply.send(Err(e));
                 } else {
-                    let pending: VecDeque<RoomId> = match &self.hub {
-                        Some(hub) => hub
-                            .rooms_of(conn.as_str())
-                            .iter()
-                            .filter(|r| hub.room_state(r.as_str()) != Some(RoomState::Live))
-                            .cloned()
-                            .collect(),
-                        None => VecDeque::new(),
-                    };
+                    let hub = &self.hub;
+                    let pending: VecDeque<RoomId> = hub
+                        .rooms_of(conn.as_str())
+                        .iter()
+                        .filter(|r| hub.room_state(r.as_str()) != Some(RoomState::Live))
+                        .cloned()
+                        .collect();
                     self.live_waiters.push(LiveWaiter {
                         conn,
                         pending,
@@ -159,14 +141,7 @@ impl State {
     /// A publish whose caller waits for Redis's answer: a refusal (backpressure included)
     /// is answered at once.
     pub(super) fn publish(&mut self, msg: PubSubMessage, reply: Reply<u64>, now: Instant) {
-        let result = match &mut self.hub {
-            Some(hub) => hub.publish(&as_publish(&msg), now),
-            None => {
-                let _ = reply.send(self.deliver_standalone(&msg));
-                return;
-            }
-        };
-        match result {
+        match self.hub.publish(&as_publish(&msg), now) {
             Ok(id) => {
                 self.publishes.insert(id, reply);
             }
@@ -188,20 +163,15 @@ impl State {
     /// Hands a fire-and-forget publish to the core (nobody waits for its answer: no event
     /// for its success). False if the core refused it for backpressure: the caller keeps it.
     pub(super) fn try_publish_quiet(&mut self, msg: &PubSubMessage, now: Instant) -> bool {
-        let result = match &mut self.hub {
-            Some(hub) => {
-                // A full link would refuse it (and count a refusal at every retry).
-                let link = hub.publish_link(&msg.room_id);
-                if hub.link_output(link) >= hub.config().max_output_bytes {
-                    return false;
-                }
-                hub.publish_quiet(&as_publish(msg), now).map(drop)
+        let hub = &mut self.hub;
+        // A full link would refuse it (and count a refusal at every retry). A standalone hub
+        // has no link: it delivers at once.
+        if let Some(link) = hub.publish_link(&msg.room_id) {
+            if hub.link_output(link) >= hub.config().max_output_bytes {
+                return false;
             }
-            None => self.deliver_standalone(msg).map(drop).map_err(|e| match e {
-                Error::Publish(e) => e,
-                _ => PublishError::Shutdown,
-            }),
-        };
+        }
+        let result = hub.publish_quiet(&as_publish(msg), now).map(drop);
         match result {
             Err(PublishError::Backpressure { .. }) => return false,
             Err(cause) => {
@@ -245,46 +215,9 @@ impl State {
         now: Instant,
     ) {
         use crate::handle::PresenceAsk;
-        use roomcast_core::{Member, PresenceAnswer};
+        use roomcast_core::PresenceAnswer;
         let me = self.identity.instance;
-        let hidden = |c: &ConnId| c.as_str().starts_with(OBSERVER_PREFIX);
-        let Some(hub) = &mut self.hub else {
-            // Standalone: this process is the whole cluster.
-            let answer = match ask {
-                PresenceAsk::Room(room) => PresenceAnswer::Room({
-                    let mut m: Vec<Member> = self
-                        .rooms
-                        .get(room.as_str())
-                        .map(|r| {
-                            r.members
-                                .keys()
-                                .filter(|c| !hidden(c))
-                                .map(|c| Member {
-                                    instance: me,
-                                    conn: c.clone(),
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    m.sort();
-                    m
-                }),
-                PresenceAsk::Connection(conn) => PresenceAnswer::Connection(
-                    if self
-                        .rooms
-                        .values()
-                        .any(|r| r.members.contains_key(conn.as_str()))
-                    {
-                        vec![me]
-                    } else {
-                        vec![]
-                    },
-                ),
-                PresenceAsk::Instances => PresenceAnswer::Instances(vec![me]),
-            };
-            let _ = reply.send(Ok(answer));
-            return;
-        };
+        let hub = &mut self.hub;
         let query = match ask {
             PresenceAsk::Room(room) => hub.presence_room(&room),
             PresenceAsk::Connection(conn) => {
@@ -310,43 +243,26 @@ impl State {
     pub(super) fn query(&self, q: Query) -> QueryAnswer {
         let hidden = |c: &ConnId| c.as_str().starts_with(OBSERVER_PREFIX);
         match q {
-            Query::LocalConnections(room) => QueryAnswer::Connections(match &self.hub {
-                Some(hub) => hub
+            Query::LocalConnections(room) => QueryAnswer::Connections(
+                self.hub
                     .members(&room)
                     .iter()
                     .filter(|c| !hidden(c))
                     .cloned()
                     .collect(),
-                None => self
-                    .rooms
-                    .get(room.as_str())
-                    .map(|r| r.members.keys().filter(|c| !hidden(c)).cloned().collect())
-                    .unwrap_or_default(),
-            }),
-            Query::RoomState(room) => QueryAnswer::State(match &self.hub {
-                Some(hub) => hub.room_state(&room),
-                None => self.rooms.get(room.as_str()).map(|_| RoomState::Live),
-            }),
-            Query::Metrics => QueryAnswer::Metrics(Box::new(match &self.hub {
-                Some(hub) => {
-                    let mut m = hub.metrics();
-                    m.adapter_output = self
-                        .links
-                        .iter()
-                        .map(|l| match l {
-                            LinkIo::Open { wq_bytes, .. } => *wq_bytes,
-                            _ => 0,
-                        })
-                        .sum::<usize>();
-                    m
-                }
-                None => {
-                    let mut m = roomcast_core::Metrics::default();
-                    m.rooms = self.rooms.len();
-                    m.rooms_live = self.rooms.len();
-                    m.members = self.rooms.values().map(|r| r.members.len()).sum();
-                    m
-                }
+            ),
+            Query::RoomState(room) => QueryAnswer::State(self.hub.room_state(&room)),
+            Query::Metrics => QueryAnswer::Metrics(Box::new({
+                let mut m = self.hub.metrics();
+                m.adapter_output = self
+                    .links
+                    .iter()
+                    .map(|l| match l {
+                        LinkIo::Open { wq_bytes, .. } => *wq_bytes,
+                        _ => 0,
+                    })
+                    .sum::<usize>();
+                m
             })),
         }
     }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use roomcast_core::{Hub, PublishError};
+use roomcast_core::PublishError;
 
 use crate::error::Error;
 use crate::handle::{HealthReport, Reply};
@@ -13,9 +13,8 @@ impl State {
     /// Every link through its handshake and, with presence on, this instance registered (so
     /// that a presence query right after `connect` is answered, not refused).
     pub(super) fn all_ready(&self) -> bool {
-        self.hub
-            .as_ref()
-            .is_none_or(|h| h.health().all_ready() && (!h.config().presence || h.presence_ready()))
+        let h = &self.hub;
+        h.health().all_ready() && (!h.config().presence || h.presence_ready())
     }
 
     pub(super) fn start_health(
@@ -24,14 +23,17 @@ impl State {
         reply: Reply<HealthReport>,
         now: Instant,
     ) {
-        let Some(hub) = &mut self.hub else {
+        let hub = &mut self.hub;
+        if hub.is_standalone() {
+            // No link to ping and no subscriber to probe: healthy by construction.
+            let m = hub.metrics();
             let _ = reply.send(Ok(HealthReport {
                 link_rtts: Vec::new(),
-                rooms: self.rooms.len(),
-                rooms_live: self.rooms.len(),
+                rooms: m.rooms,
+                rooms_live: m.rooms_live,
             }));
             return;
-        };
+        }
         let health = hub.health();
         let down: Vec<String> = health
             .links
@@ -62,7 +64,7 @@ impl State {
         if self.health.is_empty() {
             return;
         }
-        let Some(hub) = &self.hub else { return };
+        let hub = &self.hub;
         let probe_ok = hub.health().last_probe_ok;
         let metrics = hub.metrics();
         let mut i = 0;
@@ -121,9 +123,7 @@ impl State {
                 .reply
                 .send(Err(Error::Member(roomcast_core::MemberError::Shutdown)));
         }
-        if let Some(hub) = &mut self.hub {
-            hub.begin_shutdown(now);
-        }
+        self.hub.begin_shutdown(now);
     }
 
     pub(super) fn check_shutdown(&mut self) {
@@ -131,13 +131,11 @@ impl State {
             return;
         };
         let now = self.now();
-        let drained = self.hub.as_ref().is_none_or(Hub::is_drained);
+        let drained = self.hub.is_drained();
         if !(drained || now >= deadline) {
             return;
         }
-        if let Some(hub) = &mut self.hub {
-            hub.close(now);
-        }
+        self.hub.close(now);
         self.drain();
         // Give queued bytes (the last UNSUBSCRIBEs) no further wait: links close now.
         for l in &mut self.links {

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use futures_io::{AsyncRead, AsyncWrite};
-use roomcast_core::{Event, Hub, LinkId, LinkRequest};
+use roomcast_core::{Event, LinkId, LinkRequest};
 use tracing::debug;
 
 use crate::runtime::{BoxFuture, BoxedIo};
@@ -33,15 +33,11 @@ impl State {
                                 wq: VecDeque::new(),
                                 wq_bytes: 0,
                             };
-                            if let Some(hub) = &mut self.hub {
-                                hub.handle_connected(link, now);
-                            }
+                            self.hub.handle_connected(link, now);
                         }
                         Err(e) => {
                             self.links[i] = LinkIo::Idle;
-                            if let Some(hub) = &mut self.hub {
-                                hub.handle_disconnected(link, &e.to_string(), now);
-                            }
+                            self.hub.handle_disconnected(link, &e.to_string(), now);
                         }
                     }
                     true
@@ -62,9 +58,7 @@ impl State {
                         }
                         Poll::Ready(Ok(n)) => {
                             rbuf.extend_from_slice(&self.scratch[..n]);
-                            if let Some(hub) = &mut self.hub {
-                                hub.handle_input(link, rbuf, now);
-                            }
+                            self.hub.handle_input(link, rbuf, now);
                             progress = true;
                             // Events and link requests (a Close) are handled before reading on.
                             self.drain();
@@ -83,9 +77,7 @@ impl State {
     pub(super) fn closed_by_peer(&mut self, i: usize, cause: String) {
         self.links[i] = LinkIo::Idle;
         let now = self.now();
-        if let Some(hub) = &mut self.hub {
-            hub.handle_disconnected(LinkId(i as u16), &cause, now);
-        }
+        self.hub.handle_disconnected(LinkId(i as u16), &cause, now);
     }
 
     pub(super) fn poll_write(&mut self, i: usize, cx: &mut Context<'_>) -> bool {
@@ -120,9 +112,7 @@ impl State {
                     }
                     *wq_bytes -= n;
                     let now = self.now();
-                    if let Some(hub) = &mut self.hub {
-                        hub.handle_written(link, n, now);
-                    }
+                    self.hub.handle_written(link, n, now);
                 }
                 Poll::Ready(Err(e)) => {
                     self.closed_by_peer(i, e.to_string());
@@ -133,7 +123,7 @@ impl State {
     }
 
     pub(super) fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
-        let mut deadline = self.hub.as_ref().and_then(Hub::poll_timeout);
+        let mut deadline = self.hub.poll_timeout();
         for w in &self.health {
             deadline = Some(deadline.map_or(w.deadline, |d| d.min(w.deadline)));
         }
@@ -156,18 +146,14 @@ impl State {
         }
         self.timer = None;
         let now = self.rt.now().max(deadline);
-        if let Some(hub) = &mut self.hub {
-            hub.handle_timeout(now);
-        }
+        self.hub.handle_timeout(now);
         self.check_health(now);
         true
     }
 
     /// Takes everything the core has to say.
     pub(super) fn drain(&mut self) -> bool {
-        let Some(hub) = &mut self.hub else {
-            return false;
-        };
+        let hub = &mut self.hub;
         let mut progress = false;
         while let Some(req) = hub.poll_link_request() {
             progress = true;
@@ -210,7 +196,7 @@ impl State {
         }
         let mut any = false;
         let mut live_changed = false;
-        while let Some(ev) = self.hub.as_mut().and_then(Hub::poll_event) {
+        while let Some(ev) = self.hub.poll_event() {
             any = true;
             live_changed |= matches!(ev, Event::RoomLive { .. });
             self.dispatch(ev);

@@ -1,15 +1,13 @@
-//! Member queues and dispatch: memberships, connections, room liveness, standalone delivery,
-//! and the fan-out of the core's events to the queues that wait for them.
+//! Member queues and dispatch: memberships, connections, room liveness, and the fan-out of the core's events to the queues that wait for them.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use roomcast_core::{Config, ConnId, Event, Message, PublishError, RoomId, RoomState};
+use roomcast_core::{ConnId, Event, RoomId, RoomState};
 use tracing::{debug, info, warn};
 
 use crate::error::Error;
-use crate::handle::{Connection, Membership, PubSubMessage, RoomList};
+use crate::handle::{Connection, Membership, RoomList};
 use crate::queue::Queue;
 
 use super::{not_reserved, Attached, Member, State};
@@ -32,26 +30,16 @@ impl State {
             });
         }
         let now = self.now();
-        let (room_id, conn_id, live) = match &mut self.hub {
-            Some(hub) => {
-                let joined = if observer {
-                    hub.observe(room, conn, now)?
-                } else {
-                    hub.join(room, conn, now)?
-                };
-                let room_id = hub.check_room(room)?;
-                let conn_id = ConnId::new(conn, hub.config().max_conn_id_bytes)
-                    .map_err(roomcast_core::MemberError::InvalidConnection)?;
-                (room_id, conn_id, joined.state == RoomState::Live)
-            }
-            None => {
-                let room_id = RoomId::new(room, roomcast_core::naming::DEFAULT_MAX_ROOM_ID_BYTES)
-                    .map_err(roomcast_core::MemberError::InvalidRoom)?;
-                let conn_id = ConnId::new(conn, roomcast_core::naming::DEFAULT_MAX_CONN_ID_BYTES)
-                    .map_err(roomcast_core::MemberError::InvalidConnection)?;
-                (room_id, conn_id, true)
-            }
+        let hub = &mut self.hub;
+        let joined = if observer {
+            hub.observe(room, conn, now)?
+        } else {
+            hub.join(room, conn, now)?
         };
+        let room_id = hub.check_room(room)?;
+        let conn_id = ConnId::new(conn, hub.config().max_conn_id_bytes)
+            .map_err(roomcast_core::MemberError::InvalidConnection)?;
+        let live = joined.state == RoomState::Live;
         self.next_token += 1;
         let token = self.next_token;
         let queue = Arc::new(Queue::new(self.options.member_queue, self.options.overflow));
@@ -102,12 +90,7 @@ impl State {
             return Err(Error::Member(roomcast_core::MemberError::Shutdown));
         }
         not_reserved(conn)?;
-        let max = self
-            .hub
-            .as_ref()
-            .map_or(roomcast_core::naming::DEFAULT_MAX_CONN_ID_BYTES, |h| {
-                h.config().max_conn_id_bytes
-            });
+        let max = self.hub.config().max_conn_id_bytes;
         let conn_id =
             ConnId::new(conn, max).map_err(roomcast_core::MemberError::InvalidConnection)?;
         if self.reap_attached(conn) {
@@ -116,11 +99,7 @@ impl State {
                 held_by: "another Connection",
             });
         }
-        let joined = match &self.hub {
-            Some(hub) => !hub.rooms_of(conn).is_empty(),
-            None => self.rooms.values().any(|r| r.members.contains_key(conn)),
-        };
-        if joined {
+        if !self.hub.rooms_of(conn).is_empty() {
             return Err(Error::ConnectionInUse {
                 conn: conn.to_string(),
                 held_by: "memberships from Roomcast::join",
@@ -172,35 +151,18 @@ impl State {
         };
         let names: Vec<&str> = rooms.iter().collect();
         let now = self.now();
-        // (room, live now) for each room, after the same all-or-nothing checks in both modes.
-        let ids: Vec<(RoomId, bool)> = match &mut self.hub {
-            Some(hub) => {
-                // The hub checks every id first.
-                hub.join_many(&names, conn.as_str(), now)
-                    .map_err(batch_error)?;
-                names
-                    .iter()
-                    .filter_map(|room| hub.check_room(room).ok())
-                    .map(|id| {
-                        let live = hub.room_state(id.as_str()) == Some(RoomState::Live);
-                        (id, live)
-                    })
-                    .collect()
-            }
-            None => {
-                let max = roomcast_core::naming::DEFAULT_MAX_ROOM_ID_BYTES;
-                names
-                    .iter()
-                    .enumerate()
-                    .map(|(i, room)| {
-                        RoomId::new(room, max)
-                            .map(|id| (id, true))
-                            .map_err(|e| (i, roomcast_core::MemberError::InvalidRoom(e)))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(batch_error)?
-            }
-        };
+        // (room, live now) for each room; the hub checks every id first (all or nothing).
+        let hub = &mut self.hub;
+        hub.join_many(&names, conn.as_str(), now)
+            .map_err(batch_error)?;
+        let ids: Vec<(RoomId, bool)> = names
+            .iter()
+            .filter_map(|room| hub.check_room(room).ok())
+            .map(|id| {
+                let live = hub.room_state(id.as_str()) == Some(RoomState::Live);
+                (id, live)
+            })
+            .collect();
         let Some(a) = self.conns.get(conn) else {
             return Err(Error::Closed);
         };
@@ -226,17 +188,6 @@ impl State {
         Ok(added)
     }
 
-    pub(super) fn standalone_rooms_of(&self, conn: &str) -> Vec<RoomId> {
-        let mut v: Vec<RoomId> = self
-            .rooms
-            .iter()
-            .filter(|(_, r)| r.members.contains_key(conn))
-            .map(|(id, _)| id.clone())
-            .collect();
-        v.sort();
-        v
-    }
-
     /// A `Connection` was dropped (or overflowed under `Overflow::Close`): it leaves every
     /// room, if `token` is still the attached one.
     pub(super) fn detach(&mut self, conn: &ConnId, token: u64) {
@@ -247,13 +198,10 @@ impl State {
             a.queue.close();
         }
         let now = self.now();
-        let rooms = match &mut self.hub {
-            Some(hub) => hub.disconnect(conn.as_str(), now).unwrap_or_else(|e| {
-                warn!(%e, "detaching a connection failed");
-                Vec::new()
-            }),
-            None => self.standalone_rooms_of(conn.as_str()),
-        };
+        let rooms = self.hub.disconnect(conn.as_str(), now).unwrap_or_else(|e| {
+            warn!(%e, "detaching a connection failed");
+            Vec::new()
+        });
         for room in rooms {
             self.forget_member(room.as_str(), conn.as_str(), Some(token));
         }
@@ -273,12 +221,7 @@ impl State {
         if self.live_waiters.is_empty() {
             return;
         }
-        let Some(hub) = &self.hub else {
-            for w in self.live_waiters.drain(..) {
-                let _ = w.reply.send(Ok(()));
-            }
-            return;
-        };
+        let hub = &self.hub;
         let mut i = 0;
         while i < self.live_waiters.len() {
             let w = &mut self.live_waiters[i];
@@ -317,19 +260,7 @@ impl State {
             }
         }
         let now = self.now();
-        let left = match &mut self.hub {
-            Some(hub) => hub.leave(room, conn, now)?,
-            None => {
-                // Refuse what the hub would refuse, so both modes answer alike.
-                RoomId::new(room, roomcast_core::naming::DEFAULT_MAX_ROOM_ID_BYTES)
-                    .map_err(roomcast_core::MemberError::InvalidRoom)?;
-                ConnId::new(conn, roomcast_core::naming::DEFAULT_MAX_CONN_ID_BYTES)
-                    .map_err(roomcast_core::MemberError::InvalidConnection)?;
-                self.rooms
-                    .get(room)
-                    .is_some_and(|r| r.members.contains_key(conn))
-            }
-        };
+        let left = self.hub.leave(room, conn, now)?;
         self.forget_member(room, conn, token);
         Ok(left)
     }
@@ -353,41 +284,6 @@ impl State {
                 self.rooms.remove(room);
             }
         }
-    }
-
-    /// No Redis: deliver within this process.
-    pub(super) fn deliver_standalone(&mut self, msg: &PubSubMessage) -> Result<u64, Error> {
-        if self.shutdown.is_some() {
-            return Err(Error::Publish(PublishError::Shutdown));
-        }
-        let room = RoomId::new(
-            &msg.room_id,
-            roomcast_core::naming::DEFAULT_MAX_ROOM_ID_BYTES,
-        )
-        .map_err(PublishError::InvalidRoom)?;
-        // Standalone, no configuration: the default limits.
-        Config::default().check_publish(
-            &msg.room_id,
-            msg.data.len(),
-            msg.exclude_connection.as_deref(),
-        )?;
-        let Some(entry) = self.rooms.get(&room) else {
-            return Ok(0);
-        };
-        let message = Arc::new(Message {
-            room,
-            message_type: msg.message_type,
-            data: Bytes::copy_from_slice(&msg.data),
-            exclude_connection: msg.exclude_connection.as_deref().map(Into::into),
-            timestamp: msg.timestamp,
-            origin: None,
-        });
-        for (conn, m) in &entry.members {
-            if msg.exclude_connection.as_deref() != Some(conn.as_str()) {
-                m.queue.push(message.clone());
-            }
-        }
-        Ok(1)
     }
 
     pub(super) fn dispatch(&mut self, ev: Event) {

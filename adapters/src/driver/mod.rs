@@ -127,7 +127,7 @@ impl std::fmt::Debug for Driver {
 
 struct State {
     rt: Arc<dyn Runtime>,
-    hub: Option<Hub>,
+    hub: Hub,
     options: Options,
     cmds: mpsc::Receiver<Command>,
     ctl_rx: mpsc::UnboundedReceiver<Command>,
@@ -160,22 +160,21 @@ struct State {
 impl Driver {
     pub(crate) fn new(
         rt: Arc<dyn Runtime>,
-        hub: Option<Hub>,
+        hub: Hub,
         options: Options,
         cmds: mpsc::Receiver<Command>,
         identity: roomcast_core::Identity,
         gate: Arc<PublishGate>,
     ) -> Driver {
         let (ctl_tx, ctl_rx) = mpsc::unbounded();
-        let n = hub.as_ref().map_or(0, |h| h.config().pool_size + 1);
-        let write_queue_bytes = hub.as_ref().map_or(WRITE_QUEUE_BYTES, |h| {
-            WRITE_QUEUE_BYTES.min(h.config().max_output_bytes)
-        });
+        // One slot per link the hub has (a standalone hub has none).
+        let n = hub.health().links.len();
+        let write_queue_bytes = WRITE_QUEUE_BYTES.min(hub.config().max_output_bytes);
         // Every log line of this instance carries its id; payloads and passwords never appear.
         let span = tracing::info_span!(
             "roomcast",
             instance = %identity.instance,
-            standalone = hub.is_none()
+            standalone = hub.is_standalone()
         );
         Driver {
             span,

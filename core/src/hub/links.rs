@@ -7,7 +7,7 @@ impl Hub {
     pub(super) fn open(&mut self, idx: usize, now: Instant) {
         let l = &mut self.links[idx];
         l.state = LinkState::Connecting { since: now };
-        let s = &self.config.server;
+        let s = self.roles.server_of(idx);
         self.requests.push_back(LinkRequest::Open {
             link: l.id,
             host: s.host.clone(),
@@ -25,21 +25,30 @@ impl Hub {
     /// Writes the subscription changes of this turn, stamped `now` (the latest `now` seen:
     /// that of the call that made them).
     pub(super) fn flush_subscriptions(&mut self, now: Instant) {
-        if !self.links[0].is_ready() {
+        // Single-server mode: every room's place is the one server, whose subscriber carries
+        // the control channel too.
+        let place = self.roles.place_of_room("");
+        let Some(sub) = self.roles.subscriber_of(place) else {
+            return;
+        };
+        if !self.links[sub].is_ready() {
             return;
         }
         if self.control.subscribe_now(self.closed) {
-            let l = &mut self.links[0];
+            let l = &mut self.links[sub];
             encode_command(&mut l.out, &[b"SUBSCRIBE", &self.control.channel]);
             l.fifo
                 .push_back((now, Request::Subscription { remaining: 1 }));
         }
-        let (sub, unsub) = self
+        let (sub_rooms, unsub_rooms) = self
             .rooms
             .take_commands(self.config.max_subscriptions_in_flight);
-        for (verb, rooms) in [(&b"SUBSCRIBE"[..], sub), (&b"UNSUBSCRIBE"[..], unsub)] {
+        for (verb, rooms) in [
+            (&b"SUBSCRIBE"[..], sub_rooms),
+            (&b"UNSUBSCRIBE"[..], unsub_rooms),
+        ] {
             for chunk in rooms.chunks(self.config.subscribe_batch) {
-                let l = &mut self.links[0];
+                let l = &mut self.links[sub];
                 encode_array_header(&mut l.out, chunk.len() + 1);
                 encode_bulk(&mut l.out, verb);
                 for room in chunk {
@@ -101,7 +110,7 @@ impl Hub {
                 _ => {}
             }
         }
-        if idx == super::presence::PRESENCE_LINK {
+        if Some(idx) == self.roles.presence() {
             self.presence_link_lost(presence_lost);
         }
         let l = &mut self.links[idx];
@@ -154,7 +163,7 @@ impl Hub {
             outage,
             missed_rooms,
         });
-        if idx == super::presence::PRESENCE_LINK {
+        if Some(idx) == self.roles.presence() {
             self.presence_link_ready(now);
         }
         if role == LinkRole::Publisher {
@@ -162,34 +171,54 @@ impl Hub {
         }
     }
 
+    /// The subscriber link the next probe goes to: the one after the last probed, so every
+    /// subscriber takes a turn.
+    fn next_probed(&self) -> usize {
+        let mut subs = self.roles.subscribers();
+        let first = subs.next().unwrap_or(0);
+        let mut subs = self.roles.subscribers();
+        subs.find(|&i| i > self.probed).unwrap_or(first)
+    }
+
     pub(super) fn probe_possible(&self) -> bool {
         !self.closed
-            && self.links[0].is_ready()
+            && self
+                .links
+                .get(self.next_probed())
+                .is_some_and(Link::is_ready)
             && self.control.is_live()
-            && self.links[1..].iter().any(Link::is_ready)
+            && self.roles.publishers().any(|i| self.links[i].is_ready())
+    }
+
+    /// The probed subscriber heard nothing (or Redis counted no subscriber): it is deaf.
+    pub(super) fn probed_deaf(&mut self, now: Instant) {
+        self.prober.abandon();
+        self.metrics.deaf_detected += 1;
+        let sub = self.probed;
+        if self.links[sub].is_ready() {
+            self.link_failed(sub, LinkError::Deaf, true, now);
+        }
     }
 
     pub(super) fn probe_timers(&mut self, now: Instant) {
         if self.prober.timed_out(now, self.config.probe_timeout) {
-            self.prober.abandon();
-            self.metrics.deaf_detected += 1;
-            if self.links[0].is_ready() {
-                self.link_failed(0, LinkError::Deaf, true, now);
-            }
+            self.probed_deaf(now);
             return;
         }
         if !self.prober.due(now) || !self.probe_possible() {
             return;
         }
         // Prefer the link after the last one used, so every publish link takes a turn.
-        let n = self.links.len() - 1;
+        let publishers: Vec<usize> = self.roles.publishers().collect();
+        let n = publishers.len();
         let start = (self.prober.next_token() as usize) % n;
         let Some(idx) = (0..n)
-            .map(|k| 1 + (start + k) % n)
+            .map(|k| publishers[(start + k) % n])
             .find(|&i| self.links[i].is_ready())
         else {
             return;
         };
+        self.probed = self.next_probed();
         let token = self.prober.start(now, self.config.probe_interval);
         let mut payload = Vec::with_capacity(14);
         payload.extend_from_slice(PROBE_MAGIC);

@@ -13,6 +13,7 @@ mod presence;
 mod probe;
 mod publish;
 mod receive;
+mod roles;
 mod sequence;
 mod timer;
 
@@ -36,7 +37,8 @@ use crate::resp::{
 };
 use crate::rooms::{ConnSlot, Members, Rooms, RoomsOf, SeqCheck, Transition};
 
-/// The subscriber link.
+/// The subscriber link in single-server mode (the hub finds each link's role by lookup, see
+/// [`LinkHealth::role`]; in single-server mode the subscriber is always this one).
 pub const SUBSCRIBER: LinkId = LinkId(0);
 
 use probe::PROBE_MAGIC;
@@ -178,6 +180,26 @@ impl Health {
 /// [`Hub::handle_timeout`] only at the instants `poll_timeout` names, however long it was
 /// idle before a command, and no request is ever stamped in the past.
 ///
+/// **Standalone mode.** [`Hub::standalone`] makes a hub with no link, for running without
+/// Redis: this instance is the whole cluster. It asks for no connection
+/// ([`Hub::poll_link_request`] and [`Hub::poll_transmit`] return `None`) and has no timer
+/// ([`Hub::poll_timeout`] is `None`: no keepalive, probe or presence lease). Everything else
+/// is the same code as with links: ids and messages are checked against the configured
+/// limits; a join makes its room `Live` at once, with [`Event::RoomLive`] as usual, and a
+/// room's last leave removes it at once; a publish is numbered as for Redis and delivered
+/// to the room's members at once, in publish order, as [`Event::Delivery`] with the same
+/// trailer (origin, epoch, sequence) and exclusion a member of a linked hub sees, then
+/// confirmed at once ([`Event::PublishConfirmed`] for [`Hub::publish`], `receivers` 1 if
+/// the room has members here, else 0); presence events, when on, are such publishes;
+/// presence queries are answered at once from the local rooms (`local_only` false: the
+/// answer is whole); the metrics count the same things (published, confirmed, delivered,
+/// member deliveries, refusals). [`Hub::health`] lists no link, so
+/// [`Health::all_ready`] holds; [`Hub::begin_shutdown`] drains at once and [`Hub::close`]
+/// has nothing to close. Of the delivery contract, the promises about links (a room is
+/// live only once Redis confirmed it, gaps and `RoomNotLive` after a link is lost, resends
+/// of unconfirmed publishes, backpressure per link) hold trivially: no link, no loss, no
+/// wait.
+///
 /// **Backpressure.** `max_output_bytes` bounds the bytes held for one link on their way to
 /// Redis, in the hub and in the adapter together (one frame may go over it). An adapter with
 /// a write queue per socket pulls with [`Hub::poll_transmit_link`] only while that queue is
@@ -196,6 +218,10 @@ pub struct Hub {
     now: Instant,
     rooms: Rooms,
     links: Vec<Link>,
+    /// Which link does what (subscriber per place, publish links, presence).
+    roles: roles::Roles,
+    /// The subscriber link the probe under way (or the last one) goes to.
+    probed: usize,
     control: control::Control,
     seq: sequence::Sequencer,
     events: VecDeque<Event>,
@@ -224,6 +250,24 @@ pub struct Hub {
 impl Hub {
     /// A hub that will open its links at once (see [`Hub::poll_link_request`]).
     pub fn new(config: Config, id: Identity, now: Instant) -> Result<Hub, ConfigError> {
+        let roles = roles::Roles::single(config.server.clone(), config.pool_size);
+        Hub::with_roles(config, id, now, roles)
+    }
+
+    /// A standalone hub: no Redis, no link; it delivers within this instance (see
+    /// "Standalone mode" in the [`Hub`] docs). `config`'s limits, delivery and presence
+    /// settings apply as for any hub; its server, pool and timing settings have nothing to
+    /// act on.
+    pub fn standalone(config: Config, id: Identity, now: Instant) -> Result<Hub, ConfigError> {
+        Hub::with_roles(config, id, now, roles::Roles::standalone())
+    }
+
+    fn with_roles(
+        config: Config,
+        id: Identity,
+        now: Instant,
+        roles: roles::Roles,
+    ) -> Result<Hub, ConfigError> {
         config.validate()?;
         let namer =
             ChannelNamer::new(&config.channel_prefix).map_err(|e| ConfigError::BadValue {
@@ -231,15 +275,10 @@ impl Hub {
                 reason: e.to_string(),
             })?;
         let seed = config.rng_seed ^ id.instance.0;
-        let mut links = vec![Link::new(SUBSCRIBER, LinkRole::Subscriber, &config, now)];
-        for i in 1..=config.pool_size {
-            links.push(Link::new(
-                LinkId(i as u16),
-                LinkRole::Publisher,
-                &config,
-                now,
-            ));
-        }
+        let links = (0..roles.len())
+            .map(|i| Link::new(roles::Roles::id(i), roles.role(i), &config, now))
+            .collect();
+        let probed = roles.subscribers().next().unwrap_or(0);
         let control = namer.control_channel(id.instance);
         let namer_for_keys = namer.clone();
         let mut hub = Hub {
@@ -255,6 +294,8 @@ impl Hub {
             id,
             now,
             links,
+            probed,
+            roles,
             control: control::Control::new(control),
             events: VecDeque::new(),
             requests: VecDeque::new(),
@@ -291,6 +332,11 @@ impl Hub {
     /// This instance's identity.
     pub fn identity(&self) -> Identity {
         self.id
+    }
+
+    /// Whether this hub is standalone ([`Hub::standalone`]): no link, local delivery.
+    pub fn is_standalone(&self) -> bool {
+        self.roles.is_standalone()
     }
 
     /// Maps rooms to channels for this hub's prefix.
@@ -389,21 +435,17 @@ impl Hub {
             && self.queued_total == 0
             && self.links.iter().all(|l| l.inflight_publishes == 0)
             && self.rooms.len() == 0
-            && !self.links[presence::PRESENCE_LINK]
-                .fifo
-                .iter()
-                .any(|(_, r)| matches!(r, Request::Presence(_)))
+            && !self.roles.presence().is_some_and(|i| {
+                self.links[i]
+                    .fifo
+                    .iter()
+                    .any(|(_, r)| matches!(r, Request::Presence(_)))
+            })
     }
 
-    /// The publish link a room always uses.
-    pub fn publish_link(&self, room: &str) -> LinkId {
-        // FNV-1a: stable across runs and versions, unlike std's hasher.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in room.as_bytes() {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        LinkId(1 + (h % self.config.pool_size as u64) as u16)
+    /// The publish link a room always uses (`None` for a standalone hub: it has no link).
+    pub fn publish_link(&self, room: &str) -> Option<LinkId> {
+        self.roles.publisher_of_room(room).map(roles::Roles::id)
     }
 
     // ----- inputs -----
@@ -585,15 +627,39 @@ impl Hub {
         now: Instant,
     ) -> Result<Joined, MemberError> {
         let j = self.rooms.join(room, conn).ok_or(MemberError::Full)?;
+        let mut state = j.state;
+        if self.settle_standalone() {
+            state = RoomState::Live;
+        }
         if j.added {
             self.presence_join(room, conn.as_str(), now);
             self.presence_event(&j.room, conn, true, now);
         }
         Ok(Joined {
             added: j.added,
-            state: j.state,
+            state,
             conn: j.slot,
         })
+    }
+
+    /// Standalone mode: every subscription change is confirmed at once (there is no Redis to
+    /// ask), so a new room is `Live` ([`Event::RoomLive`] as usual) and a room whose last
+    /// member left is gone before the call returns. False (and nothing done) for a hub with
+    /// links.
+    fn settle_standalone(&mut self) -> bool {
+        if !self.roles.is_standalone() {
+            return false;
+        }
+        let (subscribe, unsubscribe) = self.rooms.take_commands(usize::MAX);
+        for room in subscribe {
+            let t = self.rooms.on_subscribed(room);
+            self.on_transition(t);
+        }
+        for room in unsubscribe {
+            let t = self.rooms.on_unsubscribed(room);
+            self.on_transition(t);
+        }
+        true
     }
 
     /// Removes a local connection from a room; the last member unsubscribes it. Returns false
@@ -604,6 +670,7 @@ impl Hub {
         let conn = ConnId::new(conn, self.config.max_conn_id_bytes)
             .map_err(MemberError::InvalidConnection)?;
         let left = self.rooms.leave(&room, &conn);
+        self.settle_standalone();
         if left {
             let gone = self.rooms.rooms_of(conn.as_str()).is_empty();
             self.presence_leave(room.as_str(), conn.as_str(), gone, now);
@@ -621,6 +688,7 @@ impl Hub {
         let conn = ConnId::new(conn, self.config.max_conn_id_bytes)
             .map_err(MemberError::InvalidConnection)?;
         let rooms = self.rooms.disconnect(&conn);
+        self.settle_standalone();
         for (i, room) in rooms.iter().enumerate() {
             self.presence_leave(room.as_str(), conn.as_str(), i + 1 == rooms.len(), now);
             self.presence_event(room, &conn, false, now);
@@ -663,7 +731,19 @@ impl Hub {
     pub fn publish(&mut self, msg: &Publish<'_>, now: Instant) -> Result<PublishId, PublishError> {
         let result = self.publish_quiet(msg, now);
         if let Ok(id) = result {
-            self.confirm_wanted.insert(id.0);
+            if self.roles.is_standalone() {
+                // Delivered already: confirmed at once, by this instance if it has members
+                // in the room (Redis counts the instances subscribed to it).
+                let receivers = u64::from(
+                    self.rooms
+                        .get(msg.room)
+                        .is_some_and(|r| !r.members().is_empty()),
+                );
+                self.events
+                    .push_back(Event::PublishConfirmed { id, receivers });
+            } else {
+                self.confirm_wanted.insert(id.0);
+            }
         }
         result
     }
@@ -789,7 +869,8 @@ impl Hub {
     /// [`Hub::poll_transmit`].
     #[must_use]
     pub fn poll_transmit_link(&mut self, link: LinkId) -> Option<Bytes> {
-        if link == SUBSCRIBER {
+        let idx = link.0 as usize;
+        if idx < self.links.len() && self.roles.role(idx) == LinkRole::Subscriber {
             self.flush_subscriptions(self.now);
         }
         let l = self.links.get_mut(link.0 as usize)?;

@@ -1,5 +1,6 @@
 //! Presence: registering the lease and members, heartbeats, queries and their replies.
-//! All presence traffic goes on one link ([`PRESENCE_LINK`]) so that writes apply in order.
+//! All presence traffic goes on one link (the presence link, found in the hub's roles) so
+//! that writes apply in order.
 
 use super::*;
 use crate::link::PresenceReq;
@@ -7,9 +8,6 @@ use crate::presence::{
     parse_field, parse_instance, Keys, Member, PresenceAnswer, PresenceError, PresenceQuery,
     PresenceWhenDown, QueryId, Script, SCRIPTS,
 };
-
-/// The link that carries presence commands.
-pub(crate) const PRESENCE_LINK: usize = 1;
 
 /// Sweep dead instances every this many heartbeats.
 const SWEEP_EVERY: u32 = 3;
@@ -54,12 +52,28 @@ impl PresenceState {
 
 impl Hub {
     fn presence_on(&self) -> bool {
-        self.config.presence && !self.closed && self.links[PRESENCE_LINK].is_ready()
+        self.config.presence && !self.closed && self.presence_link_up()
+    }
+
+    /// Whether there is a presence link and it is ready (never in standalone mode).
+    pub(super) fn presence_link_up(&self) -> bool {
+        self.roles
+            .presence()
+            .is_some_and(|i| self.links[i].is_ready())
+    }
+
+    /// The presence link. Presence commands are written only while it is ready
+    /// ([`Hub::presence_on`]) or in answer to what it read, so a standalone hub (no link)
+    /// never asks; `None` there all the same.
+    fn presence_link(&mut self) -> Option<&mut Link> {
+        self.roles.presence().map(|i| &mut self.links[i])
     }
 
     fn presence_write(&mut self, args: &[&[u8]], register: bool, now: Instant) {
         let gen = self.presence.gen;
-        let l = &mut self.links[PRESENCE_LINK];
+        let Some(l) = self.presence_link() else {
+            return;
+        };
         encode_command(&mut l.out, args);
         l.fifo
             .push_back((now, Request::Presence(PresenceReq::Write { gen, register })));
@@ -75,7 +89,9 @@ impl Hub {
         }
         for (i, src) in SCRIPTS.iter().enumerate() {
             let which = [Script::Room, Script::Conn, Script::Sweep][i];
-            let l = &mut self.links[PRESENCE_LINK];
+            let Some(l) = self.presence_link() else {
+                return;
+            };
             encode_command(&mut l.out, &[b"SCRIPT", b"LOAD", src.as_bytes()]);
             l.fifo
                 .push_back((now, Request::Presence(PresenceReq::Load(which))));
@@ -194,7 +210,9 @@ impl Hub {
         }
         let ms = self.config.lease.as_millis().to_string();
         let lease = self.presence.keys.lease.clone();
-        let l = &mut self.links[PRESENCE_LINK];
+        let Some(l) = self.presence_link() else {
+            return;
+        };
         encode_command(&mut l.out, &[b"PEXPIRE", &lease, ms.as_bytes()]);
         l.fifo
             .push_back((now, Request::Presence(PresenceReq::Heartbeat)));
@@ -206,9 +224,10 @@ impl Hub {
                 &[&k.instances],
                 &[&k.lease_prefix, &k.index_prefix],
             );
-            let l = &mut self.links[PRESENCE_LINK];
-            l.fifo
-                .push_back((now, Request::Presence(PresenceReq::Sweep)));
+            if let Some(l) = self.presence_link() {
+                l.fifo
+                    .push_back((now, Request::Presence(PresenceReq::Sweep)));
+            }
         }
         self.presence.heartbeat_from(now, self.config.lease);
     }
@@ -216,7 +235,10 @@ impl Hub {
     /// Writes EVALSHA (or EVAL when the SHA is not known); the caller pushes the request.
     fn send_script(&mut self, script: Script, keys: &[&[u8]], args: &[&[u8]]) {
         let nkeys = keys.len().to_string();
-        let l = &mut self.links[PRESENCE_LINK];
+        let Some(idx) = self.roles.presence() else {
+            return;
+        };
+        let l = &mut self.links[idx];
         let mut cmd: Vec<&[u8]> = Vec::with_capacity(3 + keys.len() + args.len());
         match &self.presence.shas[script as usize] {
             Some(sha) => {
@@ -253,15 +275,18 @@ impl Hub {
                 );
             }
         }
-        self.links[PRESENCE_LINK].fifo.push_back((
-            now,
-            Request::Presence(PresenceReq::Query { id, query, retried }),
-        ));
+        if let Some(l) = self.presence_link() {
+            l.fifo.push_back((
+                now,
+                Request::Presence(PresenceReq::Query { id, query, retried }),
+            ));
+        }
     }
 
     /// Asks who is in a room, where a connection is, or which instances are alive, across
     /// every instance; the answer comes as [`Event::Presence`] with the returned id, after one
-    /// round trip. Refused at once for an invalid id, with presence off, or (unless
+    /// round trip (a standalone hub, the whole cluster by itself, answers at once from its own
+    /// rooms, with `local_only` false). Refused at once for an invalid id, with presence off, or (unless
     /// `presence_when_down` is `Local`) while this instance is not registered: no answer
     /// that could silently miss members.
     pub fn query_presence(
@@ -275,15 +300,17 @@ impl Hub {
         }
         self.presence.next_query += 1;
         let id = QueryId(self.presence.next_query);
-        if !(self.presence.registered && self.presence_on()) {
-            if self.config.presence_when_down == PresenceWhenDown::Error {
+        // A standalone hub is the whole cluster: its local answer is the whole answer.
+        let standalone = self.roles.is_standalone();
+        if standalone || !(self.presence.registered && self.presence_on()) {
+            if !standalone && self.config.presence_when_down == PresenceWhenDown::Error {
                 return Err(PresenceError::Unavailable);
             }
             let answer = self.local_presence(&query);
             self.events.push_back(Event::Presence {
                 id,
                 result: Ok(answer),
-                local_only: true,
+                local_only: !standalone,
             });
             return Ok(id);
         }
@@ -306,23 +333,28 @@ impl Hub {
     }
 
     /// Whether this instance's lease and members are registered (presence answers whole).
+    /// Always for a standalone hub: its local answers are whole.
     pub fn presence_ready(&self) -> bool {
-        self.presence.registered && self.presence_on()
+        self.roles.is_standalone() || (self.presence.registered && self.presence_on())
     }
 
     fn local_presence(&self, query: &PresenceQuery) -> PresenceAnswer {
         let me = self.id.instance;
         match query {
-            PresenceQuery::Room(room) => PresenceAnswer::Room(
-                self.members(room.as_str())
+            PresenceQuery::Room(room) => {
+                let mut members: Vec<Member> = self
+                    .members(room.as_str())
                     .iter()
                     .filter(|c| !self.is_observer(c.as_str()))
                     .map(|c| Member {
                         instance: me,
                         conn: c.clone(),
                     })
-                    .collect(),
-            ),
+                    .collect();
+                // Sorted, as the answers from Redis are.
+                members.sort();
+                PresenceAnswer::Room(members)
+            }
             PresenceQuery::Connection(conn) => {
                 PresenceAnswer::Connection(if self.rooms_of(conn.as_str()).is_empty() {
                     vec![]

@@ -19,7 +19,9 @@ impl Hub {
         let len = self
             .config
             .check_publish(msg.room, msg.data.len(), msg.exclude_connection)?;
-        let idx = self.publish_link(msg.room).0 as usize;
+        let Some(idx) = self.roles.publisher_of_room(msg.room) else {
+            return Ok(self.publish_standalone(msg));
+        };
         let writable = self.can_write(idx);
         if !writable {
             self.check_queue_room(idx, len - TRAILER_LEN)?;
@@ -63,7 +65,19 @@ impl Hub {
         Ok(id)
     }
 
-    /// LocalFirst: delivers a publish to the room's members here at once.
+    /// Standalone mode (no link): the publish is numbered as it would be for Redis, counted
+    /// as confirmed and delivered to the room's members here at once, so members see the same
+    /// trailer, order and exclusion as through Redis.
+    fn publish_standalone(&mut self, msg: &Publish<'_>) -> PublishId {
+        let id = self.seq.next_id();
+        self.metrics.published += 1;
+        self.metrics.publish_confirmed += 1;
+        let (room, epoch, seq) = self.take_seq(msg.room);
+        self.deliver_local(msg, room, Some((epoch, seq)));
+        id
+    }
+
+    /// LocalFirst (and standalone): delivers a publish to the room's members here at once.
     fn deliver_local(&mut self, msg: &Publish<'_>, room: RoomId, seq: Option<(u64, u64)>) {
         let origin = seq.map(|(epoch, seq)| Trailer {
             origin: self.id.instance,

@@ -144,13 +144,7 @@ impl Hub {
                 match v {
                     Value::Int(n) if n > 0 => self.prober.confirmed(now),
                     // Redis knows no subscriber for our control channel: we are deaf.
-                    Value::Int(_) => {
-                        self.prober.abandon();
-                        self.metrics.deaf_detected += 1;
-                        if self.links[0].is_ready() {
-                            self.link_failed(0, LinkError::Deaf, true, now);
-                        }
-                    }
+                    Value::Int(_) => self.probed_deaf(now),
                     _ => self.prober.abandon(),
                 }
             }

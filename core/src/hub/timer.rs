@@ -23,11 +23,16 @@ pub(super) enum Timer {
 
 impl Hub {
     /// Every timer, in the order `handle_timeout` fires them (the links never change in
-    /// number).
+    /// number). A standalone hub has none: no link, no probe, no lease.
     pub(super) fn timers(&self) -> impl Iterator<Item = Timer> + use<> {
+        let hub_timers: &'static [Timer] = if self.roles.is_standalone() {
+            &[]
+        } else {
+            &[Timer::Probe, Timer::Heartbeat]
+        };
         (0..self.links.len())
             .map(Timer::Link)
-            .chain([Timer::Probe, Timer::Heartbeat])
+            .chain(hub_timers.iter().copied())
     }
 
     /// When `timer` fires, if it is armed.
@@ -38,7 +43,7 @@ impl Hub {
                 .prober
                 .deadline(|| self.probe_possible(), self.config.probe_timeout),
             Timer::Heartbeat => {
-                if self.links[presence::PRESENCE_LINK].is_ready() {
+                if self.presence_link_up() {
                     self.presence.deadline()
                 } else {
                     None

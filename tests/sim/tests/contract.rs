@@ -138,7 +138,7 @@ fn c1_local_first_delivers_at_publish_time_and_drops_the_echo() {
 fn c2_and_c4_unconfirmed_publishes_are_resent_and_duplicates_dropped() {
     let mut s = sim(2);
     join_all(&mut s, "r", &[(0, "a"), (1, "b")]);
-    let link = s.nodes[0].hub.publish_link("r");
+    let link = s.nodes[0].hub.publish_link("r").expect("a hub with links");
     // The server processes the publishes but its replies are lost, then the link breaks:
     // the hub must resend all five, and receivers must drop the copies.
     s.deafen(0, link, true);

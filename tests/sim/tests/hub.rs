@@ -56,7 +56,7 @@ fn output_of_many_blocks_arrives_in_order_and_survives_a_kill() {
     // Killed before any of the next 300 was handed out: all resent from their frames,
     // each delivered once, in order.
     publish_many(&mut s, 300);
-    let link = s.nodes[0].hub.publish_link("r");
+    let link = s.nodes[0].hub.publish_link("r").expect("a hub with links");
     s.kill_link(0, link);
     for _ in 0..50 {
         s.advance(Duration::from_millis(20));
@@ -98,7 +98,7 @@ fn quiet_publishes_report_failures_only() {
     assert_eq!(s.nodes[0].hub.metrics().publish_confirmed, 2);
     assert_ne!(loud, quiet);
     // A quiet publish whose outcome is lost is still reported as failed.
-    let link = s.nodes[0].hub.publish_link("r");
+    let link = s.nodes[0].hub.publish_link("r").expect("a hub with links");
     s.stall_link(0, link, true);
     let now = s.now;
     let lost = s.nodes[0].hub.publish_quiet(&msg, now).unwrap();

@@ -175,7 +175,7 @@ fn confirmed(events: &[Event]) -> Vec<roomcast_core::PublishId> {
 fn c4_and_c10_a_full_link_refuses_publishes_at_once_until_the_adapter_writes() {
     let mut s = started(1, small_bounds, false);
     let hub = &mut s.nodes[0].hub;
-    let link = hub.publish_link("r");
+    let link = hub.publish_link("r").expect("a hub with links");
     let max = hub.config().max_output_bytes;
     let data = vec![7u8; 64 << 10];
     let frame = 64 << 10 | 1024;
@@ -272,7 +272,7 @@ fn small_inflight() -> Config {
 #[test]
 fn c10_unconfirmed_publishes_are_bounded_in_bytes() {
     let mut s = started(1, small_inflight, false);
-    let link = s.nodes[0].hub.publish_link("r");
+    let link = s.nodes[0].hub.publish_link("r").expect("a hub with links");
     // Redis takes the bytes but answers nothing for a while.
     s.stall_link(0, link, true);
     let data = vec![7u8; 64 << 10];

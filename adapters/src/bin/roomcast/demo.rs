@@ -160,7 +160,10 @@ pub async fn run(mut config: Config, o: Options) -> Result<(), String> {
     };
 
     // The instances: a roomcast instance and a WebSocket server each.
-    let shared_standalone = standalone.then(roomcast::standalone);
+    let shared_standalone = standalone
+        .then(|| roomcast::standalone(config.clone()))
+        .transpose()
+        .map_err(|e| e.to_string())?;
     let mut instances = Vec::new();
     for i in 0..o.instances {
         let rc = match &shared_standalone {

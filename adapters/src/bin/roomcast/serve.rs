@@ -95,7 +95,7 @@ pub async fn run(config: Config, o: Options) -> Result<(), Fail> {
     let mut instance = roomcast::serve::instance_options();
     instance.member_queue = o.member_queue;
     let (rc, backend): (Roomcast, String) = if o.standalone {
-        let (rc, driver) = roomcast::Builder::standalone()
+        let (rc, driver) = roomcast::Builder::standalone(config)
             .options(instance)
             .build(std::sync::Arc::new(roomcast::runtime::tokio::TokioRuntime))?;
         tokio::spawn(driver);
