@@ -5,14 +5,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use roomcast_core::{Config, ConnId, Event, Message, PublishError, RoomId, RoomState};
+use roomcast_core::{Config, ConnId, ConnSlot, Event, Message, PublishError, RoomId, RoomState};
 use tracing::{debug, info, warn};
 
 use crate::error::Error;
 use crate::handle::{Connection, Membership, PubSubMessage, RoomList};
 use crate::queue::Queue;
 
-use super::{not_reserved, Attached, Member, State};
+use super::{not_reserved, Attached, Member, SlotEntry, SlotTarget, State};
 
 impl State {
     /// Joins `conn` to `room`, as an observer (in no presence) if `observer`.
@@ -32,41 +32,51 @@ impl State {
             });
         }
         let now = self.now();
-        let (room_id, conn_id, live) = match &mut self.hub {
+        let (room_id, conn_id, live, slot) = match &mut self.hub {
             Some(hub) => {
                 let joined = if observer {
                     hub.observe(room, conn, now)?
                 } else {
                     hub.join(room, conn, now)?
                 };
-                let room_id = hub.check_room(room)?;
-                let conn_id = ConnId::new(conn, hub.config().max_conn_id_bytes)
-                    .map_err(roomcast_core::MemberError::InvalidConnection)?;
-                (room_id, conn_id, joined.state == RoomState::Live)
+                // The ids the hub and this driver already hold, checked and interned once.
+                let conn_id = match hub.conn_id(joined.conn) {
+                    Some(id) => id.clone(),
+                    None => ConnId::new(conn, hub.config().max_conn_id_bytes)
+                        .map_err(roomcast_core::MemberError::InvalidConnection)?,
+                };
+                let room_id = match self.rooms.get_key_value(room) {
+                    Some((id, _)) => id.clone(),
+                    None => hub.check_room(room)?,
+                };
+                let live = joined.state == RoomState::Live;
+                (room_id, conn_id, live, Some(joined.conn))
             }
             None => {
                 let room_id = RoomId::new(room, roomcast_core::naming::DEFAULT_MAX_ROOM_ID_BYTES)
                     .map_err(roomcast_core::MemberError::InvalidRoom)?;
                 let conn_id = ConnId::new(conn, roomcast_core::naming::DEFAULT_MAX_CONN_ID_BYTES)
                     .map_err(roomcast_core::MemberError::InvalidConnection)?;
-                (room_id, conn_id, true)
+                (room_id, conn_id, true, None)
             }
         };
         self.next_token += 1;
         let token = self.next_token;
         let queue = Arc::new(Queue::new(self.options.member_queue, self.options.overflow));
+        let member = Member {
+            queue: queue.clone(),
+            token,
+            shared: false,
+            slot,
+        };
+        if let Some(slot) = slot {
+            self.slot_membership(slot, &room_id, member.clone());
+        }
         let entry = self.rooms.entry(room_id.clone()).or_default();
         if live {
             entry.live.set(true);
         }
-        if let Some(old) = entry.members.insert(
-            conn_id.clone(),
-            Member {
-                queue: queue.clone(),
-                token,
-                shared: false,
-            },
-        ) {
+        if let Some(old) = entry.members.insert(conn_id.clone(), member) {
             old.queue.close();
         }
         Ok(Membership {
@@ -173,23 +183,28 @@ impl State {
         let names: Vec<&str> = rooms.iter().collect();
         let now = self.now();
         // (room, live now) for each room, after the same all-or-nothing checks in both modes.
-        let ids: Vec<(RoomId, bool)> = match &mut self.hub {
+        let (ids, slot): (Vec<(RoomId, bool)>, Option<ConnSlot>) = match &mut self.hub {
             Some(hub) => {
                 // The hub checks every id first.
                 hub.join_many(&names, conn.as_str(), now)
                     .map_err(batch_error)?;
-                names
+                let rooms = &self.rooms;
+                let ids = names
                     .iter()
-                    .filter_map(|room| hub.check_room(room).ok())
+                    .filter_map(|room| match rooms.get_key_value(*room) {
+                        Some((id, _)) => Some(id.clone()),
+                        None => hub.check_room(room).ok(),
+                    })
                     .map(|id| {
                         let live = hub.room_state(id.as_str()) == Some(RoomState::Live);
                         (id, live)
                     })
-                    .collect()
+                    .collect();
+                (ids, hub.conn_slot(conn.as_str()))
             }
             None => {
                 let max = roomcast_core::naming::DEFAULT_MAX_ROOM_ID_BYTES;
-                names
+                let ids = names
                     .iter()
                     .enumerate()
                     .map(|(i, room)| {
@@ -198,32 +213,91 @@ impl State {
                             .map_err(|e| (i, roomcast_core::MemberError::InvalidRoom(e)))
                     })
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(batch_error)?
+                    .map_err(batch_error)?;
+                (ids, None)
             }
         };
         let Some(a) = self.conns.get(conn) else {
             return Err(Error::Closed);
         };
         // Members sharing the connection's queue.
+        let member = Member {
+            queue: a.queue.clone(),
+            token: a.token,
+            shared: true,
+            slot,
+        };
         let mut added = 0;
         for (room, live) in ids {
             let entry = self.rooms.entry(room).or_default();
             if live {
                 entry.live.set(true);
             }
-            if !entry.members.contains_key(conn.as_str()) {
-                entry.members.insert(
-                    conn.clone(),
-                    Member {
-                        queue: a.queue.clone(),
-                        token: a.token,
-                        shared: true,
-                    },
-                );
+            if !entry.members.contains_key(conn) {
+                entry.members.insert(conn.clone(), member.clone());
                 added += 1;
             }
         }
+        if let Some(slot) = slot {
+            self.set_slot(slot, SlotTarget::Connection(member));
+        }
         Ok(added)
+    }
+
+    /// Puts `target` at `slot`, replacing a previous occupant's entry.
+    fn set_slot(&mut self, slot: ConnSlot, target: SlotTarget) {
+        let i = slot.index();
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+        }
+        self.slots[i] = Some(SlotEntry {
+            generation: slot.generation(),
+            target,
+        });
+    }
+
+    /// Adds a `Membership` of `room` to its connection's slot (the connection's other rooms'
+    /// memberships stay).
+    fn slot_membership(&mut self, slot: ConnSlot, room: &RoomId, member: Member) {
+        if let Some(Some(SlotEntry {
+            generation,
+            target: SlotTarget::Memberships(rooms),
+        })) = self.slots.get_mut(slot.index())
+        {
+            if *generation == slot.generation() {
+                match rooms.iter_mut().find(|(r, _)| r == room) {
+                    Some((_, m)) => *m = member,
+                    None => rooms.push((room.clone(), member)),
+                }
+                return;
+            }
+        }
+        self.set_slot(slot, SlotTarget::Memberships(vec![(room.clone(), member)]));
+    }
+
+    /// `m`, a member of `room` that left it, leaves its slot's entry; the entry goes when its
+    /// connection is in no room any more (the hub freed the slot) or has no membership left.
+    fn unslot(&mut self, room: &str, conn: &str, m: &Member) {
+        let Some(slot) = m.slot else {
+            return;
+        };
+        let kept = self.hub.as_ref().and_then(|h| h.conn_slot(conn)) == Some(slot);
+        let Some(cell) = self.slots.get_mut(slot.index()) else {
+            return;
+        };
+        let empty = match cell {
+            Some(e) if e.generation == slot.generation() => match &mut e.target {
+                SlotTarget::Connection(c) => !kept && c.token == m.token,
+                SlotTarget::Memberships(rooms) => {
+                    rooms.retain(|(r, x)| !(r.as_str() == room && x.token == m.token));
+                    !kept || rooms.is_empty()
+                }
+            },
+            _ => false,
+        };
+        if empty {
+            *cell = None;
+        }
     }
 
     pub(super) fn standalone_rooms_of(&self, conn: &str) -> Vec<RoomId> {
@@ -346,6 +420,12 @@ impl State {
                     if !m.shared {
                         m.queue.close();
                     }
+                    if entry.members.is_empty() {
+                        entry.live.set(false);
+                        self.rooms.remove(room);
+                    }
+                    self.unslot(room, conn, &m);
+                    return;
                 }
             }
             if entry.members.is_empty() {
@@ -394,17 +474,29 @@ impl State {
         match ev {
             Event::Delivery(d) => {
                 let (message, recipients) = d.into_shared();
-                let Some(entry) = self.rooms.get(&message.room) else {
-                    return;
-                };
                 let mut closed = Vec::new();
                 let mut detached = Vec::new();
-                for conn in recipients.iter() {
-                    if let Some(m) = entry.members.get(conn) {
-                        if !m.queue.push(message.clone()) {
-                            let gone = if m.shared { &mut detached } else { &mut closed };
-                            gone.push((conn.clone(), m.token));
+                // Each recipient's queue by its slot: no lookup by id. A slot whose generation
+                // moved on is a connection that left after the message arrived.
+                for r in recipients.entries() {
+                    let Some(Some(e)) = self.slots.get(r.slot.index()) else {
+                        continue;
+                    };
+                    if e.generation != r.slot.generation() {
+                        continue;
+                    }
+                    let m = match &e.target {
+                        SlotTarget::Connection(m) => m,
+                        SlotTarget::Memberships(rooms) => {
+                            match rooms.iter().find(|(room, _)| *room == message.room) {
+                                Some((_, m)) => m,
+                                None => continue,
+                            }
                         }
+                    };
+                    if !m.queue.push(message.clone()) {
+                        let gone = if m.shared { &mut detached } else { &mut closed };
+                        gone.push((r.conn.clone(), m.token));
                     }
                 }
                 // A membership whose stream ended (overflow under `Overflow::Close`, or a
