@@ -62,7 +62,7 @@ impl State {
         };
         self.next_token += 1;
         let token = self.next_token;
-        let queue = Arc::new(Queue::new(self.options.member_queue, self.options.overflow));
+        let queue = self.member_queue();
         let member = Member {
             queue: queue.clone(),
             token,
@@ -138,7 +138,7 @@ impl State {
         }
         self.next_token += 1;
         let token = self.next_token;
-        let queue = Arc::new(Queue::new(self.options.member_queue, self.options.overflow));
+        let queue = self.member_queue();
         self.conns.insert(
             conn_id.clone(),
             Attached {
@@ -242,6 +242,16 @@ impl State {
             self.set_slot(slot, SlotTarget::Connection(member));
         }
         Ok(added)
+    }
+
+    /// A new member queue, bounded as the options say.
+    fn member_queue(&self) -> Arc<Queue<Arc<Message>>> {
+        Arc::new(Queue::with_bytes(
+            self.options.member_queue,
+            self.options.member_queue_bytes,
+            |m| m.data.len().saturating_add(crate::MESSAGE_OVERHEAD),
+            self.options.overflow,
+        ))
     }
 
     /// Puts `target` at `slot`, replacing a previous occupant's entry.
