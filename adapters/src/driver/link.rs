@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use futures_io::{AsyncRead, AsyncWrite};
+use futures_io::AsyncWrite;
 use roomcast_core::{Event, Hub, LinkId, LinkRequest};
 use tracing::debug;
 
@@ -54,14 +54,15 @@ impl State {
                     let LinkIo::Open { io, rbuf, .. } = &mut self.links[i] else {
                         break;
                     };
-                    match Pin::new(io).poll_read(cx, &mut self.scratch) {
+                    // Straight into `rbuf` where the runtime can, through `scratch` elsewhere.
+                    let read = self.rt.poll_read_buf(io, cx, rbuf, &mut self.scratch);
+                    match read {
                         Poll::Pending => break,
                         Poll::Ready(Ok(0)) => {
                             self.closed_by_peer(i, "connection closed by the server".into());
                             return true;
                         }
-                        Poll::Ready(Ok(n)) => {
-                            rbuf.extend_from_slice(&self.scratch[..n]);
+                        Poll::Ready(Ok(_)) => {
                             if let Some(hub) = &mut self.hub {
                                 hub.handle_input(link, rbuf, now);
                             }
