@@ -70,7 +70,8 @@
 //!    counted and reported as [`Event::Dropped`] naming its room where the channel names
 //!    one; the link stays up and the next message is delivered.
 //! 10. **Memory is bounded.** Every buffer has a named limit: member queues
-//!     ([`Options::member_queue`], with an [`Overflow`] policy whose drops are counted),
+//!     ([`Options::member_queue_bytes`] and [`Options::member_queue`], with an [`Overflow`]
+//!     policy whose drops are counted),
 //!     bytes held per link for writing (`Config::max_output_bytes`, core and adapter
 //!     together), queued and in-flight publishes (count and bytes), input frames
 //!     (`Config::max_frame_bytes`).
