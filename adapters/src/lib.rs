@@ -70,7 +70,8 @@
 //!    counted and reported as [`Event::Dropped`] naming its room where the channel names
 //!    one; the link stays up and the next message is delivered.
 //! 10. **Memory is bounded.** Every buffer has a named limit: member queues
-//!     ([`Options::member_queue`], with an [`Overflow`] policy whose drops are counted),
+//!     ([`Options::member_queue_bytes`] and [`Options::member_queue`], with an [`Overflow`]
+//!     policy whose drops are counted),
 //!     bytes held per link for writing (`Config::max_output_bytes`, core and adapter
 //!     together), queued and in-flight publishes (count and bytes), input frames
 //!     (`Config::max_frame_bytes`).
@@ -133,12 +134,24 @@ pub use roomcast_core::{
 use futures_channel::mpsc;
 use roomcast_core::Hub;
 
+/// What one queued message costs against [`Options::member_queue_bytes`] besides its payload:
+/// its share of the `Arc<Message>` and its queue slot.
+pub const MESSAGE_OVERHEAD: usize = 64;
+
 /// Adapter settings (the core's are in [`Config`]).
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Bytes queued per membership or connection, not yet taken by its stream, before the
+    /// overflow policy applies (default 1 MiB), each message counted as its payload plus
+    /// [`MESSAGE_OVERHEAD`] bytes. This is the main bound: what a server budgets per socket is
+    /// bytes, and 1 MiB holds a burst of about 8,000 messages of 64 B or 950 of 1 KiB (the
+    /// measurements behind the default are in BENCHMARKS.md, "Member queues"). A single
+    /// message larger than the bound is still queued, alone. A stream takes what is queued in
+    /// one batch and hands it out one by one, so at most twice this much is held per stream.
+    pub member_queue_bytes: usize,
     /// Messages queued per membership or connection, not yet taken by its stream, before the
-    /// overflow policy applies (default 1,024). A stream takes what is queued in one batch
-    /// and hands it out one by one, so at most twice this many are held per stream.
+    /// overflow policy applies (default 65,536): a secondary cap on the count, for tiny
+    /// payloads; [`Options::member_queue_bytes`] is the main bound.
     pub member_queue: usize,
     /// What a full membership queue does (default: drop the oldest, counted).
     pub overflow: Overflow,
@@ -157,7 +170,8 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            member_queue: 1024,
+            member_queue_bytes: 1 << 20,
+            member_queue: 1 << 16,
             overflow: Overflow::DropOldest,
             event_queue: 1024,
             command_queue: 4096,

@@ -2,7 +2,9 @@
 //! event streams.
 //!
 //! The driver pushes without ever waiting, so one slow consumer can never delay the others:
-//! when a queue is full the policy decides what gives, and every drop is counted.
+//! when a queue is full the policy decides what gives, and every drop is counted. A queue is
+//! bounded in items and, through a cost per item, in bytes (member queues: payload plus a
+//! fixed overhead; event queues: no byte bound).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +25,8 @@ pub enum Overflow {
 #[derive(Debug)]
 struct Inner<T> {
     items: VecDeque<T>,
+    /// The cost of `items`.
+    bytes: usize,
     closed: bool,
     waker: Option<Waker>,
 }
@@ -32,20 +36,38 @@ struct Inner<T> {
 pub(crate) struct Queue<T> {
     inner: Mutex<Inner<T>>,
     capacity: usize,
+    max_bytes: usize,
+    cost: fn(&T) -> usize,
     policy: Overflow,
     dropped: AtomicU64,
     overflowed: std::sync::atomic::AtomicBool,
 }
 
 impl<T> Queue<T> {
+    /// A queue of at most `capacity` items.
     pub(crate) fn new(capacity: usize, policy: Overflow) -> Self {
+        Self::with_bytes(capacity, usize::MAX, |_| 0, policy)
+    }
+
+    /// A queue of at most `capacity` items costing at most `max_bytes` in all, each item
+    /// costing `cost(item)`. One item is queued whatever its cost: a message larger than the
+    /// bound is never dropped for its own size, only for a newer one.
+    pub(crate) fn with_bytes(
+        capacity: usize,
+        max_bytes: usize,
+        cost: fn(&T) -> usize,
+        policy: Overflow,
+    ) -> Self {
         Queue {
             inner: Mutex::new(Inner {
                 items: VecDeque::new(),
+                bytes: 0,
                 closed: false,
                 waker: None,
             }),
             capacity: capacity.max(1),
+            max_bytes,
+            cost,
             policy,
             dropped: AtomicU64::new(0),
             overflowed: std::sync::atomic::AtomicBool::new(false),
@@ -66,20 +88,27 @@ impl<T> Queue<T> {
             if q.closed {
                 return false;
             }
-            if q.items.len() >= self.capacity {
+            let cost = (self.cost)(&item);
+            let over = |len: usize, bytes: usize| {
+                len > 1 && (len > self.capacity || bytes > self.max_bytes)
+            };
+            let (len, bytes) = (q.items.len() + 1, q.bytes.saturating_add(cost));
+            if self.policy == Overflow::Close && over(len, bytes) {
+                // The stream ends after what is queued; this item is not.
                 self.dropped.fetch_add(1, Ordering::Relaxed);
-                match self.policy {
-                    Overflow::DropOldest => {
-                        q.items.pop_front();
-                    }
-                    Overflow::Close => {
-                        q.closed = true;
-                        self.overflowed.store(true, Ordering::Relaxed);
-                        return false;
-                    }
-                }
+                q.closed = true;
+                self.overflowed.store(true, Ordering::Relaxed);
+                return false;
             }
             q.items.push_back(item);
+            q.bytes = bytes;
+            while over(q.items.len(), q.bytes) {
+                // DropOldest: the oldest go until both bounds hold (or one item is left).
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                if let Some(old) = q.items.pop_front() {
+                    q.bytes -= (self.cost)(&old);
+                }
+            }
             q.waker.take()
         };
         if let Some(w) = waker {
@@ -114,6 +143,8 @@ impl<T> Queue<T> {
         let mut q = self.lock();
         if !q.items.is_empty() {
             std::mem::swap(&mut q.items, local);
+            // The bounds apply to what the consumer has not taken.
+            q.bytes = 0;
             drop(q);
             return Poll::Ready(local.pop_front());
         }
@@ -134,6 +165,11 @@ impl<T> Queue<T> {
 
     pub(crate) fn len(&self) -> usize {
         self.lock().items.len()
+    }
+
+    /// The cost of what is queued and not yet taken by the consumer.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     pub(crate) fn dropped(&self) -> u64 {
@@ -208,5 +244,69 @@ mod tests {
         assert_eq!(got, [1, 2, 4, 5, 6]);
         q.close();
         assert_eq!(q.poll_take(&mut cx, &mut local), Poll::Ready(None));
+    }
+
+    /// Items of `n` bytes: the item is its cost.
+    fn bytes_queue(max_bytes: usize, policy: Overflow) -> Queue<usize> {
+        Queue::with_bytes(1 << 20, max_bytes, |n| *n, policy)
+    }
+
+    fn drain(q: &Queue<usize>) -> Vec<usize> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut local = VecDeque::new();
+        let mut got = Vec::new();
+        while let Poll::Ready(Some(x)) = q.poll_take(&mut cx, &mut local) {
+            got.push(x);
+        }
+        got
+    }
+
+    #[test]
+    fn byte_bound_drops_the_oldest_and_keeps_the_newest_in_order() {
+        // Items costing 64 bytes each: 15 fit in 1,000 bytes (960), 16 do not.
+        let q = Queue::with_bytes(1 << 20, 1000, |_: &usize| 64, Overflow::DropOldest);
+        for i in 0..15 {
+            assert!(q.push(i));
+        }
+        assert_eq!((q.dropped(), q.queued_bytes()), (0, 960));
+        for i in 15..40 {
+            assert!(q.push(i));
+        }
+        assert_eq!((q.dropped(), q.queued_bytes()), (25, 960));
+        assert_eq!(drain(&q), (25..40).collect::<Vec<_>>());
+        // Taking the batch resets the cost: the bound applies to what was not taken.
+        assert_eq!(q.queued_bytes(), 0);
+        assert!(q.push(40));
+        assert_eq!(q.queued_bytes(), 64);
+    }
+
+    #[test]
+    fn an_oversized_item_is_queued_alone_and_goes_for_the_next() {
+        let q = bytes_queue(1000, Overflow::DropOldest);
+        assert!(q.push(10));
+        assert!(q.push(10_000));
+        // The small one went to make room; the big one stays, alone, over the bound.
+        assert_eq!((q.dropped(), q.queued_bytes(), q.len()), (1, 10_000, 1));
+        assert!(q.push(20));
+        assert_eq!((q.dropped(), q.queued_bytes()), (2, 20));
+        assert_eq!(drain(&q), [20]);
+        // Alone in an empty queue it is queued too.
+        assert!(q.push(10_000));
+        assert_eq!(drain(&q), [10_000]);
+    }
+
+    #[test]
+    fn byte_bound_under_close_ends_the_stream_after_what_fits() {
+        let q = bytes_queue(100, Overflow::Close);
+        assert!(q.push(60));
+        assert!(q.push(40));
+        assert!(!q.push(1));
+        assert!(q.overflowed());
+        assert_eq!(drain(&q), [60, 40]);
+        // An oversized first item still queues.
+        let q = bytes_queue(100, Overflow::Close);
+        assert!(q.push(500));
+        assert!(!q.push(1));
+        assert_eq!(drain(&q), [500]);
     }
 }

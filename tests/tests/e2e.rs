@@ -123,6 +123,7 @@ on_both!(
     interop_with_bincode_1,
     slow_member_is_bounded_and_alone,
     overflow_close_ends_only_the_slow_membership,
+    one_id_in_two_rooms_and_a_reused_slot,
     gaps_are_reported_end_to_end_and_shutdown_flushes,
     presence_every_instance_same_answer,
     presence_crash_vanishes_within_a_lease_and_shutdown_at_once,
@@ -728,6 +729,57 @@ async fn overflow_close_ends_only_the_slow_membership(rt: Rt) {
     assert_eq!(members.len(), 1, "{members:?}");
     assert_eq!(members[0].conn.as_str(), "fast");
     assert_eq!(members[0].instance, a.instance());
+}
+
+/// Deliveries go by connection slot: one id with a membership in each of two rooms (one
+/// slot, two queues) gets each room's messages on that room's stream only; after it leaves
+/// everything its slot goes to the next connection, and the id joining again gets a new one.
+async fn one_id_in_two_rooms_and_a_reused_slot(rt: Rt) {
+    let server = RedisServer::start();
+    let a = instance(rt, &server).await;
+    let mut x1 = a.join("r1", "x").await.unwrap();
+    let mut x2 = a.join("r2", "x").await.unwrap();
+    let mut y = a.join("r1", "y").await.unwrap();
+    for m in [&x1, &x2, &y] {
+        rt.timeout(PATIENCE, Box::pin(m.wait_live()))
+            .await
+            .expect("live");
+    }
+    let send = |room: &'static str, data: &'static str| {
+        let a = a.clone();
+        async move {
+            a.publish(PubSubMessage::broadcast(room, data))
+                .await
+                .unwrap()
+        }
+    };
+    send("r1", "a1").await;
+    send("r2", "b1").await;
+    assert_eq!(next(rt, &mut x1).await.unwrap().data, &b"a1"[..]);
+    assert_eq!(next(rt, &mut x2).await.unwrap().data, &b"b1"[..]);
+    assert_eq!(next(rt, &mut y).await.unwrap().data, &b"a1"[..]);
+    // x leaves r1 but stays in r2 (the same slot): r2's stream gets r2's messages only.
+    drop(x1);
+    send("r1", "a2").await;
+    send("r2", "b2").await;
+    assert_eq!(next(rt, &mut y).await.unwrap().data, &b"a2"[..]);
+    assert_eq!(next(rt, &mut x2).await.unwrap().data, &b"b2"[..]);
+    // x leaves its last room; a connection and x again take slots (x's old one among them).
+    drop(x2);
+    let mut z = a.connection("z").await.unwrap();
+    assert!(z.join("r1").await.unwrap());
+    let mut x3 = a.join("r2", "x").await.unwrap();
+    rt.timeout(PATIENCE, Box::pin(x3.wait_live()))
+        .await
+        .expect("live");
+    send("r1", "a3").await;
+    send("r2", "b3").await;
+    assert_eq!(next_of(rt, &mut z).await.unwrap().data, &b"a3"[..]);
+    assert_eq!(next(rt, &mut y).await.unwrap().data, &b"a3"[..]);
+    assert_eq!(next(rt, &mut x3).await.unwrap().data, &b"b3"[..]);
+    // Nothing else reached z: the marker sent after everything else is its next message.
+    send("r1", "end").await;
+    assert_eq!(next_of(rt, &mut z).await.unwrap().data, &b"end"[..]);
 }
 
 async fn gaps_are_reported_end_to_end_and_shutdown_flushes(rt: Rt) {

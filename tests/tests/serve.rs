@@ -235,7 +235,7 @@ async fn refusals_at_the_upgrade_say_why() {
 async fn an_over_large_frame_closes_with_1009_and_a_slow_client_with_1008() {
     let redis = RedisServer::start();
     // The slow client's instance queues 4 messages per client: one that does not read
-    // overflows at once. The reader and the writer are on another instance (default queues).
+    // overflows at once. The reader and the writer are on another instance.
     let rc = instance(
         &redis,
         Options {
@@ -244,7 +244,15 @@ async fn an_over_large_frame_closes_with_1009_and_a_slow_client_with_1008() {
         },
     )
     .await;
-    let other = instance(&redis, instance_options()).await;
+    // The reader reads only after the writer sent all 16 MB: its queue holds them all.
+    let other = instance(
+        &redis,
+        Options {
+            member_queue_bytes: 32 << 20,
+            ..instance_options()
+        },
+    )
+    .await;
     let max = 16_000;
     let options = ServeOptions {
         max_frame_bytes: max,

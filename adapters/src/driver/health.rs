@@ -115,6 +115,7 @@ impl State {
                 m.queue.close();
             }
         }
+        self.slots.clear();
         for (_, a) in self.conns.drain() {
             a.queue.close();
         }

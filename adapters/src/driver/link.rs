@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use futures_io::{AsyncRead, AsyncWrite};
+use futures_io::AsyncWrite;
 use roomcast_core::{Event, LinkId, LinkRequest};
 use tracing::debug;
 
@@ -50,14 +50,15 @@ impl State {
                     let LinkIo::Open { io, rbuf, .. } = &mut self.links[i] else {
                         break;
                     };
-                    match Pin::new(io).poll_read(cx, &mut self.scratch) {
+                    // Straight into `rbuf` where the runtime can, through `scratch` elsewhere.
+                    let read = self.rt.poll_read_buf(io, cx, rbuf, &mut self.scratch);
+                    match read {
                         Poll::Pending => break,
                         Poll::Ready(Ok(0)) => {
                             self.closed_by_peer(i, "connection closed by the server".into());
                             return true;
                         }
-                        Poll::Ready(Ok(n)) => {
-                            rbuf.extend_from_slice(&self.scratch[..n]);
+                        Poll::Ready(Ok(_)) => {
                             self.hub.handle_input(link, rbuf, now);
                             progress = true;
                             // Events and link requests (a Close) are handled before reading on.

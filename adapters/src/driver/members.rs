@@ -3,14 +3,14 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use roomcast_core::{ConnId, Event, RoomId, RoomState};
+use roomcast_core::{ConnId, ConnSlot, Event, Message, RoomId, RoomState};
 use tracing::{debug, info, warn};
 
 use crate::error::Error;
 use crate::handle::{Connection, Membership, RoomList};
 use crate::queue::Queue;
 
-use super::{not_reserved, Attached, Member, State};
+use super::{not_reserved, Attached, Member, SlotEntry, SlotTarget, State};
 
 impl State {
     /// Joins `conn` to `room`, as an observer (in no presence) if `observer`.
@@ -36,25 +36,35 @@ impl State {
         } else {
             hub.join(room, conn, now)?
         };
-        let room_id = hub.check_room(room)?;
-        let conn_id = ConnId::new(conn, hub.config().max_conn_id_bytes)
-            .map_err(roomcast_core::MemberError::InvalidConnection)?;
+        // The ids the hub and this driver already hold, checked and interned once.
+        let conn_id = match hub.conn_id(joined.conn) {
+            Some(id) => id.clone(),
+            None => ConnId::new(conn, hub.config().max_conn_id_bytes)
+                .map_err(roomcast_core::MemberError::InvalidConnection)?,
+        };
+        let room_id = match self.rooms.get_key_value(room) {
+            Some((id, _)) => id.clone(),
+            None => self.hub.check_room(room)?,
+        };
         let live = joined.state == RoomState::Live;
+        let slot = Some(joined.conn);
         self.next_token += 1;
         let token = self.next_token;
-        let queue = Arc::new(Queue::new(self.options.member_queue, self.options.overflow));
+        let queue = self.member_queue();
+        let member = Member {
+            queue: queue.clone(),
+            token,
+            shared: false,
+            slot,
+        };
+        if let Some(slot) = slot {
+            self.slot_membership(slot, &room_id, member.clone());
+        }
         let entry = self.rooms.entry(room_id.clone()).or_default();
         if live {
             entry.live.set(true);
         }
-        if let Some(old) = entry.members.insert(
-            conn_id.clone(),
-            Member {
-                queue: queue.clone(),
-                token,
-                shared: false,
-            },
-        ) {
+        if let Some(old) = entry.members.insert(conn_id.clone(), member) {
             old.queue.close();
         }
         Ok(Membership {
@@ -107,7 +117,7 @@ impl State {
         }
         self.next_token += 1;
         let token = self.next_token;
-        let queue = Arc::new(Queue::new(self.options.member_queue, self.options.overflow));
+        let queue = self.member_queue();
         self.conns.insert(
             conn_id.clone(),
             Attached {
@@ -155,37 +165,110 @@ impl State {
         let hub = &mut self.hub;
         hub.join_many(&names, conn.as_str(), now)
             .map_err(batch_error)?;
+        let rooms = &self.rooms;
         let ids: Vec<(RoomId, bool)> = names
             .iter()
-            .filter_map(|room| hub.check_room(room).ok())
+            .filter_map(|room| match rooms.get_key_value(*room) {
+                Some((id, _)) => Some(id.clone()),
+                None => hub.check_room(room).ok(),
+            })
             .map(|id| {
                 let live = hub.room_state(id.as_str()) == Some(RoomState::Live);
                 (id, live)
             })
             .collect();
+        let slot: Option<ConnSlot> = hub.conn_slot(conn.as_str());
         let Some(a) = self.conns.get(conn) else {
             return Err(Error::Closed);
         };
         // Members sharing the connection's queue.
+        let member = Member {
+            queue: a.queue.clone(),
+            token: a.token,
+            shared: true,
+            slot,
+        };
         let mut added = 0;
         for (room, live) in ids {
             let entry = self.rooms.entry(room).or_default();
             if live {
                 entry.live.set(true);
             }
-            if !entry.members.contains_key(conn.as_str()) {
-                entry.members.insert(
-                    conn.clone(),
-                    Member {
-                        queue: a.queue.clone(),
-                        token: a.token,
-                        shared: true,
-                    },
-                );
+            if !entry.members.contains_key(conn) {
+                entry.members.insert(conn.clone(), member.clone());
                 added += 1;
             }
         }
+        if let Some(slot) = slot {
+            self.set_slot(slot, SlotTarget::Connection(member));
+        }
         Ok(added)
+    }
+
+    /// A new member queue, bounded as the options say.
+    fn member_queue(&self) -> Arc<Queue<Arc<Message>>> {
+        Arc::new(Queue::with_bytes(
+            self.options.member_queue,
+            self.options.member_queue_bytes,
+            |m| m.data.len().saturating_add(crate::MESSAGE_OVERHEAD),
+            self.options.overflow,
+        ))
+    }
+
+    /// Puts `target` at `slot`, replacing a previous occupant's entry.
+    fn set_slot(&mut self, slot: ConnSlot, target: SlotTarget) {
+        let i = slot.index();
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+        }
+        self.slots[i] = Some(SlotEntry {
+            generation: slot.generation(),
+            target,
+        });
+    }
+
+    /// Adds a `Membership` of `room` to its connection's slot (the connection's other rooms'
+    /// memberships stay).
+    fn slot_membership(&mut self, slot: ConnSlot, room: &RoomId, member: Member) {
+        if let Some(Some(SlotEntry {
+            generation,
+            target: SlotTarget::Memberships(rooms),
+        })) = self.slots.get_mut(slot.index())
+        {
+            if *generation == slot.generation() {
+                match rooms.iter_mut().find(|(r, _)| r == room) {
+                    Some((_, m)) => *m = member,
+                    None => rooms.push((room.clone(), member)),
+                }
+                return;
+            }
+        }
+        self.set_slot(slot, SlotTarget::Memberships(vec![(room.clone(), member)]));
+    }
+
+    /// `m`, a member of `room` that left it, leaves its slot's entry; the entry goes when its
+    /// connection is in no room any more (the hub freed the slot) or has no membership left.
+    fn unslot(&mut self, room: &str, conn: &str, m: &Member) {
+        let Some(slot) = m.slot else {
+            return;
+        };
+        let kept = self.hub.conn_slot(conn) == Some(slot);
+        let Some(cell) = self.slots.get_mut(slot.index()) else {
+            return;
+        };
+        let empty = match cell {
+            Some(e) if e.generation == slot.generation() => match &mut e.target {
+                SlotTarget::Connection(c) => !kept && c.token == m.token,
+                SlotTarget::Memberships(rooms) => {
+                    rooms.retain(|(r, x)| !(r.as_str() == room && x.token == m.token));
+                    !kept || rooms.is_empty()
+                }
+            },
+            _ => false,
+        };
+        if empty {
+            *cell = None;
+        }
     }
 
     /// A `Connection` was dropped (or overflowed under `Overflow::Close`): it leaves every
@@ -277,6 +360,12 @@ impl State {
                     if !m.shared {
                         m.queue.close();
                     }
+                    if entry.members.is_empty() {
+                        entry.live.set(false);
+                        self.rooms.remove(room);
+                    }
+                    self.unslot(room, conn, &m);
+                    return;
                 }
             }
             if entry.members.is_empty() {
@@ -290,17 +379,29 @@ impl State {
         match ev {
             Event::Delivery(d) => {
                 let (message, recipients) = d.into_shared();
-                let Some(entry) = self.rooms.get(&message.room) else {
-                    return;
-                };
                 let mut closed = Vec::new();
                 let mut detached = Vec::new();
-                for conn in recipients.iter() {
-                    if let Some(m) = entry.members.get(conn) {
-                        if !m.queue.push(message.clone()) {
-                            let gone = if m.shared { &mut detached } else { &mut closed };
-                            gone.push((conn.clone(), m.token));
+                // Each recipient's queue by its slot: no lookup by id. A slot whose generation
+                // moved on is a connection that left after the message arrived.
+                for r in recipients.entries() {
+                    let Some(Some(e)) = self.slots.get(r.slot.index()) else {
+                        continue;
+                    };
+                    if e.generation != r.slot.generation() {
+                        continue;
+                    }
+                    let m = match &e.target {
+                        SlotTarget::Connection(m) => m,
+                        SlotTarget::Memberships(rooms) => {
+                            match rooms.iter().find(|(room, _)| *room == message.room) {
+                                Some((_, m)) => m,
+                                None => continue,
+                            }
                         }
+                    };
+                    if !m.queue.push(message.clone()) {
+                        let gone = if m.shared { &mut detached } else { &mut closed };
+                        gone.push((r.conn.clone(), m.token));
                     }
                 }
                 // A membership whose stream ended (overflow under `Overflow::Close`, or a

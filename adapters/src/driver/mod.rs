@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_channel::mpsc;
 use futures_core::Stream;
-use roomcast_core::{ConnId, Event, Hub, LinkId, Message, PublishId, RoomId};
+use roomcast_core::{ConnId, ConnSlot, Event, Hub, LinkId, Message, PublishId, RoomId};
 
 use crate::error::Error;
 use crate::handle::{Command, HealthReport, Liveness, PubSubMessage, PublishGate, Reply};
@@ -68,12 +68,31 @@ enum LinkIo {
 /// of its own) or one room of a `Connection` (`shared`: the connection's queue, which its
 /// rooms share). A `Connection` is memberships with one queue; a `Membership` is a connection
 /// with one room.
+#[derive(Clone)]
 struct Member {
     queue: Arc<Queue<Arc<Message>>>,
     token: u64,
     /// The queue is an attached connection's: leaving this room does not close it, and when
     /// it overflows the whole connection goes.
     shared: bool,
+    /// The connection's slot in the hub (none standalone), to clear its [`SlotEntry`].
+    slot: Option<ConnSlot>,
+}
+
+/// What dispatch finds at a connection's slot index ([`ConnSlot::index`]): the occupant's
+/// generation, checked against the delivery's slot, and where its messages go.
+struct SlotEntry {
+    generation: u32,
+    target: SlotTarget,
+}
+
+/// Where a slot's messages go. A slot is a connection, not a membership: an attached
+/// `Connection` has one queue for all its rooms, while an id joined with `Roomcast::join` has
+/// a `Membership` (its own queue) per room, so those are found by the message's room.
+enum SlotTarget {
+    Connection(Member),
+    /// Usually one room.
+    Memberships(Vec<(RoomId, Member)>),
 }
 
 /// A connection attached with `Roomcast::connection`: the registration of its one queue (its
@@ -135,6 +154,10 @@ struct State {
     links: Vec<LinkIo>,
     timer: Option<(Instant, BoxFuture<()>)>,
     rooms: HashMap<RoomId, RoomEntry>,
+    /// Dispatch's index, by [`ConnSlot::index`] (with a hub): a delivery's recipients are
+    /// found here without a lookup by id. Entries are cleared when their members leave;
+    /// a stale one (generation moved on) is skipped.
+    slots: Vec<Option<SlotEntry>>,
     conns: HashMap<ConnId, Attached>,
     live_waiters: Vec<LiveWaiter>,
     next_token: u64,
@@ -188,6 +211,7 @@ impl Driver {
                 links: (0..n).map(|_| LinkIo::Idle).collect(),
                 timer: None,
                 rooms: HashMap::default(),
+                slots: Vec::new(),
                 conns: HashMap::default(),
                 live_waiters: Vec::new(),
                 next_token: 0,

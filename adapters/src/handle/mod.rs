@@ -27,6 +27,14 @@ macro_rules! queue_stream {
                 self.queue.len() + self.local.len()
             }
 
+            /// What the messages not yet taken from the queue cost against
+            /// [`crate::Options::member_queue_bytes`] (payload plus
+            /// [`crate::MESSAGE_OVERHEAD`] each; the batch the stream took last and is
+            /// still handing out no longer counts).
+            pub fn queued_bytes(&self) -> usize {
+                self.queue.queued_bytes()
+            }
+
             /// True if the stream ended because the queue overflowed under
             /// [`crate::Overflow::Close`].
             pub fn overflowed(&self) -> bool {

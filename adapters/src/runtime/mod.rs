@@ -5,12 +5,15 @@
 //! own, pass any `Runtime` to [`crate::Builder::build`] and poll the returned
 //! [`crate::Driver`] yourself.
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
+use bytes::BytesMut;
 use futures_io::{AsyncRead, AsyncWrite};
 
 #[cfg(feature = "async-io-runtime")]
@@ -18,8 +21,9 @@ pub mod async_io;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 
-/// A byte stream to Redis (TCP, or TLS over TCP).
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+/// A byte stream to Redis (TCP, or TLS over TCP). It is `Any`, so that a runtime can find
+/// its own socket type behind a [`BoxedIo`] (see [`Runtime::poll_read_buf`]).
+pub trait Io: AsyncRead + AsyncWrite + Any + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// A boxed [`Io`].
@@ -36,4 +40,33 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     fn sleep_until(&self, deadline: Instant) -> BoxFuture<()>;
     /// Opens a TCP connection (with `TCP_NODELAY`) to `host:port`.
     fn connect(&self, host: String, port: u16) -> BoxFuture<io::Result<BoxedIo>>;
+
+    /// Reads what `io` has into `buf`, appending, as [`AsyncRead::poll_read`] does (`Ok(0)`
+    /// is the end of the stream). The default reads into `scratch` through `AsyncRead`
+    /// (which needs an initialised slice) and copies that into `buf`; a runtime whose
+    /// sockets can read into a `BytesMut`'s spare capacity directly, safely, overrides it
+    /// for its own socket type and calls [`read_through_scratch`] for the others (TLS).
+    fn poll_read_buf(
+        &self,
+        io: &mut BoxedIo,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        scratch: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        read_through_scratch(io, cx, buf, scratch)
+    }
+}
+
+/// [`Runtime::poll_read_buf`]'s default: a read into `scratch`, copied into `buf`.
+pub fn read_through_scratch(
+    io: &mut BoxedIo,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    scratch: &mut [u8],
+) -> Poll<io::Result<usize>> {
+    let r = Pin::new(&mut **io).poll_read(cx, scratch);
+    if let Poll::Ready(Ok(n)) = r {
+        buf.extend_from_slice(&scratch[..n]);
+    }
+    r
 }

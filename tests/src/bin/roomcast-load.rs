@@ -21,8 +21,8 @@
 //!   (before, during and after): time until every room is live again, and every message
 //!   delivered or reported missing in a gap event.
 //! - S7 member queue: one member receiving paced traffic at increasing rates with the
-//!   default member queue (1,024 messages) and with an unbounded one: messages dropped and
-//!   the largest backlog.
+//!   default member queue (1 MiB, `q:1MiB`), the former default of 1,024 messages (`q1024`)
+//!   and an unbounded one: messages dropped and the largest backlog.
 //!
 //! S1–S3 also run through `redis-benchmark` (the server's own PUBLISH limit, raw
 //! subscribers attached) and, with the cargo feature `peers`, through the `redis` and
@@ -375,6 +375,7 @@ fn jobs(opts: &Opts, plan: &Plan, scenario: &str, url: &str, pid: Option<u32>) -
         window: 4096,
         clients: 1,
         queue: 0,
+        queue_bytes: 0,
         prefix: String::new(),
     };
     let has = |s: &str| opts.systems.iter().any(|x| x == s);
@@ -455,14 +456,16 @@ fn jobs(opts: &Opts, plan: &Plan, scenario: &str, url: &str, pid: Option<u32>) -
             v.push(j);
         }
         "S7" if has("roomcast") => {
-            // One member at rising rates: the default queue, and one that never drops (its
-            // largest backlog is the burst the default would have to hold).
-            for queue in [1024, 1 << 22] {
+            // One member at rising rates: the default queue (1 MiB, count cap 65,536), the
+            // former default (1,024 messages), and one that never drops (its largest backlog
+            // is the burst the default would have to hold).
+            for (queue, queue_bytes) in [(1 << 16, 1 << 20), (1024, 0), (1 << 22, 0)] {
                 for rate in plan.s7_rates {
                     let mut j = base("roomcast", "one-member", 64, 1, (rate * plan.s7_s) as u64);
                     j.receivers = 1;
                     j.rate = rate;
                     j.queue = queue;
+                    j.queue_bytes = queue_bytes;
                     v.push(j);
                 }
             }
@@ -521,7 +524,9 @@ fn config(r: &Res) -> String {
     if let Some(rate) = r.num("rate") {
         parts.push(format!("{}/s", human(rate)));
     }
-    if let Some(q) = r.num("queue") {
+    if let Some(b) = r.num("queue_bytes") {
+        parts.push(format!("q:{}MiB", b / (1u64 << 20) as f64));
+    } else if let Some(q) = r.num("queue") {
         if q >= (1u64 << 22) as f64 {
             parts.push("q:unbounded".into());
         } else {

@@ -45,6 +45,9 @@ pub struct Job {
     /// Messages a receiving member's queue holds (roomcast's `Options::member_queue`; 0 for
     /// the scenario's own choice).
     pub queue: usize,
+    /// Bytes a receiving member's queue holds (roomcast's `Options::member_queue_bytes`; 0
+    /// for no byte bound, only the count).
+    pub queue_bytes: usize,
     /// Channel prefix (distinct per worker, so nothing leaks between runs).
     pub prefix: String,
 }
@@ -68,6 +71,7 @@ impl Job {
             format!("--window={}", self.window),
             format!("--clients={}", self.clients),
             format!("--queue={}", self.queue),
+            format!("--queue-bytes={}", self.queue_bytes),
             format!("--prefix={}", self.prefix),
         ];
         if let Some(p) = self.server_pid {
@@ -106,6 +110,7 @@ impl Job {
             window: num("window")?,
             clients: num("clients")? as usize,
             queue: num("queue")? as usize,
+            queue_bytes: num("queue-bytes")? as usize,
             prefix: get("prefix")?,
         })
     }
@@ -128,6 +133,9 @@ impl Job {
         }
         if self.queue > 0 {
             r.set("queue", self.queue as u64);
+        }
+        if self.queue_bytes > 0 {
+            r.set("queue_bytes", self.queue_bytes as u64);
         }
         r
     }

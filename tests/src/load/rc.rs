@@ -56,12 +56,24 @@ fn start(job: &Job, name: &str, options: Options) -> Result<Inst, String> {
     })
 }
 
+/// Member queues of `member_queue` messages, with no byte bound: the scenarios size their
+/// queues by count (S7 sets a byte bound through [`queue_options`]).
 fn options(member_queue: usize) -> Options {
     Options {
         member_queue,
+        member_queue_bytes: usize::MAX,
         event_queue: 1 << 16,
         ..Options::default()
     }
+}
+
+/// [`options`], plus the job's byte bound if it has one.
+fn queue_options(job: &Job, member_queue: usize) -> Options {
+    let mut o = options(member_queue);
+    if job.queue_bytes > 0 {
+        o.member_queue_bytes = job.queue_bytes;
+    }
+    o
 }
 
 /// A connection's queue that holds a whole window: one connection receives every room's
@@ -191,10 +203,10 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
     } else {
         window_queue(job)
     };
-    let a = start(job, "a", options(queue))?;
+    let a = start(job, "a", queue_options(job, queue))?;
     let mut receivers = Vec::new();
     for k in 0..job.receivers.max(1) {
-        receivers.push(start(job, &format!("r{k}"), options(queue))?);
+        receivers.push(start(job, &format!("r{k}"), queue_options(job, queue))?);
     }
     let flow = Flow::new(receivers.len() as u64, job.window);
     let trackers: Vec<Arc<Tracker>> = receivers.iter().map(|_| Tracker::new(n)).collect();
