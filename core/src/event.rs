@@ -272,6 +272,9 @@ pub enum LinkError {
     NoResp3(String),
     /// The server refused a handshake command.
     Handshake(String),
+    /// The server is not what the URL's scheme says (a cluster node reached with
+    /// `redis://`); the text says what it is and which URL to write.
+    WrongMode(String),
     /// Connecting or the handshake took longer than `connect_timeout`.
     ConnectTimeout,
     /// A request went unanswered for `reply_timeout`: the server is stalled or unreachable.
@@ -297,6 +300,7 @@ impl fmt::Display for LinkError {
                 "the server does not support RESP3 ({e}); use ?protocol=resp2 in the Redis URL"
             ),
             LinkError::Handshake(e) => write!(f, "Redis refused the handshake: {e}"),
+            LinkError::WrongMode(e) => write!(f, "wrong kind of Redis server: {e}"),
             LinkError::ConnectTimeout => {
                 write!(f, "connecting to Redis took longer than connect_timeout")
             }
