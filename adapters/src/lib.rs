@@ -42,6 +42,8 @@ mod error;
 pub mod graphwiz;
 mod handle;
 mod queue;
+#[cfg(feature = "cli")]
+pub mod redis_server;
 pub mod runtime;
 #[cfg(feature = "cli")]
 pub mod serve;
@@ -165,6 +167,11 @@ impl Builder {
                 h.config().max_output_bytes
             });
         let gate = Arc::new(handle::PublishGate::new(gate_limit));
+        // What a Publisher checks in the caller's task (standalone: the default limits).
+        let limits = Arc::new(
+            hub.as_ref()
+                .map_or_else(Config::default, |h| h.config().clone()),
+        );
         let driver = Driver::new(runtime, hub, self.options, rx, identity, gate.clone());
         Ok((
             Roomcast {
@@ -172,6 +179,7 @@ impl Builder {
                 identity,
                 publish_batch,
                 gate,
+                limits,
             },
             driver,
         ))

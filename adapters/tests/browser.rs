@@ -11,10 +11,6 @@
 //! binary.
 #![cfg(all(feature = "cli", unix))]
 
-#[allow(dead_code)]
-#[path = "../../tests/src/redis_server.rs"]
-mod redis_server;
-
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -22,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use redis_server::RedisServer;
+use roomcast::redis_server::RedisServer;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

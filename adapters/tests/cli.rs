@@ -7,12 +7,6 @@
 //! (`roomcast-tests` turns it on), alone run `cargo test -p roomcast --features cli --test cli`.
 #![cfg(feature = "cli")]
 
-// The harness of `roomcast-tests` (standard library only), included rather than depended on:
-// `roomcast-tests` depends on this package.
-#[allow(dead_code)]
-#[path = "../../tests/src/redis_server.rs"]
-mod redis_server;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
 use std::process::{Child, Command, Stdio};
@@ -20,7 +14,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use redis_server::RedisServer;
+use roomcast::redis_server::RedisServer;
 use serde_json::Value;
 
 /// Generous: a loaded 2-core machine stalls for seconds.

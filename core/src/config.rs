@@ -605,6 +605,32 @@ fn parse_host_port(hostport: &str, default_port: u16) -> Result<(String, u16), S
 }
 
 impl Config {
+    /// What a publish can be refused for by these limits alone, before it is queued
+    /// anywhere: an invalid room or exclude id, or an envelope over `max_envelope_bytes`.
+    /// Returns the envelope's encoded length (with trailer). [`crate::Hub::publish`] checks
+    /// this first; an adapter can check it in the caller's task to refuse at once.
+    pub fn check_publish(
+        &self,
+        room: &str,
+        data_len: usize,
+        exclude: Option<&str>,
+    ) -> Result<usize, crate::PublishError> {
+        use crate::PublishError;
+        crate::RoomId::check(room, self.max_room_id_bytes).map_err(PublishError::InvalidRoom)?;
+        if let Some(c) = exclude {
+            crate::ConnId::check(c, self.max_conn_id_bytes)
+                .map_err(PublishError::InvalidExclude)?;
+        }
+        let len = crate::envelope::encoded_len(room, data_len, exclude, true);
+        if len > self.max_envelope_bytes {
+            return Err(PublishError::TooLarge {
+                len,
+                max: self.max_envelope_bytes,
+            });
+        }
+        Ok(len)
+    }
+
     /// [`Config::validate`] for cluster mode: also refuses a channel prefix with `{` or `}`,
     /// whose hash tag would put every room in one slot (see [`crate::cluster`]).
     pub fn validate_for_cluster(&self) -> Result<(), ConfigError> {

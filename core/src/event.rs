@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use crate::envelope::{InstanceId, MessageType, Trailer};
 use crate::naming::{ConnId, NameError, RoomId};
+use crate::rooms::{ConnSlot, Recipient};
 
 /// Identifies one Redis connection of a hub. Link 0 is the subscriber; links 1..=pool_size
 /// publish.
@@ -65,7 +66,7 @@ pub struct Delivery {
 impl Delivery {
     pub(crate) fn new(
         message: Message,
-        recipients: Arc<[ConnId]>,
+        recipients: Arc<[Recipient]>,
         excluded: Option<ConnId>,
     ) -> Self {
         Delivery {
@@ -81,6 +82,12 @@ impl Delivery {
     /// excluded connection where exclusion applies on this instance.
     pub fn recipients(&self) -> impl Iterator<Item = &ConnId> + '_ {
         self.recipients.iter()
+    }
+
+    /// The recipients' slots, in the order of [`Delivery::recipients`]: index the
+    /// application's per-connection state with them (see [`ConnSlot`]).
+    pub fn recipient_slots(&self) -> impl Iterator<Item = ConnSlot> + '_ {
+        self.recipients.slots()
     }
 
     /// The number of recipients.
@@ -104,15 +111,26 @@ impl Delivery {
 /// connection where exclusion applies on this instance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recipients {
-    list: Arc<[ConnId]>,
+    list: Arc<[Recipient]>,
     excluded: Option<ConnId>,
 }
 
 impl Recipients {
-    /// The recipients in membership order.
-    pub fn iter(&self) -> impl Iterator<Item = &ConnId> + '_ {
+    /// The recipients (id and slot) in membership order.
+    pub fn entries(&self) -> impl Iterator<Item = &Recipient> + '_ {
         let excluded = self.excluded.as_ref();
-        self.list.iter().filter(move |c| Some(*c) != excluded)
+        self.list.iter().filter(move |r| Some(&r.conn) != excluded)
+    }
+
+    /// The recipients' ids in membership order.
+    pub fn iter(&self) -> impl Iterator<Item = &ConnId> + '_ {
+        self.entries().map(|r| &r.conn)
+    }
+
+    /// The recipients' slots in membership order: each indexes the application's state for
+    /// that connection, checked against the slot's generation (see [`ConnSlot`]).
+    pub fn slots(&self) -> impl Iterator<Item = ConnSlot> + '_ {
+        self.entries().map(|r| r.slot)
     }
 
     /// How many there are.
@@ -146,6 +164,16 @@ pub enum Event {
         id: PublishId,
         /// Why.
         error: PublishError,
+    },
+    /// A publish nobody waits for (an adapter's fire-and-forget publisher) was refused
+    /// before it reached Redis. The hub never produces this event (its callers get the
+    /// refusal as the error of [`crate::Hub::publish_quiet`]); an adapter raises it so that
+    /// such a refusal is reported to the application, not only logged and counted.
+    PublishRefused {
+        /// The room the message was for, as given (it may be the invalid part).
+        room: String,
+        /// Why it was refused.
+        cause: PublishError,
     },
     /// Redis confirmed the room's subscription: messages published from now on reach this
     /// instance.
@@ -260,6 +288,47 @@ pub enum DropCause {
     },
 }
 
+/// The request a link was busy with when it failed: the handshake's commands, or one of the
+/// requests of an established link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkStep {
+    /// The handshake's `HELLO`.
+    Hello,
+    /// The handshake's `AUTH`.
+    Auth,
+    /// The handshake's `SELECT`.
+    Select,
+    /// The handshake's `CLIENT SETNAME`.
+    SetName,
+    /// A `PING` on an established link (keepalive or a health check).
+    Ping,
+    /// A `SUBSCRIBE` or `UNSUBSCRIBE` of rooms.
+    Subscribe,
+    /// A `PUBLISH` of a message.
+    Publish,
+    /// A presence command (registration, heartbeat, query, script load).
+    Presence,
+    /// A liveness probe published to the control channel.
+    Probe,
+}
+
+impl fmt::Display for LinkStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LinkStep::Hello => "the handshake's HELLO",
+            LinkStep::Auth => "the handshake's AUTH",
+            LinkStep::Select => "the handshake's SELECT",
+            LinkStep::SetName => "the handshake's CLIENT SETNAME",
+            LinkStep::Ping => "a PING on the established link",
+            LinkStep::Subscribe => "a SUBSCRIBE/UNSUBSCRIBE",
+            LinkStep::Publish => "a PUBLISH",
+            LinkStep::Presence => "a presence command",
+            LinkStep::Probe => "a liveness probe",
+        })
+    }
+}
+
 /// Why a link is down.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -270,7 +339,8 @@ pub enum LinkError {
     Auth(String),
     /// The server does not speak RESP3 (`HELLO` unknown); use `protocol=resp2`.
     NoResp3(String),
-    /// The server refused a handshake command.
+    /// The server refused a handshake command (the text names the command, then Redis's
+    /// error).
     Handshake(String),
     /// The server is not what the URL's scheme says (a cluster node reached with
     /// `redis://`); the text says what it is and which URL to write.
@@ -278,10 +348,14 @@ pub enum LinkError {
     /// Connecting or the handshake took longer than `connect_timeout`.
     ConnectTimeout,
     /// A request went unanswered for `reply_timeout`: the server is stalled or unreachable.
-    ReplyTimeout,
+    ReplyTimeout {
+        /// The oldest request, the one that went unanswered.
+        step: LinkStep,
+    },
     /// The subscriber stopped receiving its own probes: connected but deaf.
     Deaf,
-    /// Redis sent something that is not RESP, or over a limit.
+    /// Redis sent something that is not RESP, or over a limit, or answered a request of an
+    /// established link with an error (the text names the request: [`LinkStep`]).
     Protocol(String),
     /// The hub is shutting down.
     Shutdown,
@@ -299,14 +373,15 @@ impl fmt::Display for LinkError {
                 f,
                 "the server does not support RESP3 ({e}); use ?protocol=resp2 in the Redis URL"
             ),
-            LinkError::Handshake(e) => write!(f, "Redis refused the handshake: {e}"),
+            // The text starts with the step ("the handshake's AUTH: ...").
+            LinkError::Handshake(e) => write!(f, "Redis refused {e}"),
             LinkError::WrongMode(e) => write!(f, "wrong kind of Redis server: {e}"),
             LinkError::ConnectTimeout => {
                 write!(f, "connecting to Redis took longer than connect_timeout")
             }
-            LinkError::ReplyTimeout => write!(
+            LinkError::ReplyTimeout { step } => write!(
                 f,
-                "Redis did not answer within reply_timeout; the link was reopened"
+                "Redis did not answer {step} within reply_timeout; the link was reopened"
             ),
             LinkError::Deaf => write!(
                 f,
@@ -410,6 +485,9 @@ pub enum MemberError {
     InvalidConnection(NameError),
     /// The hub is shut down.
     Shutdown,
+    /// The hub holds as many rooms, or connections, as it can index (about two thousand
+    /// million); nothing was joined. Leave rooms or spread connections over more instances.
+    Full,
 }
 
 impl fmt::Display for MemberError {
@@ -417,6 +495,11 @@ impl fmt::Display for MemberError {
         match self {
             MemberError::InvalidRoom(e) | MemberError::InvalidConnection(e) => e.fmt(f),
             MemberError::Shutdown => write!(f, "the hub is shut down; no more joins"),
+            MemberError::Full => write!(
+                f,
+                "the hub holds as many rooms or connections as it can index; leave rooms or \
+                 spread connections over more instances"
+            ),
         }
     }
 }

@@ -45,6 +45,12 @@
 //! # let _ = BytesMut::new();
 //! ```
 //!
+//! Each local connection has a [`ConnSlot`] while it is a member of some room
+//! ([`Joined::conn`], [`Hub::conn_slot`]), and a delivery names its recipients by slot as well
+//! as by id ([`Delivery::recipient_slots`], [`Recipients::slots`]): an adapter can keep its
+//! per-connection state in a vector indexed by [`ConnSlot::index`], checked against
+//! [`ConnSlot::generation`], instead of looking each recipient up by id.
+//!
 //! The delivery contract (ordering, duplicates, sequences, outages) is described on
 //! [`Hub`] and in the repository's README; each line of it has a test.
 #![forbid(unsafe_code)]
@@ -67,16 +73,17 @@ pub use config::{
 };
 pub use envelope::{InstanceId, MessageType, Trailer};
 pub use event::{
-    Delivery, DropCause, Event, LinkError, LinkId, LinkRole, MemberError, Message, NotLiveReason,
-    PublishError, PublishId, Recipients, RoomState,
+    Delivery, DropCause, Event, LinkError, LinkId, LinkRole, LinkStep, MemberError, Message,
+    NotLiveReason, PublishError, PublishId, Recipients, RoomState,
 };
 pub use hub::{
     Health, Hub, Identity, Joined, LinkHealth, LinkRequest, Publish, Transmit, SUBSCRIBER,
 };
 pub use link::LinkState;
 pub use metrics::Metrics;
-pub use naming::{ChannelNamer, ConnId, NameError, RoomId};
+pub use naming::{ChannelNamer, ConnId, NameError, RoomId, INLINE_ID_BYTES};
 pub use presence::{
     Member, PresenceAnswer, PresenceChange, PresenceError, PresenceQuery, PresenceWhenDown, QueryId,
 };
 pub use resp::{FrameError, Value};
+pub use rooms::{ConnSlot, Members, Recipient, RoomsOf};

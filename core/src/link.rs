@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::config::{Config, Protocol};
-use crate::event::{LinkError, LinkId, LinkRole, PublishId};
+use crate::event::{LinkError, LinkId, LinkRole, LinkStep, PublishId};
 use crate::naming::RoomId;
 use crate::resp::{encode_command, FrameLimits, Reader, Value};
 
@@ -405,6 +405,45 @@ pub(crate) fn frame_limits(config: &Config) -> FrameLimits {
     }
 }
 
+impl Step {
+    /// The step as the application sees it.
+    pub(crate) fn public(self) -> LinkStep {
+        match self {
+            // `HELLO 2`, asked for the server's mode, is a HELLO too.
+            Step::Hello | Step::Mode => LinkStep::Hello,
+            Step::Auth => LinkStep::Auth,
+            Step::Select => LinkStep::Select,
+            Step::SetName => LinkStep::SetName,
+        }
+    }
+}
+
+impl Request {
+    /// What the application is told the link was doing when this request failed.
+    pub(crate) fn step(&self) -> LinkStep {
+        match self {
+            Request::Handshake(step) => step.public(),
+            Request::Ping { .. } => LinkStep::Ping,
+            Request::Publish(_) => LinkStep::Publish,
+            Request::Probe { .. } => LinkStep::Probe,
+            Request::Subscription { .. } => LinkStep::Subscribe,
+            Request::Presence(_) => LinkStep::Presence,
+        }
+    }
+}
+
+/// Turns an error reply to a request of an established link into the error the application
+/// sees (credentials and permissions as [`LinkError::Auth`]).
+pub(crate) fn refused_error(step: LinkStep, msg: &[u8]) -> LinkError {
+    let text = String::from_utf8_lossy(msg).into_owned();
+    let upper = text.to_ascii_uppercase();
+    if upper.starts_with("NOAUTH") || upper.starts_with("WRONGPASS") || upper.starts_with("NOPERM")
+    {
+        return LinkError::Auth(format!("{step}: {text}"));
+    }
+    LinkError::Protocol(format!("{step} was refused: {text}"))
+}
+
 /// Turns an error reply to a handshake command into the error the application sees.
 pub(crate) fn handshake_error(step: Step, msg: &[u8]) -> LinkError {
     let text = String::from_utf8_lossy(msg).into_owned();
@@ -419,7 +458,7 @@ pub(crate) fn handshake_error(step: Step, msg: &[u8]) -> LinkError {
     if step == Step::Hello && (upper.starts_with("NOPROTO") || upper.contains("UNKNOWN COMMAND")) {
         return LinkError::NoResp3(text);
     }
-    LinkError::Handshake(text)
+    LinkError::Handshake(format!("{}: {text}", step.public()))
 }
 
 /// Is this reply an error? Returns its text.

@@ -20,7 +20,10 @@
 //! the channel is the one the GraphWiz design used, so publishers built from it interoperate.
 
 use std::borrow::{Borrow, Cow};
+use std::cmp::Ordering;
 use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroU8;
 use std::ops::DerefMut;
 use std::sync::Arc;
 
@@ -177,18 +180,123 @@ fn validate_id(id: &str, max_bytes: usize, what: IdKind) -> Result<(), NameError
     Ok(())
 }
 
+/// The longest id kept inside the id value itself (no allocation).
+pub const INLINE_ID_BYTES: usize = 15;
+
+/// The text of an id: up to [`INLINE_ID_BYTES`] bytes inside the value, a longer one behind
+/// one shared allocation. 16 bytes either way: the inline length is never zero, and zero in
+/// its place marks the shared form.
+#[derive(Clone)]
+enum Text {
+    Inline(Inline),
+    Shared(Arc<Box<str>>),
+}
+
+/// An inline id: its bytes, then its length (the last byte, so the shared form's pointer
+/// fits beside it).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Inline {
+    bytes: [u8; INLINE_ID_BYTES],
+    len: NonZeroU8,
+}
+
+const _: () = assert!(std::mem::size_of::<Text>() == 16);
+
+impl Text {
+    fn new(id: &str) -> Text {
+        match NonZeroU8::new(id.len() as u8) {
+            Some(len) if id.len() <= INLINE_ID_BYTES => {
+                let mut bytes = [0u8; INLINE_ID_BYTES];
+                bytes[..id.len()].copy_from_slice(id.as_bytes());
+                Text::Inline(Inline { bytes, len })
+            }
+            _ => Text::Shared(Arc::new(Box::from(id))),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Text::Inline(i) => &i.bytes[..usize::from(i.len.get())],
+            Text::Shared(s) => s.as_bytes(),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Built from a `&str` cut at its end: always valid; checked anyway (no `unsafe`).
+            Text::Inline(i) => {
+                std::str::from_utf8(&i.bytes[..usize::from(i.len.get())]).unwrap_or_default()
+            }
+            Text::Shared(s) => s,
+        }
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Text {}
+
+impl Hash for Text {
+    /// As the `str` hashes (so maps keyed by an id can be searched with a `&str`), without
+    /// building one: see [`hash_id`].
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_id(self.as_bytes(), state)
+    }
+}
+
+/// Hashes an id's bytes exactly as `str::hash` does on stable Rust (its bytes, then `0xff`:
+/// `Hasher::write_str`'s behaviour, which only a nightly hasher can change).
+fn hash_id<H: Hasher>(bytes: &[u8], state: &mut H) {
+    state.write(bytes);
+    state.write_u8(0xff);
+}
+
+/// A `&str` to search a hashbrown map keyed by [`RoomId`] without turning each candidate key
+/// back into a `str` (`Borrow<str>` would check an inline id's UTF-8 on every comparison).
+pub(crate) struct IdStr<'a>(pub(crate) &'a str);
+
+impl Hash for IdStr<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_id(self.0.as_bytes(), state)
+    }
+}
+
+impl hashbrown::Equivalent<RoomId> for IdStr<'_> {
+    fn equivalent(&self, key: &RoomId) -> bool {
+        key.as_bytes() == self.0.as_bytes()
+    }
+}
+
+impl PartialOrd for Text {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Text {
+    /// As the `str`s compare (bytewise).
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
 macro_rules! id_type {
     ($(#[$meta:meta])* $name:ident, $kind:expr) => {
         $(#[$meta])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(Arc<str>);
+        pub struct $name(Text);
 
         impl $name {
             /// Validates `id`: non-empty, at most `max_bytes` bytes (and never more than
             /// [`MAX_ID_BYTES`]), no control characters.
             pub fn new(id: &str, max_bytes: usize) -> Result<Self, NameError> {
                 validate_id(id, max_bytes, $kind)?;
-                Ok(Self(Arc::from(id)))
+                Ok(Self(Text::new(&id)))
             }
 
             /// Checks `id` exactly as [`Self::new`] does, without building (allocating) one.
@@ -198,14 +306,19 @@ macro_rules! id_type {
 
             /// The id as text.
             pub fn as_str(&self) -> &str {
-                &self.0
+                self.0.as_str()
             }
 
-            /// Whether both share one allocation (tests of interning).
-            #[cfg(test)]
-            pub(crate) fn ptr_eq(&self, other: &Self) -> bool {
-                Arc::ptr_eq(&self.0, &other.0)
+            /// The id's bytes (its text as UTF-8).
+            pub fn as_bytes(&self) -> &[u8] {
+                self.0.as_bytes()
             }
+
+            /// Whether the id is kept inside the value (at most [`INLINE_ID_BYTES`] bytes).
+            pub fn is_inline(&self) -> bool {
+                matches!(self.0, Text::Inline(_))
+            }
+
         }
 
         impl fmt::Debug for $name {
@@ -216,7 +329,7 @@ macro_rules! id_type {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(self.as_str())
             }
         }
 
@@ -235,26 +348,27 @@ macro_rules! id_type {
             /// Validates with [`MAX_ID_BYTES`] as the length limit.
             fn try_from(id: String) -> Result<Self, NameError> {
                 validate_id(&id, MAX_ID_BYTES, $kind)?;
-                Ok(Self(Arc::from(id)))
+                Ok(Self(Text::new(&id)))
             }
         }
 
         impl AsRef<str> for $name {
             fn as_ref(&self) -> &str {
-                &self.0
+                self.as_str()
             }
         }
 
         impl Borrow<str> for $name {
             fn borrow(&self) -> &str {
-                &self.0
+                self.as_str()
             }
         }
     };
 }
 
 id_type!(
-    /// A validated room id. Cheap to clone (shared).
+    /// A validated room id. Cheap to clone: up to [`INLINE_ID_BYTES`] bytes are kept inside
+    /// the value (16 bytes, no allocation), a longer id is shared.
     ///
     /// Built with [`RoomId::new`] (with the configured limit) or `TryFrom` (with
     /// [`MAX_ID_BYTES`]). `Borrow<str>` lets maps keyed by `RoomId` be searched with a `&str`.
@@ -263,14 +377,27 @@ id_type!(
 );
 
 impl RoomId {
+    /// Whether both are the same value: inline and equal, or sharing one allocation (tests of
+    /// interning).
+    #[cfg(test)]
+    pub(crate) fn ptr_eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Text::Shared(a), Text::Shared(b)) => Arc::ptr_eq(a, b),
+            (Text::Inline(_), Text::Inline(_)) => self == other,
+            _ => false,
+        }
+    }
+
     /// Builds one from an `id` that already passed [`RoomId::check`].
     pub(crate) fn from_checked(id: &str) -> Self {
-        Self(Arc::from(id))
+        Self(Text::new(id))
     }
 }
 
 id_type!(
-    /// A validated connection id, unique per instance. Cheap to clone (shared).
+    /// A validated connection id, unique per instance. Cheap to clone: up to
+    /// [`INLINE_ID_BYTES`] bytes are kept inside the value (16 bytes, no allocation), a longer
+    /// id is shared.
     ///
     /// Built with [`ConnId::new`] (with the configured limit) or `TryFrom` (with
     /// [`MAX_ID_BYTES`]).
@@ -343,7 +470,7 @@ impl ChannelNamer {
 
     /// The length of `room`'s channel: what [`ChannelNamer::write_room_channel`] appends.
     pub(crate) fn room_channel_len(&self, room: &RoomId) -> usize {
-        let id = room.as_str().as_bytes();
+        let id = room.as_bytes();
         let escaped = id.iter().filter(|&&b| b == b'%' || b == b':').count();
         self.room_head.len() + id.len() + 2 * escaped
     }
@@ -353,7 +480,7 @@ impl ChannelNamer {
     where
         B: BufMut + DerefMut<Target = [u8]>,
     {
-        let id = room.as_str().as_bytes();
+        let id = room.as_bytes();
         out.put_slice(&self.room_head);
         // Common case, nothing to percent-encode: copy the id whole, then turn `/` into `:` in
         // place (both loops run without branching per byte).
@@ -400,7 +527,7 @@ impl ChannelNamer {
     /// [`room_str_from_channel`](Self::room_str_from_channel).
     pub fn room_from_channel(&self, channel: &[u8], max_bytes: usize) -> Option<RoomId> {
         let id = self.room_str_from_channel(channel, max_bytes)?;
-        Some(RoomId(Arc::from(id.as_ref())))
+        Some(RoomId(Text::new(id.as_ref())))
     }
 
     /// Like [`room_from_channel`](Self::room_from_channel), but returns the room id as text,
@@ -782,5 +909,60 @@ mod tests {
             let expected = s.char_indices().find(|(_, c)| c.is_control()).map(|(i, _)| i);
             prop_assert_eq!(first_control(&s), expected);
         }
+    }
+
+    #[test]
+    fn ids_up_to_the_inline_length_live_in_the_value() {
+        use std::collections::{BTreeSet, HashMap};
+        let ascii15 = "a".repeat(INLINE_ID_BYTES);
+        let ascii16 = "a".repeat(INLINE_ID_BYTES + 1);
+        // A two-byte character that ends exactly at the inline length, and one byte past it.
+        let utf8_15 = format!("{}é", "b".repeat(INLINE_ID_BYTES - 2));
+        let utf8_16 = format!("{}é", "b".repeat(INLINE_ID_BYTES - 1));
+        let ids = [
+            "x",
+            ascii15.as_str(),
+            ascii16.as_str(),
+            &utf8_15,
+            &utf8_16,
+            "hub/abc",
+        ];
+        let inline = [true, true, false, true, false, true];
+        let mut map = HashMap::new();
+        for (id, inline) in ids.iter().zip(inline) {
+            let r = RoomId::try_from(*id).unwrap();
+            assert_eq!(r.is_inline(), inline, "{id}");
+            assert_eq!(r.as_str(), *id);
+            assert_eq!(r.as_bytes(), id.as_bytes());
+            assert_eq!(r.clone(), r);
+            map.insert(r, id.len());
+        }
+        // Hashes and equality agree with `str`'s: found by `&str` whatever the form, in a std
+        // map and in the hub's kind (hashbrown with foldhash), by `&str` and by `IdStr`.
+        let mut fast: hashbrown::HashMap<RoomId, usize, foldhash::fast::FixedState> =
+            hashbrown::HashMap::with_hasher(foldhash::fast::FixedState::with_seed(7));
+        fast.extend(map.iter().map(|(k, v)| (k.clone(), *v)));
+        for id in ids {
+            assert_eq!(map.get(id), Some(&id.len()), "{id}");
+            assert_eq!(fast.get(id), Some(&id.len()), "{id}");
+            assert_eq!(fast.get(&IdStr(id)), Some(&id.len()), "{id}");
+        }
+        assert_eq!(fast.get(&IdStr("bbbbbbbbbbbbb")), None);
+        // Ordered as the strings are, inline and shared mixed.
+        let by_id: Vec<String> = ids
+            .iter()
+            .map(|id| ConnId::try_from(*id).unwrap())
+            .collect::<BTreeSet<_>>()
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        let mut by_str: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        by_str.sort();
+        assert_eq!(by_id, by_str);
+        assert_ne!(
+            RoomId::try_from("ab").unwrap(),
+            RoomId::try_from("abc").unwrap()
+        );
+        assert_eq!(std::mem::size_of::<ConnId>(), 16);
     }
 }

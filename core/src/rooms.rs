@@ -6,16 +6,177 @@
 //! flight, the reconciler waits for the confirmation and then sends the opposite command. So a
 //! join that arrives while UNSUBSCRIBE is in flight always ends subscribed, and confirmations
 //! that are duplicated or reordered cannot confuse it.
+//!
+//! # Layout
+//!
+//! Rooms live in a slab (a vector indexed by `u32`), found by id through a table of indices
+//! (a hash table holding only the `u32`, the id itself is in the slab entry: inline when
+//! short, see [`RoomId`]). Connections live in a second slab the same way, each slot with a
+//! generation. A room's members are connection slots and a connection's rooms are room slots,
+//! 4 bytes each while there is one, in a shared pool of vectors when there are more. A quiet
+//! room with one member costs one 32-byte slab entry, its index in the table and 4 bytes in its
+//! connection's list.
+//!
+//! A connection's slot ([`ConnSlot`]) is handed out so that the application can keep its own
+//! per-connection state in a vector indexed by it. The slot is the connection's while it is a
+//! member of some room; when it leaves its last room the slot is freed and its generation
+//! moves on, so a `ConnSlot` kept from before (in a delivery still queued, say) no longer
+//! matches the slot's new occupant.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use foldhash::fast::FixedState;
-use hashbrown::HashMap;
+use hashbrown::HashTable;
+use std::hash::BuildHasher;
 
 use crate::envelope::{InstanceId, Trailer};
 use crate::event::RoomState;
 use crate::naming::{ConnId, RoomId};
+
+/// An empty [`Set`].
+const NONE: u32 = u32::MAX;
+/// The bit that marks a [`Set`] of several values (the rest is their index in the [`Pool`]).
+const POOLED: u32 = 1 << 31;
+/// How many rooms, and how many connections, a hub can hold at once (slot numbers stay below
+/// the [`POOLED`] bit). About two thousand million: memory runs out first.
+pub(crate) const MAX_SLOTS: usize = (POOLED - 1) as usize;
+
+/// A set of `u32` below [`POOLED`] in 4 bytes: none ([`NONE`]), one (itself), or several (an
+/// index into the [`Pool`] with the [`POOLED`] bit). Most rooms of a busy server have one
+/// local member and most connections are in one room, so that case needs no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Set(u32);
+
+impl Default for Set {
+    fn default() -> Set {
+        Set::EMPTY
+    }
+}
+
+impl Set {
+    const EMPTY: Set = Set(NONE);
+
+    fn is_empty(self) -> bool {
+        self.0 == NONE
+    }
+}
+
+/// The vectors behind every [`Set`] of more than one value, with a free list.
+#[derive(Debug, Default)]
+struct Pool {
+    lists: Vec<Vec<u32>>,
+    free: Vec<u32>,
+}
+
+impl Pool {
+    fn slice<'a>(&'a self, set: &'a Set) -> &'a [u32] {
+        match set.0 {
+            NONE => &[],
+            v if v & POOLED != 0 => &self.lists[(v & !POOLED) as usize],
+            _ => std::slice::from_ref(&set.0),
+        }
+    }
+
+    /// Adds `x` (the caller knows it is not there yet).
+    fn push(&mut self, set: &mut Set, x: u32) {
+        match set.0 {
+            NONE => set.0 = x,
+            v if v & POOLED != 0 => self.lists[(v & !POOLED) as usize].push(x),
+            first => {
+                let list = vec![first, x];
+                let i = match self.free.pop() {
+                    Some(i) => {
+                        self.lists[i as usize] = list;
+                        i
+                    }
+                    None => {
+                        self.lists.push(list);
+                        // At most one list per set, and sets are fewer than MAX_SLOTS.
+                        (self.lists.len() - 1) as u32
+                    }
+                };
+                set.0 = i | POOLED;
+            }
+        }
+    }
+
+    /// Removes `x`; false if it was not there. The last of a set's values but one goes back
+    /// inline (and its vector's memory is freed).
+    fn remove(&mut self, set: &mut Set, x: u32) -> bool {
+        match set.0 {
+            NONE => false,
+            v if v & POOLED != 0 => {
+                let i = v & !POOLED;
+                let list = &mut self.lists[i as usize];
+                let Some(p) = list.iter().position(|&y| y == x) else {
+                    return false;
+                };
+                list.swap_remove(p);
+                if list.len() <= 1 {
+                    set.0 = list.pop().unwrap_or(NONE);
+                    *list = Vec::new();
+                    self.free.push(i);
+                }
+                true
+            }
+            v if v == x => {
+                set.0 = NONE;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Empties the set; returns its values.
+    fn take(&mut self, set: &mut Set) -> Vec<u32> {
+        let v = std::mem::replace(set, Set::EMPTY).0;
+        match v {
+            NONE => Vec::new(),
+            v if v & POOLED != 0 => {
+                let i = v & !POOLED;
+                self.free.push(i);
+                std::mem::take(&mut self.lists[i as usize])
+            }
+            v => vec![v],
+        }
+    }
+}
+
+/// A local connection's place in the hub: a dense index (for a vector of the application's
+/// own per-connection state) and the generation that tells its occupants apart.
+///
+/// The slot is the connection's from its first join until it leaves its last room
+/// ([`crate::Hub::leave`] of the last one, or [`crate::Hub::disconnect`]). Then the slot is
+/// free and its generation moves on: a `ConnSlot` from before (in a [`crate::Delivery`] still
+/// queued, say) compares unequal to the one the next occupant of the index gets, so check the
+/// generation before using state kept at the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnSlot {
+    index: u32,
+    generation: u32,
+}
+
+impl ConnSlot {
+    /// The slot's index: dense, from 0, below the most connections held at once.
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
+
+    /// The slot's generation: each occupant of an index gets a new one.
+    pub fn generation(self) -> u32 {
+        self.generation
+    }
+}
+
+/// One recipient of a delivery: the connection's id and its slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// The connection.
+    pub conn: ConnId,
+    /// Its slot when the message arrived.
+    pub slot: ConnSlot,
+}
 
 /// What one origin last sent to a room.
 #[derive(Debug, Clone, Copy)]
@@ -38,97 +199,39 @@ pub(crate) enum SeqCheck {
     Gap(std::ops::RangeInclusive<u64>),
 }
 
-/// One value or several: most rooms of a busy server have one local member and most
-/// connections are in one room, so that case needs no allocation of its own. Several live
-/// behind one box, which keeps `Few` at 16 bytes (the size of one id); none is `Many(None)`.
-#[derive(Debug)]
-// The box is the point: it keeps the enum at the size of `T` (clippy's `box_collection`).
-#[allow(clippy::box_collection)]
-enum Few<T> {
-    One(T),
-    Many(Option<Box<Vec<T>>>),
-}
-
-impl<T: PartialEq + Clone> Few<T> {
-    const NONE: Few<T> = Few::Many(None);
-
-    fn as_slice(&self) -> &[T] {
-        match self {
-            Few::One(c) => std::slice::from_ref(c),
-            Few::Many(Some(v)) => v,
-            Few::Many(None) => &[],
-        }
-    }
-
-    fn push(&mut self, x: T) {
-        match self {
-            Few::Many(None) => *self = Few::One(x),
-            Few::Many(Some(v)) => v.push(x),
-            Few::One(first) => {
-                let first = first.clone();
-                *self = Few::Many(Some(Box::new(vec![first, x])));
-            }
-        }
-    }
-
-    fn remove(&mut self, x: &T) -> bool {
-        match self {
-            Few::One(c) if c == x => {
-                *self = Self::NONE;
-                true
-            }
-            Few::One(_) | Few::Many(None) => false,
-            Few::Many(Some(v)) => match v.iter().position(|c| c == x) {
-                Some(i) => {
-                    v.swap_remove(i);
-                    if v.len() <= 1 {
-                        // Back to the inline form (frees the box).
-                        *self = v.pop().map_or(Self::NONE, Few::One);
-                    }
-                    true
-                }
-                None => false,
-            },
-        }
-    }
-
-    fn into_vec(self) -> Vec<T> {
-        match self {
-            Few::One(c) => vec![c],
-            Few::Many(Some(v)) => *v,
-            Few::Many(None) => Vec::new(),
-        }
-    }
-}
-
 /// What only rooms that receive messages need: kept out of line so that a quiet room costs
 /// one pointer for it.
 #[derive(Debug, Default)]
 struct Traffic {
-    snapshot: Option<Arc<[ConnId]>>,
+    snapshot: Option<Arc<[Recipient]>>,
     origins: Vec<OriginSeq>,
 }
 
+/// A room's slab entry.
 #[derive(Debug)]
 pub(crate) struct Room {
-    members: Few<ConnId>,
-    traffic: Option<Box<Traffic>>,
+    id: RoomId,
+    members: Set,
     pub(crate) state: RoomState,
     queued: bool,
+    traffic: Option<Box<Traffic>>,
 }
 
+const _: () = assert!(std::mem::size_of::<Option<Room>>() == 32);
+
 impl Room {
-    fn new() -> Room {
+    fn new(id: RoomId) -> Room {
         Room {
-            members: Few::NONE,
-            traffic: None,
+            id,
+            members: Set::EMPTY,
             state: RoomState::Pending,
             queued: false,
+            traffic: None,
         }
     }
 
     fn wanted(&self) -> bool {
-        !self.members.as_slice().is_empty()
+        !self.members.is_empty()
     }
 
     fn members_changed(&mut self) {
@@ -136,63 +239,221 @@ impl Room {
             t.snapshot = None;
         }
     }
+}
 
-    /// The members, shared with every delivery until membership changes.
-    pub(crate) fn recipients(&mut self) -> Arc<[ConnId]> {
-        let members = &self.members;
-        self.traffic
-            .get_or_insert_with(Box::default)
-            .snapshot
-            .get_or_insert_with(|| Arc::from(members.as_slice()))
-            .clone()
+/// Checks a trailer against what this origin sent to the room before and records it.
+fn check_seq(traffic: &mut Option<Box<Traffic>>, t: &Trailer, max_origins: usize) -> SeqCheck {
+    let origins = &mut traffic.get_or_insert_with(Box::default).origins;
+    if let Some(i) = origins.iter().position(|o| o.origin == t.origin) {
+        let o = &mut origins[i];
+        let check = if o.epoch != t.epoch {
+            o.epoch = t.epoch;
+            o.last = t.seq;
+            SeqCheck::NewEpoch
+        } else if t.seq <= o.last {
+            return SeqCheck::Duplicate;
+        } else if t.seq == o.last + 1 {
+            o.last = t.seq;
+            SeqCheck::InOrder
+        } else {
+            let gap = o.last + 1..=t.seq - 1;
+            o.last = t.seq;
+            SeqCheck::Gap(gap)
+        };
+        // Most recently seen goes last, so eviction takes the least recent. (It is last
+        // already when one origin sends a run of messages, the usual case.)
+        if i + 1 != origins.len() {
+            let o = origins.remove(i);
+            origins.push(o);
+        }
+        check
+    } else {
+        if origins.len() >= max_origins {
+            origins.remove(0);
+        }
+        origins.push(OriginSeq {
+            origin: t.origin,
+            epoch: t.epoch,
+            last: t.seq,
+        });
+        SeqCheck::InOrder
+    }
+}
+
+/// A connection's slab entry.
+#[derive(Debug, Default)]
+struct ConnEntry {
+    /// The occupant, `None` while the slot is free.
+    id: Option<ConnId>,
+    generation: u32,
+    rooms: Set,
+}
+
+/// The local members of a room, in membership order.
+#[derive(Debug, Clone, Copy)]
+pub struct Members<'a> {
+    slots: &'a [u32],
+    conns: &'a [ConnEntry],
+}
+
+impl<'a> Members<'a> {
+    /// The members' ids and slots.
+    fn entries(&self) -> impl Iterator<Item = (&'a ConnId, ConnSlot)> + 'a {
+        let conns: &'a [ConnEntry] = self.conns;
+        self.slots.iter().filter_map(move |&s| {
+            let e = conns.get(s as usize)?;
+            let slot = ConnSlot {
+                index: s,
+                generation: e.generation,
+            };
+            Some((e.id.as_ref()?, slot))
+        })
     }
 
-    pub(crate) fn members(&self) -> &[ConnId] {
-        self.members.as_slice()
+    /// The members' ids.
+    pub fn iter(&self) -> impl Iterator<Item = &'a ConnId> + 'a {
+        self.entries().map(|(id, _)| id)
+    }
+
+    /// The members' slots.
+    pub fn slots(&self) -> impl Iterator<Item = ConnSlot> + 'a {
+        self.entries().map(|(_, slot)| slot)
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The members' ids, copied out.
+    pub fn to_vec(&self) -> Vec<ConnId> {
+        self.iter().cloned().collect()
+    }
+
+    /// The member with this id, if it is one.
+    pub fn find(&self, conn: &str) -> Option<&'a ConnId> {
+        self.iter().find(|c| c.as_bytes() == conn.as_bytes())
+    }
+}
+
+impl<'a> IntoIterator for Members<'a> {
+    type Item = &'a ConnId;
+    type IntoIter = Box<dyn Iterator<Item = &'a ConnId> + 'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}
+
+/// The rooms a local connection is in, in the order it joined them (a leave moves the last
+/// one into the gap).
+#[derive(Debug, Clone, Copy)]
+pub struct RoomsOf<'a> {
+    slots: &'a [u32],
+    rooms: &'a [Option<Room>],
+}
+
+impl<'a> RoomsOf<'a> {
+    /// The rooms' ids.
+    pub fn iter(&self) -> impl Iterator<Item = &'a RoomId> + 'a {
+        let rooms: &'a [Option<Room>] = self.rooms;
+        self.slots
+            .iter()
+            .filter_map(move |&s| rooms[s as usize].as_ref().map(|r| &r.id))
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The rooms' ids, copied out.
+    pub fn to_vec(&self) -> Vec<RoomId> {
+        self.iter().cloned().collect()
+    }
+}
+
+/// A room as the hub reads it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RoomRef<'a> {
+    pub(crate) state: RoomState,
+    members: Members<'a>,
+}
+
+impl<'a> RoomRef<'a> {
+    pub(crate) fn members(&self) -> Members<'a> {
+        self.members
+    }
+}
+
+/// A room as the hub's delivery paths change it. Its members are read only when needed (most
+/// messages find the recipients' snapshot made already).
+#[derive(Debug)]
+pub(crate) struct RoomMut<'a> {
+    members: Set,
+    pool: &'a Pool,
+    conns: &'a [ConnEntry],
+    traffic: &'a mut Option<Box<Traffic>>,
+}
+
+impl<'a> RoomMut<'a> {
+    pub(crate) fn members(&self) -> Members<'_> {
+        Members {
+            slots: self.pool.slice(&self.members),
+            conns: self.conns,
+        }
+    }
+
+    /// Whether the room has no members (it waits for its UNSUBSCRIBE).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.members.is_empty()
     }
 
     pub(crate) fn has_member(&self, conn: &str) -> Option<&ConnId> {
-        self.members.as_slice().iter().find(|c| c.as_str() == conn)
+        self.members().find(conn)
     }
 
-    /// Checks a trailer against what this origin sent before and records it.
     pub(crate) fn check_seq(&mut self, t: &Trailer, max_origins: usize) -> SeqCheck {
-        let origins = &mut self.traffic.get_or_insert_with(Box::default).origins;
-        if let Some(i) = origins.iter().position(|o| o.origin == t.origin) {
-            let o = &mut origins[i];
-            let check = if o.epoch != t.epoch {
-                o.epoch = t.epoch;
-                o.last = t.seq;
-                SeqCheck::NewEpoch
-            } else if t.seq <= o.last {
-                return SeqCheck::Duplicate;
-            } else if t.seq == o.last + 1 {
-                o.last = t.seq;
-                SeqCheck::InOrder
-            } else {
-                let gap = o.last + 1..=t.seq - 1;
-                o.last = t.seq;
-                SeqCheck::Gap(gap)
-            };
-            // Most recently seen goes last, so eviction takes the least recent. (It is last
-            // already when one origin sends a run of messages, the usual case.)
-            if i + 1 != origins.len() {
-                let o = origins.remove(i);
-                origins.push(o);
+        check_seq(self.traffic, t, max_origins)
+    }
+
+    /// The members, shared with every delivery until membership changes.
+    pub(crate) fn recipients(&mut self) -> Arc<[Recipient]> {
+        let traffic = self.traffic.get_or_insert_with(Box::default);
+        match &traffic.snapshot {
+            Some(s) => s.clone(),
+            None => {
+                let members = Members {
+                    slots: self.pool.slice(&self.members),
+                    conns: self.conns,
+                };
+                traffic.snapshot.insert(snapshot(members)).clone()
             }
-            check
-        } else {
-            if origins.len() >= max_origins {
-                origins.remove(0);
-            }
-            origins.push(OriginSeq {
-                origin: t.origin,
-                epoch: t.epoch,
-                last: t.seq,
-            });
-            SeqCheck::InOrder
         }
     }
+}
+
+/// A new recipients snapshot (after a membership change): out of the receive path's way.
+#[cold]
+#[inline(never)]
+fn snapshot(members: Members<'_>) -> Arc<[Recipient]> {
+    members
+        .entries()
+        .map(|(conn, slot)| Recipient {
+            conn: conn.clone(),
+            slot,
+        })
+        .collect()
 }
 
 /// A change the hub reports as an event.
@@ -208,42 +469,129 @@ pub(crate) enum Transition {
     Quiet,
 }
 
+/// What [`Rooms::join`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct JoinOutcome {
+    /// False if the connection already was a member.
+    pub(crate) added: bool,
+    /// The connection's slot.
+    pub(crate) slot: ConnSlot,
+    /// The room's id (shared with the room's entry when long).
+    pub(crate) room: RoomId,
+    /// The room's state now.
+    pub(crate) state: RoomState,
+}
+
 /// All local rooms and connections.
 #[derive(Debug)]
 pub(crate) struct Rooms {
-    map: HashMap<RoomId, Room, FixedState>,
-    conns: HashMap<ConnId, Few<RoomId>, FixedState>,
-    dirty: VecDeque<RoomId>,
+    hasher: FixedState,
+    /// Room id → index in `slab`.
+    index: HashTable<u32>,
+    slab: Vec<Option<Room>>,
+    /// Free room slots. A room removed while queued in `dirty` is freed when its entry comes
+    /// off the queue (so a queue entry never names another room).
+    free: Vec<u32>,
+    conn_hasher: FixedState,
+    /// Connection id → index in `conns`.
+    conn_index: HashTable<u32>,
+    conns: Vec<ConnEntry>,
+    conn_free: Vec<u32>,
+    pool: Pool,
+    dirty: VecDeque<u32>,
     in_flight: usize,
     memberships: usize,
+    /// Rooms [`Rooms::disconnect`] visited in all (tests of its cost).
+    #[cfg(test)]
+    visited: usize,
 }
 
 impl Rooms {
     pub(crate) fn new(seed: u64) -> Self {
         Rooms {
-            map: HashMap::with_hasher(FixedState::with_seed(seed)),
-            conns: HashMap::with_hasher(FixedState::with_seed(seed.rotate_left(17))),
+            hasher: FixedState::with_seed(seed),
+            index: HashTable::new(),
+            slab: Vec::new(),
+            free: Vec::new(),
+            conn_hasher: FixedState::with_seed(seed.rotate_left(17)),
+            conn_index: HashTable::new(),
+            conns: Vec::new(),
+            conn_free: Vec::new(),
+            pool: Pool::default(),
             dirty: VecDeque::new(),
             in_flight: 0,
             memberships: 0,
+            #[cfg(test)]
+            visited: 0,
         }
     }
 
-    pub(crate) fn get(&self, room: &str) -> Option<&Room> {
-        self.map.get(room)
+    /// The slab index of a room.
+    fn find(&self, room: &str) -> Option<u32> {
+        let slab = &self.slab;
+        self.index
+            .find(self.hasher.hash_one(room), |&i| {
+                slab[i as usize]
+                    .as_ref()
+                    .is_some_and(|r| r.id.as_bytes() == room.as_bytes())
+            })
+            .copied()
     }
 
-    pub(crate) fn get_mut(&mut self, room: &str) -> Option<&mut Room> {
-        self.map.get_mut(room)
+    /// The slab index of a connection.
+    fn find_conn(&self, conn: &str) -> Option<u32> {
+        let conns = &self.conns;
+        self.conn_index
+            .find(self.conn_hasher.hash_one(conn), |&i| {
+                conns[i as usize]
+                    .id
+                    .as_ref()
+                    .is_some_and(|c| c.as_bytes() == conn.as_bytes())
+            })
+            .copied()
+    }
+
+    fn room_ref(&self, i: u32) -> Option<RoomRef<'_>> {
+        let room = self.slab[i as usize].as_ref()?;
+        Some(RoomRef {
+            state: room.state,
+            members: Members {
+                slots: self.pool.slice(&room.members),
+                conns: &self.conns,
+            },
+        })
+    }
+
+    pub(crate) fn get(&self, room: &str) -> Option<RoomRef<'_>> {
+        self.room_ref(self.find(room)?)
+    }
+
+    pub(crate) fn get_mut(&mut self, room: &str) -> Option<RoomMut<'_>> {
+        Some(self.get_with_id(room)?.1)
     }
 
     /// The room and its (shared) id, in one lookup.
-    pub(crate) fn get_with_id(&mut self, room: &str) -> Option<(&RoomId, &mut Room)> {
-        self.map.get_key_value_mut(room)
+    pub(crate) fn get_with_id(&mut self, room: &str) -> Option<(&RoomId, RoomMut<'_>)> {
+        let i = self.find(room)?;
+        let Room {
+            id,
+            members,
+            traffic,
+            ..
+        } = self.slab[i as usize].as_mut()?;
+        Some((
+            &*id,
+            RoomMut {
+                members: *members,
+                pool: &self.pool,
+                conns: &self.conns,
+                traffic,
+            },
+        ))
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        self.index.len()
     }
 
     pub(crate) fn memberships(&self) -> usize {
@@ -251,99 +599,239 @@ impl Rooms {
     }
 
     pub(crate) fn connections(&self) -> usize {
-        self.conns.len()
+        self.conn_index.len()
     }
 
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&RoomId, &Room)> {
-        self.map.iter()
+    /// Every room, in slab order (deterministic: it depends only on the order of the calls).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&RoomId, RoomRef<'_>)> + '_ {
+        self.slab.iter().enumerate().filter_map(|(i, r)| {
+            let r = r.as_ref()?;
+            Some((&r.id, self.room_ref(i as u32)?))
+        })
     }
 
-    pub(crate) fn rooms_of(&self, conn: &str) -> &[RoomId] {
-        self.conns.get(conn).map(Few::as_slice).unwrap_or(&[])
+    pub(crate) fn rooms_of(&self, conn: &str) -> RoomsOf<'_> {
+        let slots = match self.find_conn(conn) {
+            Some(c) => self.pool.slice(&self.conns[c as usize].rooms),
+            None => &[],
+        };
+        RoomsOf {
+            slots,
+            rooms: &self.slab,
+        }
+    }
+
+    pub(crate) fn members_of(&self, room: &str) -> Members<'_> {
+        self.get(room).map_or(
+            Members {
+                slots: &[],
+                conns: &self.conns,
+            },
+            |r| r.members,
+        )
+    }
+
+    /// The connection's slot, if it is a member of some room.
+    pub(crate) fn conn_slot(&self, conn: &str) -> Option<ConnSlot> {
+        let index = self.find_conn(conn)?;
+        Some(ConnSlot {
+            index,
+            generation: self.conns[index as usize].generation,
+        })
+    }
+
+    /// The connection in a slot, if the slot is still that occupant's.
+    pub(crate) fn conn_id(&self, slot: ConnSlot) -> Option<&ConnId> {
+        let e = self.conns.get(slot.index())?;
+        e.id.as_ref().filter(|_| e.generation == slot.generation)
     }
 
     pub(crate) fn count_in(&self, state: RoomState) -> usize {
-        self.map.values().filter(|r| r.state == state).count()
+        self.slab
+            .iter()
+            .flatten()
+            .filter(|r| r.state == state)
+            .count()
     }
 
-    fn mark_dirty(dirty: &mut VecDeque<RoomId>, id: &RoomId, room: &mut Room) {
+    fn mark_dirty(dirty: &mut VecDeque<u32>, i: u32, room: &mut Room) {
         if !room.queued {
             room.queued = true;
-            dirty.push_back(id.clone());
+            dirty.push_back(i);
         }
     }
 
-    /// Adds a member. Returns false if it already was one.
-    pub(crate) fn join(&mut self, id: &RoomId, conn: &ConnId) -> bool {
-        // One allocation per room id and per connection id, however many memberships.
-        let id = match self.map.get_key_value(id.as_str()) {
-            Some((k, _)) => k.clone(),
-            None => id.clone(),
-        };
-        let conn = match self.conns.get_key_value(conn.as_str()) {
-            Some((k, _)) => k.clone(),
-            None => conn.clone(),
-        };
-        let room = self.map.entry(id.clone()).or_insert_with(Room::new);
-        if room.members().contains(&conn) {
-            return false;
+    /// The slot of a room (an id that passed `RoomId::check`), made if it has none. `None`
+    /// when the slab is full.
+    fn room_slot(&mut self, id: &str) -> Option<u32> {
+        if let Some(i) = self.find(id) {
+            return Some(i);
         }
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None if self.slab.len() < MAX_SLOTS => {
+                self.slab.push(None);
+                (self.slab.len() - 1) as u32
+            }
+            None => return None,
+        };
+        self.slab[i as usize] = Some(Room::new(RoomId::from_checked(id)));
+        let (slab, hasher) = (&self.slab, &self.hasher);
+        self.index.insert_unique(hasher.hash_one(id), i, |&j| {
+            slab[j as usize]
+                .as_ref()
+                .map_or(0, |r| hasher.hash_one(r.id.as_str()))
+        });
+        Some(i)
+    }
+
+    /// The slot of a connection, made if it has none. `None` when the slab is full.
+    fn conn_slot_or_new(&mut self, conn: &ConnId) -> Option<u32> {
+        if let Some(i) = self.find_conn(conn.as_str()) {
+            return Some(i);
+        }
+        let i = match self.conn_free.pop() {
+            Some(i) => i,
+            None if self.conns.len() < MAX_SLOTS => {
+                self.conns.push(ConnEntry::default());
+                (self.conns.len() - 1) as u32
+            }
+            None => return None,
+        };
+        self.conns[i as usize].id = Some(conn.clone());
+        let (conns, hasher) = (&self.conns, &self.conn_hasher);
+        self.conn_index
+            .insert_unique(hasher.hash_one(conn.as_str()), i, |&j| {
+                conns[j as usize]
+                    .id
+                    .as_ref()
+                    .map_or(0, |c| hasher.hash_one(c.as_str()))
+            });
+        Some(i)
+    }
+
+    /// Frees a connection's slot once it is in no room: a new generation for the next one.
+    fn release_conn(&mut self, c: u32) {
+        let e = &mut self.conns[c as usize];
+        if !e.rooms.is_empty() {
+            return;
+        }
+        let Some(id) = e.id.take() else {
+            return;
+        };
+        e.generation = e.generation.wrapping_add(1);
+        if let Ok(entry) = self
+            .conn_index
+            .find_entry(self.conn_hasher.hash_one(id.as_str()), |&j| j == c)
+        {
+            entry.remove();
+        }
+        self.conn_free.push(c);
+    }
+
+    /// Removes a room from the table and its slot from the slab.
+    fn remove_room(&mut self, i: u32) {
+        let Some(room) = self.slab[i as usize].take() else {
+            return;
+        };
+        if let Ok(entry) = self
+            .index
+            .find_entry(self.hasher.hash_one(room.id.as_str()), |&j| j == i)
+        {
+            entry.remove();
+        }
+        if !room.queued {
+            self.free.push(i);
+        }
+    }
+
+    /// Adds a member to a room (an id that passed `RoomId::check`). `None` if there is no
+    /// slot left for a new room or connection ([`MAX_SLOTS`]).
+    pub(crate) fn join(&mut self, id: &str, conn: &ConnId) -> Option<JoinOutcome> {
+        let c = self.conn_slot_or_new(conn)?;
+        let Some(i) = self.room_slot(id) else {
+            self.release_conn(c);
+            return None;
+        };
+        let slot = ConnSlot {
+            index: c,
+            generation: self.conns[c as usize].generation,
+        };
+        let room = self.slab[i as usize].as_mut()?;
+        let mut outcome = JoinOutcome {
+            added: false,
+            slot,
+            room: room.id.clone(),
+            state: room.state,
+        };
+        if self.pool.slice(&room.members).contains(&c) {
+            return Some(outcome);
+        }
+        outcome.added = true;
         let was_wanted = room.wanted();
-        room.members.push(conn.clone());
+        self.pool.push(&mut room.members, c);
         room.members_changed();
         self.memberships += 1;
-        self.conns.entry(conn).or_insert(Few::NONE).push(id.clone());
+        self.pool.push(&mut self.conns[c as usize].rooms, i);
         if !was_wanted && room.state == RoomState::Pending {
-            Self::mark_dirty(&mut self.dirty, &id, room);
+            Self::mark_dirty(&mut self.dirty, i, room);
         }
-        true
+        Some(outcome)
     }
 
     /// Removes a member. Returns false if it was not one.
     pub(crate) fn leave(&mut self, id: &RoomId, conn: &ConnId) -> bool {
-        let Some(room) = self.map.get_mut(id) else {
+        let (Some(i), Some(c)) = (self.find(id.as_str()), self.find_conn(conn.as_str())) else {
             return false;
         };
-        if !room.members.remove(conn) {
+        let Some(room) = self.slab[i as usize].as_mut() else {
+            return false;
+        };
+        if !self.pool.remove(&mut room.members, c) {
             return false;
         }
         room.members_changed();
         self.memberships -= 1;
-        if let Some(rooms) = self.conns.get_mut(conn) {
-            rooms.remove(id);
-            if rooms.as_slice().is_empty() {
-                self.conns.remove(conn);
-            }
-        }
-        self.unwanted(id);
+        self.pool.remove(&mut self.conns[c as usize].rooms, i);
+        self.release_conn(c);
+        self.unwanted(i);
         true
     }
 
     /// Removes a connection from every room; returns the rooms it left. Linear in the
     /// connection's rooms (its room list is taken whole, not searched once per room).
     pub(crate) fn disconnect(&mut self, conn: &ConnId) -> Vec<RoomId> {
-        let Some(rooms) = self.conns.remove(conn.as_str()).map(Few::into_vec) else {
+        let Some(c) = self.find_conn(conn.as_str()) else {
             return Vec::new();
         };
-        for id in &rooms {
-            if let Some(room) = self.map.get_mut(id) {
-                if room.members.remove(conn) {
-                    room.members_changed();
-                    self.memberships -= 1;
-                    self.unwanted(id);
-                }
+        let slots = self.pool.take(&mut self.conns[c as usize].rooms);
+        self.release_conn(c);
+        let mut left = Vec::with_capacity(slots.len());
+        for i in slots {
+            #[cfg(test)]
+            {
+                self.visited += 1;
+            }
+            let Some(room) = self.slab[i as usize].as_mut() else {
+                continue;
+            };
+            if self.pool.remove(&mut room.members, c) {
+                room.members_changed();
+                left.push(room.id.clone());
+                self.memberships -= 1;
+                self.unwanted(i);
             }
         }
-        rooms
+        left
     }
 
     /// What a room that just lost a member does if it has none left.
-    fn unwanted(&mut self, id: &RoomId) {
-        let Some(room) = self.map.get_mut(id) else {
+    fn unwanted(&mut self, i: u32) {
+        let Some(room) = self.slab[i as usize].as_mut() else {
             return;
         };
         if room.wanted() {
@@ -351,10 +839,8 @@ impl Rooms {
         }
         match room.state {
             // Nothing sent yet: forget it.
-            RoomState::Pending => {
-                self.map.remove(id);
-            }
-            RoomState::Live => Self::mark_dirty(&mut self.dirty, id, room),
+            RoomState::Pending => self.remove_room(i),
+            RoomState::Live => Self::mark_dirty(&mut self.dirty, i, room),
             // Waiting for a confirmation; the reconciler acts when it comes.
             RoomState::Subscribing | RoomState::Unsubscribing => {}
         }
@@ -366,11 +852,13 @@ impl Rooms {
         let mut sub = Vec::new();
         let mut unsub = Vec::new();
         while self.in_flight < cap {
-            let Some(id) = self.dirty.pop_front() else {
+            let Some(i) = self.dirty.pop_front() else {
                 crate::hub::shrink_idle(&mut self.dirty);
                 break;
             };
-            let Some(room) = self.map.get_mut(&id) else {
+            let Some(room) = self.slab[i as usize].as_mut() else {
+                // Removed while queued: the slot is free now.
+                self.free.push(i);
                 continue;
             };
             room.queued = false;
@@ -378,15 +866,13 @@ impl Rooms {
                 (RoomState::Pending, true) => {
                     room.state = RoomState::Subscribing;
                     self.in_flight += 1;
-                    sub.push(id);
+                    sub.push(room.id.clone());
                 }
-                (RoomState::Pending, false) => {
-                    self.map.remove(&id);
-                }
+                (RoomState::Pending, false) => self.remove_room(i),
                 (RoomState::Live, false) => {
                     room.state = RoomState::Unsubscribing;
                     self.in_flight += 1;
-                    unsub.push(id);
+                    unsub.push(room.id.clone());
                 }
                 _ => {}
             }
@@ -396,7 +882,10 @@ impl Rooms {
 
     /// Redis confirmed a SUBSCRIBE of this room's channel.
     pub(crate) fn on_subscribed(&mut self, id: RoomId) -> Transition {
-        let Some(room) = self.map.get_mut(&id) else {
+        let Some(i) = self.find(id.as_str()) else {
+            return Transition::Stray;
+        };
+        let Some(room) = self.slab[i as usize].as_mut() else {
             return Transition::Stray;
         };
         if room.state != RoomState::Subscribing {
@@ -407,14 +896,17 @@ impl Rooms {
         if room.wanted() {
             Transition::Live(id)
         } else {
-            Self::mark_dirty(&mut self.dirty, &id, room);
+            Self::mark_dirty(&mut self.dirty, i, room);
             Transition::Quiet
         }
     }
 
     /// Redis confirmed an UNSUBSCRIBE, or unsubscribed the channel on its own.
     pub(crate) fn on_unsubscribed(&mut self, id: RoomId) -> Transition {
-        let Some(room) = self.map.get_mut(&id) else {
+        let Some(i) = self.find(id.as_str()) else {
+            return Transition::Stray;
+        };
+        let Some(room) = self.slab[i as usize].as_mut() else {
             return Transition::Stray;
         };
         match room.state {
@@ -422,16 +914,16 @@ impl Rooms {
                 self.in_flight -= 1;
                 if room.wanted() {
                     room.state = RoomState::Pending;
-                    Self::mark_dirty(&mut self.dirty, &id, room);
+                    Self::mark_dirty(&mut self.dirty, i, room);
                 } else {
-                    self.map.remove(&id);
+                    self.remove_room(i);
                 }
                 Transition::Quiet
             }
             RoomState::Live => {
                 room.state = RoomState::Pending;
                 if room.wanted() {
-                    Self::mark_dirty(&mut self.dirty, &id, room);
+                    Self::mark_dirty(&mut self.dirty, i, room);
                     Transition::ServerUnsubscribed(id)
                 } else {
                     Transition::Quiet
@@ -447,29 +939,41 @@ impl Rooms {
     pub(crate) fn on_link_lost(&mut self) -> (Vec<RoomId>, Vec<RoomId>) {
         let mut live = Vec::new();
         let mut wanted = Vec::new();
+        let mut gone = Vec::new();
         self.in_flight = 0;
         self.dirty.clear();
-        self.map.retain(|id, room| {
+        for (i, slot) in self.slab.iter_mut().enumerate() {
+            let Some(room) = slot else {
+                continue;
+            };
             room.queued = false;
             if room.state == RoomState::Live && room.wanted() {
-                live.push(id.clone());
+                live.push(room.id.clone());
             }
             if !room.wanted() {
-                return false;
+                gone.push(i as u32);
+                continue;
             }
             room.state = RoomState::Pending;
-            wanted.push(id.clone());
-            true
-        });
-        // Resubscribe in a stable order (the map's order depends on the seeded hasher).
+            wanted.push((room.id.clone(), i as u32));
+        }
+        for i in gone {
+            self.remove_room(i);
+        }
+        // The queue is empty: every vacant slot is free (those removed while queued too).
+        self.free = (0..self.slab.len() as u32)
+            .rev()
+            .filter(|&i| self.slab[i as usize].is_none())
+            .collect();
+        // Resubscribe in a stable order (by id).
         wanted.sort_unstable();
-        for id in &wanted {
-            if let Some(room) = self.map.get_mut(id) {
-                Self::mark_dirty(&mut self.dirty, id, room);
+        for (_, i) in &wanted {
+            if let Some(room) = self.slab[*i as usize].as_mut() {
+                Self::mark_dirty(&mut self.dirty, *i, room);
             }
         }
         live.sort_unstable();
-        (live, wanted)
+        (live, wanted.into_iter().map(|(id, _)| id).collect())
     }
 }
 
@@ -484,12 +988,17 @@ mod tests {
         ConnId::try_from(s).unwrap()
     }
 
+    /// Joins; true if the connection is a new member.
+    fn join(rooms: &mut Rooms, room: &RoomId, conn: &ConnId) -> bool {
+        rooms.join(room.as_str(), conn).unwrap().added
+    }
+
     #[test]
     fn first_join_subscribes_last_leave_unsubscribes() {
         let mut rooms = Rooms::new(1);
-        assert!(rooms.join(&r("a"), &c("1")));
-        assert!(!rooms.join(&r("a"), &c("1")));
-        assert!(rooms.join(&r("a"), &c("2")));
+        assert!(join(&mut rooms, &r("a"), &c("1")));
+        assert!(!join(&mut rooms, &r("a"), &c("1")));
+        assert!(join(&mut rooms, &r("a"), &c("2")));
         assert_eq!(rooms.take_commands(10), (vec![r("a")], vec![]));
         assert_eq!(rooms.on_subscribed(r("a")), Transition::Live(r("a")));
         rooms.leave(&r("a"), &c("1"));
@@ -505,12 +1014,12 @@ mod tests {
     #[test]
     fn join_while_unsubscribe_in_flight_ends_subscribed() {
         let mut rooms = Rooms::new(1);
-        rooms.join(&r("a"), &c("1"));
+        join(&mut rooms, &r("a"), &c("1"));
         rooms.take_commands(10);
         rooms.on_subscribed(r("a"));
         rooms.leave(&r("a"), &c("1"));
         assert_eq!(rooms.take_commands(10).1, vec![r("a")]);
-        rooms.join(&r("a"), &c("2"));
+        join(&mut rooms, &r("a"), &c("2"));
         assert_eq!(rooms.take_commands(10), (vec![], vec![]));
         assert_eq!(rooms.on_unsubscribed(r("a")), Transition::Quiet);
         assert_eq!(rooms.take_commands(10), (vec![r("a")], vec![]));
@@ -520,7 +1029,7 @@ mod tests {
     #[test]
     fn leave_while_subscribe_in_flight_unsubscribes_after_confirmation() {
         let mut rooms = Rooms::new(1);
-        rooms.join(&r("a"), &c("1"));
+        join(&mut rooms, &r("a"), &c("1"));
         rooms.take_commands(10);
         rooms.leave(&r("a"), &c("1"));
         assert_eq!(rooms.on_subscribed(r("a")), Transition::Quiet);
@@ -532,7 +1041,7 @@ mod tests {
     #[test]
     fn join_and_leave_before_sending_sends_nothing() {
         let mut rooms = Rooms::new(1);
-        rooms.join(&r("a"), &c("1"));
+        join(&mut rooms, &r("a"), &c("1"));
         rooms.leave(&r("a"), &c("1"));
         assert_eq!(rooms.take_commands(10), (vec![], vec![]));
         assert_eq!(rooms.len(), 0);
@@ -541,7 +1050,7 @@ mod tests {
     #[test]
     fn duplicates_and_strays_change_nothing() {
         let mut rooms = Rooms::new(1);
-        rooms.join(&r("a"), &c("1"));
+        join(&mut rooms, &r("a"), &c("1"));
         rooms.take_commands(10);
         rooms.on_subscribed(r("a"));
         assert_eq!(rooms.on_subscribed(r("a")), Transition::Stray);
@@ -553,7 +1062,7 @@ mod tests {
     #[test]
     fn server_unsubscribe_resubscribes() {
         let mut rooms = Rooms::new(1);
-        rooms.join(&r("a"), &c("1"));
+        join(&mut rooms, &r("a"), &c("1"));
         rooms.take_commands(10);
         rooms.on_subscribed(r("a"));
         assert_eq!(
@@ -567,7 +1076,7 @@ mod tests {
     fn link_loss_keeps_wanted_rooms_and_paces() {
         let mut rooms = Rooms::new(1);
         for i in 0..5 {
-            rooms.join(&r(&format!("r{i}")), &c("1"));
+            join(&mut rooms, &r(&format!("r{i}")), &c("1"));
         }
         let (sub, _) = rooms.take_commands(3);
         assert_eq!(sub.len(), 3);
@@ -585,9 +1094,9 @@ mod tests {
     #[test]
     fn disconnect_leaves_everything() {
         let mut rooms = Rooms::new(1);
-        rooms.join(&r("a"), &c("1"));
-        rooms.join(&r("b"), &c("1"));
-        rooms.join(&r("b"), &c("2"));
+        join(&mut rooms, &r("a"), &c("1"));
+        join(&mut rooms, &r("b"), &c("1"));
+        join(&mut rooms, &r("b"), &c("2"));
         let mut left = rooms.disconnect(&c("1"));
         left.sort();
         assert_eq!(left, vec![r("a"), r("b")]);
@@ -597,21 +1106,202 @@ mod tests {
 
     #[test]
     fn sequence_checks() {
-        let mut room = Room::new();
-        room.state = RoomState::Live;
+        let mut traffic = None;
         let t = |origin, epoch, seq| Trailer {
             origin: InstanceId(origin),
             epoch,
             seq,
         };
-        assert_eq!(room.check_seq(&t(1, 1, 5), 2), SeqCheck::InOrder);
-        assert_eq!(room.check_seq(&t(1, 1, 6), 2), SeqCheck::InOrder);
-        assert_eq!(room.check_seq(&t(1, 1, 6), 2), SeqCheck::Duplicate);
-        assert_eq!(room.check_seq(&t(1, 1, 9), 2), SeqCheck::Gap(7..=8));
-        assert_eq!(room.check_seq(&t(1, 2, 1), 2), SeqCheck::NewEpoch);
-        assert_eq!(room.check_seq(&t(2, 1, 1), 2), SeqCheck::InOrder);
-        assert_eq!(room.check_seq(&t(3, 1, 1), 2), SeqCheck::InOrder);
+        assert_eq!(check_seq(&mut traffic, &t(1, 1, 5), 2), SeqCheck::InOrder);
+        assert_eq!(check_seq(&mut traffic, &t(1, 1, 6), 2), SeqCheck::InOrder);
+        assert_eq!(check_seq(&mut traffic, &t(1, 1, 6), 2), SeqCheck::Duplicate);
+        assert_eq!(
+            check_seq(&mut traffic, &t(1, 1, 9), 2),
+            SeqCheck::Gap(7..=8)
+        );
+        assert_eq!(check_seq(&mut traffic, &t(1, 2, 1), 2), SeqCheck::NewEpoch);
+        assert_eq!(check_seq(&mut traffic, &t(2, 1, 1), 2), SeqCheck::InOrder);
+        assert_eq!(check_seq(&mut traffic, &t(3, 1, 1), 2), SeqCheck::InOrder);
         // Origin 1 was least recently seen and got evicted: a new baseline.
-        assert_eq!(room.check_seq(&t(1, 2, 1), 2), SeqCheck::InOrder);
+        assert_eq!(check_seq(&mut traffic, &t(1, 2, 1), 2), SeqCheck::InOrder);
+    }
+
+    /// The slab index a room has.
+    fn index_of(rooms: &Rooms, room: &str) -> u32 {
+        rooms.find(room).unwrap()
+    }
+
+    #[test]
+    fn slots_are_reused_after_the_room_is_gone() {
+        let mut rooms = Rooms::new(1);
+        join(&mut rooms, &r("a"), &c("1"));
+        join(&mut rooms, &r("b"), &c("1"));
+        rooms.take_commands(10);
+        rooms.on_subscribed(r("a"));
+        rooms.on_subscribed(r("b"));
+        let a = index_of(&rooms, "a");
+        rooms.leave(&r("a"), &c("1"));
+        // Unsubscribing: the room keeps its slot until Redis confirms.
+        assert_eq!(rooms.take_commands(10).1, vec![r("a")]);
+        join(&mut rooms, &r("c"), &c("1"));
+        assert_ne!(index_of(&rooms, "c"), a);
+        rooms.on_unsubscribed(r("a"));
+        assert!(rooms.find("a").is_none());
+        join(&mut rooms, &r("d"), &c("1"));
+        assert_eq!(index_of(&rooms, "d"), a, "the freed slot is taken again");
+        assert_eq!(rooms.slab.len(), 3);
+        let ids: Vec<&str> = rooms.rooms_of("1").iter().map(RoomId::as_str).collect();
+        assert_eq!(ids, ["b", "c", "d"]);
+    }
+
+    #[test]
+    fn a_room_removed_while_queued_keeps_its_slot_until_the_queue_passes_it() {
+        let mut rooms = Rooms::new(1);
+        join(&mut rooms, &r("a"), &c("1"));
+        let a = index_of(&rooms, "a");
+        rooms.leave(&r("a"), &c("1"));
+        assert_eq!(rooms.len(), 0);
+        // "a"'s queue entry is still there: "b" must not get its slot (the entry would then
+        // name "b" and subscribe it out of turn).
+        join(&mut rooms, &r("b"), &c("1"));
+        assert_ne!(index_of(&rooms, "b"), a);
+        assert_eq!(rooms.take_commands(10), (vec![r("b")], vec![]));
+        join(&mut rooms, &r("c"), &c("1"));
+        assert_eq!(index_of(&rooms, "c"), a, "free once the queue passed it");
+        assert_eq!(rooms.take_commands(10), (vec![r("c")], vec![]));
+    }
+
+    #[test]
+    fn a_connection_slot_gets_a_new_generation_for_each_occupant() {
+        let mut rooms = Rooms::new(1);
+        let first = rooms.join("a", &c("1")).unwrap().slot;
+        assert_eq!(
+            rooms.join("b", &c("1")).unwrap().slot,
+            first,
+            "one slot per connection"
+        );
+        assert_eq!(
+            rooms.join("a", &c("1")).unwrap().slot,
+            first,
+            "and when already in"
+        );
+        let other = rooms.join("a", &c("2")).unwrap().slot;
+        assert_ne!(other.index(), first.index());
+        assert_eq!(rooms.conn_id(first), Some(&c("1")));
+        assert_eq!(rooms.conn_slot("1"), Some(first));
+        let members: Vec<ConnSlot> = rooms.members_of("a").slots().collect();
+        assert_eq!(members, [first, other]);
+
+        // Leaving one room keeps the slot; leaving the last frees it.
+        rooms.leave(&r("a"), &c("1"));
+        assert_eq!(rooms.conn_id(first), Some(&c("1")));
+        rooms.leave(&r("b"), &c("1"));
+        assert_eq!(rooms.conn_id(first), None);
+        assert_eq!(rooms.conn_slot("1"), None);
+
+        // The next connection takes the index with a new generation: the old slot does not
+        // name it.
+        let third = rooms.join("a", &c("3")).unwrap().slot;
+        assert_eq!(third.index(), first.index());
+        assert_ne!(third.generation(), first.generation());
+        assert_ne!(third, first);
+        assert_eq!(rooms.conn_id(first), None);
+        assert_eq!(rooms.conn_id(third), Some(&c("3")));
+
+        // The same id back after a disconnect is a new occupant too.
+        rooms.disconnect(&c("3"));
+        let again = rooms.join("a", &c("3")).unwrap().slot;
+        assert_eq!(again.index(), third.index());
+        assert_ne!(again, third);
+        assert_eq!(rooms.connections(), 2);
+    }
+
+    #[test]
+    fn disconnect_visits_only_the_connections_rooms() {
+        let mut rooms = Rooms::new(1);
+        for i in 0..1000 {
+            join(&mut rooms, &r(&format!("other{i}")), &c("other"));
+        }
+        for i in 0..10 {
+            join(&mut rooms, &r(&format!("mine{i}")), &c("1"));
+            join(&mut rooms, &r(&format!("mine{i}")), &c("other"));
+        }
+        let mut left = rooms.disconnect(&c("1"));
+        left.sort();
+        assert_eq!(left.len(), 10);
+        assert_eq!(rooms.visited, 10, "one visit per room of the connection");
+        assert_eq!(rooms.memberships(), 1010);
+        assert_eq!(rooms.rooms_of("1").len(), 0);
+        assert_eq!(rooms.members_of("mine3").to_vec(), vec![c("other")]);
+        assert!(rooms.disconnect(&c("1")).is_empty());
+        assert_eq!(rooms.visited, 10);
+    }
+
+    #[test]
+    fn iteration_follows_the_slab_whatever_the_seed() {
+        let order = |seed: u64| {
+            let mut rooms = Rooms::new(seed);
+            for i in 0..50 {
+                join(&mut rooms, &r(&format!("r{i}")), &c(&format!("c{}", i % 7)));
+            }
+            for i in (0..50).step_by(3) {
+                rooms.leave(&r(&format!("r{i}")), &c(&format!("c{}", i % 7)));
+            }
+            // The hub's next turn: the queue passes the rooms gone, their slots are free.
+            rooms.take_commands(1000);
+            for i in 50..60 {
+                join(&mut rooms, &r(&format!("r{i}")), &c("c1"));
+            }
+            let ids: Vec<String> = rooms.iter().map(|(id, _)| id.to_string()).collect();
+            let of: Vec<String> = rooms
+                .rooms_of("c1")
+                .iter()
+                .map(|id| id.to_string())
+                .collect();
+            (ids, of)
+        };
+        let (ids, of) = order(1);
+        assert_eq!((ids.clone(), of.clone()), order(0xdead_beef));
+        assert_eq!(ids.len(), 50 - 17 + 10);
+        // Freed slots are taken again, most recently freed first.
+        assert_eq!(ids[0], "r1");
+        assert!(ids.iter().position(|id| id == "r59") < ids.iter().position(|id| id == "r50"));
+        assert_eq!(of.len(), 7 - 2 + 10);
+    }
+
+    #[test]
+    fn a_set_goes_inline_again_and_returns_its_vector() {
+        let mut pool = Pool::default();
+        let mut set = Set::EMPTY;
+        pool.push(&mut set, 7);
+        assert_eq!(pool.slice(&set), [7]);
+        assert!(pool.lists.is_empty(), "one value needs no vector");
+        pool.push(&mut set, 8);
+        pool.push(&mut set, 9);
+        assert_eq!(pool.slice(&set), [7, 8, 9]);
+        assert!(!pool.remove(&mut set, 1));
+        assert!(pool.remove(&mut set, 7));
+        assert_eq!(pool.slice(&set), [9, 8]);
+        assert!(pool.remove(&mut set, 9));
+        assert_eq!(pool.slice(&set), [8]);
+        assert_eq!(pool.free, [0], "the vector is free again");
+        assert_eq!(pool.lists[0].capacity(), 0, "and its memory returned");
+        let mut other = Set::EMPTY;
+        pool.push(&mut other, 1);
+        pool.push(&mut other, 2);
+        assert_eq!(other.0, POOLED, "the free vector is reused");
+        assert_eq!(pool.take(&mut other), [1, 2]);
+        assert!(other.is_empty());
+        assert!(pool.remove(&mut set, 8));
+        assert!(set.is_empty());
+    }
+
+    #[test]
+    fn a_room_slab_entry_is_32_bytes_and_an_id_16() {
+        assert_eq!(std::mem::size_of::<Option<Room>>(), 32);
+        assert_eq!(std::mem::size_of::<RoomId>(), 16);
+        assert!(r("a-fifteen-bytes").is_inline());
+        assert!(!r("sixteen-bytes-id").is_inline());
+        assert_eq!(r("sixteen-bytes-id").as_str(), "sixteen-bytes-id");
     }
 }

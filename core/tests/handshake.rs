@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use roomcast_core::{
-    Config, Event, Hub, Identity, InstanceId, LinkError, LinkId, LinkRequest, SUBSCRIBER,
+    Config, Event, Hub, Identity, InstanceId, LinkError, LinkId, LinkRequest, LinkStep, SUBSCRIBER,
 };
 
 fn hub(url: &str) -> (Hub, Instant) {
@@ -295,4 +295,48 @@ fn a_cluster_node_reached_with_a_single_server_url_is_refused_naming_the_cluster
     assert!(text.contains("redis+cluster://127.0.0.1:6390"), "{text}");
     assert!(cause.to_string().contains("redis+cluster://"), "{cause}");
     assert_ne!(hub.health().links[0].state, roomcast_core::LinkState::Ready);
+}
+
+#[test]
+fn an_error_answering_a_ping_on_an_established_link_names_the_ping_not_the_handshake() {
+    let now = Instant::now();
+    let config = Config {
+        pool_size: 1,
+        presence: false,
+        ..Config::from_url("redis://127.0.0.1:6390").unwrap()
+    };
+    let id = Identity {
+        instance: InstanceId(7),
+        epoch: 1,
+    };
+    let mut hub = Hub::new(config, id, now).unwrap();
+    let link = LinkId(1);
+    open_all(&mut hub, now);
+    let _ = sent(&mut hub, link);
+    feed(&mut hub, link, &resp2_ok(), now);
+    assert!(events(&mut hub)
+        .iter()
+        .any(|e| matches!(e, Event::LinkUp { link: l, .. } if *l == link)));
+    // The ready link (no presence) has nothing outstanding; a PING that Redis refuses.
+    assert_eq!(sent(&mut hub, link), b"");
+    hub.ping(now);
+    assert_eq!(sent(&mut hub, link), b"*1\r\n$4\r\nPING\r\n");
+    feed(&mut hub, link, b"-ERR PING refused for this test\r\n", now);
+    let cause = events(&mut hub)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::LinkDown { link: l, cause, .. } if l == link => Some(cause),
+            _ => None,
+        })
+        .expect("the link went down");
+    assert_eq!(
+        cause,
+        LinkError::Protocol(format!(
+            "{} was refused: ERR PING refused for this test",
+            LinkStep::Ping
+        ))
+    );
+    let text = cause.to_string();
+    assert!(text.contains("PING on the established link"), "{text}");
+    assert!(!text.contains("handshake"), "{text}");
 }

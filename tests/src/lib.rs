@@ -10,7 +10,11 @@
 //! `redis-server` must be installed: `bash scripts/test.sh` installs it when missing.
 
 pub mod redis_cluster;
-pub mod redis_server;
+/// The private `redis-server` launcher and RESP client, from `roomcast` (feature `cli`): one
+/// for the whole workspace.
+pub mod redis_server {
+    pub use roomcast::redis_server::*;
+}
 
 pub use redis_cluster::{Failover, Promotion, RedisCluster};
 pub use redis_server::{wait_until, HarnessError, RedisServer, RespClient, RespReply};

@@ -437,6 +437,82 @@ async fn refuses_after_shutdown(rc: &Roomcast) {
     ));
 }
 
+/// A `Publisher` returns what the limits refuse at once (nothing queued, nothing counted);
+/// what only the driver finds (here: a bad id fed into the `Sink`, checked after batching) is
+/// an `Event::PublishRefused` naming the room and the cause, and counted (`counted`:
+/// standalone mode keeps no refusal count). A good message sent
+/// after each refusal arrives (the positive control), and nothing was published in between.
+async fn publisher_reports_refusals(
+    rc: &Roomcast,
+    events: &mut roomcast::EventStream,
+    max: usize,
+    counted: bool,
+) {
+    use futures_util::{SinkExt, StreamExt};
+    let before = rc.metrics().await.unwrap();
+    let mut watch = rc.subscribe_room("refusals").await.unwrap();
+    within("watch live", watch.wait_live()).await;
+    let mut publisher = rc.publisher();
+    let (bad_room, why) = bad_ids(IdKind::Room).swap_remove(0);
+    assert_eq!(
+        publisher
+            .send(PubSubMessage::broadcast(bad_room.clone(), "x"))
+            .await,
+        Err(Error::Publish(PublishError::InvalidRoom(why.clone())))
+    );
+    let (bad_conn, why_conn) = bad_ids(IdKind::Connection).swap_remove(0);
+    let mut excluding = PubSubMessage::broadcast("refusals", "x");
+    excluding.exclude_connection = Some(bad_conn);
+    assert_eq!(
+        publisher
+            .send_batch([PubSubMessage::broadcast("refusals", "first"), excluding])
+            .await,
+        Err(Error::Publish(PublishError::InvalidExclude(why_conn))),
+        "one bad message refuses the batch"
+    );
+    let big = PubSubMessage::broadcast("refusals", vec![b'x'; max]);
+    assert!(matches!(
+        publisher.send(big).await,
+        Err(Error::Publish(PublishError::TooLarge { max: m, .. })) if m == max
+    ));
+    assert_eq!(
+        rc.metrics().await.unwrap().publish_refused,
+        before.publish_refused
+    );
+    // Through the Sink: the driver refuses it and says so.
+    publisher
+        .feed(PubSubMessage::broadcast(bad_room.clone(), "x"))
+        .await
+        .unwrap();
+    publisher
+        .send(PubSubMessage::broadcast("refusals", "marker"))
+        .await
+        .unwrap();
+    within("refusal reported", async {
+        loop {
+            match events.next().await.expect("events end") {
+                Event::PublishRefused { room, cause } => {
+                    assert_eq!(room, bad_room);
+                    assert_eq!(cause, PublishError::InvalidRoom(why.clone()));
+                    break;
+                }
+                _ => continue,
+            }
+        }
+    })
+    .await;
+    let marker = within("marker", watch.next()).await.expect("watch ends");
+    assert_eq!(
+        &marker.data[..],
+        b"marker",
+        "the refused batch published nothing"
+    );
+    if counted {
+        let after = rc.metrics().await.unwrap();
+        assert_eq!(after.publish_refused, before.publish_refused + 1);
+    }
+}
+
 #[test]
 fn roomcast_with_redis_refuses_bad_input_and_calls_after_shutdown() {
     let server = RedisServer::start();
@@ -473,20 +549,9 @@ fn roomcast_with_redis_refuses_bad_input_and_calls_after_shutdown() {
         let m = rc.metrics().await.unwrap();
         assert_eq!(m.link_failures, 0);
         assert!(m.publish_refused >= 8 + 8 + 2);
-        // The fire-and-forget publisher cannot return the refusal; it is counted instead
-        // (as its docs say), and nothing is sent.
-        let mut publisher = rc.publisher();
-        publisher
-            .send(PubSubMessage::broadcast("", "x"))
-            .await
-            .unwrap();
-        within("refusal counted", async {
-            while rc.metrics().await.unwrap().publish_refused == m.publish_refused {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
-        assert_eq!(rc.metrics().await.unwrap().published, m.published);
+        publisher_reports_refusals(&rc, &mut events, 4096, true).await;
+        // The marker only.
+        assert_eq!(rc.metrics().await.unwrap().published, m.published + 1);
         refuses_after_shutdown(&rc).await;
         use futures_util::StreamExt;
         while let Some(e) = within("events end", events.next()).await {
@@ -502,8 +567,10 @@ fn roomcast_with_redis_refuses_bad_input_and_calls_after_shutdown() {
 fn standalone_roomcast_refuses_the_same_bad_input() {
     runtime().block_on(async {
         let rc = roomcast::standalone();
-        let _lobby =
-            refuses_bad_input(&rc, roomcast::core::envelope::DEFAULT_MAX_ENVELOPE_BYTES).await;
+        let mut events = rc.events().await.unwrap();
+        let max = roomcast::core::envelope::DEFAULT_MAX_ENVELOPE_BYTES;
+        let _lobby = refuses_bad_input(&rc, max).await;
+        publisher_reports_refusals(&rc, &mut events, max, false).await;
         refuses_after_shutdown(&rc).await;
     });
 }

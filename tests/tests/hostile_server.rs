@@ -520,7 +520,14 @@ fn refusals_in_the_handshake_are_typed_errors() {
             .expect_err("refused");
         assert_eq!(
             err,
-            Error::Connect(LinkError::Handshake("ERR something else entirely".into()))
+            Error::Connect(LinkError::Handshake(
+                "the handshake's CLIENT SETNAME: ERR something else entirely".into()
+            ))
+        );
+        assert!(
+            err.to_string()
+                .contains("Redis refused the handshake's CLIENT SETNAME: ERR something"),
+            "the error names the step: {err}"
         );
     });
 }

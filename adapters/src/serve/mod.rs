@@ -21,7 +21,7 @@
 //! clients must present it (`?token=` or `Authorization: Bearer`; 401 otherwise). An invalid
 //! room id is refused with 400 and the reason; a frame over
 //! [`ServeOptions::max_frame_bytes`] closes the socket with 1009; a client too slow for its
-//! queue (built with [`Overflow::Close`](crate::Overflow::Close), see [`instance_options`])
+//! queue (built with [`Overflow::Close`], see [`instance_options`])
 //! is closed with 1008 and counted.
 
 mod frames;

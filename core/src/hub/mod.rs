@@ -35,7 +35,7 @@ use crate::naming::{ChannelNamer, ConnId, RoomId};
 use crate::resp::{
     encode_array_header, encode_bulk, encode_bulk_header, encode_command, Incoming, Value,
 };
-use crate::rooms::{Rooms, SeqCheck, Transition};
+use crate::rooms::{ConnSlot, Members, Rooms, RoomsOf, SeqCheck, Transition};
 
 /// The subscriber link in single-server mode (the hub finds each link's role by lookup, see
 /// [`LinkHealth::role`]; in single-server mode the subscriber is always this one).
@@ -120,6 +120,9 @@ pub struct Joined {
     pub added: bool,
     /// The room's subscription state now; messages are promised only once it is `Live`.
     pub state: RoomState,
+    /// The connection's slot, the same in every room it is in until it leaves the last one
+    /// (see [`ConnSlot`]).
+    pub conn: ConnSlot,
 }
 
 /// One link as seen by [`Hub::health`].
@@ -305,13 +308,23 @@ impl Hub {
     }
 
     /// The local members of a room (empty if none).
-    pub fn members(&self, room: &str) -> &[ConnId] {
-        self.rooms.get(room).map(|r| r.members()).unwrap_or(&[])
+    pub fn members(&self, room: &str) -> Members<'_> {
+        self.rooms.members_of(room)
     }
 
     /// The rooms a local connection is in.
-    pub fn rooms_of(&self, conn: &str) -> &[RoomId] {
+    pub fn rooms_of(&self, conn: &str) -> RoomsOf<'_> {
         self.rooms.rooms_of(conn)
+    }
+
+    /// A local connection's slot, while it is a member of some room (see [`ConnSlot`]).
+    pub fn conn_slot(&self, conn: &str) -> Option<ConnSlot> {
+        self.rooms.conn_slot(conn)
+    }
+
+    /// The connection in a slot, if the slot still belongs to it (same generation).
+    pub fn conn_id(&self, slot: ConnSlot) -> Option<&ConnId> {
+        self.rooms.conn_id(slot)
     }
 
     /// Rooms with local members, and their states.
@@ -512,7 +525,7 @@ impl Hub {
         if observer && self.rooms.rooms_of(conn.as_str()).is_empty() {
             self.observers.insert(conn.clone());
         }
-        Ok(self.join_checked(room, &conn, now))
+        self.join_checked(room, &conn, now)
     }
 
     /// Adds one local connection to many rooms, as [`Hub::join`] does one by one, with the
@@ -535,10 +548,15 @@ impl Hub {
             RoomId::check(room, self.config.max_room_id_bytes)
                 .map_err(|e| (i, MemberError::InvalidRoom(e)))?;
         }
-        Ok(rooms
-            .iter()
-            .filter(|room| self.join_checked(room, &conn, now).added)
-            .count())
+        let mut added = 0;
+        for (i, room) in rooms.iter().enumerate() {
+            added += usize::from(
+                self.join_checked(room, &conn, now)
+                    .map_err(|e| (i, e))?
+                    .added,
+            );
+        }
+        Ok(added)
     }
 
     /// Adds an observer to a room, as [`Hub::join`] does a connection: it receives the room's
@@ -556,21 +574,22 @@ impl Hub {
     }
 
     /// [`Hub::join`] after the checks; a room already known is not allocated again.
-    fn join_checked(&mut self, room: &str, conn: &ConnId, now: Instant) -> Joined {
-        let room = match self.rooms.get_with_id(room) {
-            Some((id, _)) => id.clone(),
-            None => RoomId::from_checked(room),
-        };
-        let added = self.rooms.join(&room, conn);
-        if added {
-            self.presence_join(room.as_str(), conn.as_str(), now);
-            self.presence_event(&room, conn, true, now);
+    fn join_checked(
+        &mut self,
+        room: &str,
+        conn: &ConnId,
+        now: Instant,
+    ) -> Result<Joined, MemberError> {
+        let j = self.rooms.join(room, conn).ok_or(MemberError::Full)?;
+        if j.added {
+            self.presence_join(room, conn.as_str(), now);
+            self.presence_event(&j.room, conn, true, now);
         }
-        let state = self
-            .rooms
-            .get(room.as_str())
-            .map_or(RoomState::Pending, |r| r.state);
-        Joined { added, state }
+        Ok(Joined {
+            added: j.added,
+            state: j.state,
+            conn: j.slot,
+        })
     }
 
     /// Removes a local connection from a room; the last member unsubscribes it. Returns false
@@ -849,24 +868,24 @@ mod tests {
         assert_eq!(hub.join_many(&["b"], "c", now), Ok(0));
         let rooms: Vec<&str> = hub.rooms_of("c").iter().map(|r| r.as_str()).collect();
         assert_eq!(rooms, ["a", "b", "c/d"]);
-        // The room known before is shared, not allocated again.
+        // A long room id known before is shared, not allocated again (short ones are inline).
+        let long = "a-room-id-longer-than-inline";
+        hub.join(long, "other", now).unwrap();
+        hub.join_many(&[long], "c", now).unwrap();
         let a = |conn: &str| {
             hub.rooms_of(conn)
                 .iter()
-                .find(|r| r.as_str() == "a")
+                .find(|r| r.as_str() == long)
                 .cloned()
                 .unwrap()
         };
+        assert!(!a("c").is_inline());
         assert!(a("c").ptr_eq(&a("other")));
-        // And the connection id is one allocation however many rooms it is in.
-        let c_in = |room: &str| {
-            hub.members(room)
-                .iter()
-                .find(|c| c.as_str() == "c")
-                .cloned()
-                .unwrap()
-        };
-        assert!(c_in("a").ptr_eq(&c_in("c/d")));
+        // And the connection has one slot however many rooms it is in.
+        let slot = hub.conn_slot("c").unwrap();
+        assert!(["a", "b", "c/d", long]
+            .iter()
+            .all(|room| hub.members(room).slots().any(|m| m == slot)));
         hub.begin_shutdown(now);
         assert_eq!(
             hub.join_many(&["z"], "c", now),

@@ -16,19 +16,9 @@ impl Hub {
             return Err(PublishError::Shutdown);
         }
         // Checked without building ids: the room's id is shared from the maps below when known.
-        RoomId::check(msg.room, self.config.max_room_id_bytes)
-            .map_err(PublishError::InvalidRoom)?;
-        if let Some(c) = msg.exclude_connection {
-            ConnId::check(c, self.config.max_conn_id_bytes)
-                .map_err(PublishError::InvalidExclude)?;
-        }
-        let len = envelope::encoded_len(msg.room, msg.data.len(), msg.exclude_connection, true);
-        if len > self.config.max_envelope_bytes {
-            return Err(PublishError::TooLarge {
-                len,
-                max: self.config.max_envelope_bytes,
-            });
-        }
+        let len = self
+            .config
+            .check_publish(msg.room, msg.data.len(), msg.exclude_connection)?;
         let idx = self.roles.publisher_of_room(msg.room);
         let writable = self.can_write(idx);
         if !writable {
@@ -82,11 +72,8 @@ impl Hub {
         });
         // A room whose last member left only waits for its UNSUBSCRIBE: nobody to deliver
         // to, as on the receiving side.
-        let room_with_members = self
-            .rooms
-            .get_mut(msg.room)
-            .filter(|r| !r.members().is_empty());
-        if let Some(r) = room_with_members {
+        let room_with_members = self.rooms.get_mut(msg.room).filter(|r| !r.is_empty());
+        if let Some(mut r) = room_with_members {
             let excluded = msg
                 .exclude_connection
                 .and_then(|e| r.has_member(e).cloned());

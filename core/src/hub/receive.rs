@@ -121,7 +121,7 @@ impl Hub {
             }
             Request::Ping { user } => {
                 if let Some(e) = error_text(&v) {
-                    let cause = handshake_error(crate::link::Step::Select, e);
+                    let cause = crate::link::refused_error(crate::LinkStep::Ping, e);
                     self.link_failed(idx, cause, true, now);
                     return;
                 }
@@ -178,10 +178,9 @@ impl Hub {
                 let text = error_text(&v)
                     .map(|e| String::from_utf8_lossy(e).into_owned())
                     .unwrap_or_else(|| format!("unexpected reply to SUBSCRIBE: {v:?}"));
-                let cause = if text.starts_with("NOPERM") {
-                    LinkError::Auth(text)
-                } else {
-                    LinkError::Protocol(text)
+                let cause = match error_text(&v) {
+                    Some(e) => crate::link::refused_error(crate::LinkStep::Subscribe, e),
+                    None => LinkError::Protocol(text),
                 };
                 self.link_failed(idx, cause, true, now);
             }
@@ -205,7 +204,7 @@ impl Hub {
             });
             return;
         };
-        let Some((room_id, room)) = self.rooms.get_with_id(name) else {
+        let Some((room_id, mut room)) = self.rooms.get_with_id(name) else {
             self.metrics.dropped_unknown_channel += 1;
             return;
         };
@@ -228,7 +227,7 @@ impl Hub {
             });
             return;
         }
-        if room.members().is_empty() {
+        if room.is_empty() {
             // Leaving: the UNSUBSCRIBE is on its way.
             return;
         }

@@ -6,6 +6,7 @@
 //! room that publishes again starts a new epoch, which receivers take as a new baseline);
 //! at most `max_streams` streams are kept.
 
+use crate::naming::IdStr;
 use foldhash::fast::FixedState;
 use hashbrown::HashMap;
 
@@ -51,13 +52,13 @@ impl Sequencer {
     /// The shared id of a room with a stream.
     #[inline]
     pub(super) fn known(&self, room: &str) -> Option<&RoomId> {
-        self.streams.get_key_value(room).map(|(id, _)| id)
+        self.streams.get_key_value(&IdStr(room)).map(|(id, _)| id)
     }
 
     /// The next number of a room that has a stream, with its shared id: one map lookup.
     #[inline]
     pub(super) fn take(&mut self, room: &str) -> Option<(RoomId, u64, u64)> {
-        let (id, s) = self.streams.get_key_value_mut(room)?;
+        let (id, s) = self.streams.get_key_value_mut(&IdStr(room))?;
         let seq = s.next;
         s.next += 1;
         Some((id.clone(), s.epoch, seq))

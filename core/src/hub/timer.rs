@@ -60,7 +60,14 @@ impl Hub {
                     LinkTimer::Connect => {
                         self.link_failed(idx, LinkError::ConnectTimeout, true, now)
                     }
-                    LinkTimer::Reply => self.link_failed(idx, LinkError::ReplyTimeout, true, now),
+                    LinkTimer::Reply => {
+                        // The oldest request is the one Redis did not answer in time.
+                        let step = self.links[idx]
+                            .fifo
+                            .front()
+                            .map_or(crate::event::LinkStep::Ping, |(_, req)| req.step());
+                        self.link_failed(idx, LinkError::ReplyTimeout { step }, true, now)
+                    }
                     LinkTimer::Keepalive => self.send_ping(idx, false, now),
                 }
             }

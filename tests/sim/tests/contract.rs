@@ -463,7 +463,7 @@ fn a_stalled_server_is_detected_by_the_reply_deadline() {
         e,
         Event::LinkDown {
             link: LinkId(1),
-            cause: LinkError::ReplyTimeout,
+            cause: LinkError::ReplyTimeout { .. },
             ..
         }
     )));

@@ -226,3 +226,47 @@ fn every_timer_moves_on_when_fired() {
     // The killed link, and the deaf subscriber (by its probe or its replies).
     assert!(m.link_failures >= 2, "{m:?}");
 }
+
+#[test]
+fn a_queued_delivery_does_not_name_the_next_occupant_of_its_slot() {
+    let mut s = one_link(1);
+    s.settle();
+    let j = s.join(0, "r", "a").unwrap();
+    assert_eq!(s.join(0, "r2", "a").unwrap().conn, j.conn);
+    let other = s.join(0, "r", "other").unwrap().conn;
+    s.settle();
+    s.take_events();
+    let now = s.now;
+    s.nodes[0]
+        .hub
+        .publish(&Publish::broadcast("r", b"x"), now)
+        .unwrap();
+    s.settle();
+    // The delivery waits in the queue while "a" goes and "b" takes its slot.
+    s.disconnect(0, "a").unwrap();
+    let b = s.join(0, "r", "b").unwrap();
+    assert!(b.added);
+    assert_eq!(b.conn.index(), j.conn.index(), "the freed slot is reused");
+    assert_ne!(b.conn, j.conn, "with a new generation");
+    let d = s
+        .take_events_of(0)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Delivery(d) => Some(d),
+            _ => None,
+        })
+        .expect("the message was delivered");
+    let ids: Vec<&str> = d.recipients().map(|c| c.as_str()).collect();
+    assert_eq!(ids, ["a", "other"]);
+    let slots: Vec<_> = d.recipient_slots().collect();
+    assert_eq!(slots, [j.conn, other]);
+    let hub = &s.nodes[0].hub;
+    assert_eq!(
+        hub.conn_id(slots[0]),
+        None,
+        "a's slot no longer names anyone"
+    );
+    assert_ne!(slots[0], b.conn, "nor b");
+    assert_eq!(hub.conn_id(slots[1]).map(|c| c.as_str()), Some("other"));
+    assert_eq!(hub.conn_id(b.conn).map(|c| c.as_str()), Some("b"));
+}

@@ -16,7 +16,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::args::{Args, Usage};
-use crate::redis::{self, PrivateRedis};
+use crate::redis;
+use roomcast::redis_server::RedisServer;
 use roomcast::serve;
 
 mod view;
@@ -115,7 +116,7 @@ struct Instance {
 
 pub async fn run(mut config: Config, o: Options) -> Result<(), String> {
     // Where the rooms are shared.
-    let mut private: Option<PrivateRedis> = None;
+    let mut private: Option<RedisServer> = None;
     let backend: String;
     let standalone = if o.standalone {
         backend = "standalone (asked for): one in-process roomcast, no Redis".into();
@@ -124,9 +125,12 @@ pub async fn run(mut config: Config, o: Options) -> Result<(), String> {
         backend = format!("Redis at {}:{}", config.server.host, config.server.port);
         false
     } else if let Some(binary) = redis::find_redis_server() {
-        let server = tokio::task::spawn_blocking(move || PrivateRedis::start(&binary))
-            .await
-            .map_err(|e| e.to_string())??;
+        let server = tokio::task::spawn_blocking(move || {
+            RedisServer::try_start_with(&binary.to_string_lossy(), &[])
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
         config.server = Config::from_url(&server.url())
             .map_err(|e| e.to_string())?
             .server;

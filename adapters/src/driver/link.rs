@@ -1,0 +1,255 @@
+//! Link I/O: opening links (TCP, TLS), reading into the core, writing its output, the timer,
+//! and draining the core's outputs after each step.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use futures_io::{AsyncRead, AsyncWrite};
+use roomcast_core::{Event, Hub, LinkId, LinkRequest};
+use tracing::debug;
+
+use crate::runtime::{BoxFuture, BoxedIo};
+use crate::Options;
+
+use super::{LinkIo, State, READ_BUDGET, READ_CHUNK};
+
+impl State {
+    pub(super) fn poll_link(&mut self, i: usize, cx: &mut Context<'_>) -> bool {
+        let link = LinkId(i as u16);
+        match &mut self.links[i] {
+            LinkIo::Idle => false,
+            LinkIo::Connecting(fut) => match fut.as_mut().poll(cx) {
+                Poll::Pending => false,
+                Poll::Ready(result) => {
+                    let now = self.now();
+                    match result {
+                        Ok(io) => {
+                            self.links[i] = LinkIo::Open {
+                                io,
+                                rbuf: BytesMut::with_capacity(READ_CHUNK),
+                                wq: VecDeque::new(),
+                                wq_bytes: 0,
+                            };
+                            if let Some(hub) = &mut self.hub {
+                                hub.handle_connected(link, now);
+                            }
+                        }
+                        Err(e) => {
+                            self.links[i] = LinkIo::Idle;
+                            if let Some(hub) = &mut self.hub {
+                                hub.handle_disconnected(link, &e.to_string(), now);
+                            }
+                        }
+                    }
+                    true
+                }
+            },
+            LinkIo::Open { .. } => {
+                let mut progress = false;
+                for _ in 0..READ_BUDGET {
+                    let now = self.now();
+                    let LinkIo::Open { io, rbuf, .. } = &mut self.links[i] else {
+                        break;
+                    };
+                    match Pin::new(io).poll_read(cx, &mut self.scratch) {
+                        Poll::Pending => break,
+                        Poll::Ready(Ok(0)) => {
+                            self.closed_by_peer(i, "connection closed by the server".into());
+                            return true;
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            rbuf.extend_from_slice(&self.scratch[..n]);
+                            if let Some(hub) = &mut self.hub {
+                                hub.handle_input(link, rbuf, now);
+                            }
+                            progress = true;
+                            // Events and link requests (a Close) are handled before reading on.
+                            self.drain();
+                        }
+                        Poll::Ready(Err(e)) => {
+                            self.closed_by_peer(i, e.to_string());
+                            return true;
+                        }
+                    }
+                }
+                progress
+            }
+        }
+    }
+
+    pub(super) fn closed_by_peer(&mut self, i: usize, cause: String) {
+        self.links[i] = LinkIo::Idle;
+        let now = self.now();
+        if let Some(hub) = &mut self.hub {
+            hub.handle_disconnected(LinkId(i as u16), &cause, now);
+        }
+    }
+
+    pub(super) fn poll_write(&mut self, i: usize, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        let link = LinkId(i as u16);
+        loop {
+            let LinkIo::Open {
+                io, wq, wq_bytes, ..
+            } = &mut self.links[i]
+            else {
+                return progress;
+            };
+            let Some(front) = wq.front_mut() else {
+                if progress {
+                    let _ = Pin::new(io).poll_flush(cx);
+                }
+                return progress;
+            };
+            match Pin::new(&mut *io).poll_write(cx, front) {
+                Poll::Pending => return progress,
+                Poll::Ready(Ok(0)) => {
+                    self.closed_by_peer(i, "connection closed while writing".into());
+                    return true;
+                }
+                Poll::Ready(Ok(n)) => {
+                    progress = true;
+                    let n = n.min(front.len());
+                    if n == front.len() {
+                        wq.pop_front();
+                    } else {
+                        let _ = front.split_to(n);
+                    }
+                    *wq_bytes -= n;
+                    let now = self.now();
+                    if let Some(hub) = &mut self.hub {
+                        hub.handle_written(link, n, now);
+                    }
+                }
+                Poll::Ready(Err(e)) => {
+                    self.closed_by_peer(i, e.to_string());
+                    return true;
+                }
+            }
+        }
+    }
+
+    pub(super) fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut deadline = self.hub.as_ref().and_then(Hub::poll_timeout);
+        for w in &self.health {
+            deadline = Some(deadline.map_or(w.deadline, |d| d.min(w.deadline)));
+        }
+        if let Some(s) = &self.shutdown {
+            deadline = Some(deadline.map_or(s.deadline, |d| d.min(s.deadline)));
+        }
+        let Some(deadline) = deadline else {
+            self.timer = None;
+            return false;
+        };
+        match &self.timer {
+            Some((at, _)) if *at == deadline => {}
+            _ => self.timer = Some((deadline, self.rt.sleep_until(deadline))),
+        }
+        let Some((_, fut)) = &mut self.timer else {
+            return false;
+        };
+        if fut.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.timer = None;
+        let now = self.rt.now().max(deadline);
+        if let Some(hub) = &mut self.hub {
+            hub.handle_timeout(now);
+        }
+        self.check_health(now);
+        true
+    }
+
+    /// Takes everything the core has to say.
+    pub(super) fn drain(&mut self) -> bool {
+        let Some(hub) = &mut self.hub else {
+            return false;
+        };
+        let mut progress = false;
+        while let Some(req) = hub.poll_link_request() {
+            progress = true;
+            match req {
+                LinkRequest::Open {
+                    link,
+                    host,
+                    port,
+                    tls,
+                } => {
+                    debug!(%link, %host, port, tls, "opening link");
+                    let connect = self.rt.connect(host.clone(), port);
+                    let fut: BoxFuture<io::Result<BoxedIo>> = if tls {
+                        tls_connect(&self.options, host, connect)
+                    } else {
+                        connect
+                    };
+                    self.links[link.0 as usize] = LinkIo::Connecting(fut);
+                }
+                LinkRequest::Close { link } => {
+                    debug!(%link, "closing link");
+                    self.links[link.0 as usize] = LinkIo::Idle;
+                }
+            }
+        }
+        // Each link's output, only while its write queue is short: the rest waits in the core
+        // (see the core's docs on backpressure).
+        for (i, l) in self.links.iter_mut().enumerate() {
+            let LinkIo::Open { wq, wq_bytes, .. } = l else {
+                continue;
+            };
+            while *wq_bytes < self.write_queue_bytes {
+                let Some(bytes) = hub.poll_transmit_link(LinkId(i as u16)) else {
+                    break;
+                };
+                progress = true;
+                *wq_bytes += bytes.len();
+                wq.push_back(bytes);
+            }
+        }
+        let mut any = false;
+        let mut live_changed = false;
+        while let Some(ev) = self.hub.as_mut().and_then(Hub::poll_event) {
+            any = true;
+            live_changed |= matches!(ev, Event::RoomLive { .. });
+            self.dispatch(ev);
+        }
+        if any {
+            progress = true;
+            let now = self.now();
+            self.check_health(now);
+            if live_changed {
+                self.check_live_waiters();
+            }
+        }
+        progress
+    }
+}
+
+#[cfg(feature = "tls")]
+fn tls_connect(
+    options: &Options,
+    host: String,
+    connect: BoxFuture<io::Result<BoxedIo>>,
+) -> BoxFuture<io::Result<BoxedIo>> {
+    let config = options
+        .tls
+        .clone()
+        .unwrap_or_else(crate::tls::default_client_config);
+    Box::pin(async move { crate::tls::wrap(config, host, connect.await?).await })
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_connect(
+    _: &Options,
+    _: String,
+    _: BoxFuture<io::Result<BoxedIo>>,
+) -> BoxFuture<io::Result<BoxedIo>> {
+    Box::pin(async {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "rediss:// needs TLS: build roomcast with the `tls` feature",
+        ))
+    })
+}

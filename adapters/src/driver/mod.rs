@@ -1,0 +1,301 @@
+//! The driver: one future that moves bytes, timers and link openings between the sockets and
+//! the core, and fans deliveries out to memberships. It never interprets Redis replies.
+
+mod commands;
+mod health;
+mod link;
+mod members;
+
+use std::collections::VecDeque;
+
+/// The driver's maps: keyed by ids it hands out or validated, hashed with a per-map seed.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_channel::mpsc;
+use futures_core::Stream;
+use roomcast_core::{ConnId, Event, Hub, LinkId, Message, PublishId, RoomId};
+
+use crate::error::Error;
+use crate::handle::{Command, HealthReport, Liveness, PubSubMessage, PublishGate, Reply};
+use crate::queue::Queue;
+use crate::runtime::{BoxFuture, BoxedIo, Runtime};
+use crate::Options;
+
+/// Connection ids of room observers ([`crate::Roomcast::subscribe_room`]) start with this
+/// non-character: a namespace of the driver's own, refused for the application's ids, so that
+/// the driver's observers never collide with a connection. What keeps observers out of
+/// presence is the core's observer flag ([`Hub::observe`]), not this prefix.
+pub(crate) const OBSERVER_PREFIX: char = '\u{FFFF}';
+
+/// Refuses an application's connection id in the observers' namespace.
+fn not_reserved(conn: &str) -> Result<(), Error> {
+    if conn.starts_with(OBSERVER_PREFIX) {
+        return Err(Error::ReservedConnection {
+            conn: conn.to_string(),
+        });
+    }
+    Ok(())
+}
+
+const READ_CHUNK: usize = 64 << 10;
+/// The adapter pulls a link's output from the core only while that link's socket write
+/// queue holds less than this (or less than `max_output_bytes`, if smaller): the rest waits
+/// in the core, where it counts against the same `max_output_bytes`.
+const WRITE_QUEUE_BYTES: usize = 256 << 10;
+/// Reads per link per poll before yielding to the others.
+const READ_BUDGET: usize = 16;
+
+enum LinkIo {
+    Idle,
+    Connecting(BoxFuture<io::Result<BoxedIo>>),
+    Open {
+        io: BoxedIo,
+        rbuf: BytesMut,
+        wq: VecDeque<Bytes>,
+        /// Bytes in `wq`.
+        wq_bytes: usize,
+    },
+}
+
+/// One local member of one room, the only thing deliveries look up: a `Membership` (a queue
+/// of its own) or one room of a `Connection` (`shared`: the connection's queue, which its
+/// rooms share). A `Connection` is memberships with one queue; a `Membership` is a connection
+/// with one room.
+struct Member {
+    queue: Arc<Queue<Arc<Message>>>,
+    token: u64,
+    /// The queue is an attached connection's: leaving this room does not close it, and when
+    /// it overflows the whole connection goes.
+    shared: bool,
+}
+
+/// A connection attached with `Roomcast::connection`: the registration of its one queue (its
+/// rooms are `RoomEntry` members sharing it, as for any member).
+struct Attached {
+    queue: Arc<Queue<Arc<Message>>>,
+    token: u64,
+}
+
+/// A `Connection::wait_live` call: the connection's rooms not yet live, in join order (the
+/// order their subscriptions go out), checked from the front.
+struct LiveWaiter {
+    conn: ConnId,
+    pending: VecDeque<RoomId>,
+    reply: Reply<()>,
+}
+
+#[derive(Default)]
+struct RoomEntry {
+    live: Arc<Liveness>,
+    members: HashMap<ConnId, Member>,
+}
+
+struct HealthWaiter {
+    started: Instant,
+    deadline: Instant,
+    pending: Vec<LinkId>,
+    rtts: Vec<(LinkId, Duration)>,
+    reply: Reply<HealthReport>,
+}
+
+struct ShutdownState {
+    deadline: Instant,
+    replies: Vec<Reply<()>>,
+}
+
+/// Drives one roomcast instance. Spawn it on any executor (or let
+/// [`crate::Builder::connect_tokio`] do it); it completes after shutdown, or when every handle
+/// is gone.
+#[must_use = "the driver does nothing unless polled"]
+pub struct Driver {
+    state: Box<State>,
+    span: tracing::Span,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver").finish_non_exhaustive()
+    }
+}
+
+struct State {
+    rt: Arc<dyn Runtime>,
+    hub: Option<Hub>,
+    options: Options,
+    cmds: mpsc::Receiver<Command>,
+    ctl_rx: mpsc::UnboundedReceiver<Command>,
+    ctl_tx: mpsc::UnboundedSender<Command>,
+    links: Vec<LinkIo>,
+    timer: Option<(Instant, BoxFuture<()>)>,
+    rooms: HashMap<RoomId, RoomEntry>,
+    conns: HashMap<ConnId, Attached>,
+    live_waiters: Vec<LiveWaiter>,
+    next_token: u64,
+    publishes: HashMap<PublishId, Reply<u64>>,
+    queries: HashMap<roomcast_core::QueryId, Reply<roomcast_core::PresenceAnswer>>,
+    identity: roomcast_core::Identity,
+    health: Vec<HealthWaiter>,
+    ready_waiters: Vec<Reply<()>>,
+    event_subs: Vec<Arc<Queue<Event>>>,
+    shutdown: Option<ShutdownState>,
+    scratch: Box<[u8]>,
+    round_now: Option<Instant>,
+    handles_gone: bool,
+    done: bool,
+    /// Fire-and-forget publishes the core refused for backpressure, in order, retried as
+    /// their links drain; publishers wait at `gate` while there are any.
+    parked: VecDeque<PubSubMessage>,
+    gate: Arc<PublishGate>,
+    /// How much of a link's output the adapter takes into its write queue.
+    write_queue_bytes: usize,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        rt: Arc<dyn Runtime>,
+        hub: Option<Hub>,
+        options: Options,
+        cmds: mpsc::Receiver<Command>,
+        identity: roomcast_core::Identity,
+        gate: Arc<PublishGate>,
+    ) -> Driver {
+        let (ctl_tx, ctl_rx) = mpsc::unbounded();
+        let n = hub.as_ref().map_or(0, |h| h.config().pool_size + 1);
+        let write_queue_bytes = hub.as_ref().map_or(WRITE_QUEUE_BYTES, |h| {
+            WRITE_QUEUE_BYTES.min(h.config().max_output_bytes)
+        });
+        // Every log line of this instance carries its id; payloads and passwords never appear.
+        let span = tracing::info_span!(
+            "roomcast",
+            instance = %identity.instance,
+            standalone = hub.is_none()
+        );
+        Driver {
+            span,
+            state: Box::new(State {
+                rt,
+                hub,
+                options,
+                cmds,
+                ctl_rx,
+                ctl_tx,
+                links: (0..n).map(|_| LinkIo::Idle).collect(),
+                timer: None,
+                rooms: HashMap::default(),
+                conns: HashMap::default(),
+                live_waiters: Vec::new(),
+                next_token: 0,
+                publishes: HashMap::default(),
+                queries: HashMap::default(),
+                identity,
+                health: Vec::new(),
+                ready_waiters: Vec::new(),
+                event_subs: Vec::new(),
+                shutdown: None,
+                scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
+                round_now: None,
+                handles_gone: false,
+                done: false,
+                parked: VecDeque::new(),
+                gate,
+                write_queue_bytes,
+            }),
+        }
+    }
+}
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let _entered = this.span.enter();
+        let s = &mut *this.state;
+        for _round in 0..64 {
+            s.round_now = None;
+            let mut progress = s.poll_commands(cx);
+            for i in 0..s.links.len() {
+                progress |= s.poll_link(i, cx);
+            }
+            progress |= s.drain();
+            for i in 0..s.links.len() {
+                progress |= s.poll_write(i, cx);
+            }
+            progress |= s.flush_parked();
+            progress |= s.poll_timer(cx);
+            progress |= s.drain();
+            s.check_shutdown();
+            if s.done {
+                return Poll::Ready(());
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        // Plenty done; let other tasks run and come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl State {
+    /// The time, read once per round of the driver's loop (a clock read per frame or
+    /// command showed up in profiles; the core's timers need no finer grain).
+    fn now(&mut self) -> Instant {
+        *self.round_now.get_or_insert_with(|| self.rt.now())
+    }
+
+    /// Control commands (drops of memberships and connections, their calls) go first, and
+    /// again before every handle command: a drop that happened before a call is seen by it.
+    fn poll_control(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        for _ in 0..1024 {
+            match Pin::new(&mut self.ctl_rx).poll_next(cx) {
+                Poll::Ready(Some(c)) => {
+                    self.command(c);
+                    progress = true;
+                }
+                _ => break,
+            }
+        }
+        progress
+    }
+
+    fn poll_commands(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = self.poll_control(cx);
+        if !self.handles_gone {
+            for _ in 0..1024 {
+                progress |= self.poll_control(cx);
+                match Pin::new(&mut self.cmds).poll_next(cx) {
+                    Poll::Ready(Some(c)) => {
+                        self.command(c);
+                        progress = true;
+                    }
+                    Poll::Ready(None) => {
+                        // Every handle is gone: shut down on our own.
+                        self.handles_gone = true;
+                        self.begin_shutdown(Duration::from_secs(2), None);
+                        progress = true;
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+        }
+        progress
+    }
+}
+
+impl Drop for Driver {
+    /// Publishers waiting at the gate wake up and find the driver gone.
+    fn drop(&mut self) {
+        self.state.gate.close();
+    }
+}
