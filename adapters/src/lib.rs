@@ -23,7 +23,59 @@
 //! against a small [`runtime::Runtime`] trait, with tokio and async-io (async-std, smol)
 //! implementations, and the async handle API.
 //!
-//! ## Backpressure
+//! # Contract
+//!
+//! What every roomcast instance promises, numbered so that tests can name the promise they
+//! check (the simulation's `contract.rs` tests are named `c1_…` to `c10_…`; the end-to-end
+//! tests against a real `redis-server` check the same promises over sockets).
+//!
+//! 1. **One order per room.** With the default [`DeliveryMode::Ordered`] every member,
+//!    local or remote, receives a room's messages from the room's Redis channel, so all
+//!    instances see them in the order Redis received them. With
+//!    [`DeliveryMode::LocalFirst`] local members receive at publish time and the echo is
+//!    dropped; order then holds per (publishing instance, room) only. One exception: a
+//!    publish that was written but not confirmed when its link broke is written again after
+//!    the reconnect; members that had it drop the copy, but a member that joined in between
+//!    receives it at its later place.
+//! 2. **At most once per member.** Receivers drop duplicates by (origin instance, room,
+//!    sequence).
+//! 3. **Sequences and gaps.** Each instance numbers its publishes per room when they are
+//!    written to their link, and a room always uses the same publish link. A publish refused
+//!    before it is written takes no number, so refusals never look like gaps. A jump in the
+//!    numbers a member sees is reported as [`Event::Gap`] with the missing numbers; a new
+//!    epoch (the origin restarted) is a new baseline, not a gap.
+//! 4. **Publishes are never silently lost.** A publish is queued while its link is down, up
+//!    to `Config::max_queued_publishes` and `Config::max_queued_bytes`; beyond that, or while
+//!    its link's output is full (`Config::max_output_bytes`), it is refused at once with a
+//!    typed error ([`Roomcast::publish`]) or waited for ([`Publisher`] as a `Sink`). An
+//!    accepted publish ends as confirmed (with Redis's receiver count: subscribed Redis
+//!    connections, i.e. instances, not members) or as [`Event::PublishFailed`]; refusals the
+//!    driver finds after a [`Publisher`] batched them are [`Event::PublishRefused`]. Written
+//!    but unconfirmed publishes are re-sent after a reconnect, or fail as "outcome unknown"
+//!    when so configured. Every refusal is counted.
+//! 5. **`exclude_connection`** names the sender's own connection, which lives on the
+//!    origin instance, so it applies there only; on a message without a trailer (from a
+//!    publisher built on the GraphWiz design) it applies on every instance.
+//! 6. **Connection ids are per instance.** Presence entries and exclusions are qualified by
+//!    the instance id: the same connection id on two instances is two connections.
+//! 7. **Live means confirmed.** A room is live on an instance once Redis confirmed its
+//!    subscription ([`Event::RoomLive`], `wait_live`); a message published before that is
+//!    not promised to that instance. A join reports whether the room is live yet.
+//! 8. **Outages are visible.** Link down and link up are events; link up carries the
+//!    outage's length and the rooms that may have missed messages. A subscriber link that is
+//!    connected but deaf is found by a probe through Redis within `Config::probe_timeout`
+//!    and reopened.
+//! 9. **A bad message is a reported drop, not an outage.** A message that does not decode,
+//!    names another room than its channel, or is over `Config::max_frame_bytes` is dropped,
+//!    counted and reported as [`Event::Dropped`] naming its room where the channel names
+//!    one; the link stays up and the next message is delivered.
+//! 10. **Memory is bounded.** Every buffer has a named limit: member queues
+//!     ([`Options::member_queue`], with an [`Overflow`] policy whose drops are counted),
+//!     bytes held per link for writing (`Config::max_output_bytes`, core and adapter
+//!     together), queued and in-flight publishes (count and bytes), input frames
+//!     (`Config::max_frame_bytes`).
+//!
+//! # Backpressure
 //!
 //! Bytes on their way to Redis are bounded per link by `Config::max_output_bytes`, counting
 //! what the core holds and what the driver's socket write queue holds together (the driver

@@ -81,7 +81,7 @@ pub struct Metrics {
     pub presence_errors: u64,
     /// Leases found expired by the heartbeat (a long stall) and registered again.
     pub leases_lost: u64,
-    /// Bytes read from Redis.
+    /// Bytes read from Redis (each byte counted once, however many calls a frame takes).
     pub bytes_in: u64,
     /// Bytes handed to the adapter for Redis.
     pub bytes_out: u64,

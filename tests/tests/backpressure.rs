@@ -121,7 +121,7 @@ fn check_gauges(m: &Metrics) -> usize {
 }
 
 #[test]
-fn a_server_that_stops_reading_bounds_memory_and_pushes_back() {
+fn c4_and_c10_a_server_that_stops_reading_bounds_memory_and_pushes_back() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -91,11 +91,11 @@ fn on_tokio(f: impl std::future::Future<Output = ()>) {
 }
 
 #[test]
-fn an_oversize_publish_is_dropped_and_the_link_stays_up_resp2() {
+fn c9_an_oversize_publish_is_dropped_and_the_link_stays_up_resp2() {
     on_tokio(oversize_publish_between_two_normal_ones(""));
 }
 
 #[test]
-fn an_oversize_publish_is_dropped_and_the_link_stays_up_resp3() {
+fn c9_an_oversize_publish_is_dropped_and_the_link_stays_up_resp3() {
     on_tokio(oversize_publish_between_two_normal_ones("?protocol=resp3"));
 }

@@ -438,12 +438,14 @@ impl Hub {
             buf.clear();
             return;
         };
+        // What arrived since the last call: `buf` still starts with the partial frame that
+        // call left (`held_input`), which was counted then.
+        self.metrics.bytes_in += buf.len().saturating_sub(l.held_input) as u64;
         if !matches!(l.state, LinkState::Ready | LinkState::Handshaking { .. }) {
             buf.clear();
             l.held_input = 0;
             return;
         }
-        self.metrics.bytes_in += buf.len() as u64;
         l.last_input = now;
         loop {
             let l = &mut self.links[idx];

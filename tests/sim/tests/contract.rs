@@ -1,4 +1,7 @@
-//! "The contract users get" (ARCHITECTURE.md), line by line, against the model Redis.
+//! The contract of the `roomcast` crate docs (its `# Contract` section), promise by promise,
+//! against the model Redis: a test named `cN_…` checks promise N. Promises 9 and 10 are also
+//! checked in `oversize_frames.rs` and `time_and_backpressure.rs` (and end to end in the
+//! tests crate), under the same prefixes.
 
 use std::time::Duration;
 
@@ -88,7 +91,7 @@ fn join_all(s: &mut Sim, room: &str, members: &[(usize, &str)]) {
 }
 
 #[test]
-fn line1_one_order_per_room_across_instances() {
+fn c1_one_order_per_room_across_instances() {
     let mut s = sim(3);
     join_all(&mut s, "r", &[(0, "a"), (1, "b"), (2, "c")]);
     for i in 0..20u8 {
@@ -109,7 +112,7 @@ fn line1_one_order_per_room_across_instances() {
 }
 
 #[test]
-fn line1_local_first_delivers_at_publish_time_and_drops_the_echo() {
+fn c1_local_first_delivers_at_publish_time_and_drops_the_echo() {
     let mut s = Sim::new(2, model(), |_| Config {
         delivery: DeliveryMode::LocalFirst,
         ..config(2)
@@ -132,7 +135,7 @@ fn line1_local_first_delivers_at_publish_time_and_drops_the_echo() {
 }
 
 #[test]
-fn line2_and_4_unconfirmed_publishes_are_resent_and_duplicates_dropped() {
+fn c2_and_c4_unconfirmed_publishes_are_resent_and_duplicates_dropped() {
     let mut s = sim(2);
     join_all(&mut s, "r", &[(0, "a"), (1, "b")]);
     let link = s.nodes[0].hub.publish_link("r");
@@ -161,7 +164,7 @@ fn line2_and_4_unconfirmed_publishes_are_resent_and_duplicates_dropped() {
 }
 
 #[test]
-fn line4_outcome_unknown_when_configured() {
+fn c4_outcome_unknown_when_configured() {
     let mut s = Sim::new(1, model(), |_| Config {
         unconfirmed: UnconfirmedPolicy::FailUnknown,
         ..config(1)
@@ -184,7 +187,7 @@ fn line4_outcome_unknown_when_configured() {
 }
 
 #[test]
-fn line4_queued_while_down_then_refused_beyond_the_bound() {
+fn c4_queued_while_down_then_refused_beyond_the_bound() {
     let mut s = Sim::new(1, model(), |_| Config {
         max_queued_publishes: 3,
         ..config(1)
@@ -228,7 +231,7 @@ fn line4_queued_while_down_then_refused_beyond_the_bound() {
 }
 
 #[test]
-fn line3_sequences_have_no_holes_for_refusals_and_gaps_are_reported() {
+fn c3_sequences_have_no_holes_for_refusals_and_gaps_are_reported() {
     let mut s = sim(2);
     join_all(&mut s, "r", &[(1, "b")]);
     publish(&mut s, 0, "r", b"1", None);
@@ -285,7 +288,7 @@ fn line3_sequences_have_no_holes_for_refusals_and_gaps_are_reported() {
 }
 
 #[test]
-fn line3_a_restarted_origin_is_a_new_baseline() {
+fn c3_a_restarted_origin_is_a_new_baseline() {
     let mut s = sim(2);
     join_all(&mut s, "r", &[(1, "b")]);
     publish(&mut s, 0, "r", b"1", None);
@@ -311,7 +314,7 @@ fn line3_a_restarted_origin_is_a_new_baseline() {
 }
 
 #[test]
-fn line5_and_6_exclusion_applies_on_the_origin_only_and_ids_are_per_instance() {
+fn c5_and_c6_exclusion_applies_on_the_origin_only_and_ids_are_per_instance() {
     let mut s = sim(2);
     // The same connection id on two instances is two connections.
     join_all(&mut s, "r", &[(0, "c1"), (0, "c2"), (1, "c1")]);
@@ -324,7 +327,7 @@ fn line5_and_6_exclusion_applies_on_the_origin_only_and_ids_are_per_instance() {
 }
 
 #[test]
-fn line5_trailerless_messages_exclude_everywhere() {
+fn c5_trailerless_messages_exclude_everywhere() {
     let mut s = sim(2);
     join_all(&mut s, "r", &[(0, "c1"), (1, "c1"), (1, "c2")]);
     // A publisher built from the GraphWiz design: bincode body, no trailer, plain PUBLISH.
@@ -368,7 +371,7 @@ fn line5_trailerless_messages_exclude_everywhere() {
 }
 
 #[test]
-fn line7_live_means_confirmed() {
+fn c7_live_means_confirmed() {
     let mut s = sim(1);
     let joined = s.join(0, "r", "a").unwrap();
     assert_eq!(joined.state, RoomState::Pending);
@@ -387,7 +390,7 @@ fn line7_live_means_confirmed() {
 }
 
 #[test]
-fn line8_outages_are_visible_with_length_and_missed_rooms() {
+fn c8_outages_are_visible_with_length_and_missed_rooms() {
     let mut s = sim(1);
     join_all(&mut s, "r1", &[(0, "a")]);
     join_all(&mut s, "r2", &[(0, "a")]);
@@ -439,7 +442,7 @@ fn found_deaf(events: &[Event]) -> bool {
 }
 
 #[test]
-fn line8_a_deaf_subscriber_is_detected_by_the_probe_and_reopened() {
+fn c8_a_deaf_subscriber_is_detected_by_the_probe_and_reopened() {
     let mut s = sim(1);
     join_all(&mut s, "r", &[(0, "a")]);
     s.deafen(0, SUBSCRIBER, true);
@@ -596,11 +599,17 @@ fn joins_in_one_turn_become_one_subscribe_per_batch() {
 /// does, so no other instance's timers help: node 0 runs no presence heartbeat, and still
 /// finds its deaf subscriber within one probe interval and one probe timeout.
 #[test]
-fn a_deaf_subscriber_is_found_by_its_own_deadlines_alone() {
+fn c8_a_deaf_subscriber_is_found_by_its_own_deadlines_alone() {
     let mut s = Sim::new(2, model(), |i| Config {
         pool_size: 1,
-        // Node 0 has no presence heartbeat to wake it; node 1 has.
+        // Node 0 has no presence heartbeat to wake it, and a keepalive far beyond the
+        // probe's deadlines: only the probe's own timers can find the deafness in time.
         presence: i == 1,
+        keepalive_interval: if i == 0 {
+            Duration::from_secs(30)
+        } else {
+            Config::default().keepalive_interval
+        },
         ..Config::default()
     });
     s.settle();
@@ -612,4 +621,52 @@ fn a_deaf_subscriber_is_found_by_its_own_deadlines_alone() {
     s.advance(c.probe_interval + c.probe_timeout + Duration::from_millis(100));
     let ev = s.take_events();
     assert!(found_deaf(&ev[0]), "{:?}", ev[0]);
+}
+
+#[test]
+fn c9_a_bad_message_is_a_reported_drop_and_the_next_one_arrives() {
+    let mut s = sim(2);
+    join_all(&mut s, "r", &[(1, "m")]);
+    let channel = s.nodes[0]
+        .hub
+        .namer()
+        .room_channel(&"r".try_into().unwrap());
+    // Not an envelope at all, then a valid envelope that names another room than its channel.
+    assert_eq!(s.publish_foreign(&channel, b"\xff\xff not bincode"), 1);
+    let mut other = Vec::new();
+    envelope::encode(
+        &mut other,
+        "elsewhere",
+        MessageType::Broadcast,
+        b"spoofed",
+        None,
+        0,
+        None,
+    );
+    assert_eq!(s.publish_foreign(&channel, &other), 1);
+    // A positive control after both: an ordinary publish reaches the member.
+    publish(&mut s, 0, "r", b"after", None);
+    s.settle();
+    let ev = s.take_events();
+    let drops: Vec<String> = ev[1]
+        .iter()
+        .filter_map(|e| match e {
+            Event::Dropped { cause, room } => {
+                assert_eq!(room.as_ref().map(|r| r.as_str()), Some("r"), "{cause:?}");
+                Some(format!("{cause:?}"))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(drops.len(), 2, "{drops:?}");
+    assert!(drops[0].starts_with("Malformed"), "{drops:?}");
+    assert!(drops[1].starts_with("RoomMismatch"), "{drops:?}");
+    assert_eq!(data_for(&ev[1], "m"), vec![Bytes::from_static(b"after")]);
+    assert!(
+        !ev[1].iter().any(|e| matches!(e, Event::LinkDown { .. })),
+        "a bad message took a link down: {:?}",
+        ev[1]
+    );
+    let m = s.nodes[1].hub.metrics();
+    assert_eq!((m.dropped_malformed, m.dropped_room_mismatch), (1, 1));
 }

@@ -55,7 +55,7 @@ fn seen(events: Vec<Event>) -> Vec<Seen> {
 }
 
 #[test]
-fn an_oversize_message_is_dropped_for_its_room_and_the_link_stays_up() {
+fn c9_an_oversize_message_is_dropped_for_its_room_and_the_link_stays_up() {
     let splits = [
         Split::Whole,
         Split::Chunks(1),
@@ -123,7 +123,7 @@ fn an_oversize_message_is_dropped_for_its_room_and_the_link_stays_up() {
 }
 
 #[test]
-fn an_oversize_message_on_a_channel_of_no_room_is_reported_without_one() {
+fn c9_an_oversize_message_on_a_channel_of_no_room_is_reported_without_one() {
     let mut s = Sim::new(1, ModelConfig::default(), |_| config(Protocol::Resp3));
     s.settle();
     s.join(0, "r", "a").unwrap();

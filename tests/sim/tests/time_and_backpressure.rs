@@ -172,7 +172,7 @@ fn confirmed(events: &[Event]) -> Vec<roomcast_core::PublishId> {
 }
 
 #[test]
-fn a_full_link_refuses_publishes_at_once_until_the_adapter_writes() {
+fn c4_and_c10_a_full_link_refuses_publishes_at_once_until_the_adapter_writes() {
     let mut s = started(1, small_bounds, false);
     let hub = &mut s.nodes[0].hub;
     let link = hub.publish_link("r");
@@ -229,7 +229,7 @@ fn a_full_link_refuses_publishes_at_once_until_the_adapter_writes() {
 }
 
 #[test]
-fn publishes_waiting_for_a_down_link_are_bounded_in_bytes() {
+fn c4_and_c10_publishes_waiting_for_a_down_link_are_bounded_in_bytes() {
     let mut s = started(1, small_bounds, true);
     let data = vec![7u8; 64 << 10];
     let now = s.now;
@@ -270,7 +270,7 @@ fn small_inflight() -> Config {
 }
 
 #[test]
-fn unconfirmed_publishes_are_bounded_in_bytes() {
+fn c10_unconfirmed_publishes_are_bounded_in_bytes() {
     let mut s = started(1, small_inflight, false);
     let link = s.nodes[0].hub.publish_link("r");
     // Redis takes the bytes but answers nothing for a while.

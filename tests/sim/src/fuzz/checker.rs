@@ -277,6 +277,7 @@ impl Checker {
             );
             assert_eq!(m.gaps, counts.gaps, "node {i}: gaps");
             assert_eq!(m.bytes_out, p.bytes_polled, "node {i}: bytes_out");
+            assert_eq!(m.bytes_in, p.bytes_handed, "node {i}: bytes_in");
             assert_eq!(m.buffered_input, p.held_input(), "node {i}: input gauge");
             // Presence events are publishes of the hub's own, unknown to the checker.
             if !self.config.presence_events {
