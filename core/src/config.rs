@@ -642,6 +642,7 @@ impl Config {
     /// anywhere: an invalid room or exclude id, or an envelope over `max_envelope_bytes`.
     /// Returns the envelope's encoded length (with trailer). [`crate::Hub::publish`] checks
     /// this first; an adapter can check it in the caller's task to refuse at once.
+    #[inline]
     pub fn check_publish(
         &self,
         room: &str,

@@ -251,6 +251,7 @@ impl Hash for Text {
 
 /// Hashes an id's bytes exactly as `str::hash` does on stable Rust (its bytes, then `0xff`:
 /// `Hasher::write_str`'s behaviour, which only a nightly hasher can change).
+#[inline]
 fn hash_id<H: Hasher>(bytes: &[u8], state: &mut H) {
     state.write(bytes);
     state.write_u8(0xff);
@@ -261,12 +262,14 @@ fn hash_id<H: Hasher>(bytes: &[u8], state: &mut H) {
 pub(crate) struct IdStr<'a>(pub(crate) &'a str);
 
 impl Hash for IdStr<'_> {
+    #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
         hash_id(self.0.as_bytes(), state)
     }
 }
 
 impl hashbrown::Equivalent<RoomId> for IdStr<'_> {
+    #[inline]
     fn equivalent(&self, key: &RoomId) -> bool {
         key.as_bytes() == self.0.as_bytes()
     }
