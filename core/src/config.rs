@@ -119,8 +119,13 @@ impl Default for ServerConfig {
 /// Everything a [`crate::Hub`] can be told. Every limit has a name and a default.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// The Redis server.
+    /// The Redis server (in cluster mode: the settings of the first seed node).
     pub server: ServerConfig,
+    /// Cluster mode (`redis+cluster://` or `rediss+cluster://`): the seed nodes and the login
+    /// every node shares; `None` for one server. In cluster mode the channel prefix may not
+    /// contain `{` or `}` (it would put every room in one slot) and presence is refused (its
+    /// scripts and registration span hash slots, which a cluster refuses with CROSSSLOT).
+    pub cluster: Option<ClusterServers>,
     /// Prefix of every channel and key (`REDIS_CHANNEL_PREFIX`, default `graphwiz`).
     pub channel_prefix: String,
     /// Number of publish links (`REDIS_POOL_SIZE`, default 10). A room always publishes on
@@ -213,6 +218,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             server: ServerConfig::default(),
+            cluster: None,
             channel_prefix: DEFAULT_CHANNEL_PREFIX.into(),
             pool_size: DEFAULT_POOL_SIZE,
             client_name: "roomcast".into(),
@@ -302,11 +308,26 @@ fn bad(field: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
-    /// A default configuration for the server at `url`.
+    /// A default configuration for the server at `url`: `redis://` or `rediss://` for one
+    /// server, `redis+cluster://` or `rediss+cluster://` with seed nodes for a cluster (see
+    /// [`parse_redis_target`]). A cluster configuration has presence off (see
+    /// [`Config::cluster`]).
     pub fn from_url(url: &str) -> Result<Config, ConfigError> {
-        Ok(Config {
-            server: parse_redis_url(url)?,
-            ..Config::default()
+        Ok(match parse_redis_target(url)? {
+            RedisTarget::Single(server) => Config {
+                server,
+                ..Config::default()
+            },
+            RedisTarget::Cluster(cluster) => Config {
+                server: cluster
+                    .seeds
+                    .first()
+                    .map(|seed| cluster.node(&seed.host, seed.port))
+                    .unwrap_or_default(),
+                cluster: Some(cluster),
+                presence: false,
+                ..Config::default()
+            },
         })
     }
 
@@ -340,6 +361,18 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         ChannelNamer::new(&self.channel_prefix)
             .map_err(|e| bad("channel_prefix", e.to_string()))?;
+        if self.cluster.is_some() {
+            crate::cluster::check_cluster_prefix(&self.channel_prefix)
+                .map_err(|e| bad("channel_prefix", e.to_string()))?;
+            if self.presence {
+                return Err(bad(
+                    "presence",
+                    "presence is not available in cluster mode (redis+cluster://): its scripts \
+                     read keys of other hash slots and its registration spans slots, which a \
+                     cluster refuses (CROSSSLOT); set presence to false, or use one server",
+                ));
+            }
+        }
         if self.pool_size == 0 || self.pool_size > MAX_POOL_SIZE {
             return Err(bad(
                 "pool_size",
@@ -911,6 +944,54 @@ mod cluster_url_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_url_makes_a_cluster_config_with_its_own_rules() {
+        let c = Config::from_url("redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2:7001").unwrap();
+        let cluster = c.cluster.as_ref().expect("cluster mode");
+        assert_eq!(cluster.seeds.len(), 2);
+        // `server` holds the first seed's settings; presence is off by default.
+        assert_eq!(
+            (c.server.host.as_str(), c.server.port, c.server.db),
+            ("10.0.0.1", 7000, 0)
+        );
+        assert_eq!(c.server.password.as_ref().map(Secret::expose), Some("pw"));
+        assert!(!c.presence);
+        c.validate().unwrap();
+        // The environment accepts it too.
+        let (env, _) = Config::from_env_with(|k| {
+            (k == ENV_REDIS_URL).then(|| "rediss+cluster://h:7000".to_string())
+        })
+        .unwrap();
+        assert!(env.cluster.as_ref().is_some_and(|c| c.tls));
+        // Presence is refused, saying why and what to do.
+        let e = Config {
+            presence: true,
+            ..c.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("presence") && e.contains("CROSSSLOT"), "{e}");
+        // A prefix with a hash tag would put every room in one slot.
+        let e = Config {
+            channel_prefix: "{app}".into(),
+            ..c.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("channel_prefix"), "{e}");
+        // Neither rule applies to one server.
+        let single = Config {
+            channel_prefix: "{app}".into(),
+            ..Config::from_url("redis://h:6379").unwrap()
+        };
+        assert!(single.cluster.is_none() && single.presence);
+        single.validate().unwrap();
+        // A database other than 0 stays refused in the URL.
+        assert!(Config::from_url("redis+cluster://h:7000/1").is_err());
+    }
 
     #[test]
     fn parses_full_url() {

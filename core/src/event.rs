@@ -342,6 +342,9 @@ pub enum LinkError {
     /// The server refused a handshake command (the text names the command, then Redis's
     /// error).
     Handshake(String),
+    /// The server is not what the URL's scheme says (a cluster node reached with
+    /// `redis://`); the text says what it is and which URL to write.
+    WrongMode(String),
     /// Connecting or the handshake took longer than `connect_timeout`.
     ConnectTimeout,
     /// A request went unanswered for `reply_timeout`: the server is stalled or unreachable.
@@ -372,6 +375,7 @@ impl fmt::Display for LinkError {
             ),
             // The text starts with the step ("the handshake's AUTH: ...").
             LinkError::Handshake(e) => write!(f, "Redis refused {e}"),
+            LinkError::WrongMode(e) => write!(f, "wrong kind of Redis server: {e}"),
             LinkError::ConnectTimeout => {
                 write!(f, "connecting to Redis took longer than connect_timeout")
             }

@@ -117,7 +117,10 @@ pub(crate) enum PresenceReq {
 /// Handshake commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {
+    /// `HELLO 3` (RESP3): switches protocol, logs in, and says the server's mode.
     Hello,
+    /// `HELLO 2` after `AUTH` (RESP2): asked only for the server's mode and version.
+    Mode,
     Auth,
     Select,
     SetName,
@@ -234,6 +237,11 @@ impl Link {
                     }
                     self.fifo.push_back((now, Request::Handshake(Step::Auth)));
                 }
+                // The server's mode, to refuse a cluster node reached with a single-server URL
+                // (`HELLO 2` keeps RESP2 and works from Redis 6.0; older servers refuse it,
+                // which is accepted).
+                encode_command(&mut self.out, &[b"HELLO", b"2"]);
+                self.fifo.push_back((now, Request::Handshake(Step::Mode)));
             }
         }
         if s.db != 0 {
@@ -401,7 +409,8 @@ impl Step {
     /// The step as the application sees it.
     pub(crate) fn public(self) -> LinkStep {
         match self {
-            Step::Hello => LinkStep::Hello,
+            // `HELLO 2`, asked for the server's mode, is a HELLO too.
+            Step::Hello | Step::Mode => LinkStep::Hello,
             Step::Auth => LinkStep::Auth,
             Step::Select => LinkStep::Select,
             Step::SetName => LinkStep::SetName,

@@ -51,19 +51,27 @@ fn feed(hub: &mut Hub, link: LinkId, bytes: &[u8], now: Instant) {
     assert!(buf.is_empty());
 }
 
+/// `HELLO 2` (sent in RESP2 for the server's mode) as a Redis 7 single server answers it.
+const HELLO2_STANDALONE: &[u8] = b"*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n$5\r\nproto\r\n:2\r\n$2\r\nid\r\n:5\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n";
+
+/// The replies to the default RESP2 handshake (`HELLO 2`, `CLIENT SETNAME`).
+fn resp2_ok() -> Vec<u8> {
+    [HELLO2_STANDALONE, b"+OK\r\n"].concat()
+}
+
 fn events(hub: &mut Hub) -> Vec<Event> {
     std::iter::from_fn(|| hub.poll_event()).collect()
 }
 
 #[test]
-fn resp2_default_handshake_is_only_setname() {
+fn resp2_default_handshake_is_hello_2_and_setname() {
     let (mut hub, now) = hub("redis://127.0.0.1:6390");
     open_all(&mut hub, now);
     assert_eq!(
         sent(&mut hub, SUBSCRIBER),
-        b"*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$10\r\nroomcast-0\r\n"
+        b"*2\r\n$5\r\nHELLO\r\n$1\r\n2\r\n*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$10\r\nroomcast-0\r\n"
     );
-    feed(&mut hub, SUBSCRIBER, b"+OK\r\n", now);
+    feed(&mut hub, SUBSCRIBER, &resp2_ok(), now);
     assert!(events(&mut hub).iter().any(|e| matches!(
         e,
         Event::LinkUp {
@@ -85,11 +93,13 @@ fn resp2_handshake_with_acl_user_and_db_is_pipelined() {
     let (mut hub, now) = hub("redis://alice:s3cret@127.0.0.1:6390/5");
     open_all(&mut hub, now);
     let golden: &[u8] = b"*3\r\n$4\r\nAUTH\r\n$5\r\nalice\r\n$6\r\ns3cret\r\n\
+*2\r\n$5\r\nHELLO\r\n$1\r\n2\r\n\
 *2\r\n$6\r\nSELECT\r\n$1\r\n5\r\n\
 *3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$10\r\nroomcast-1\r\n";
     assert_eq!(sent(&mut hub, LinkId(1)), golden);
-    // One round trip: all three replies at once.
-    feed(&mut hub, LinkId(1), b"+OK\r\n+OK\r\n+OK\r\n", now);
+    // One round trip: all four replies at once.
+    let replies = [b"+OK\r\n", HELLO2_STANDALONE, b"+OK\r\n+OK\r\n"].concat();
+    feed(&mut hub, LinkId(1), &replies, now);
     assert!(hub.health().links[1].state == roomcast_core::LinkState::Ready);
 }
 
@@ -201,7 +211,7 @@ fn garbage_breaks_only_that_link() {
     let (mut hub, now) = hub("redis://127.0.0.1:6390");
     open_all(&mut hub, now);
     let _ = sent(&mut hub, SUBSCRIBER);
-    feed(&mut hub, LinkId(1), b"+OK\r\n", now);
+    feed(&mut hub, LinkId(1), &resp2_ok(), now);
     feed(&mut hub, SUBSCRIBER, b"@@garbage\r\n", now);
     let ev = events(&mut hub);
     assert!(ev.iter().any(|e| matches!(
@@ -220,7 +230,7 @@ fn stray_messages_and_server_unsubscribes_are_handled_on_the_live_link() {
     let (mut hub, now) = hub("redis://127.0.0.1:6390");
     open_all(&mut hub, now);
     let _ = sent(&mut hub, SUBSCRIBER);
-    feed(&mut hub, SUBSCRIBER, b"+OK\r\n", now);
+    feed(&mut hub, SUBSCRIBER, &resp2_ok(), now);
     hub.join("r", "a", now).unwrap();
     let _ = sent(&mut hub, SUBSCRIBER);
     let ctl = b"graphwiz:ctl:0000000000000007";
@@ -262,6 +272,32 @@ fn stray_messages_and_server_unsubscribes_are_handled_on_the_live_link() {
 }
 
 #[test]
+fn a_cluster_node_reached_with_a_single_server_url_is_refused_naming_the_cluster_scheme() {
+    let (mut hub, now) = hub("redis://127.0.0.1:6390?protocol=resp3");
+    open_all(&mut hub, now);
+    let _ = sent(&mut hub, SUBSCRIBER);
+    let hello: &[u8] = b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:5\r\n$4\r\nmode\r\n$7\r\ncluster\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n";
+    feed(&mut hub, SUBSCRIBER, hello, now);
+    let cause = events(&mut hub)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::LinkDown {
+                link: SUBSCRIBER,
+                cause,
+                ..
+            } => Some(cause),
+            _ => None,
+        })
+        .expect("the link is refused");
+    let LinkError::WrongMode(text) = &cause else {
+        panic!("expected WrongMode, got {cause:?}");
+    };
+    assert!(text.contains("redis+cluster://127.0.0.1:6390"), "{text}");
+    assert!(cause.to_string().contains("redis+cluster://"), "{cause}");
+    assert_ne!(hub.health().links[0].state, roomcast_core::LinkState::Ready);
+}
+
+#[test]
 fn an_error_answering_a_ping_on_an_established_link_names_the_ping_not_the_handshake() {
     let now = Instant::now();
     let config = Config {
@@ -277,7 +313,7 @@ fn an_error_answering_a_ping_on_an_established_link_names_the_ping_not_the_hands
     let link = LinkId(1);
     open_all(&mut hub, now);
     let _ = sent(&mut hub, link);
-    feed(&mut hub, link, b"+OK\r\n", now);
+    feed(&mut hub, link, &resp2_ok(), now);
     assert!(events(&mut hub)
         .iter()
         .any(|e| matches!(e, Event::LinkUp { link: l, .. } if *l == link)));

@@ -39,7 +39,8 @@ const WRITE_QUEUE: usize = 256 << 10;
 /// bounds the driver queued everything the core handed out: hundreds of MiB in these seconds.
 const RSS_BOUND: usize = 64 << 20;
 
-/// Accepts connections, answers each one's handshake (RESP2 `CLIENT SETNAME`) with `+OK`,
+/// Accepts connections, answers each one's handshake (RESP2 `HELLO 2`, `CLIENT SETNAME`)
+/// with `+OK` twice (a `HELLO` reply that says no mode is accepted in single-server mode),
 /// then never reads from it again (the sockets stay open until the test ends).
 async fn deaf_server(listener: TcpListener, stop: Arc<AtomicBool>) {
     let mut held: Vec<TcpStream> = Vec::new();
@@ -49,16 +50,16 @@ async fn deaf_server(listener: TcpListener, stop: Arc<AtomicBool>) {
         else {
             continue;
         };
-        // `*3 $6 CLIENT $7 SETNAME $N name`: seven line ends.
+        // `*2 $5 HELLO $1 2` and `*3 $6 CLIENT $7 SETNAME $N name`: twelve line ends.
         let mut got = Vec::new();
         let mut buf = [0u8; 512];
-        while got.windows(2).filter(|w| w == b"\r\n").count() < 7 {
+        while got.windows(2).filter(|w| w == b"\r\n").count() < 12 {
             match sock.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => got.extend_from_slice(&buf[..n]),
             }
         }
-        let _ = sock.write_all(b"+OK\r\n").await;
+        let _ = sock.write_all(b"+OK\r\n+OK\r\n").await;
         held.push(sock);
     }
 }

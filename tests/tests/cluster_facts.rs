@@ -1,5 +1,6 @@
 //! The Redis Cluster facts roomcast's cluster mode relies on, checked with raw RESP clients
-//! on a real local cluster (three masters, three replicas) of the installed redis-server.
+//! on a real local cluster (three masters, three replicas) of the installed redis-server;
+//! and that roomcast refuses a `redis://` URL of a cluster node.
 //!
 //! One cluster serves the whole binary and the scenarios run one after the other in a single
 //! test: forming a cluster takes seconds, and the later scenarios change its topology (a slot
@@ -13,7 +14,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use roomcast::{Builder, Config, Error};
 use roomcast_core::cluster::{check_server_mode, key_slot, ClusterError, Redirect, Slot, Topology};
+use roomcast_core::LinkError;
 use roomcast_tests::redis_cluster::to_value;
 use roomcast_tests::{Failover, Promotion, RedisCluster, RespClient, RespReply};
 
@@ -255,6 +258,35 @@ fn hello_says_cluster(cluster: &mut RedisCluster) {
     }
 }
 
+/// roomcast itself, given a `redis://` URL of a cluster node, refuses to connect (in RESP2,
+/// where it asks `HELLO 2` for the mode, and in RESP3, where `HELLO 3` says it) with an error
+/// naming the `redis+cluster://` URL to write.
+fn roomcast_refuses_a_single_server_url_on_a_cluster_node(cluster: &mut RedisCluster) {
+    let port = cluster.masters()[0];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    for protocol in ["resp2", "resp3"] {
+        let url = format!("redis://127.0.0.1:{port}?protocol={protocol}");
+        let mut config = Config::from_url(&url).expect("url");
+        config.pool_size = 1;
+        let refused = rt
+            .block_on(async {
+                tokio::time::timeout(WAIT, Builder::new(config).connect_tokio()).await
+            })
+            .expect("refused in time")
+            .expect_err("a cluster node is not one server");
+        let Error::Connect(LinkError::WrongMode(text)) = &refused else {
+            panic!("{protocol}: expected WrongMode, got {refused:?}");
+        };
+        assert!(
+            text.contains(&format!("redis+cluster://127.0.0.1:{port}")),
+            "{protocol}: {text}"
+        );
+    }
+}
+
 /// One scenario of the test, run on the shared cluster.
 type Scenario = fn(&mut RedisCluster);
 
@@ -295,10 +327,14 @@ fn cluster_facts() {
     for &m in &masters {
         assert_eq!(cluster.replicas_of(m).len(), 1, "one replica of {m}");
     }
-    let scenarios: [(&str, Scenario); 10] = [
+    let scenarios: [(&str, Scenario); 11] = [
         ("keyslot", keyslot_matches),
         ("shards", shards_read_alike_everywhere),
         ("hello", hello_says_cluster),
+        (
+            "roomcast refuses redis://",
+            roomcast_refuses_a_single_server_url_on_a_cluster_node,
+        ),
         ("sharded pub/sub", sharded_pubsub_stays_in_its_shard),
         ("moved", wrong_node_answers_moved),
         ("crossslot", channels_of_two_slots_are_crossslot),

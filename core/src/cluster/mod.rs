@@ -71,12 +71,20 @@
 //! - [`ClusterError::parse`] reads the error replies that force a refresh (`MOVED`) or a
 //!   retry (`CLUSTERDOWN`, `TRYAGAIN`), or reveal a batching bug (`CROSSSLOT`).
 //! - [`shard_control_channel`] names the probe channel of each shard's subscriber link.
+//! - [`Placement`] turns each topology into stable places (one per master that owns
+//!   slots): the links of a place survive refreshes that leave its master where it was.
+//! - [`LeaveFence`] keeps a shard subscriber link's `SUNSUBSCRIBE` batches until their
+//!   fencing `PING` comes back, and says what each `sunsubscribe` means ([`Sunsubscribe`]).
 
+mod fence;
+mod placement;
 mod redirect;
 mod server;
 mod slot;
 mod topology;
 
+pub use fence::{ErrorAnswer, LeaveFence, LeaveOutcome, Sunsubscribe};
+pub use placement::{PlaceId, Placement, PlacementChange};
 pub use redirect::{ClusterError, Redirect};
 pub use server::{check_server_mode, ModeError, ServerHello, ServerMode, MIN_CLUSTER_VERSION};
 pub use slot::{

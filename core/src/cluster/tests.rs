@@ -440,3 +440,64 @@ proptest! {
         }
     }
 }
+
+/// The places across the captured history: steady, a slot moved, a master killed and its
+/// replica promoted, and back. Place ids stay the same for the same master, slots follow
+/// their owners, and the dead master's place is retired (its links to be closed).
+#[test]
+fn placements_follow_the_captured_topologies_with_stable_ids() {
+    let servers = match crate::config::parse_redis_target("redis+cluster://127.0.0.1:31001") {
+        Ok(crate::config::RedisTarget::Cluster(c)) => c,
+        other => panic!("a cluster URL: {other:?}"),
+    };
+    let port_of = |p: &Placement, slot_n: u16| {
+        p.place_of_slot(slot(slot_n))
+            .and_then(|id| p.server(id))
+            .map(|s| s.port)
+    };
+    let (mut p, first) = Placement::new(servers, capture("steady/resp2"));
+    assert_eq!(first.added.len(), 3);
+    assert!(first.retired.is_empty() && first.revived.is_empty());
+    let mut ports: Vec<u16> = p
+        .places()
+        .filter_map(|id| p.server(id))
+        .map(|s| s.port)
+        .collect();
+    ports.sort_unstable();
+    assert_eq!(ports, [31001, 31002, 31003]);
+    assert_eq!(port_of(&p, 100), Some(31001));
+    assert_eq!(port_of(&p, 10923), Some(31003));
+    let ids: Vec<PlaceId> = p.places().collect();
+    let id_of = |port: u16| {
+        ids.iter()
+            .copied()
+            .find(|&id| p.server(id).map(|s| s.port) == Some(port))
+            .expect("a place on that port")
+    };
+    let third = id_of(31003);
+
+    let moved = p.refresh(capture("moved/resp2"));
+    assert_eq!(moved, PlacementChange::default(), "the same three masters");
+    assert_eq!(port_of(&p, 100), Some(31002));
+    assert_eq!(port_of(&p, 99), Some(31001));
+    assert_eq!(p.places().collect::<Vec<_>>(), ids);
+
+    let failover = p.refresh(capture("failover/resp2"));
+    assert_eq!(failover.retired, [third], "the dead master's place");
+    assert_eq!(failover.added.len(), 1);
+    let promoted = failover.added[0];
+    assert_eq!(p.server(promoted).map(|s| s.port), Some(31005));
+    assert!(!p.is_serving(third) && p.is_serving(promoted));
+    assert_eq!(port_of(&p, 10923), Some(31005));
+    assert_eq!(port_of(&p, 100), Some(31002));
+
+    // The old master back as the owner (as after a failover back): its old id serves again.
+    let back = p.refresh(capture("steady/resp3"));
+    assert_eq!(back.revived, [third]);
+    assert_eq!(back.retired, [promoted]);
+    assert!(back.added.is_empty());
+    assert_eq!(port_of(&p, 10923), Some(31003));
+    // Every server has the cluster's settings: database 0.
+    assert!(p.places().filter_map(|id| p.server(id)).all(|s| s.db == 0));
+    assert_eq!(p.server(PlaceId(99)), None);
+}

@@ -249,6 +249,10 @@ pub struct Hub {
 
 impl Hub {
     /// A hub that will open its links at once (see [`Hub::poll_link_request`]).
+    ///
+    /// A cluster configuration ([`Config::cluster`]) is refused for now: the pieces of
+    /// cluster mode are in [`crate::cluster`] (slots, topology, stable places, the
+    /// `SUNSUBSCRIBE` fence), but the hub does not yet route rooms and publishes by slot.
     pub fn new(config: Config, id: Identity, now: Instant) -> Result<Hub, ConfigError> {
         let roles = roles::Roles::single(config.server.clone(), config.pool_size);
         Hub::with_roles(config, id, now, roles)
@@ -269,6 +273,14 @@ impl Hub {
         roles: roles::Roles,
     ) -> Result<Hub, ConfigError> {
         config.validate()?;
+        if config.cluster.is_some() {
+            return Err(ConfigError::BadValue {
+                field: "cluster",
+                reason: "this hub does not route rooms by hash slot yet, so it cannot serve a \
+                         Redis Cluster (redis+cluster://); use a redis:// URL of one server"
+                    .into(),
+            });
+        }
         let namer =
             ChannelNamer::new(&config.channel_prefix).map_err(|e| ConfigError::BadValue {
                 field: "channel_prefix",
@@ -929,6 +941,22 @@ mod tests {
     use std::time::Instant;
 
     use crate::{Config, Hub, Identity, InstanceId, MemberError};
+
+    #[test]
+    fn a_cluster_config_is_refused_by_the_hub_with_what_to_do() {
+        let id = Identity {
+            instance: InstanceId(1),
+            epoch: 1,
+        };
+        let config = Config::from_url("redis+cluster://127.0.0.1:7000").unwrap();
+        let e = Hub::new(config, id, Instant::now())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("redis+cluster://") && e.contains("redis://"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn join_many_is_all_or_nothing_and_counts_new_rooms() {

@@ -358,6 +358,12 @@ mod tests {
 
     impl One {
         fn new() -> One {
+            let mut one = One::unconnected();
+            one.connect();
+            one
+        }
+
+        fn unconnected() -> One {
             let config = Config {
                 pool_size: 1,
                 presence: false,
@@ -365,17 +371,16 @@ mod tests {
             };
             let now = Instant::now();
             let hub = Hub::new(config, ME, now).unwrap();
-            let mut one = One {
+            One {
                 hub,
                 now,
                 wrote: Vec::new(),
-            };
-            one.connect();
-            one
+            }
         }
 
-        /// Opens the publish link and answers its handshake (RESP2: CLIENT SETNAME).
-        fn connect(&mut self) {
+        /// Opens the publish link and answers its handshake (RESP2: `HELLO 2` for the
+        /// server's mode, then CLIENT SETNAME) as a server of `mode`.
+        fn handshake(&mut self, mode: &str) {
             while let Some(r) = self.hub.poll_link_request() {
                 if let LinkRequest::Open { link: LINK, .. } = r {
                     self.hub.handle_connected(LINK, self.now);
@@ -383,12 +388,20 @@ mod tests {
             }
             let handshake = self.take();
             assert!(
-                handshake.starts_with(b"*3\r\n$6\r\nCLIENT"),
+                handshake.starts_with(b"*2\r\n$5\r\nHELLO\r\n$1\r\n2\r\n*3\r\n$6\r\nCLIENT"),
                 "{handshake:?}"
             );
             self.wrote.clear();
+            let hello = format!(
+                "*4\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n$4\r\nmode\r\n${}\r\n{mode}\r\n+OK\r\n",
+                mode.len()
+            );
             self.hub
-                .handle_input(LINK, &mut BytesMut::from(&b"+OK\r\n"[..]), self.now);
+                .handle_input(LINK, &mut BytesMut::from(hello.as_bytes()), self.now);
+        }
+
+        fn connect(&mut self) {
+            self.handshake("standalone");
             assert!(self.hub.health().links[1].state == crate::LinkState::Ready);
         }
 
@@ -414,6 +427,43 @@ mod tests {
             };
             self.hub.publish(&msg, self.now).unwrap();
         }
+    }
+
+    #[test]
+    fn a_single_server_url_that_reaches_a_cluster_node_is_refused_at_connect() {
+        let mut one = One::unconnected();
+        one.handshake("cluster");
+        let link = &one.hub.health().links[1];
+        assert_ne!(link.state, crate::LinkState::Ready);
+        let Some(crate::LinkError::WrongMode(text)) = &link.last_error else {
+            panic!("expected WrongMode, got {:?}", link.last_error);
+        };
+        assert!(text.contains("redis+cluster://"), "{text}");
+        let down = std::iter::from_fn(|| one.hub.poll_event()).find_map(|e| match e {
+            Event::LinkDown {
+                link: LINK, cause, ..
+            } => Some(cause),
+            _ => None,
+        });
+        assert!(
+            matches!(down, Some(crate::LinkError::WrongMode(_))),
+            "{down:?}"
+        );
+        // A standalone server (and one before 6.0, which refuses HELLO) is accepted.
+        One::new();
+        let mut old = One::unconnected();
+        while let Some(r) = old.hub.poll_link_request() {
+            if let LinkRequest::Open { link: LINK, .. } = r {
+                old.hub.handle_connected(LINK, old.now);
+            }
+        }
+        let _ = old.take();
+        old.hub.handle_input(
+            LINK,
+            &mut BytesMut::from(&b"-ERR unknown command 'HELLO'\r\n+OK\r\n"[..]),
+            old.now,
+        );
+        assert_eq!(old.hub.health().links[1].state, crate::LinkState::Ready);
     }
 
     #[test]

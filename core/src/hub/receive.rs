@@ -52,6 +52,20 @@ impl Hub {
         }
     }
 
+    /// Checks a `HELLO` reply against the mode the URL chose: a single-server URL must not
+    /// reach a cluster node. (A reply that says nothing readable about the mode, from a
+    /// server that is not Redis itself, is accepted in single-server mode, as before.)
+    fn check_mode(&self, idx: usize, reply: &Value) -> Result<(), LinkError> {
+        let server = self.roles.server_of(idx);
+        let addr = format!("{}:{}", server.host, server.port);
+        match crate::cluster::check_server_mode(reply, false, &addr) {
+            Err(e @ crate::cluster::ModeError::IsACluster { .. }) => {
+                Err(LinkError::WrongMode(e.to_string()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub(super) fn count_confirmation(&mut self, idx: usize) {
         let l = &mut self.links[idx];
         if let Some((_, Request::Subscription { remaining })) = l.fifo.front_mut() {
@@ -89,8 +103,17 @@ impl Hub {
         };
         match req {
             Request::Handshake(step) => {
-                if let Some(e) = error_text(&v) {
-                    let cause = handshake_error(step, e);
+                let cause = match (step, error_text(&v)) {
+                    // A server that cannot answer `HELLO 2` (before 6.0, or an ACL that
+                    // forbids it) cannot say its mode: a single server is accepted as before.
+                    (crate::link::Step::Mode, Some(_)) => None,
+                    (_, Some(e)) => Some(handshake_error(step, e)),
+                    (crate::link::Step::Mode | crate::link::Step::Hello, None) => {
+                        self.check_mode(idx, &v).err()
+                    }
+                    (_, None) => None,
+                };
+                if let Some(cause) = cause {
                     self.link_failed(idx, cause, true, now);
                 } else if !self.links[idx].handshake_pending() {
                     self.link_ready(idx, now);

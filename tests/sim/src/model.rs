@@ -95,6 +95,10 @@ pub struct ModelConfig {
     /// `false` behaves like Redis 5 for the handshake: `HELLO` is an unknown command and
     /// unknown-command errors use Redis 5's text.
     pub hello_supported: bool,
+    /// `true` answers `HELLO` with `mode cluster`, as a Redis Cluster node does (the
+    /// commands themselves stay those of one server: only the handshake's check of the
+    /// server's mode is modelled).
+    pub cluster_mode: bool,
 }
 
 impl Default for ModelConfig {
@@ -103,6 +107,7 @@ impl Default for ModelConfig {
             requirepass: None,
             users: Vec::new(),
             hello_supported: true,
+            cluster_mode: false,
         }
     }
 }

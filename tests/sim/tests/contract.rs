@@ -18,6 +18,7 @@ fn model() -> ModelConfig {
         requirepass: None,
         users: Vec::new(),
         hello_supported: true,
+        cluster_mode: false,
     }
 }
 

@@ -1,7 +1,7 @@
 //! Hub behaviour that needs Redis on the other side (moved out of the core's unit tests,
 //! which keep only what reads the hub's private state): large output across a kill, quiet
-//! publishes, `join_many`, `LocalFirst` while a room is being left, and a probe ended by
-//! `close`.
+//! publishes, `join_many`, `LocalFirst` while a room is being left, a probe ended by
+//! `close`, and the handshake's check of the server's mode.
 
 use std::time::Duration;
 
@@ -269,4 +269,75 @@ fn a_queued_delivery_does_not_name_the_next_occupant_of_its_slot() {
     assert_ne!(slots[0], b.conn, "nor b");
     assert_eq!(hub.conn_id(slots[1]).map(|c| c.as_str()), Some("other"));
     assert_eq!(hub.conn_id(b.conn).map(|c| c.as_str()), Some("b"));
+}
+
+/// The handshake reads the server's mode from `HELLO` (`HELLO 2` pipelined after `AUTH` in
+/// RESP2, `HELLO 3` itself in RESP3): every link to a node that says `mode cluster` is
+/// refused with an error naming the `redis+cluster://` URL, and no room goes live; a
+/// Redis 5 (no `HELLO`) and a standalone server are served as before, a message delivered.
+#[test]
+fn a_redis_url_reaching_a_cluster_node_is_refused_and_old_servers_are_not() {
+    for protocol in ["resp2", "resp3"] {
+        let config = |_| Config {
+            pool_size: 2,
+            ..Config::from_url(&format!("redis://127.0.0.1:6379?protocol={protocol}")).unwrap()
+        };
+        let model = ModelConfig {
+            cluster_mode: true,
+            ..ModelConfig::default()
+        };
+        let mut s = Sim::new(1, model, config);
+        s.settle();
+        let downs: Vec<String> = s
+            .take_events_of(0)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::LinkDown { cause, .. } => Some(cause),
+                _ => None,
+            })
+            .map(|cause| match cause {
+                roomcast_core::LinkError::WrongMode(text) => text,
+                other => panic!("{protocol}: expected WrongMode, got {other:?}"),
+            })
+            .collect();
+        assert!(
+            downs.len() >= 3,
+            "{protocol}: every link refused: {downs:?}"
+        );
+        assert!(
+            downs
+                .iter()
+                .all(|t| t.contains("redis+cluster://127.0.0.1:6379")),
+            "{protocol}: {downs:?}"
+        );
+        assert!(!s.nodes[0].hub.health().all_ready());
+    }
+    for (protocol, hello_supported) in [("resp2", false), ("resp2", true), ("resp3", true)] {
+        let config = |_| Config {
+            pool_size: 1,
+            ..Config::from_url(&format!("redis://127.0.0.1:6379?protocol={protocol}")).unwrap()
+        };
+        let model = ModelConfig {
+            hello_supported,
+            ..ModelConfig::default()
+        };
+        let mut s = Sim::new(2, model, config);
+        s.settle();
+        assert!(
+            s.nodes.iter().all(|n| n.hub.health().all_ready()),
+            "{protocol}, HELLO {hello_supported}"
+        );
+        s.join(1, "r", "m").unwrap();
+        s.settle();
+        s.take_events();
+        let now = s.now;
+        let mut data = 7u32.to_le_bytes().to_vec();
+        data.extend_from_slice(b"hello");
+        s.nodes[0]
+            .hub
+            .publish(&Publish::broadcast("r", &data), now)
+            .unwrap();
+        s.settle();
+        assert_eq!(received(&mut s), [7], "{protocol}, HELLO {hello_supported}");
+    }
 }

@@ -312,14 +312,20 @@ fn handle(s: &Shared, id: u64, writer: &Mutex<TcpStream>, args: &[Vec<u8>]) -> b
             } else if !ok {
                 b"-WRONGPASS invalid username-password pair or user is disabled.\r\n".to_vec()
             } else {
+                // `HELLO 2` (the RESP2 handshake asks it for the server's mode) keeps RESP2.
+                let three = args.get(1).map(Vec::as_slice) == Some(b"3");
                 {
                     let mut conns = s.conns.lock().unwrap();
                     let c = conns.get_mut(&id).expect("conn");
                     c.authed = true;
-                    c.resp3 = true;
+                    c.resp3 = c.resp3 || three;
                 }
                 handshake = name.map(|n| name_link(s, id, &n));
-                b"%3\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n$5\r\nproto\r\n:3\r\n".to_vec()
+                if three {
+                    b"%3\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n".to_vec()
+                } else {
+                    b"*6\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n".to_vec()
+                }
             }
         }
         _ if !authed => b"-NOAUTH Authentication required.\r\n".to_vec(),

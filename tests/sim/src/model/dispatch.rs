@@ -477,7 +477,14 @@ impl ModelRedis {
             (Reply::bulk("version"), Reply::bulk("7.0.15")),
             (Reply::bulk("proto"), Reply::Integer(cl.proto.version())),
             (Reply::bulk("id"), Reply::Integer(cl.server_id)),
-            (Reply::bulk("mode"), Reply::bulk("standalone")),
+            (
+                Reply::bulk("mode"),
+                Reply::bulk(if self.cfg.cluster_mode {
+                    "cluster"
+                } else {
+                    "standalone"
+                }),
+            ),
             (Reply::bulk("role"), Reply::bulk("master")),
             (Reply::bulk("modules"), Reply::Array(Vec::new())),
         ])

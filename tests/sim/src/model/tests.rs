@@ -570,7 +570,7 @@ proptest! {
 
     #[test]
     fn never_panics_and_always_writes_resp(ops in prop::collection::vec(arb_op(), 1..60)) {
-        let mut sim = Sim::new(ModelConfig { requirepass: None, users: vec![("u".into(), "pw".into())], hello_supported: true });
+        let mut sim = Sim::new(ModelConfig { requirepass: None, users: vec![("u".into(), "pw".into())], hello_supported: true, cluster_mode: false });
         let mut ids: Vec<ClientId> = (0..3).map(|_| sim.m.connect()).collect();
         for op in ops {
             match op {
