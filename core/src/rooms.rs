@@ -848,6 +848,12 @@ impl Rooms {
 
     /// Takes the next commands to send, at most `cap` channels in flight in all.
     /// Returns (rooms to subscribe, rooms to unsubscribe), in the order they became dirty.
+    /// Whether any room waits for a SUBSCRIBE or UNSUBSCRIBE ([`Rooms::take_commands`]).
+    #[inline]
+    pub(crate) fn has_commands(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
     pub(crate) fn take_commands(&mut self, cap: usize) -> (Vec<RoomId>, Vec<RoomId>) {
         let mut sub = Vec::new();
         let mut unsub = Vec::new();

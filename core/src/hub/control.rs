@@ -32,6 +32,12 @@ impl Control {
     }
 
     /// Whether a SUBSCRIBE is to be written now (then it is under way); never once closed.
+    /// Whether [`Control::subscribe_now`] would say yes (without changing anything).
+    #[inline]
+    pub(super) fn wants_subscribe(&self, closed: bool) -> bool {
+        self.state == RoomState::Pending && !closed
+    }
+
     pub(super) fn subscribe_now(&mut self, closed: bool) -> bool {
         if self.state != RoomState::Pending || closed {
             return false;

@@ -25,6 +25,10 @@ impl Hub {
     /// Writes the subscription changes of this turn, stamped `now` (the latest `now` seen:
     /// that of the call that made them).
     pub(super) fn flush_subscriptions(&mut self, now: Instant) {
+        // The common case (every publish polls the links): nothing to subscribe or leave.
+        if !self.rooms.has_commands() && !self.control.wants_subscribe(self.closed) {
+            return;
+        }
         // Single-server mode: every room's place is the one server, whose subscriber carries
         // the control channel too.
         let place = self.roles.place_of_room("");
