@@ -141,12 +141,7 @@ impl RespClient {
     /// Writes a command whose arguments are arbitrary bytes.
     pub fn send_raw(&mut self, args: &[&[u8]]) -> io::Result<()> {
         let mut out = Vec::new();
-        out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for a in args {
-            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            out.extend_from_slice(a);
-            out.extend_from_slice(b"\r\n");
-        }
+        encode_command(&mut out, args);
         self.stream.write_all(&out)
     }
 
@@ -317,6 +312,16 @@ fn parse(buf: &[u8], depth: usize) -> Result<Parsed, String> {
 
 fn find_crlf(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n")
+}
+
+/// Appends `args` to `out` as one RESP command (an array of bulk strings), as a client sends it.
+pub fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 
 mod client;
 
-pub use client::{RespClient, RespReply};
+pub use client::{encode_command, RespClient, RespReply};
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -675,3 +675,14 @@ impl ModelRedis {
         }
     }
 }
+
+/// `args` as one RESP command (an array of bulk strings), as a client sends it to the model.
+pub fn command_bytes(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}

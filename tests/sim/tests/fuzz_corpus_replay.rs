@@ -169,13 +169,7 @@ fn exchange(s: &mut TcpStream, bytes: &[u8]) -> Vec<u8> {
 }
 
 fn command(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
+    roomcast_sim::model::command_bytes(args)
 }
 
 fn write_seed(target: &str, name: &str, data: &[u8]) {

@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::common::{now_ns, settle, wait_for, Job, Res, Usage, STALL};
+use roomcast::redis_server::encode_command;
 
 /// A raw subscriber connection on a thread of its own.
 pub struct RawSub {
@@ -22,15 +23,6 @@ pub struct RawSub {
     pub closed: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<io::Result<()>>>,
-}
-
-fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
-    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
 }
 
 /// Parses one RESP2 push (array of bulk strings / integers) at the start of `buf`: returns
@@ -76,7 +68,7 @@ impl RawSub {
         for chunk in channels.chunks(512) {
             let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
             args.extend(chunk.iter().map(|c| c.as_bytes()));
-            encode(&mut out, &args);
+            encode_command(&mut out, &args);
         }
         s.write_all(&out)?;
         let mut buf = Vec::with_capacity(1 << 20);

@@ -9,13 +9,7 @@ use proptest::prelude::*;
 use super::{ClientId, Keyspace, Limits, ModelConfig, ModelRedis, Protocol, Reply, Value};
 
 fn cmd(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
+    super::command_bytes(args)
 }
 
 /// A model plus a virtual clock.
