@@ -35,6 +35,17 @@
 //! member, and would still need a cross-shard index for `instances()` and the sweep.
 //! Single-server mode uses the same names.
 //!
+//! # While the presence slot moves
+//!
+//! Checked on a real cluster by the `presence_cluster` integration test. Halfway through a
+//! move, the old owner refuses a script that reads a key already moved (`ERR Script attempted
+//! to access a non local key in a cluster node`) and answers `-ASK` for a command whose
+//! declared key moved; the new owner answers `-MOVED` back to the old one. Nothing is pruned
+//! by mistake, and after the move every command gets `-MOVED`, so each instance refreshes
+//! and registers again. Presence commands must never be sent with `ASKING`: the importing
+//! node would run a script on the keys it has, where a lease not moved yet reads as missing,
+//! and the query would prune (the sweep clear) a live instance's entries.
+//!
 //! Redis 7.0 has no per-field expiry, so entries outlive a crashed owner. Every query is one
 //! server-side script that answers in one round trip, skipping and deleting entries whose
 //! owner's lease is gone; the instances sweep (run with every few heartbeats) removes a dead

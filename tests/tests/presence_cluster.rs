@@ -1,7 +1,9 @@
 //! Presence's key layout and scripts on a real local Redis Cluster (three masters): every
 //! presence key of a prefix is in one hash slot, so on the master that owns it the scripts,
 //! the registration transaction and the writes run without `-CROSSSLOT` and answer right,
-//! and on any other master they are answered `-MOVED` to that owner and not run.
+//! and on any other master they are answered `-MOVED` to that owner and not run. Last, the
+//! slot moves to another master: halfway through, a query on the old owner is refused
+//! rather than prune members whose lease already moved; after it, the new owner answers.
 //!
 //! The commands are the hub's, sent with the raw RESP client: the scripts are
 //! `roomcast_core::presence`'s, the key names come from its `Keys`, and [`register`] sends
@@ -412,4 +414,94 @@ fn presence_runs_on_the_owner_of_its_slot_and_is_moved_elsewhere() {
         Vec::<String>::new()
     );
     assert_eq!(key_slot(&k.instances), slot);
+
+    // The presence slot moves while both instances are registered. Halfway (b's lease
+    // already on the new owner, everything else still on the old one) a query on the old
+    // owner fails instead of taking b for dead: nothing is pruned.
+    for (inst, room, conn) in [(&a, "lobby", "c2"), (&b, "lobby", "d1")] {
+        for r in register(&mut c, inst, &[(room, &[conn])]) {
+            no_error("registration before the move", &r);
+        }
+    }
+    let target = cluster
+        .masters()
+        .into_iter()
+        .find(|&p| p != owner)
+        .expect("another master");
+    cluster.begin_slot_move(slot, owner, target);
+    let moved_lease = c.cmd(&[
+        "MIGRATE",
+        "127.0.0.1",
+        &target.to_string(),
+        "",
+        "0",
+        "5000",
+        "KEYS",
+        &text(&b.keys.lease),
+    ]);
+    assert!(moved_lease.is_ok(), "MIGRATE: {moved_lease:?}");
+    let halfway = room_query(&mut c, &shas, &a.keys, "lobby");
+    assert!(halfway.error().is_some(), "a refusal, got {halfway:?}");
+    let halfway = sweep(&mut c, &shas, &a.keys);
+    assert!(halfway.error().is_some(), "a refusal, got {halfway:?}");
+    assert_eq!(c.cmd(&["HLEN", &lobby]).as_int(), Some(2), "nothing pruned");
+    assert_eq!(
+        sorted(&c.cmd(&["SMEMBERS", &text(&a.keys.instances)])),
+        vec![a.me(), b.me()]
+    );
+    // The importing master, asked without ASKING (roomcast never sends it for presence),
+    // sends the query back to the old owner rather than run it on half the keys.
+    let mut t = cluster.client(target);
+    let shas_t = load(&mut t);
+    let early = room_query(&mut t, &shas_t, &a.keys, "lobby");
+    assert_eq!(
+        moved("room query on the importing master", &early),
+        (slot, owner)
+    );
+    // Why never ASKING: once the room hash has moved but a's lease has not, the importing
+    // master would run the query on the keys it has, take a for dead and prune its member.
+    let migrate_lobby = c.cmd(&[
+        "MIGRATE",
+        "127.0.0.1",
+        &target.to_string(),
+        "",
+        "0",
+        "5000",
+        "KEYS",
+        &lobby,
+    ]);
+    assert!(migrate_lobby.is_ok(), "MIGRATE: {migrate_lobby:?}");
+    // The old owner sends a query whose room hash moved to the new owner, with -ASK.
+    let asked = room_query(&mut c, &shas, &a.keys, "lobby");
+    match asked.error().map(|e| ClusterError::parse(e.as_bytes())) {
+        Some(Ok(Some(ClusterError::Ask(r)))) => assert_eq!((r.slot, r.port), (slot, target)),
+        other => panic!("-ASK expected, got {asked:?} ({other:?})"),
+    }
+    assert!(t.cmd(&["ASKING"]).is_ok());
+    assert_eq!(
+        sorted(&room_query(&mut t, &shas_t, &a.keys, "lobby")),
+        vec![b.field("d1")],
+        "the importing master with ASKING prunes a live member"
+    );
+    cluster.migrate_keys(slot, owner, target);
+    cluster.finish_slot_move(slot, owner, target);
+    // After the move the new owner answers, and the old one sends there. a's member pruned
+    // above is back once a registers again (as the hub does after -MOVED).
+    assert_eq!(
+        sorted(&room_query(&mut t, &shas_t, &a.keys, "lobby")),
+        vec![b.field("d1")]
+    );
+    for r in register(&mut t, &a, &[("lobby", &["c2"])]) {
+        no_error("registration on the new owner", &r);
+    }
+    assert_eq!(
+        sorted(&room_query(&mut t, &shas_t, &a.keys, "lobby")),
+        vec![a.field("c2"), b.field("d1")]
+    );
+    assert_eq!(
+        sorted(&sweep(&mut t, &shas_t, &a.keys)),
+        vec![a.me(), b.me()]
+    );
+    let after = room_query(&mut c, &shas, &a.keys, "lobby");
+    assert_eq!(moved("room query after the move", &after), (slot, target));
 }
