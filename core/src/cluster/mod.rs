@@ -35,7 +35,7 @@
 //!
 //! - **`{…}` in a room id is a hash tag.** Rooms whose ids have the same first non-empty
 //!   `{…}` group share a slot, so `{game42}/chat` and `{game42}/lobby` live on one shard (one
-//!   subscriber link, one `SSUBSCRIBE` batch, and later presence keys tagged the same way).
+//!   subscriber link, one `SSUBSCRIBE` batch).
 //!   This is the rule every Redis Cluster user already knows for keys, it costs nothing, and
 //!   it is the only way to co-locate rooms on purpose. It holds because the escaping of room
 //!   ids leaves `{` and `}` alone and is injective: the first `{…}` of the channel is the
@@ -47,6 +47,8 @@
 //!   README must say: do not put a shared `{…}` in many room ids unless they should share a
 //!   shard. Room ids without braces (the usual case) hash their whole channel and spread
 //!   evenly over the slots.
+//!   Presence keys do not follow rooms: all of one prefix share the prefix's slot
+//!   ([`crate::presence::Keys::slot`]).
 //! - **The prefix cannot contain a tag.** A prefix such as `{app}` would make every channel
 //!   hash to one slot: one shard would carry all rooms, silently. [`check_cluster_prefix`]
 //!   refuses a prefix with `{` or `}` in cluster mode with a message saying why and what to
