@@ -515,6 +515,24 @@ impl Oracle {
         }
     }
 
+    /// The cluster invariant after quiescence ([`Sim::subscription_violations`]) for the
+    /// memberships the oracle knows: every room with members on a node that was not shut
+    /// down is subscribed by that node exactly once, on a live node of the shard owning its
+    /// slot, and no room without members is. Panics listing every violation.
+    pub fn check_cluster_subscriptions(&self, sim: &Sim) {
+        let rooms: Vec<Option<BTreeSet<String>>> = self
+            .nodes
+            .iter()
+            .map(|n| (!n.shut).then(|| n.members.iter().map(|(r, _)| r.clone()).collect()))
+            .collect();
+        let wrong = sim.subscription_violations(&rooms);
+        assert!(
+            wrong.is_empty(),
+            "the cluster's subscriptions do not match the memberships:\n{}",
+            wrong.join("\n")
+        );
+    }
+
     /// Rooms that still owe messages, by the node that published them: publish one more
     /// message from each (so that what a node never received shows as a `Gap`), settle, and
     /// call [`Oracle::finish`].
