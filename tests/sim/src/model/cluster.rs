@@ -811,18 +811,19 @@ impl ModelCluster {
     }
 
     /// Each of `nodes` pushes `sunsubscribe` for its shard channels of `slots`, to each
-    /// subscriber, and forgets them (`removeChannelsInSlot`): channel by channel in name
-    /// order, each to its subscribers.
+    /// subscriber, and forgets them (`removeChannelsInSlot`): slot by slot in ascending
+    /// order, a slot's channels in name order, each to its subscribers.
     fn drop_channels(&mut self, nodes: &[usize], slots: BTreeSet<u16>) {
         for &n in nodes {
-            let channels: Vec<Vec<u8>> = self.nodes[n]
+            let mut channels: Vec<(u16, Vec<u8>)> = self.nodes[n]
                 .redis
                 .shard_channels
                 .keys()
-                .filter(|ch| slots.contains(&slot_of(ch)))
-                .cloned()
+                .map(|ch| (slot_of(ch), ch.clone()))
+                .filter(|(slot, _)| slots.contains(slot))
                 .collect();
-            for ch in channels {
+            channels.sort();
+            for (_, ch) in channels {
                 self.nodes[n].redis.server_sunsubscribe(&ch);
             }
         }
