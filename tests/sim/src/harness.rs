@@ -700,6 +700,21 @@ impl Sim {
         channel
     }
 
+    /// Where hub `i` holds its subscription of `room` in the cluster: `(link, connection,
+    /// cluster node)` for each connection of the hub subscribed to the room's shard channel
+    /// (after quiescence there should be exactly one).
+    pub fn room_subscriptions(&self, i: usize, room: &str) -> Vec<(LinkId, ClientId, usize)> {
+        let channel = self.room_channel(i, room);
+        let cl = self.cluster();
+        cl.shard_subscribers(&channel)
+            .into_iter()
+            .filter_map(|(n, c)| {
+                let (link, _) = self.nodes[i].connections().find(|(_, mine)| *mine == c)?;
+                Some((link, c, n))
+            })
+            .collect()
+    }
+
     /// The cluster invariant after quiescence, for hubs whose rooms with members are
     /// `rooms[i]` (hubs past the end of `rooms`, and hubs given `None`, are skipped): each
     /// such room is subscribed by its hub exactly once in the whole cluster, on a live node
@@ -716,11 +731,10 @@ impl Sim {
                 let channel = self.room_channel(i, room);
                 let slot = crate::model::slot_of(&channel);
                 let owner = cl.owner(slot);
-                let at: Vec<usize> = cl
-                    .shard_subscribers(&channel)
+                let at: Vec<usize> = self
+                    .room_subscriptions(i, room)
                     .into_iter()
-                    .filter(|(_, c)| mine.contains(c))
-                    .map(|(n, _)| n)
+                    .map(|(_, _, n)| n)
                     .collect();
                 let well_placed = |n: &usize| {
                     let node = cl.node(*n);

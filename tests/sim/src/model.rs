@@ -215,6 +215,8 @@ pub struct ModelRedis {
     cluster: Option<Box<cluster::NodeView>>,
     /// As a node of a [`ModelCluster`]: messages for the other nodes.
     bus: Vec<cluster::Bus>,
+    /// The version `HELLO` reports.
+    version: String,
 }
 
 /// One `PUBLISH` or `SPUBLISH` as the server executed it: which message went to which
@@ -255,6 +257,7 @@ impl ModelRedis {
             next_fanout: 0,
             cluster: None,
             bus: Vec::new(),
+            version: "7.0.15".into(),
         }
     }
 
@@ -304,6 +307,12 @@ impl ModelRedis {
     /// The configuration the server was created with.
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// Makes `HELLO` report `version` instead of 7.0.15 (nothing else changes: this tests a
+    /// client's version check, not an older server).
+    pub fn set_version(&mut self, version: &str) {
+        self.version = version.into();
     }
 
     /// Current buffer limits.

@@ -990,3 +990,189 @@ fn links_to_missing_or_failed_nodes_are_refused() {
         "{events:?}"
     );
 }
+
+// ---------------------------------------------------------------- random topology changes
+
+mod random {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Subscribe(usize, usize),
+        Unsubscribe(usize, usize),
+        Publish(usize, usize),
+        Migrate(usize, usize),
+        ManualFailover(usize),
+        HardFailover(usize),
+    }
+
+    const CHANNELS: usize = 10;
+    const SUBSCRIBERS: usize = 8;
+
+    fn channel(i: usize) -> String {
+        // Some channels share a slot through a tag.
+        if i % 3 == 0 {
+            format!("{{t{}}}c{i}", i % 2)
+        } else {
+            format!("c{i}")
+        }
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..SUBSCRIBERS, 0..CHANNELS).prop_map(|(s, c)| Op::Subscribe(s, c)),
+            1 => (0..SUBSCRIBERS, 0..CHANNELS).prop_map(|(s, c)| Op::Unsubscribe(s, c)),
+            5 => (0..9usize, 0..CHANNELS).prop_map(|(n, c)| Op::Publish(n, c)),
+            2 => (0..CHANNELS, 0..3usize).prop_map(|(c, s)| Op::Migrate(c, s)),
+            1 => (0..3usize).prop_map(Op::ManualFailover),
+            1 => (0..3usize).prop_map(Op::HardFailover),
+        ]
+    }
+
+    /// What a subscriber's frames say it is subscribed to.
+    #[derive(Default)]
+    struct Tracked {
+        subs: BTreeSet<String>,
+        got: Vec<(String, Vec<u8>)>,
+    }
+
+    fn read(r: &mut Rig, c: ClientId, resp3: bool, t: &mut Tracked) {
+        let out = r.out(c);
+        for v in decode_all(&out, resp3) {
+            let Value::Array(items) = v else { continue };
+            let [kind, ch, last] = &items[..] else {
+                continue;
+            };
+            let (Some(kind), Some(ch)) = (kind.as_bytes(), ch.as_bytes()) else {
+                continue;
+            };
+            let ch = text(ch);
+            match kind {
+                b"ssubscribe" => {
+                    t.subs.insert(ch);
+                }
+                b"sunsubscribe" => {
+                    t.subs.remove(&ch);
+                }
+                b"smessage" => t
+                    .got
+                    .push((ch, last.as_bytes().unwrap_or_default().to_vec())),
+                _ => {}
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Under any sequence of subscriptions, publishes, migrations and failovers: every
+        /// SPUBLISH reaches exactly the subscribers (as their own frames tell) on the nodes
+        /// of the owning shard, once; it is answered with the answering node's count or
+        /// `-MOVED` to the owner; and no live node keeps a subscription of a slot its shard
+        /// does not own.
+        #[test]
+        fn sharded_delivery_follows_the_topology(ops in prop::collection::vec(op(), 1..60)) {
+            let mut r = Rig::standard();
+            let subs: Vec<(ClientId, bool)> = (0..SUBSCRIBERS)
+                .map(|i| {
+                    let resp3 = i % 2 == 1;
+                    (if resp3 { r.conn3(i % 6) } else { r.conn(i % 6) }, resp3)
+                })
+                .collect();
+            let mut tracked: Vec<Tracked> = (0..SUBSCRIBERS).map(|_| Tracked::default()).collect();
+            let mut publishers: BTreeMap<usize, ClientId> = BTreeMap::new();
+            let mut n = 0u32;
+            for op in ops {
+                match op {
+                    Op::Subscribe(s, c) | Op::Unsubscribe(s, c) => {
+                        let cmd: &[u8] = if matches!(op, Op::Subscribe(..)) {
+                            b"SSUBSCRIBE"
+                        } else {
+                            b"SUNSUBSCRIBE"
+                        };
+                        r.send(subs[s].0, &[cmd, channel(c).as_bytes()]);
+                    }
+                    Op::Publish(node, c) => {
+                        let node = node % 6;
+                        if !r.cl.node(node).is_alive() {
+                            continue;
+                        }
+                        let ch = channel(c);
+                        let owner = r.cl.owner_of(ch.as_bytes()).expect("every slot served");
+                        let serves = r.cl.node(node).shard() == owner;
+                        let expected: Vec<usize> = (0..SUBSCRIBERS)
+                            .filter(|&s| {
+                                let at = r.cl.node_of(subs[s].0).expect("a node");
+                                r.cl.is_open(subs[s].0)
+                                    && r.cl.node(at).shard() == owner
+                                    && tracked[s].subs.contains(&ch)
+                            })
+                            .collect();
+                        let here = expected
+                            .iter()
+                            .filter(|&&s| r.cl.node_of(subs[s].0) == Some(node))
+                            .count();
+                        let p = match publishers.get(&node) {
+                            Some(&p) if r.cl.is_open(p) => p,
+                            _ => {
+                                let p = r.conn(node);
+                                publishers.insert(node, p);
+                                p
+                            }
+                        };
+                        n += 1;
+                        let payload = n.to_string();
+                        let reply = r.call(p, &[b"SPUBLISH", ch.as_bytes(), payload.as_bytes()]);
+                        let slot = slot_of(ch.as_bytes());
+                        let want = if serves {
+                            format!(":{here}\r\n").into_bytes()
+                        } else {
+                            r.moved(slot, r.cl.master_of(owner))
+                        };
+                        prop_assert_eq!(text(&reply), text(&want));
+                        for (s, t) in tracked.iter_mut().enumerate() {
+                            read(&mut r, subs[s].0, subs[s].1, t);
+                            let copies = t
+                                .got
+                                .iter()
+                                .filter(|(c, p)| *c == ch && *p == payload.as_bytes())
+                                .count();
+                            let owed = serves && expected.contains(&s);
+                            prop_assert_eq!(copies, usize::from(owed), "subscriber {}", s);
+                            t.got.clear();
+                        }
+                    }
+                    Op::Migrate(c, to) => {
+                        r.cl.migrate_slot(slot_of(channel(c).as_bytes()), to);
+                    }
+                    Op::ManualFailover(s) => {
+                        r.cl.manual_failover(s);
+                    }
+                    Op::HardFailover(s) => {
+                        r.cl.hard_failover(s);
+                    }
+                }
+                for (s, t) in tracked.iter_mut().enumerate() {
+                    read(&mut r, subs[s].0, subs[s].1, t);
+                    prop_assert!(t.got.is_empty());
+                }
+                // No live node keeps a channel of a slot its shard does not own.
+                for (i, node) in r.cl.nodes().iter().enumerate() {
+                    if !node.is_alive() {
+                        continue;
+                    }
+                    for c in 0..CHANNELS {
+                        let ch = channel(c);
+                        let held = r.cl.shard_numsub(ch.as_bytes()).iter().any(|(at, _)| *at == i);
+                        prop_assert!(
+                            !held || r.cl.owner_of(ch.as_bytes()) == Some(node.shard()),
+                            "node {} holds {} of another shard", i, ch
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -231,6 +231,18 @@ pub struct ClusterLayout {
     /// `false` makes the nodes claim to be standalone servers (a test device that lets a hub
     /// in single-server mode run over the cluster's broadcast `PUBLISH`).
     pub node: ModelConfig,
+    /// The version every node's `HELLO` reports (see [`ModelRedis::set_version`]).
+    pub version: String,
+}
+
+impl ClusterLayout {
+    /// `redis+cluster://` naming the masters as seed nodes, as a hub's configuration would.
+    pub fn seed_url(&self) -> String {
+        let seeds: Vec<String> = (0..self.masters.max(1))
+            .map(|m| format!("{}:{}", self.host, usize::from(self.first_port) + m))
+            .collect();
+        format!("redis+cluster://{}", seeds.join(","))
+    }
 }
 
 impl Default for ClusterLayout {
@@ -245,6 +257,7 @@ impl Default for ClusterLayout {
                 cluster_mode: true,
                 ..ModelConfig::default()
             },
+            version: "7.0.15".into(),
         }
     }
 }
@@ -360,6 +373,7 @@ impl ModelCluster {
                 shards[shard].replicas.push(i);
             }
             let mut redis = ModelRedis::new(layout.node.clone());
+            redis.set_version(&layout.version);
             redis.next_client = ((i as u32) + 1) << CLIENT_BITS;
             let port = u16::try_from(usize::from(layout.first_port) + i)
                 .expect("the cluster's ports fit below 65536");

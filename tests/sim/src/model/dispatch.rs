@@ -514,7 +514,7 @@ impl ModelRedis {
         }
         Reply::Map(vec![
             (Reply::bulk("server"), Reply::bulk("redis")),
-            (Reply::bulk("version"), Reply::bulk("7.0.15")),
+            (Reply::bulk("version"), Reply::bulk(&self.version)),
             (Reply::bulk("proto"), Reply::Integer(cl.proto.version())),
             (Reply::bulk("id"), Reply::Integer(cl.server_id)),
             (
