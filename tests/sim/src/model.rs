@@ -48,7 +48,7 @@
 //! - Script errors raised through [`Keyspace::call`] lack Redis's `script: <sha>, on
 //!   @user_script:<line>.` suffix.
 
-mod cluster;
+pub mod cluster;
 mod command_table;
 mod dispatch;
 mod glob;

@@ -257,6 +257,34 @@ fn the_default_layout_is_what_redis_cli_creates() {
 }
 
 #[test]
+fn the_seed_url_names_the_masters_and_hello_reports_the_version() {
+    let layout = ClusterLayout {
+        version: "6.2.14".into(),
+        ..ClusterLayout::default()
+    };
+    assert_eq!(
+        layout.seed_url(),
+        "redis+cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002"
+    );
+    let config = Config::from_url(&layout.seed_url()).expect("a cluster URL");
+    let seeds: Vec<u16> = config
+        .cluster
+        .as_ref()
+        .expect("cluster mode")
+        .seeds
+        .iter()
+        .map(|s| s.port)
+        .collect();
+    assert_eq!(seeds, vec![7000, 7001, 7002]);
+    let mut r = Rig::new(&layout);
+    let c = r.conn(3);
+    let hello = text(&r.call(c, &[b"HELLO"]));
+    assert!(hello.contains("version\r\n$6\r\n6.2.14"), "{hello}");
+    assert!(hello.contains("mode\r\n$7\r\ncluster"), "{hello}");
+    assert!(hello.contains("role\r\n$7\r\nreplica"), "{hello}");
+}
+
+#[test]
 fn a_standalone_server_refuses_cluster_commands() {
     let mut m = ModelRedis::new(ModelConfig::default());
     let c = m.connect();

@@ -207,7 +207,7 @@ impl ModelRedis {
     }
 
     /// Hands a message to the cluster bus, when this is a cluster node.
-    pub(super) fn to_bus(&mut self, msg: Bus) {
+    pub(super) fn send_to_bus(&mut self, msg: Bus) {
         if self.cluster.is_some() {
             self.bus.push(msg);
         }
@@ -624,7 +624,7 @@ impl ModelCluster {
         let here = self.nodes[at].redis.publish(channel, payload);
         self.nodes[at]
             .redis
-            .to_bus(Bus::Publish(channel.to_vec(), payload.to_vec()));
+            .send_to_bus(Bus::Publish(channel.to_vec(), payload.to_vec()));
         here + self.after(at)
     }
 
@@ -638,7 +638,7 @@ impl ModelCluster {
         let here = self.nodes[m].redis.deliver_shard(channel, payload);
         self.nodes[m]
             .redis
-            .to_bus(Bus::ShardPublish(channel.to_vec(), payload.to_vec()));
+            .send_to_bus(Bus::ShardPublish(channel.to_vec(), payload.to_vec()));
         self.after(m);
         Ok(here)
     }

@@ -303,12 +303,12 @@ impl ModelRedis {
             }
             "publish" => {
                 let n = self.deliver(&argv[1], &argv[2]);
-                self.to_bus(Bus::Publish(argv[1].clone(), argv[2].clone()));
+                self.send_to_bus(Bus::Publish(argv[1].clone(), argv[2].clone()));
                 Reply::Integer(n as i64)
             }
             "spublish" => {
                 let n = self.deliver_shard(&argv[1], &argv[2]);
-                self.to_bus(Bus::ShardPublish(argv[1].clone(), argv[2].clone()));
+                self.send_to_bus(Bus::ShardPublish(argv[1].clone(), argv[2].clone()));
                 Reply::Integer(n as i64)
             }
             name if name.starts_with("cluster|") => self.cmd_cluster(name, argv),
