@@ -28,6 +28,16 @@
 //! of the copy that reached the node (a member that joined in between gets it at its later
 //! place).
 //!
+//! Against a Redis Cluster ([`Sim::new_cluster`]) nothing changes in these rules: a
+//! message is executed on a node of the shard that owns its room's slot, and the model
+//! carries it to the other nodes of that shard; each copy is a fan-out of its own, numbered
+//! with every other fan-out of the cluster in the order they were executed, so the order
+//! check holds across nodes (a room resubscribed on a new owner after a migration or a
+//! failover keeps its order), and a member whose hub is subscribed on a node of another
+//! shard (a slot that moved and the hub has not read the `sunsubscribe` yet) is owed what
+//! was published before its `RoomNotLive`, which accounts for it. After quiescence,
+//! [`Oracle::check_cluster_subscriptions`] checks where the rooms are subscribed.
+//!
 //! Hostile input switches off only what it can forge:
 //! - a delivery with a foreign origin (or, outside the publisher's `LocalFirst` delivery,
 //!   none) is checked for safety only;

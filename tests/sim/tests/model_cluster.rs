@@ -285,6 +285,23 @@ fn the_seed_url_names_the_masters_and_hello_reports_the_version() {
 }
 
 #[test]
+fn hello_from_a_master_is_byte_for_byte_the_captured_one() {
+    let mut r = Rig::standard();
+    for (file, args, captured_id) in [
+        ("hello_cluster_resp2.resp", &[&b"HELLO"[..]][..], 48),
+        ("hello_cluster_resp3.resp", &[b"HELLO", b"3"], 49),
+    ] {
+        let c = r.conn(1);
+        let id = r.cl.node(1).redis.server_id_of(c).expect("open");
+        let want = text(&capture(file)).replace(
+            &format!("id\r\n:{captured_id}\r\n"),
+            &format!("id\r\n:{id}\r\n"),
+        );
+        assert_eq!(text(&r.call(c, args)), want, "{file}");
+    }
+}
+
+#[test]
 fn a_standalone_server_refuses_cluster_commands() {
     let mut m = ModelRedis::new(ModelConfig::default());
     let c = m.connect();
