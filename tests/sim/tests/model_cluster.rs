@@ -952,6 +952,32 @@ fn a_deaf_subscription_is_counted_but_hears_nothing() {
     assert_eq!(r.out(deaf), smessage(false, &ch, "y"));
 }
 
+#[test]
+fn a_replica_moved_with_cluster_replicate_keeps_deaf_subscribers() {
+    let mut r = Rig::standard();
+    let ch = r.name_on(0, "moved-replica", &[]);
+    let c = ch.as_bytes();
+    let sub = r.conn(3);
+    r.call(sub, &[b"SSUBSCRIBE", c]);
+    assert!(r.cl.replicate(3, 1));
+    assert!(!r.cl.replicate(3, 1), "already there");
+    assert!(!r.cl.replicate(0, 1), "a master does not move");
+    assert!(r.out(sub).is_empty(), "7.0.15 tells the subscriber nothing");
+    let p = r.conn(0);
+    assert_eq!(r.call(p, &[b"SPUBLISH", c, b"x"]), b":0\r\n");
+    assert!(r.out(sub).is_empty(), "deaf");
+    assert_eq!(r.cl.shard_numsub(c), vec![(3, 1)], "still counted");
+    // A new subscription there is refused: the node serves another shard now.
+    let again = r.conn(3);
+    assert_eq!(r.call(again, &[b"SSUBSCRIBE", c]), r.moved(slot_of(c), 0));
+    let (_, t) = r.topology(2, false);
+    let shard = t
+        .shard_of(roomcast_core::cluster::Slot::new(6000).expect("slot"))
+        .expect("owned");
+    let ports: Vec<_> = shard.replicas.iter().map(|n| n.port).collect();
+    assert_eq!(ports, vec![Some(7004), Some(7003)]);
+}
+
 // ---------------------------------------------------------------- the harness and the oracle
 
 /// Hubs in single-server mode, each pointed at a different node of a cluster whose nodes

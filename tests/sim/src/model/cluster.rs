@@ -798,6 +798,23 @@ impl ModelCluster {
         self.nodes[i].redis.deafen_shard_subscriptions();
     }
 
+    /// `CLUSTER REPLICATE` on replica `i`: it leaves its shard and follows shard `to`'s
+    /// master. As in 7.0.15 (redis/redis#12558, fixed in 7.4) it sends its subscribers
+    /// nothing: their channels, of the old shard's slots, stay subscribed and counted, but no
+    /// `SPUBLISH` reaches them any more, since messages now go to the old shard's other
+    /// nodes. Returns false (nothing done) if `i` is not a live replica or `to` is its shard.
+    pub fn replicate(&mut self, i: usize, to: usize) -> bool {
+        let from = self.nodes[i].shard;
+        if self.nodes[i].role != NodeRole::Replica || !self.nodes[i].alive || from == to {
+            return false;
+        }
+        self.shards[from].replicas.retain(|&r| r != i);
+        self.shards[to].replicas.push(i);
+        self.nodes[i].shard = to;
+        self.publish_views();
+        true
+    }
+
     fn first_live_replica(&self, s: usize) -> Option<usize> {
         self.shards[s]
             .replicas
