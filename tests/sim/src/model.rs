@@ -217,6 +217,8 @@ pub struct ModelRedis {
     bus: Vec<cluster::Bus>,
     /// The version `HELLO` reports.
     version: String,
+    /// `-MOVED` replies sent (cluster node).
+    moved_sent: u64,
 }
 
 /// One `PUBLISH` or `SPUBLISH` as the server executed it: which message went to which
@@ -258,6 +260,7 @@ impl ModelRedis {
             cluster: None,
             bus: Vec::new(),
             version: "7.0.15".into(),
+            moved_sent: 0,
         }
     }
 

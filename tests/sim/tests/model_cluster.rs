@@ -518,6 +518,8 @@ fn key_commands_are_served_by_the_owning_master_only() {
             assert_eq!(r.call(c, cmd), r.moved(slot, 1), "{what}: {cmd:?}");
         }
     }
+    assert_eq!(r.cl.node(0).redis.moved_replies(), 7);
+    assert_eq!(r.cl.node(4).redis.moved_replies(), 7);
     assert_eq!(r.call(c1, &[b"SET", k, b"v"]), b"+OK\r\n");
     assert_eq!(r.call(c1, &[b"GET", k]), b"$1\r\nv\r\n");
     // Keys of two slots: CROSSSLOT (on any node, even one owning both).

@@ -198,6 +198,11 @@ impl ModelRedis {
         }
     }
 
+    /// How many `-MOVED` replies this node has sent.
+    pub fn moved_replies(&self) -> u64 {
+        self.moved_sent
+    }
+
     /// The role `HELLO` reports.
     pub(super) fn role_name(&self) -> &'static str {
         match &self.cluster {

@@ -230,6 +230,9 @@ impl ModelRedis {
         }
         // Cluster redirection comes before the subscribed-mode check (processCommand).
         if let Some(err) = self.route_command(c, &fullname, argv) {
+            if matches!(&err, Reply::Error(e) if e.starts_with(b"MOVED ")) {
+                self.moved_sent += 1;
+            }
             if fullname == "exec" {
                 // EXEC refused by routing discards the transaction.
                 if let Some(cl) = self.clients.get_mut(&c) {
