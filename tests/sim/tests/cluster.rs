@@ -559,3 +559,96 @@ fn topology_changes_under_load_keep_the_promises_for_many_seeds() {
         w.finish();
     }
 }
+
+/// A cluster of Redis 6.2 (no sharded pub/sub): the hub refuses it at connect, saying why.
+#[test]
+fn a_cluster_older_than_7_0_is_refused_at_connect_with_a_clear_error() {
+    let layout = ClusterLayout {
+        version: "6.2.14".into(),
+        ..ClusterLayout::default()
+    };
+    let url = layout.seed_url();
+    let mut s = Sim::new_cluster(1, &layout, |_| {
+        Config::from_url(&url).expect("a cluster URL")
+    });
+    s.join(0, "r", "m").expect("join");
+    s.advance(Duration::from_millis(50));
+    let events = s.take_events_of(0);
+    let causes: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::LinkDown { cause, .. } => Some(cause.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert!(!causes.is_empty(), "{events:?}");
+    assert!(
+        causes
+            .iter()
+            .all(|c| c.contains("6.2.14") && c.contains("7.0")),
+        "{causes:#?}"
+    );
+    assert!(!events.iter().any(|e| matches!(e, Event::RoomLive { .. })));
+    assert!(s.nodes[0].hub.topology().is_none(), "no topology read");
+}
+
+/// A slot nobody serves (`CLUSTER DELSLOTS`): its room is reported not live, and each
+/// publish to it is either refused with a clear error or, once a shard serves the slot again,
+/// delivered there; none is lost silently. Once served again the room is live on the new
+/// owner and messages flow.
+#[test]
+fn an_unserved_slot_loses_no_publish_and_recovers_when_served_again() {
+    let mut w = World::new(2);
+    let room = w.rooms_on(1, 1, "down").remove(0);
+    w.join(0, &room, "a");
+    w.until_live(&[(0, &room)]);
+    let slot = w.slot(&room);
+    w.s.cluster_mut().unassign_slot(slot);
+    w.advance(Duration::from_millis(20));
+    assert_eq!(w.liveness(0, &room).last(), Some(&false));
+    let early: Vec<u32> = (0..3).map(|_| w.publish(1, &room)).collect();
+    w.advance(Duration::from_secs(30));
+    let failed_while_down = w.o.counts(1).failed;
+    w.s.cluster_mut().migrate_slot(slot, 0);
+    w.until_live(&[(0, &room)]);
+    assert_eq!(w.subscribed_on(0, &room), 0);
+    for _ in 0..5 {
+        w.publish(1, &room);
+    }
+    w.advance(Duration::from_secs(1));
+    let delivered: Vec<u32> = w.seen[0]
+        .iter()
+        .filter_map(|e| match e {
+            Event::Delivery(d) => d
+                .message
+                .data
+                .get(4..8)
+                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes"))),
+            _ => None,
+        })
+        .collect();
+    let failed: Vec<String> = w.seen[1]
+        .iter()
+        .filter_map(|e| match e {
+            Event::PublishFailed { error, .. } => Some(error.to_string()),
+            _ => None,
+        })
+        .collect();
+    let early_delivered = early.iter().filter(|m| delivered.contains(m)).count();
+    assert_eq!(
+        early_delivered + failed.len(),
+        early.len(),
+        "each early publish delivered or refused: delivered {delivered:?}, refused {failed:?} \
+         ({failed_while_down} while the slot was down)"
+    );
+    assert!(
+        failed
+            .iter()
+            .all(|e| e.contains(&format!("hash slot {slot}"))),
+        "{failed:#?}"
+    );
+    w.o.finish(&mut w.s);
+    w.o.check_cluster_subscriptions(&w.s);
+    let st = w.o.stats();
+    assert_eq!(st.delivered, 5, "{st:?}");
+}
