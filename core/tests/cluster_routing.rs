@@ -527,7 +527,7 @@ fn a_publish_redirected_too_often_fails_with_a_reason() {
 fn a_master_that_failed_over_is_retired_and_its_rooms_move() {
     let mut rig = Rig::two_masters("");
     let room = room_in(0..=8191, 0);
-    let a = rig.live_on(7001, &room);
+    rig.live_on(7001, &room);
     // A publish to the room, written and not answered when the master dies.
     let pa = rig.publisher(7001);
     let id = rig
