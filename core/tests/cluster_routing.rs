@@ -614,3 +614,40 @@ fn the_topology_link_moves_on_to_the_next_seed() {
     rig.pump();
     assert_eq!(rig.port_of.get(&LinkId(0)), Some(&7100));
 }
+
+#[test]
+fn publishes_waiting_for_their_slots_owner_fail_at_close() {
+    let mut rig = Rig::two_masters("");
+    let room = room_in(0..=8191, 0);
+    let slot = key_slot(&channel(&room)).get();
+    let pa = rig.publisher(7001);
+    let first = rig
+        .hub
+        .publish(&Publish::broadcast(&room, b"1"), rig.now)
+        .unwrap();
+    rig.take(pa);
+    rig.feed(pa, format!("-MOVED {slot} 127.0.0.1:7002\r\n").as_bytes());
+    let second = rig
+        .hub
+        .publish(&Publish::broadcast(&room, b"2"), rig.now)
+        .unwrap();
+    assert_eq!(
+        rig.hub.metrics().queued_publishes,
+        2,
+        "both wait for the topology"
+    );
+    rig.hub.close(rig.now);
+    let failed: Vec<_> = rig
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::PublishFailed {
+                id,
+                error: PublishError::Shutdown,
+            } => Some(id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, [first, second]);
+    assert_eq!(rig.hub.metrics().queued_publishes, 0);
+}

@@ -82,6 +82,12 @@ impl Shards {
         }
     }
 
+    /// Takes every publish waiting to be placed again (the hub is closing).
+    pub(super) fn take_reroute(&mut self) -> Vec<Outgoing> {
+        self.held.iter_mut().for_each(|w| *w = 0);
+        self.reroute.drain(..).map(|(_, o)| o).collect()
+    }
+
     /// The topology last read.
     pub(super) fn topology(&self) -> Option<&crate::cluster::Topology> {
         self.placement.as_ref().map(Placement::topology)
