@@ -652,3 +652,36 @@ fn an_unserved_slot_loses_no_publish_and_recovers_when_served_again() {
     let st = w.o.stats();
     assert_eq!(st.delivered, 5, "{st:?}");
 }
+
+/// The crossing of `an_own_sunsubscribe_crossing_the_servers_is_told_apart`, with the room
+/// joined again before the hub's fence comes back: it ends subscribed once, on the new
+/// owner, and live.
+#[test]
+fn a_room_rejoined_while_its_leave_crosses_a_migration_ends_on_the_new_owner() {
+    let mut w = World::new(2);
+    let room = w.rooms_on(0, 1, "rejoin").remove(0);
+    w.join(0, &room, "a");
+    w.join(1, &room, "b");
+    w.until_live(&[(0, &room), (1, &room)]);
+    let (link, _, node) = w.s.room_subscriptions(0, &room)[0];
+    let moved_before = w.s.cluster().node(node).redis.moved_replies();
+    w.s.stall_link(0, link, true);
+    w.leave(0, &room, "a");
+    w.s.run();
+    w.drain();
+    let slot = w.slot(&room);
+    w.s.cluster_mut().migrate_slot(slot, 1);
+    w.join(0, &room, "a2");
+    w.s.run();
+    w.drain();
+    w.s.stall_link(0, link, false);
+    w.s.run();
+    assert!(w.s.cluster().node(node).redis.moved_replies() > moved_before);
+    w.until_live(&[(0, &room), (1, &room)]);
+    for i in 0..10 {
+        w.publish(i % 2, &room);
+    }
+    w.finish();
+    assert_eq!(w.subscribed_on(0, &room), 1);
+    assert_eq!(w.subscribed_on(1, &room), 1);
+}
