@@ -26,8 +26,13 @@ struct World {
 
 impl World {
     fn new(hubs: usize) -> World {
+        World::speaking(hubs, "resp3")
+    }
+
+    /// Hubs whose links speak `protocol` (`resp2` or `resp3`).
+    fn speaking(hubs: usize, protocol: &str) -> World {
         let layout = ClusterLayout::default();
-        let url = layout.seed_url();
+        let url = format!("{}?protocol={protocol}", layout.seed_url());
         let mut s = Sim::new_cluster(hubs, &layout, |_| {
             Config::from_url(&url).expect("a cluster URL")
         });
@@ -51,6 +56,25 @@ impl World {
             s,
             o: Oracle::new(&vec![false; hubs]),
             seen: vec![Vec::new(); hubs],
+        }
+    }
+
+    /// Every connection of every hub speaks `protocol` at the server.
+    fn assert_protocol(&self, protocol: &str) {
+        let want = match protocol {
+            "resp2" => roomcast_sim::model::Protocol::Resp2,
+            _ => roomcast_sim::model::Protocol::Resp3,
+        };
+        let cl = self.s.cluster();
+        for (h, node) in self.s.nodes.iter().enumerate() {
+            for (link, c) in node.connections() {
+                let at = cl.node_of(c).expect("a cluster connection");
+                assert_eq!(
+                    cl.node(at).redis.protocol_of(c),
+                    Some(want),
+                    "hub {h} link {link:?}"
+                );
+            }
         }
     }
 
@@ -207,37 +231,40 @@ fn rooms_over_three_shards_deliver_exactly_once_in_order_across_three_hubs() {
 /// and report it live again; everything published after that arrives, in order.
 #[test]
 fn a_slot_migrated_while_publishing_is_resubscribed_on_its_new_owner() {
-    let mut w = World::new(3);
-    let room = w.rooms_on(0, 1, "mig").remove(0);
-    w.join(0, &room, "a");
-    w.join(1, &room, "b");
-    w.until_live(&[(0, &room), (1, &room)]);
-    let slot = w.slot(&room);
-    for i in 0..30 {
-        w.publish(2, &room);
-        w.publish(i % 2, &room);
-        if i == 10 {
-            w.s.cluster_mut().migrate_slot(slot, 1);
+    for protocol in ["resp2", "resp3"] {
+        let mut w = World::speaking(3, protocol);
+        let room = w.rooms_on(0, 1, "mig").remove(0);
+        w.join(0, &room, "a");
+        w.join(1, &room, "b");
+        w.until_live(&[(0, &room), (1, &room)]);
+        w.assert_protocol(protocol);
+        let slot = w.slot(&room);
+        for i in 0..30 {
+            w.publish(2, &room);
+            w.publish(i % 2, &room);
+            if i == 10 {
+                w.s.cluster_mut().migrate_slot(slot, 1);
+            }
+            w.advance(Duration::from_millis(2));
         }
-        w.advance(Duration::from_millis(2));
-    }
-    w.until_live(&[(0, &room), (1, &room)]);
-    for _ in 0..10 {
-        w.publish(2, &room);
-    }
-    w.finish();
-    for n in [0, 1] {
-        let l = w.liveness(n, &room);
-        assert!(
-            l.windows(2).any(|p| p == [false, true]),
-            "hub {n}: not live then live again: {l:?}"
-        );
-        assert!(w.seen[n].iter().any(|e| matches!(
-            e,
-            Event::RoomNotLive { room: r, reason: NotLiveReason::ServerUnsubscribed }
-                if r.as_str() == room
-        )));
-        assert_eq!(w.subscribed_on(n, &room), 1, "hub {n}");
+        w.until_live(&[(0, &room), (1, &room)]);
+        for _ in 0..10 {
+            w.publish(2, &room);
+        }
+        w.finish();
+        for n in [0, 1] {
+            let l = w.liveness(n, &room);
+            assert!(
+                l.windows(2).any(|p| p == [false, true]),
+                "hub {n}: not live then live again: {l:?}"
+            );
+            assert!(w.seen[n].iter().any(|e| matches!(
+                e,
+                Event::RoomNotLive { room: r, reason: NotLiveReason::ServerUnsubscribed }
+                    if r.as_str() == room
+            )));
+            assert_eq!(w.subscribed_on(n, &room), 1, "hub {n}");
+        }
     }
 }
 
@@ -245,35 +272,37 @@ fn a_slot_migrated_while_publishing_is_resubscribed_on_its_new_owner() {
 /// resubscribed on the promoted replica.
 #[test]
 fn a_manual_failover_moves_every_room_of_the_shard_to_the_promoted_replica() {
-    let mut w = World::new(2);
-    let rooms = w.rooms_on(1, 3, "mf");
-    for r in &rooms {
-        w.join(0, r, "a");
-        w.join(1, r, "b");
-    }
-    let live: Vec<(usize, &str)> = rooms
-        .iter()
-        .flat_map(|r| [(0, r.as_str()), (1, r.as_str())])
-        .collect();
-    w.until_live(&live);
-    for i in 0..20 {
-        w.publish(i % 2, &rooms[i % 3]);
-        if i == 5 {
-            let promoted = w.s.cluster_mut().manual_failover(1).expect("a replica");
-            assert_eq!(promoted, 4);
+    for protocol in ["resp2", "resp3"] {
+        let mut w = World::speaking(2, protocol);
+        let rooms = w.rooms_on(1, 3, "mf");
+        for r in &rooms {
+            w.join(0, r, "a");
+            w.join(1, r, "b");
         }
-        w.advance(Duration::from_millis(2));
-    }
-    w.until_live(&live);
-    for r in &rooms {
-        w.publish(0, r);
-        w.publish(1, r);
-    }
-    w.finish();
-    for (n, r) in &live {
-        let at = w.s.room_subscriptions(*n, r);
-        assert_eq!(at.len(), 1);
-        assert_eq!(at[0].2, 4, "hub {n}, {r}: on the promoted replica");
+        let live: Vec<(usize, &str)> = rooms
+            .iter()
+            .flat_map(|r| [(0, r.as_str()), (1, r.as_str())])
+            .collect();
+        w.until_live(&live);
+        for i in 0..20 {
+            w.publish(i % 2, &rooms[i % 3]);
+            if i == 5 {
+                let promoted = w.s.cluster_mut().manual_failover(1).expect("a replica");
+                assert_eq!(promoted, 4);
+            }
+            w.advance(Duration::from_millis(2));
+        }
+        w.until_live(&live);
+        for r in &rooms {
+            w.publish(0, r);
+            w.publish(1, r);
+        }
+        w.finish();
+        for (n, r) in &live {
+            let at = w.s.room_subscriptions(*n, r);
+            assert_eq!(at.len(), 1);
+            assert_eq!(at[0].2, 4, "hub {n}, {r}: on the promoted replica");
+        }
     }
 }
 
@@ -281,44 +310,46 @@ fn a_manual_failover_moves_every_room_of_the_shard_to_the_promoted_replica() {
 /// find the new topology through the other seeds and resubscribe there.
 #[test]
 fn a_hard_failover_of_the_seed_master_recovers_through_the_other_seeds() {
-    let mut w = World::new(2);
-    let rooms: Vec<String> = [0, 0, 2]
-        .iter()
-        .enumerate()
-        .map(|(k, s)| w.rooms_on(*s, k % 2 + 1, "hf").pop().expect("a room"))
-        .collect();
-    for r in &rooms {
-        w.join(0, r, "a");
-        w.join(1, r, "b");
-    }
-    let live: Vec<(usize, &str)> = rooms
-        .iter()
-        .flat_map(|r| [(0, r.as_str()), (1, r.as_str())])
-        .collect();
-    w.until_live(&live);
-    for i in 0..20 {
-        w.publish(i % 2, &rooms[i % 3]);
-        if i == 8 {
-            assert_eq!(w.s.cluster_mut().hard_failover(0), Some(3));
+    for protocol in ["resp2", "resp3"] {
+        let mut w = World::speaking(2, protocol);
+        let rooms: Vec<String> = [0, 0, 2]
+            .iter()
+            .enumerate()
+            .map(|(k, s)| w.rooms_on(*s, k % 2 + 1, "hf").pop().expect("a room"))
+            .collect();
+        for r in &rooms {
+            w.join(0, r, "a");
+            w.join(1, r, "b");
         }
-        w.advance(Duration::from_millis(5));
-    }
-    w.until_live(&live);
-    for r in &rooms {
-        w.publish(0, r);
-        w.publish(1, r);
-    }
-    w.finish();
-    for n in [0, 1] {
-        assert!(
-            w.seen[n]
-                .iter()
-                .any(|e| matches!(e, Event::LinkDown { .. })),
-            "hub {n} saw its links to the dead master go down"
-        );
-        assert_eq!(w.subscribed_on(n, &rooms[0]), 0);
-        let at = w.s.room_subscriptions(n, &rooms[0]);
-        assert_eq!(at[0].2, 3, "on the promoted replica");
+        let live: Vec<(usize, &str)> = rooms
+            .iter()
+            .flat_map(|r| [(0, r.as_str()), (1, r.as_str())])
+            .collect();
+        w.until_live(&live);
+        for i in 0..20 {
+            w.publish(i % 2, &rooms[i % 3]);
+            if i == 8 {
+                assert_eq!(w.s.cluster_mut().hard_failover(0), Some(3));
+            }
+            w.advance(Duration::from_millis(5));
+        }
+        w.until_live(&live);
+        for r in &rooms {
+            w.publish(0, r);
+            w.publish(1, r);
+        }
+        w.finish();
+        for n in [0, 1] {
+            assert!(
+                w.seen[n]
+                    .iter()
+                    .any(|e| matches!(e, Event::LinkDown { .. })),
+                "hub {n} saw its links to the dead master go down"
+            );
+            assert_eq!(w.subscribed_on(n, &rooms[0]), 0);
+            let at = w.s.room_subscriptions(n, &rooms[0]);
+            assert_eq!(at[0].2, 3, "on the promoted replica");
+        }
     }
 }
 
@@ -329,57 +360,59 @@ fn a_hard_failover_of_the_seed_master_recovers_through_the_other_seeds() {
 /// owner.
 #[test]
 fn an_own_sunsubscribe_crossing_the_servers_is_told_apart() {
-    let mut w = World::new(2);
-    // Two rooms of one slot (a hash tag in the room id).
-    let tag = (0..)
-        .map(|k| format!("{{g{k}}}"))
-        .find(|t| {
-            w.s.cluster()
-                .owner_of(&w.s.room_channel(0, &format!("{t}left")))
-                == Some(0)
-        })
-        .expect("a tag on shard 0");
-    let (left, kept) = (format!("{tag}left"), format!("{tag}kept"));
-    assert_eq!(w.slot(&left), w.slot(&kept));
-    w.join(0, &left, "a");
-    w.join(0, &kept, "a");
-    w.join(1, &kept, "b");
-    w.until_live(&[(0, &left), (0, &kept), (1, &kept)]);
-    let (link, _, node) = w.s.room_subscriptions(0, &left)[0];
-    let moved_before = w.s.cluster().node(node).redis.moved_replies();
-    // The server sits on hub 0's subscriber connection: the hub's SUNSUBSCRIBE waits there
-    // while the slot moves, so it runs after the server's own sunsubscribes.
-    w.s.stall_link(0, link, true);
-    w.leave(0, &left, "a");
-    w.s.run();
-    w.drain();
-    let slot = w.slot(&left);
-    w.s.cluster_mut().migrate_slot(slot, 2);
-    w.s.stall_link(0, link, false);
-    w.s.run();
-    assert_eq!(
-        w.s.cluster().node(node).redis.moved_replies(),
-        moved_before + 1,
-        "the hub's SUNSUBSCRIBE ran after the slot moved and was answered -MOVED"
-    );
-    w.until_live(&[(0, &kept), (1, &kept)]);
-    for i in 0..10 {
-        w.publish(i % 2, &kept);
+    for protocol in ["resp2", "resp3"] {
+        let mut w = World::speaking(2, protocol);
+        // Two rooms of one slot (a hash tag in the room id).
+        let tag = (0..)
+            .map(|k| format!("{{g{k}}}"))
+            .find(|t| {
+                w.s.cluster()
+                    .owner_of(&w.s.room_channel(0, &format!("{t}left")))
+                    == Some(0)
+            })
+            .expect("a tag on shard 0");
+        let (left, kept) = (format!("{tag}left"), format!("{tag}kept"));
+        assert_eq!(w.slot(&left), w.slot(&kept));
+        w.join(0, &left, "a");
+        w.join(0, &kept, "a");
+        w.join(1, &kept, "b");
+        w.until_live(&[(0, &left), (0, &kept), (1, &kept)]);
+        let (link, _, node) = w.s.room_subscriptions(0, &left)[0];
+        let moved_before = w.s.cluster().node(node).redis.moved_replies();
+        // The server sits on hub 0's subscriber connection: the hub's SUNSUBSCRIBE waits there
+        // while the slot moves, so it runs after the server's own sunsubscribes.
+        w.s.stall_link(0, link, true);
+        w.leave(0, &left, "a");
+        w.s.run();
+        w.drain();
+        let slot = w.slot(&left);
+        w.s.cluster_mut().migrate_slot(slot, 2);
+        w.s.stall_link(0, link, false);
+        w.s.run();
+        assert_eq!(
+            w.s.cluster().node(node).redis.moved_replies(),
+            moved_before + 1,
+            "the hub's SUNSUBSCRIBE ran after the slot moved and was answered -MOVED"
+        );
+        w.until_live(&[(0, &kept), (1, &kept)]);
+        for i in 0..10 {
+            w.publish(i % 2, &kept);
+        }
+        w.finish();
+        assert!(
+            w.s.room_subscriptions(0, &left).is_empty(),
+            "the left room stays left"
+        );
+        assert_eq!(
+            w.liveness(0, &left).last(),
+            Some(&true),
+            "no RoomNotLive for a room being left: {:?}",
+            w.liveness(0, &left)
+        );
+        let l = w.liveness(0, &kept);
+        assert!(l.windows(2).any(|p| p == [false, true]), "{l:?}");
+        assert_eq!(w.subscribed_on(0, &kept), 2);
     }
-    w.finish();
-    assert!(
-        w.s.room_subscriptions(0, &left).is_empty(),
-        "the left room stays left"
-    );
-    assert_eq!(
-        w.liveness(0, &left).last(),
-        Some(&true),
-        "no RoomNotLive for a room being left: {:?}",
-        w.liveness(0, &left)
-    );
-    let l = w.liveness(0, &kept);
-    assert!(l.windows(2).any(|p| p == [false, true]), "{l:?}");
-    assert_eq!(w.subscribed_on(0, &kept), 2);
 }
 
 /// A raw connection subscribed to `channel` on cluster node `node`.
@@ -409,47 +442,49 @@ fn numbers(out: &[u8]) -> Vec<u32> {
 /// the order they were made; none is lost or duplicated, none fails.
 #[test]
 fn a_publish_answered_moved_is_retried_on_the_new_owner_in_order() {
-    let mut w = World::new(2);
-    let room = w.rooms_on(0, 1, "mv").remove(0);
-    w.join(1, &room, "b");
-    w.until_live(&[(1, &room)]);
-    let channel = w.s.room_channel(0, &room);
-    let old = observer(&mut w.s, 0, &channel);
-    let mut sent = Vec::new();
-    for _ in 0..10 {
-        sent.push(w.publish(0, &room));
-        w.advance(Duration::from_millis(1));
+    for protocol in ["resp2", "resp3"] {
+        let mut w = World::speaking(2, protocol);
+        let room = w.rooms_on(0, 1, "mv").remove(0);
+        w.join(1, &room, "b");
+        w.until_live(&[(1, &room)]);
+        let channel = w.s.room_channel(0, &room);
+        let old = observer(&mut w.s, 0, &channel);
+        let mut sent = Vec::new();
+        for _ in 0..10 {
+            sent.push(w.publish(0, &room));
+            w.advance(Duration::from_millis(1));
+        }
+        // Five more queued in hub 0, then the slot moves before they are written.
+        for _ in 0..5 {
+            sent.push(w.publish(0, &room));
+        }
+        let slot = w.slot(&room);
+        w.s.cluster_mut().migrate_slot(slot, 1);
+        let new = observer(&mut w.s, 1, &channel);
+        for _ in 0..5 {
+            sent.push(w.publish(0, &room));
+            w.advance(Duration::from_millis(1));
+        }
+        w.until_live(&[(1, &room)]);
+        for _ in 0..5 {
+            sent.push(w.publish(0, &room));
+        }
+        w.finish();
+        // What Redis executed, in its order: on the old owner until the move, then the new one.
+        let mut executed = numbers(&w.s.cluster_mut().take_output(old));
+        executed.extend(numbers(&w.s.cluster_mut().take_output(new)));
+        assert_eq!(
+            executed, sent,
+            "each publish executed once, in the order made"
+        );
+        assert_eq!(w.o.counts(0).confirmed, sent.len() as u64);
+        assert!(
+            w.s.cluster().node(0).redis.moved_replies() >= 5,
+            "the queued publishes met -MOVED"
+        );
+        let redirects = w.s.nodes[0].hub.metrics().redirects;
+        assert!(redirects >= 1, "{redirects} redirects counted");
     }
-    // Five more queued in hub 0, then the slot moves before they are written.
-    for _ in 0..5 {
-        sent.push(w.publish(0, &room));
-    }
-    let slot = w.slot(&room);
-    w.s.cluster_mut().migrate_slot(slot, 1);
-    let new = observer(&mut w.s, 1, &channel);
-    for _ in 0..5 {
-        sent.push(w.publish(0, &room));
-        w.advance(Duration::from_millis(1));
-    }
-    w.until_live(&[(1, &room)]);
-    for _ in 0..5 {
-        sent.push(w.publish(0, &room));
-    }
-    w.finish();
-    // What Redis executed, in its order: on the old owner until the move, then the new one.
-    let mut executed = numbers(&w.s.cluster_mut().take_output(old));
-    executed.extend(numbers(&w.s.cluster_mut().take_output(new)));
-    assert_eq!(
-        executed, sent,
-        "each publish executed once, in the order made"
-    );
-    assert_eq!(w.o.counts(0).confirmed, sent.len() as u64);
-    assert!(
-        w.s.cluster().node(0).redis.moved_replies() >= 5,
-        "the queued publishes met -MOVED"
-    );
-    let redirects = w.s.nodes[0].hub.metrics().redirects;
-    assert!(redirects >= 1, "{redirects} redirects counted");
 }
 
 /// The node holding a hub's subscriptions goes deaf (redis/redis#12558: still counted, no
@@ -457,45 +492,48 @@ fn a_publish_answered_moved_is_retried_on_the_new_owner_in_order() {
 /// rooms subscribed again, and messages flow again.
 #[test]
 fn a_deaf_subscription_is_found_by_the_probe() {
-    let mut w = World::new(2);
-    let room = w.rooms_on(2, 1, "deaf").remove(0);
-    w.join(0, &room, "a");
-    w.until_live(&[(0, &room)]);
-    let (_, _, node) = w.s.room_subscriptions(0, &room)[0];
-    w.s.cluster_mut().deaf_replica(node);
-    let probe = w.s.nodes[0].hub.config().probe_interval + w.s.nodes[0].hub.config().probe_timeout;
-    for _ in 0..5 {
-        w.publish(1, &room);
+    for protocol in ["resp2", "resp3"] {
+        let mut w = World::speaking(2, protocol);
+        let room = w.rooms_on(2, 1, "deaf").remove(0);
+        w.join(0, &room, "a");
+        w.until_live(&[(0, &room)]);
+        let (_, _, node) = w.s.room_subscriptions(0, &room)[0];
+        w.s.cluster_mut().deaf_replica(node);
+        let probe =
+            w.s.nodes[0].hub.config().probe_interval + w.s.nodes[0].hub.config().probe_timeout;
+        for _ in 0..5 {
+            w.publish(1, &room);
+        }
+        let mut waited = Duration::ZERO;
+        while waited < probe * 4 && !w.liveness(0, &room).contains(&false) {
+            w.advance(Duration::from_millis(100));
+            waited += Duration::from_millis(100);
+        }
+        assert!(
+            w.liveness(0, &room).contains(&false),
+            "the deaf subscription was not noticed in {waited:?}"
+        );
+        w.until_live(&[(0, &room)]);
+        for _ in 0..5 {
+            w.publish(1, &room);
+        }
+        w.finish();
+        assert!(
+            w.seen[0].iter().any(|e| matches!(
+                e,
+                Event::LinkDown {
+                    role: LinkRole::Subscriber,
+                    ..
+                }
+            )),
+            "the deaf subscriber link was reopened"
+        );
+        let st = w.o.stats();
+        assert!(
+            st.accounted >= 5,
+            "the messages lost while deaf were reported: {st:?}"
+        );
     }
-    let mut waited = Duration::ZERO;
-    while waited < probe * 4 && !w.liveness(0, &room).contains(&false) {
-        w.advance(Duration::from_millis(100));
-        waited += Duration::from_millis(100);
-    }
-    assert!(
-        w.liveness(0, &room).contains(&false),
-        "the deaf subscription was not noticed in {waited:?}"
-    );
-    w.until_live(&[(0, &room)]);
-    for _ in 0..5 {
-        w.publish(1, &room);
-    }
-    w.finish();
-    assert!(
-        w.seen[0].iter().any(|e| matches!(
-            e,
-            Event::LinkDown {
-                role: LinkRole::Subscriber,
-                ..
-            }
-        )),
-        "the deaf subscriber link was reopened"
-    );
-    let st = w.o.stats();
-    assert!(
-        st.accounted >= 5,
-        "the messages lost while deaf were reported: {st:?}"
-    );
 }
 
 /// Several seeds of one busy run: three hubs, rooms on every shard, publishes from every

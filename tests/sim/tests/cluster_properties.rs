@@ -100,11 +100,14 @@ fn run(ops: Vec<Op>, protocol: Protocol, split: Split, seed: u64) -> Result<(), 
         replicas: 2,
         ..ClusterLayout::default()
     };
-    let url = layout.seed_url();
+    let protocol = match protocol {
+        Protocol::Resp2 => "resp2",
+        _ => "resp3",
+    };
+    let url = format!("{}?protocol={protocol}", layout.seed_url());
     let mut sim = Sim::new_cluster(HUBS, &layout, |_| {
         let mut c = Config::from_url(&url).expect("a cluster URL");
         c.pool_size = 1;
-        c.server.protocol = protocol;
         c
     });
     sim.split = split;
