@@ -9,6 +9,7 @@
 //! `Oracle::check_cluster_subscriptions` (each room with members subscribed once, on its
 //! slot's owner).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use roomcast_core::{Config, Event, LinkRole, NotLiveReason, Publish, RoomState};
@@ -722,4 +723,92 @@ fn a_room_rejoined_while_its_leave_crosses_a_migration_ends_on_the_new_owner() {
     w.finish();
     assert_eq!(w.subscribed_on(0, &room), 1);
     assert_eq!(w.subscribed_on(1, &room), 1);
+}
+
+/// Hub `n`'s shard subscriptions that are no room's (its probe's control channels), by
+/// cluster node.
+fn control_channels(w: &World, n: usize) -> Vec<(usize, Vec<u8>)> {
+    let config = w.s.nodes[n].hub.config();
+    let namer = roomcast_core::ChannelNamer::new(&config.channel_prefix).expect("prefix");
+    let cl = w.s.cluster();
+    let mut out = Vec::new();
+    for (_, c) in w.s.nodes[n].connections() {
+        let at = cl.node_of(c).expect("a cluster connection");
+        for ch in cl.node(at).redis.shard_subscriptions_of(c) {
+            if namer
+                .room_from_channel(&ch, config.max_room_id_bytes)
+                .is_none()
+            {
+                out.push((at, ch));
+            }
+        }
+    }
+    out
+}
+
+/// The slot of a shard's probe channel moves away (the hub names it after the shard's first
+/// slot): the server drops that channel; the hub picks a channel of a slot the shard still
+/// owns, its probes verify the link again, and the shard's rooms never stop being live.
+#[test]
+fn the_probe_channel_follows_when_its_slot_moves() {
+    for protocol in ["resp2", "resp3"] {
+        let mut w = World::speaking(2, protocol);
+        let room = w.rooms_on(0, 1, "ctl").remove(0);
+        w.join(0, &room, "a");
+        w.until_live(&[(0, &room)]);
+        let before = control_channels(&w, 0);
+        let on_shard0: Vec<_> = before
+            .iter()
+            .filter(|(at, _)| w.s.cluster().node(*at).shard() == 0)
+            .collect();
+        assert_eq!(on_shard0.len(), 1, "{before:?}");
+        let slot = slot_of(&on_shard0[0].1);
+        assert_ne!(slot, w.slot(&room), "pick another room");
+        w.s.cluster_mut().migrate_slot(slot, 1);
+        let probe = w.s.nodes[0].hub.config().probe_interval;
+        let verified_before = w.seen[0]
+            .iter()
+            .filter(|e| matches!(e, Event::SubscriberVerified { .. }))
+            .count();
+        for _ in 0..10 {
+            w.publish(1, &room);
+            w.advance(probe / 4);
+        }
+        w.advance(probe * 3);
+        let after = control_channels(&w, 0);
+        for (at, ch) in &after {
+            assert_eq!(
+                w.s.cluster().owner_of(ch),
+                Some(w.s.cluster().node(*at).shard()),
+                "{protocol}: a control channel on a node not owning its slot: {after:?}"
+            );
+        }
+        let shards: BTreeSet<usize> = after
+            .iter()
+            .map(|(at, _)| w.s.cluster().node(*at).shard())
+            .collect();
+        assert_eq!(
+            shards.len(),
+            after.len(),
+            "{protocol}: one per link: {after:?}"
+        );
+        assert!(
+            shards.contains(&0),
+            "{protocol}: shard 0 is probed again: {after:?}"
+        );
+        let verified_after = w.seen[0]
+            .iter()
+            .filter(|e| matches!(e, Event::SubscriberVerified { .. }))
+            .count();
+        assert!(
+            verified_after > verified_before,
+            "{protocol}: probes verify again"
+        );
+        assert_eq!(
+            w.liveness(0, &room),
+            vec![true],
+            "{protocol}: the room never stopped being live"
+        );
+        w.finish();
+    }
 }
