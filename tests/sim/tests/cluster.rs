@@ -845,3 +845,111 @@ fn a_subscribe_answered_moved_while_the_topology_is_unreadable_does_not_spin() {
     w.until_live(&[(0, room), (1, room), (2, room)]);
     w.finish();
 }
+
+/// Asks hub `n` who is in `room`; returns (instance, connection) pairs, sorted.
+fn who(w: &mut World, n: usize, room: &str) -> Vec<(u64, String)> {
+    let now = w.s.now;
+    let q = w.s.nodes[n].hub.presence_room(room).expect("a room query");
+    let id = w.s.nodes[n].hub.query_presence(q, now).expect("accepted");
+    for _ in 0..100 {
+        w.advance(Duration::from_millis(10));
+        let answer = w.seen[n].iter().find_map(|e| match e {
+            Event::Presence { id: i, result, .. } if *i == id => Some(result.clone()),
+            _ => None,
+        });
+        match answer {
+            Some(Ok(roomcast_core::PresenceAnswer::Room(m))) => {
+                let mut got: Vec<(u64, String)> = m
+                    .into_iter()
+                    .map(|m| (m.instance.0, m.conn.as_str().to_string()))
+                    .collect();
+                got.sort();
+                return got;
+            }
+            Some(other) => panic!("hub {n}: presence of {room}: {other:?}"),
+            None => {}
+        }
+    }
+    panic!("hub {n}: no presence answer for {room}");
+}
+
+/// Presence in cluster mode: every key under one hash tag, so one shard holds them all. The
+/// answer from every hub is every hub's members, before and after the presence slot moves
+/// to another shard (its keys with it) and after that shard fails over by hand and hard.
+#[test]
+fn presence_answers_across_hubs_while_its_slot_moves_and_its_shard_fails_over() {
+    let mut w = World::new(3);
+    let rooms: Vec<String> = (0..3).map(|s| w.rooms_on(s, 1, "pres").remove(0)).collect();
+    for (k, room) in rooms.iter().enumerate() {
+        for n in 0..3 {
+            if (k + n) % 3 != 0 {
+                w.join(n, room, &format!("m{n}"));
+            }
+        }
+    }
+    let want = |room: usize| -> Vec<(u64, String)> {
+        let mut v: Vec<(u64, String)> = (0..3)
+            .filter(|n| (room + n) % 3 != 0)
+            .map(|n| (Sim::identity(n).instance.0, format!("m{n}")))
+            .collect();
+        v.sort();
+        v
+    };
+    w.advance(Duration::from_millis(200));
+    let check = |w: &mut World, when: &str| {
+        for n in 0..3 {
+            for (k, room) in rooms.iter().enumerate() {
+                assert_eq!(
+                    who(w, n, room),
+                    want(k),
+                    "{when}: hub {n} asks about {room}"
+                );
+            }
+        }
+    };
+    check(&mut w, "at first");
+    let prefix = w.s.nodes[0].hub.config().channel_prefix.clone();
+    let slot = slot_of(prefix.as_bytes());
+    let home = w.s.cluster().owner(slot).expect("owned");
+    let keys_before =
+        w.s.cluster()
+            .node(w.s.cluster().master_of(home))
+            .redis
+            .keyspace(0)
+            .len();
+    assert!(keys_before > 0, "presence keys on the tag's owner");
+    let to = (home + 1) % 3;
+    let old_master = w.s.cluster().master_of(home);
+    let moved_before = w.s.cluster().node(old_master).redis.moved_replies();
+    w.s.cluster_mut().migrate_slot(slot, to);
+    let new_master = w.s.cluster().master_of(to);
+    assert_eq!(
+        w.s.cluster().node(new_master).redis.keyspace(0).len(),
+        keys_before
+    );
+    w.advance(Duration::from_secs(2));
+    check(&mut w, "after the presence slot moved");
+    assert!(
+        w.s.cluster().node(old_master).redis.moved_replies() > moved_before,
+        "presence commands met -MOVED on the old owner"
+    );
+    w.s.cluster_mut().manual_failover(to).expect("a replica");
+    w.advance(Duration::from_secs(2));
+    check(&mut w, "after a manual failover of the presence shard");
+    w.s.cluster_mut().hard_failover(to);
+    w.advance(Duration::from_secs(10));
+    check(&mut w, "after a hard failover of the presence shard");
+    // Members leave: the answer follows.
+    w.leave(1, &rooms[0], "m1");
+    w.advance(Duration::from_millis(200));
+    let mut left = want(0);
+    left.retain(|(i, _)| *i != Sim::identity(1).instance.0);
+    assert_eq!(who(&mut w, 2, &rooms[0]), left);
+    for n in 0..3 {
+        assert_eq!(
+            w.s.nodes[n].hub.metrics().leases_lost,
+            0,
+            "hub {n} lost its lease"
+        );
+    }
+}
