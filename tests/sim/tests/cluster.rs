@@ -981,3 +981,47 @@ fn a_subscribe_answered_moved_while_the_topology_node_is_partitioned_does_not_sp
     w.until_live(&[(0, room), (1, room), (2, room)]);
     w.finish();
 }
+
+/// The server closes every link of a hub (topology, subscriber and publish links on every
+/// master): the hub reports its rooms not live, reconnects, reads the topology again and
+/// resubscribes each room on its owner; messages flow again.
+#[test]
+fn every_link_killed_recovers_on_every_shard() {
+    for protocol in ["resp2", "resp3"] {
+        let mut w = World::speaking(2, protocol);
+        let rooms: Vec<String> = (0..3).map(|s| w.rooms_on(s, 1, "kill").remove(0)).collect();
+        let mut live = Vec::new();
+        for r in &rooms {
+            for n in 0..2 {
+                w.join(n, r, &format!("m{n}"));
+                live.push((n, r.clone()));
+            }
+        }
+        let want: Vec<(usize, &str)> = live.iter().map(|(n, r)| (*n, r.as_str())).collect();
+        w.until_live(&want);
+        let links: Vec<_> = w.s.nodes[0].connections().map(|(l, _)| l).collect();
+        assert!(
+            links.len() >= 4,
+            "{protocol}: topology, subscribers, publishers: {links:?}"
+        );
+        for l in links {
+            w.s.kill_link(0, l);
+        }
+        for i in 0..6 {
+            w.publish(1, &rooms[i % 3]);
+        }
+        w.advance(Duration::from_millis(5));
+        w.until_live(&want);
+        for i in 0..12 {
+            w.publish(i % 2, &rooms[i % 3]);
+        }
+        w.finish();
+        for r in &rooms {
+            assert!(
+                w.liveness(0, r).windows(2).any(|p| p == [false, true]),
+                "{protocol}: hub 0, {r}: {:?}",
+                w.liveness(0, r)
+            );
+        }
+    }
+}
