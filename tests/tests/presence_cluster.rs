@@ -185,6 +185,13 @@ fn moved(what: &str, reply: &RespReply) -> (Slot, u16) {
     }
 }
 
+/// Moves one key from the node of `c` to the node on `target` (the slot being migrated).
+fn migrate(c: &mut RespClient, target: u16, key: &str) {
+    let port = target.to_string();
+    let r = c.cmd(&["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS", key]);
+    assert!(r.is_ok(), "MIGRATE {key}: {r:?}");
+}
+
 #[test]
 fn presence_runs_on_the_owner_of_its_slot_and_is_moved_elsewhere() {
     let mut cluster = RedisCluster::try_start(3, 0).unwrap_or_else(|e| panic!("{e}"));
@@ -429,17 +436,7 @@ fn presence_runs_on_the_owner_of_its_slot_and_is_moved_elsewhere() {
         .find(|&p| p != owner)
         .expect("another master");
     cluster.begin_slot_move(slot, owner, target);
-    let moved_lease = c.cmd(&[
-        "MIGRATE",
-        "127.0.0.1",
-        &target.to_string(),
-        "",
-        "0",
-        "5000",
-        "KEYS",
-        &text(&b.keys.lease),
-    ]);
-    assert!(moved_lease.is_ok(), "MIGRATE: {moved_lease:?}");
+    migrate(&mut c, target, &text(&b.keys.lease));
     let halfway = room_query(&mut c, &shas, &a.keys, "lobby");
     assert!(halfway.error().is_some(), "a refusal, got {halfway:?}");
     let halfway = sweep(&mut c, &shas, &a.keys);
@@ -460,17 +457,7 @@ fn presence_runs_on_the_owner_of_its_slot_and_is_moved_elsewhere() {
     );
     // Why never ASKING: once the room hash has moved but a's lease has not, the importing
     // master would run the query on the keys it has, take a for dead and prune its member.
-    let migrate_lobby = c.cmd(&[
-        "MIGRATE",
-        "127.0.0.1",
-        &target.to_string(),
-        "",
-        "0",
-        "5000",
-        "KEYS",
-        &lobby,
-    ]);
-    assert!(migrate_lobby.is_ok(), "MIGRATE: {migrate_lobby:?}");
+    migrate(&mut c, target, &lobby);
     // The old owner sends a query whose room hash moved to the new owner, with -ASK.
     let asked = room_query(&mut c, &shas, &a.keys, "lobby");
     match asked.error().map(|e| ClusterError::parse(e.as_bytes())) {
