@@ -1,6 +1,7 @@
 //! roomcast in cluster mode on a real local cluster (three masters, three replicas), the
 //! short path: three instances, rooms on every shard, each message delivered once, in
-//! order, to each member; every room subscribed once, on its slot's master.
+//! order, to each member; every room subscribed once, on its slot's master; presence
+//! across instances.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -42,7 +43,6 @@ fn rooms_on_every_shard_deliver_once_in_order() {
     rt.block_on(async {
         let connect = || {
             let mut config = Config::from_url(&url).unwrap();
-            config.presence = false;
             config.pool_size = 1;
             Builder::new(config).connect_tokio()
         };
@@ -73,6 +73,24 @@ fn rooms_on_every_shard_deliver_once_in_order() {
                 .unwrap();
             members.push(conn);
         }
+        // Presence works across shards: every instance sees both members of every room
+        // (registrations are written as the joins happen: wait for them, boundedly).
+        for room in &rooms {
+            let mut count = 0;
+            for _ in 0..200 {
+                count = a.room_member_count(room).await.unwrap();
+                if count == 2 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(count, 2, "{room}");
+        }
+        assert!(a
+            .connection_exists(&format!("m-{}", b.instance().0))
+            .await
+            .unwrap());
+        assert_eq!(a.instances().await.unwrap().len(), 3);
         const N: usize = 50;
         for i in 0..N {
             for room in &rooms {
