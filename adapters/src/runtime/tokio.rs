@@ -1,11 +1,13 @@
 //! tokio: `tokio::net::TcpStream` and `tokio::time`, spawned with `tokio::spawn`.
 
 use std::any::Any;
-use std::io;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use bytes::BytesMut;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
@@ -35,6 +37,11 @@ impl Runtime for TokioRuntime {
     /// A plain TCP link (the `BoxedIo` that [`TokioRuntime::connect`] made) is read with
     /// tokio's `try_read_buf`, straight into `buf`'s spare capacity: no copy. Anything else
     /// (TLS over it) takes the default path.
+    ///
+    /// A read that leaves spare capacity unfilled has drained the socket (epoll reports
+    /// edges), so the socket's readiness is cleared then, as tokio's own `poll_read` does:
+    /// the caller's next read returns `Pending` without asking the kernel, instead of
+    /// spending a `recv` on `EAGAIN` after every burst.
     fn poll_read_buf(
         &self,
         io: &mut BoxedIo,
@@ -53,13 +60,43 @@ impl Runtime for TokioRuntime {
             buf.reserve(scratch.len().max(1));
         }
         loop {
-            match stream.try_read_buf(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            let room = buf.capacity() - buf.len();
+            let mut read = None;
+            // `try_io` clears the readiness it saw when the closure says `WouldBlock`: a
+            // short read says so after keeping its count in `read`.
+            let r = stream.try_io(Interest::READABLE, || {
+                let n = stream.try_read_buf(buf)?;
+                read = Some(n);
+                if n > 0 && n < room {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            });
+            match (r, read) {
+                (_, Some(n)) => return Poll::Ready(Ok(n)),
+                (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Not ready: wait for readiness (this registers the waker), then retry.
                     ready!(stream.poll_read_ready(cx))?;
                 }
-                r => return Poll::Ready(r),
+                (r, None) => return Poll::Ready(r),
             }
+        }
+    }
+
+    /// A plain TCP link writes every slice with one `writev` (tokio-util's `Compat` forwards
+    /// `poll_write` only, so `io`'s own vectored write would send the first slice alone).
+    fn poll_write_vectored(
+        &self,
+        io: &mut BoxedIo,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let any: &mut dyn Any = &mut **io;
+        match any.downcast_mut::<Compat<TcpStream>>() {
+            Some(stream) => {
+                tokio::io::AsyncWrite::poll_write_vectored(Pin::new(stream.get_mut()), cx, bufs)
+            }
+            None => Pin::new(&mut **io).poll_write_vectored(cx, bufs),
         }
     }
 }
