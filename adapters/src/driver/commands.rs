@@ -107,9 +107,10 @@ impl State {
             Command::Detach { conn, token } => self.detach(&conn, token),
             Command::Publish { msg, reply } => self.publish(msg, reply, now),
             Command::PublishBatch { msgs } => {
-                for msg in msgs {
-                    self.publish_quiet(msg, now);
-                }
+                // The gate is told once per batch what the core took (one lock, not one per
+                // message).
+                let taken: usize = msgs.into_iter().map(|m| self.publish_quiet(m, now)).sum();
+                self.gate.release(taken);
             }
             Command::Query { query, reply } => {
                 let _ = reply.send(Ok(self.query(query)));
@@ -152,16 +153,21 @@ impl State {
     }
 
     /// A fire-and-forget publish from a `Publisher`: held, in order behind any held before,
-    /// while its link pushes back; publishers wait at the gate meanwhile.
-    pub(super) fn publish_quiet(&mut self, msg: PubSubMessage, now: Instant) {
-        if !self.parked.is_empty() || !self.try_publish_quiet(&msg, now) {
-            self.parked.push_back(msg);
-            self.gate.set_blocked(true);
+    /// while its link pushes back; publishers wait at the gate meanwhile. Returns the bytes
+    /// the core took (0 if held), for the caller to release at the gate.
+    pub(super) fn publish_quiet(&mut self, msg: PubSubMessage, now: Instant) -> usize {
+        if self.parked.is_empty() && self.try_publish_quiet(&msg, now) {
+            return publish_bytes(&msg);
         }
+        self.parked.push_back(msg);
+        self.gate.set_blocked(true);
+        0
     }
 
     /// Hands a fire-and-forget publish to the core (nobody waits for its answer: no event
     /// for its success). False if the core refused it for backpressure: the caller keeps it.
+    /// True if it was taken (or refused for good, and reported): the caller releases its
+    /// bytes at the gate.
     pub(super) fn try_publish_quiet(&mut self, msg: &PubSubMessage, now: Instant) -> bool {
         let hub = &mut self.hub;
         // A full link would refuse it (and count a refusal at every retry). A standalone hub
@@ -184,7 +190,6 @@ impl State {
             }
             Ok(()) => {}
         }
-        self.gate.release(publish_bytes(msg));
         true
     }
 
@@ -195,13 +200,16 @@ impl State {
         }
         let now = self.now();
         let mut progress = false;
+        let mut taken = 0;
         while let Some(msg) = self.parked.pop_front() {
             if !self.try_publish_quiet(&msg, now) {
                 self.parked.push_front(msg);
                 break;
             }
+            taken += publish_bytes(&msg);
             progress = true;
         }
+        self.gate.release(taken);
         if self.parked.is_empty() {
             self.gate.set_blocked(false);
         }

@@ -49,6 +49,8 @@ const READ_CHUNK: usize = 64 << 10;
 /// queue holds less than this (or less than `max_output_bytes`, if smaller): the rest waits
 /// in the core, where it counts against the same `max_output_bytes`.
 const WRITE_QUEUE_BYTES: usize = 256 << 10;
+/// Chunks of a link's write queue handed to one vectored write.
+const WRITE_SLICES: usize = 16;
 /// Reads per link per poll before yielding to the others.
 const READ_BUDGET: usize = 16;
 

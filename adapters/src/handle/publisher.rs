@@ -195,7 +195,11 @@ impl Publisher {
         }
         match self.tx.poll_ready(cx) {
             Poll::Ready(Ok(())) => {
-                let msgs = std::mem::take(&mut self.buf);
+                // The next batch starts with room for one like this one (capped at a full
+                // batch): a `Sink` fed message by message would otherwise grow an empty `Vec`
+                // several times per batch.
+                let room = self.buf.len().min(self.batch);
+                let msgs = std::mem::replace(&mut self.buf, Vec::with_capacity(room));
                 self.gate.add(msgs.iter().map(publish_bytes).sum());
                 Poll::Ready(
                     self.tx

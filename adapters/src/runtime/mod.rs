@@ -8,7 +8,7 @@
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -54,6 +54,20 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
         scratch: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         read_through_scratch(io, cx, buf, scratch)
+    }
+
+    /// Writes from `bufs`, in order, as [`AsyncWrite::poll_write_vectored`] does (the driver
+    /// hands a link's queued chunks over at once). The default is `io`'s own
+    /// `poll_write_vectored`; a runtime whose socket type writes vectored where `io`'s
+    /// `AsyncWrite` would not (a compatibility wrapper that forwards only `poll_write`)
+    /// overrides it for that type.
+    fn poll_write_vectored(
+        &self,
+        io: &mut BoxedIo,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut **io).poll_write_vectored(cx, bufs)
     }
 }
 
