@@ -75,7 +75,7 @@ impl State {
                         .map_err(Error::from)
                 });
                 if result.is_ok() {
-                    self.forget_member(&room, conn.as_str(), Some(token));
+                    self.conn_left(conn.as_str(), token);
                 }
                 let _ = reply.send(result);
             }

@@ -123,6 +123,7 @@ impl State {
             Attached {
                 queue: queue.clone(),
                 token,
+                slot: None,
             },
         );
         Ok(Connection {
@@ -161,48 +162,60 @@ impl State {
         };
         let names: Vec<&str> = rooms.iter().collect();
         let now = self.now();
-        // (room, live now) for each room; the hub checks every id first (all or nothing).
-        let hub = &mut self.hub;
-        hub.join_many(&names, conn.as_str(), now)
+        // The hub checks every id first (all or nothing) and keeps the rooms; this side only
+        // needs the connection's slot, where deliveries find its queue.
+        let added = self
+            .hub
+            .join_many(&names, conn.as_str(), now)
             .map_err(batch_error)?;
-        let rooms = &self.rooms;
-        let ids: Vec<(RoomId, bool)> = names
-            .iter()
-            .filter_map(|room| match rooms.get_key_value(*room) {
-                Some((id, _)) => Some(id.clone()),
-                None => hub.check_room(room).ok(),
-            })
-            .map(|id| {
-                let live = hub.room_state(id.as_str()) == Some(RoomState::Live);
-                (id, live)
-            })
-            .collect();
-        let slot: Option<ConnSlot> = hub.conn_slot(conn.as_str());
-        let Some(a) = self.conns.get(conn) else {
+        let slot: Option<ConnSlot> = self.hub.conn_slot(conn.as_str());
+        let Some(a) = self.conns.get_mut(conn) else {
             return Err(Error::Closed);
         };
-        // Members sharing the connection's queue.
+        a.slot = slot;
         let member = Member {
             queue: a.queue.clone(),
             token: a.token,
             shared: true,
             slot,
         };
-        let mut added = 0;
-        for (room, live) in ids {
-            let entry = self.rooms.entry(room).or_default();
-            if live {
-                entry.live.set(true);
-            }
-            if !entry.members.contains_key(conn) {
-                entry.members.insert(conn.clone(), member.clone());
-                added += 1;
-            }
-        }
         if let Some(slot) = slot {
             self.set_slot(slot, SlotTarget::Connection(member));
         }
         Ok(added)
+    }
+
+    /// An attached connection left a room (or all): once it is in no room, the hub freed its
+    /// slot, and so does the dispatch index.
+    pub(super) fn conn_left(&mut self, conn: &str, token: u64) {
+        let Some(slot) = self
+            .conns
+            .get(conn)
+            .filter(|a| a.token == token)
+            .and_then(|a| a.slot)
+        else {
+            return;
+        };
+        if self.hub.conn_slot(conn) == Some(slot) {
+            return;
+        }
+        if let Some(a) = self.conns.get_mut(conn) {
+            a.slot = None;
+        }
+        self.clear_connection_slot(slot, token);
+    }
+
+    /// Clears a connection's entry in the dispatch index if it is still that connection's.
+    fn clear_connection_slot(&mut self, slot: ConnSlot, token: u64) {
+        if let Some(cell) = self.slots.get_mut(slot.index()) {
+            let mine = matches!(cell, Some(SlotEntry {
+                generation,
+                target: SlotTarget::Connection(c),
+            }) if *generation == slot.generation() && c.token == token);
+            if mine {
+                *cell = None;
+            }
+        }
     }
 
     /// A new member queue, bounded as the options say.
@@ -277,16 +290,16 @@ impl State {
         if self.conns.get(conn).is_none_or(|a| a.token != token) {
             return;
         }
-        if let Some(a) = self.conns.remove(conn) {
+        let slot = self.conns.remove(conn).and_then(|a| {
             a.queue.close();
-        }
-        let now = self.now();
-        let rooms = self.hub.disconnect(conn.as_str(), now).unwrap_or_else(|e| {
-            warn!(%e, "detaching a connection failed");
-            Vec::new()
+            a.slot
         });
-        for room in rooms {
-            self.forget_member(room.as_str(), conn.as_str(), Some(token));
+        let now = self.now();
+        if let Err(e) = self.hub.disconnect(conn.as_str(), now) {
+            warn!(%e, "detaching a connection failed");
+        }
+        if let Some(slot) = slot {
+            self.clear_connection_slot(slot, token);
         }
         let mut i = 0;
         while i < self.live_waiters.len() {

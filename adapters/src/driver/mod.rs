@@ -97,11 +97,15 @@ enum SlotTarget {
     Memberships(Vec<(RoomId, Member)>),
 }
 
-/// A connection attached with `Roomcast::connection`: the registration of its one queue (its
-/// rooms are `RoomEntry` members sharing it, as for any member).
+/// A connection attached with `Roomcast::connection`: the registration of its one queue.
+/// Its rooms are the hub's (`Hub::rooms_of`); deliveries find its queue through its slot
+/// (`State::slots`), so it needs no entry per room here (a `RoomEntry` is for `Membership`
+/// and `RoomStream` queues, one per room).
 struct Attached {
     queue: Arc<Queue<Arc<Message>>>,
     token: u64,
+    /// Its slot in the hub while it is in a room (none standalone-free: set at its joins).
+    slot: Option<ConnSlot>,
 }
 
 /// A `Connection::wait_live` call: the connection's rooms not yet live, in join order (the
