@@ -198,6 +198,14 @@ pub struct Config {
     pub backoff_min: Duration,
     /// Longest reconnect delay (default 2 s).
     pub backoff_max: Duration,
+    /// Cluster mode: how often the topology (`CLUSTER SHARDS`) is read again when nothing
+    /// prompted it (default 10 s). A `-MOVED` reply, a `sunsubscribe` the hub did not ask
+    /// for and a lost link each prompt a refresh at once.
+    pub topology_refresh: Duration,
+    /// Cluster mode: how many times one publish may be answered `-MOVED` (or
+    /// `-CLUSTERDOWN`/`-TRYAGAIN`) and sent again to the slot's new owner before it fails
+    /// with [`crate::PublishError::Redirected`] (default 5).
+    pub max_redirects: u32,
     /// Keep presence (who is in which room, across instances) in Redis (default true).
     pub presence: bool,
     /// The instance's lease: a crashed instance's members vanish within this long
@@ -246,6 +254,8 @@ impl Default for Config {
             probe_timeout: Duration::from_secs(2),
             backoff_min: Duration::from_millis(25),
             backoff_max: Duration::from_secs(2),
+            topology_refresh: Duration::from_secs(10),
+            max_redirects: 5,
             presence: true,
             lease: Duration::from_secs(5),
             presence_events: false,
@@ -447,6 +457,7 @@ impl Config {
             ("probe_interval", self.probe_interval),
             ("probe_timeout", self.probe_timeout),
             ("backoff_max", self.backoff_max),
+            ("topology_refresh", self.topology_refresh),
         ] {
             if d.is_zero() {
                 return Err(bad(field, "must be longer than zero"));

@@ -29,6 +29,8 @@ pub enum LinkRole {
     Subscriber,
     /// Carries publishes (and key commands).
     Publisher,
+    /// Cluster mode: asks any node for the cluster's topology (`CLUSTER SHARDS`).
+    Topology,
 }
 
 /// Names a publish so that its outcome can be matched.
@@ -311,6 +313,8 @@ pub enum LinkStep {
     Presence,
     /// A liveness probe published to the control channel.
     Probe,
+    /// Cluster mode: `CLUSTER SHARDS`, the topology.
+    Topology,
 }
 
 impl fmt::Display for LinkStep {
@@ -325,6 +329,7 @@ impl fmt::Display for LinkStep {
             LinkStep::Publish => "a PUBLISH",
             LinkStep::Presence => "a presence command",
             LinkStep::Probe => "a liveness probe",
+            LinkStep::Topology => "CLUSTER SHARDS (the cluster's topology)",
         })
     }
 }
@@ -359,6 +364,10 @@ pub enum LinkError {
     Protocol(String),
     /// The hub is shutting down.
     Shutdown,
+    /// Cluster mode: the node owns no slot any more (its slots moved away, or it failed
+    /// over); the link is closed for good, and its rooms and publishes went to their slots'
+    /// new owners.
+    Retired,
 }
 
 impl fmt::Display for LinkError {
@@ -389,6 +398,10 @@ impl fmt::Display for LinkError {
             ),
             LinkError::Protocol(e) => write!(f, "bad data from Redis: {e}; the link was reopened"),
             LinkError::Shutdown => write!(f, "the hub is shutting down"),
+            LinkError::Retired => write!(
+                f,
+                "the node owns no hash slot any more (slots moved or the shard failed over); its rooms and publishes moved to the new owners"
+            ),
         }
     }
 }
@@ -435,6 +448,16 @@ pub enum PublishError {
     },
     /// The hub is shut down.
     Shutdown,
+    /// Cluster mode: the publish was answered `-MOVED` (or `-CLUSTERDOWN`, `-TRYAGAIN`) and
+    /// sent again more than `max_redirects` times; the cluster kept naming another owner for
+    /// its slot than the topology said. It was not delivered. Check the cluster's health
+    /// (`redis-cli --cluster check`), then publish again.
+    Redirected {
+        /// The room's hash slot.
+        slot: u16,
+        /// The last error the cluster gave.
+        last: String,
+    },
     /// The link broke after the publish was written and before Redis confirmed it; it may or
     /// may not have been delivered (`UnconfirmedPolicy::FailUnknown`).
     OutcomeUnknown,
@@ -464,6 +487,10 @@ impl fmt::Display for PublishError {
                 "link {link} already holds {held} bytes for Redis (max_output_bytes = {max}): Redis or the network is not keeping up; wait and retry (a Publisher waits for you), publish less, or raise max_output_bytes"
             ),
             PublishError::Shutdown => write!(f, "the hub is shut down; no more publishes"),
+            PublishError::Redirected { slot, last } => write!(
+                f,
+                "the cluster redirected this publish (hash slot {slot}) too many times (max_redirects), last with {last:?}; it was not delivered: check the cluster (redis-cli --cluster check) and publish again"
+            ),
             PublishError::OutcomeUnknown => write!(
                 f,
                 "the link to Redis broke before it confirmed this publish; it may or may not have been delivered"

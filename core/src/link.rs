@@ -67,6 +67,9 @@ pub(crate) enum Queued {
 pub(crate) struct Written {
     pub id: PublishId,
     pub frame: Frame,
+    /// Cluster mode: a copy went to the slot's new owner after a `-MOVED`; this one's answer
+    /// only frees its place in the pipeline.
+    pub moved: bool,
 }
 
 /// Where a written publish's PUBLISH frame is, kept for a resend after a broken link.
@@ -93,6 +96,21 @@ pub(crate) enum Request {
     Subscription { remaining: usize },
     /// A presence command.
     Presence(PresenceReq),
+    /// Cluster mode: an `SSUBSCRIBE` of one slot's channels on a shard subscriber link,
+    /// awaiting `remaining` confirmations. An error answers it as a whole (`-MOVED`,
+    /// `-CLUSTERDOWN`): its rooms (and the control channel, if `control`) are not subscribed.
+    SlotSubscribe {
+        remaining: usize,
+        rooms: Vec<RoomId>,
+        control: bool,
+    },
+    /// Cluster mode: a `SUNSUBSCRIBE` of one slot's rooms and the `PING` written after it.
+    /// `sunsubscribe` pushes count toward nothing (the server also sends them unasked, when a
+    /// slot moves away); an error before the `pong` answers the SUNSUBSCRIBE (`answered`),
+    /// and the `pong` ends the batch: its rooms are left, whatever was heard.
+    Fence { rooms: Vec<RoomId>, answered: bool },
+    /// Cluster mode: `CLUSTER SHARDS` on the topology link.
+    Topology,
 }
 
 /// Presence commands, by what their reply means.
@@ -312,8 +330,14 @@ impl Link {
         self.inflight_publishes += 1;
         self.inflight_bytes += self.out.len() - start;
         self.unsent_frames += 1;
-        self.fifo
-            .push_back((now, Request::Publish(Written { id, frame })));
+        self.fifo.push_back((
+            now,
+            Request::Publish(Written {
+                id,
+                frame,
+                moved: false,
+            }),
+        ));
     }
 
     /// Redis answered a publish written on this link: it is no longer in flight.
@@ -426,8 +450,11 @@ impl Request {
             Request::Ping { .. } => LinkStep::Ping,
             Request::Publish(_) => LinkStep::Publish,
             Request::Probe { .. } => LinkStep::Probe,
-            Request::Subscription { .. } => LinkStep::Subscribe,
+            Request::Subscription { .. }
+            | Request::SlotSubscribe { .. }
+            | Request::Fence { .. } => LinkStep::Subscribe,
             Request::Presence(_) => LinkStep::Presence,
+            Request::Topology => LinkStep::Topology,
         }
     }
 }

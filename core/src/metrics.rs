@@ -77,6 +77,11 @@ pub struct Metrics {
     pub stray_confirmations: u64,
     /// Channels Redis unsubscribed on its own.
     pub server_unsubscribes: u64,
+    /// Cluster mode: topologies read (`CLUSTER SHARDS` replies taken).
+    pub topology_refreshes: u64,
+    /// Cluster mode: commands answered with a redirect (`-MOVED`, `-CLUSTERDOWN`,
+    /// `-TRYAGAIN`) and sent again where the new topology says.
+    pub redirects: u64,
     /// Presence commands Redis refused.
     pub presence_errors: u64,
     /// Leases found expired by the heartbeat (a long stall) and registered again.

@@ -478,12 +478,23 @@ impl ChannelNamer {
         self.room_head.len() + id.len() + 2 * escaped
     }
 
+    /// Appends the channel of the room id `id` (one that passed the room id checks) to `out`.
+    pub(crate) fn write_id_channel(&self, id: &str, out: &mut Vec<u8>) {
+        self.put_id_channel(id.as_bytes(), out);
+    }
+
     /// Appends `room`'s channel to any buffer (the caller reserves room for it).
     pub(crate) fn put_room_channel<B>(&self, room: &RoomId, out: &mut B)
     where
         B: BufMut + DerefMut<Target = [u8]>,
     {
-        let id = room.as_bytes();
+        self.put_id_channel(room.as_bytes(), out);
+    }
+
+    fn put_id_channel<B>(&self, id: &[u8], out: &mut B)
+    where
+        B: BufMut + DerefMut<Target = [u8]>,
+    {
         out.put_slice(&self.room_head);
         // Common case, nothing to percent-encode: copy the id whole, then turn `/` into `:` in
         // place (both loops run without branching per byte).

@@ -214,8 +214,17 @@ pub(crate) struct Room {
     members: Set,
     pub(crate) state: RoomState,
     queued: bool,
+    /// The subscriber link the room's SUBSCRIBE went to while it is `Subscribing`, `Live` or
+    /// `Unsubscribing` ([`NO_LINK`] while `Pending`): in a cluster each master has its own.
+    link: u16,
     traffic: Option<Box<Traffic>>,
 }
+
+/// Rooms to subscribe or leave, each with its subscriber link ([`Rooms::take_routed`]).
+pub(crate) type Routed = Vec<(RoomId, u16)>;
+
+/// [`Room::link`] of a room subscribed nowhere.
+pub(crate) const NO_LINK: u16 = u16::MAX;
 
 const _: () = assert!(std::mem::size_of::<Option<Room>>() == 32);
 
@@ -226,6 +235,7 @@ impl Room {
             members: Set::EMPTY,
             state: RoomState::Pending,
             queued: false,
+            link: NO_LINK,
             traffic: None,
         }
     }
@@ -499,6 +509,10 @@ pub(crate) struct Rooms {
     conn_free: Vec<u32>,
     pool: Pool,
     dirty: VecDeque<u32>,
+    /// Rooms waiting for a subscriber link that cannot take them yet (cluster mode: their
+    /// slot has no known owner, or its subscriber is not ready). Marked `queued` like those in
+    /// `dirty`, and moved back there by [`Rooms::release_held`].
+    held: Vec<u32>,
     in_flight: usize,
     memberships: usize,
     /// Rooms [`Rooms::disconnect`] visited in all (tests of its cost).
@@ -519,6 +533,7 @@ impl Rooms {
             conn_free: Vec::new(),
             pool: Pool::default(),
             dirty: VecDeque::new(),
+            held: Vec::new(),
             in_flight: 0,
             memberships: 0,
             #[cfg(test)]
@@ -854,7 +869,25 @@ impl Rooms {
         !self.dirty.is_empty()
     }
 
+    /// [`Rooms::take_routed`] with one subscriber link, 0, for every room (as single-server
+    /// mode has).
+    #[cfg(test)]
     pub(crate) fn take_commands(&mut self, cap: usize) -> (Vec<RoomId>, Vec<RoomId>) {
+        let (sub, unsub) = self.take_routed(cap, |_| Some(0));
+        let ids = |v: Routed| v.into_iter().map(|(r, _)| r).collect();
+        (ids(sub), ids(unsub))
+    }
+
+    /// Takes the next commands to send, at most `cap` channels in flight in all, in the order
+    /// the rooms became dirty: (rooms to subscribe, rooms to unsubscribe), each with its
+    /// subscriber link. `route` names the link a room to subscribe goes to, or `None` to hold
+    /// it (its link cannot take it yet) until [`Rooms::release_held`]; a room is unsubscribed
+    /// on the link it was subscribed on.
+    pub(crate) fn take_routed(
+        &mut self,
+        cap: usize,
+        mut route: impl FnMut(&RoomId) -> Option<u16>,
+    ) -> (Routed, Routed) {
         let mut sub = Vec::new();
         let mut unsub = Vec::new();
         while self.in_flight < cap {
@@ -869,16 +902,23 @@ impl Rooms {
             };
             room.queued = false;
             match (room.state, room.wanted()) {
-                (RoomState::Pending, true) => {
-                    room.state = RoomState::Subscribing;
-                    self.in_flight += 1;
-                    sub.push(room.id.clone());
-                }
+                (RoomState::Pending, true) => match route(&room.id) {
+                    Some(link) => {
+                        room.state = RoomState::Subscribing;
+                        room.link = link;
+                        self.in_flight += 1;
+                        sub.push((room.id.clone(), link));
+                    }
+                    None => {
+                        room.queued = true;
+                        self.held.push(i);
+                    }
+                },
                 (RoomState::Pending, false) => self.remove_room(i),
                 (RoomState::Live, false) => {
                     room.state = RoomState::Unsubscribing;
                     self.in_flight += 1;
-                    unsub.push(room.id.clone());
+                    unsub.push((room.id.clone(), room.link));
                 }
                 _ => {}
             }
@@ -886,15 +926,34 @@ impl Rooms {
         (sub, unsub)
     }
 
-    /// Redis confirmed a SUBSCRIBE of this room's channel.
-    pub(crate) fn on_subscribed(&mut self, id: RoomId) -> Transition {
+    /// Rooms held by [`Rooms::take_routed`] are queued again (a link became ready, or the
+    /// topology changed). Returns how many.
+    pub(crate) fn release_held(&mut self) -> usize {
+        let n = self.held.len();
+        self.dirty.extend(self.held.drain(..));
+        n
+    }
+
+    /// Rooms waiting for their subscriber link ([`Rooms::take_routed`]).
+    pub(crate) fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The subscriber link a room is subscribed on (or being subscribed or left on).
+    pub(crate) fn link_of(&self, id: &str) -> Option<u16> {
+        let room = self.slab[self.find(id)? as usize].as_ref()?;
+        Some(room.link).filter(|&l| l != NO_LINK)
+    }
+
+    /// Redis confirmed, on subscriber link `link`, a SUBSCRIBE of this room's channel.
+    pub(crate) fn on_subscribed(&mut self, id: RoomId, link: u16) -> Transition {
         let Some(i) = self.find(id.as_str()) else {
             return Transition::Stray;
         };
         let Some(room) = self.slab[i as usize].as_mut() else {
             return Transition::Stray;
         };
-        if room.state != RoomState::Subscribing {
+        if room.state != RoomState::Subscribing || room.link != link {
             return Transition::Stray;
         }
         self.in_flight -= 1;
@@ -907,17 +966,23 @@ impl Rooms {
         }
     }
 
-    /// Redis confirmed an UNSUBSCRIBE, or unsubscribed the channel on its own.
-    pub(crate) fn on_unsubscribed(&mut self, id: RoomId) -> Transition {
+    /// Redis confirmed, on subscriber link `link`, an UNSUBSCRIBE, or unsubscribed the
+    /// channel there on its own.
+    pub(crate) fn on_unsubscribed(&mut self, id: RoomId, link: u16) -> Transition {
         let Some(i) = self.find(id.as_str()) else {
             return Transition::Stray;
         };
         let Some(room) = self.slab[i as usize].as_mut() else {
             return Transition::Stray;
         };
+        if room.link != link {
+            // Not subscribed there (a stale push from a link the room has left).
+            return Transition::Stray;
+        }
         match room.state {
             RoomState::Unsubscribing => {
                 self.in_flight -= 1;
+                room.link = NO_LINK;
                 if room.wanted() {
                     room.state = RoomState::Pending;
                     Self::mark_dirty(&mut self.dirty, i, room);
@@ -928,6 +993,7 @@ impl Rooms {
             }
             RoomState::Live => {
                 room.state = RoomState::Pending;
+                room.link = NO_LINK;
                 if room.wanted() {
                     Self::mark_dirty(&mut self.dirty, i, room);
                     Transition::ServerUnsubscribed(id)
@@ -940,38 +1006,81 @@ impl Rooms {
         }
     }
 
-    /// The subscriber link is gone, and every subscription with it. Returns the rooms that were
-    /// live (they may miss messages) and those that were wanted (now pending again).
-    pub(crate) fn on_link_lost(&mut self) -> (Vec<RoomId>, Vec<RoomId>) {
+    /// The fence after a SUNSUBSCRIBE of this room on `link` came back: if the room is still
+    /// being left there, it is left (whatever the server answered, the channel is not
+    /// subscribed there any more). Nothing otherwise.
+    pub(crate) fn on_left(&mut self, id: RoomId, link: u16) {
+        let still_leaving = self
+            .find(id.as_str())
+            .and_then(|i| self.slab[i as usize].as_ref())
+            .is_some_and(|r| r.state == RoomState::Unsubscribing && r.link == link);
+        if still_leaving {
+            self.on_unsubscribed(id, link);
+        }
+    }
+
+    /// A SUBSCRIBE of this room on `link` was refused as a whole (cluster mode: `-MOVED`,
+    /// `-CLUSTERDOWN`): the room is not subscribed there, and waits, held, for the next
+    /// topology ([`Rooms::release_held`]). False if the room was not being subscribed there.
+    pub(crate) fn on_subscribe_refused(&mut self, id: &str, link: u16) -> bool {
+        let Some(i) = self.find(id) else {
+            return false;
+        };
+        let Some(room) = self.slab[i as usize].as_mut() else {
+            return false;
+        };
+        if room.state != RoomState::Subscribing || room.link != link {
+            return false;
+        }
+        self.in_flight -= 1;
+        room.state = RoomState::Pending;
+        room.link = NO_LINK;
+        if room.wanted() {
+            if !room.queued {
+                room.queued = true;
+                self.held.push(i);
+            }
+        } else {
+            self.remove_room(i);
+        }
+        true
+    }
+
+    /// Subscriber link `link` is gone, and every subscription on it. Its rooms that were live
+    /// are returned (they may miss messages); every room of it still wanted is pending again,
+    /// queued in a stable order (by id), paced by `max_subscriptions_in_flight` as ever.
+    /// Rooms of other links are untouched.
+    pub(crate) fn on_link_lost(&mut self, link: u16) -> Vec<RoomId> {
         let mut live = Vec::new();
         let mut wanted = Vec::new();
         let mut gone = Vec::new();
-        self.in_flight = 0;
-        self.dirty.clear();
         for (i, slot) in self.slab.iter_mut().enumerate() {
             let Some(room) = slot else {
                 continue;
             };
-            room.queued = false;
+            if room.link != link || room.state == RoomState::Pending {
+                continue;
+            }
+            if matches!(
+                room.state,
+                RoomState::Subscribing | RoomState::Unsubscribing
+            ) {
+                self.in_flight -= 1;
+            }
             if room.state == RoomState::Live && room.wanted() {
                 live.push(room.id.clone());
             }
-            if !room.wanted() {
-                gone.push(i as u32);
-                continue;
-            }
             room.state = RoomState::Pending;
-            wanted.push((room.id.clone(), i as u32));
+            room.link = NO_LINK;
+            if room.wanted() {
+                wanted.push((room.id.clone(), i as u32));
+            } else {
+                gone.push(i as u32);
+            }
         }
         for i in gone {
             self.remove_room(i);
         }
-        // The queue is empty: every vacant slot is free (those removed while queued too).
-        self.free = (0..self.slab.len() as u32)
-            .rev()
-            .filter(|&i| self.slab[i as usize].is_none())
-            .collect();
-        // Resubscribe in a stable order (by id).
         wanted.sort_unstable();
         for (_, i) in &wanted {
             if let Some(room) = self.slab[*i as usize].as_mut() {
@@ -979,7 +1088,7 @@ impl Rooms {
             }
         }
         live.sort_unstable();
-        (live, wanted.into_iter().map(|(id, _)| id).collect())
+        live
     }
 }
 
@@ -1006,12 +1115,12 @@ mod tests {
         assert!(!join(&mut rooms, &r("a"), &c("1")));
         assert!(join(&mut rooms, &r("a"), &c("2")));
         assert_eq!(rooms.take_commands(10), (vec![r("a")], vec![]));
-        assert_eq!(rooms.on_subscribed(r("a")), Transition::Live(r("a")));
+        assert_eq!(rooms.on_subscribed(r("a"), 0), Transition::Live(r("a")));
         rooms.leave(&r("a"), &c("1"));
         assert_eq!(rooms.take_commands(10), (vec![], vec![]));
         rooms.leave(&r("a"), &c("2"));
         assert_eq!(rooms.take_commands(10), (vec![], vec![r("a")]));
-        assert_eq!(rooms.on_unsubscribed(r("a")), Transition::Quiet);
+        assert_eq!(rooms.on_unsubscribed(r("a"), 0), Transition::Quiet);
         assert_eq!(rooms.len(), 0);
         assert_eq!(rooms.in_flight(), 0);
         assert_eq!(rooms.connections(), 0);
@@ -1022,14 +1131,14 @@ mod tests {
         let mut rooms = Rooms::new(1);
         join(&mut rooms, &r("a"), &c("1"));
         rooms.take_commands(10);
-        rooms.on_subscribed(r("a"));
+        rooms.on_subscribed(r("a"), 0);
         rooms.leave(&r("a"), &c("1"));
         assert_eq!(rooms.take_commands(10).1, vec![r("a")]);
         join(&mut rooms, &r("a"), &c("2"));
         assert_eq!(rooms.take_commands(10), (vec![], vec![]));
-        assert_eq!(rooms.on_unsubscribed(r("a")), Transition::Quiet);
+        assert_eq!(rooms.on_unsubscribed(r("a"), 0), Transition::Quiet);
         assert_eq!(rooms.take_commands(10), (vec![r("a")], vec![]));
-        assert_eq!(rooms.on_subscribed(r("a")), Transition::Live(r("a")));
+        assert_eq!(rooms.on_subscribed(r("a"), 0), Transition::Live(r("a")));
     }
 
     #[test]
@@ -1038,9 +1147,9 @@ mod tests {
         join(&mut rooms, &r("a"), &c("1"));
         rooms.take_commands(10);
         rooms.leave(&r("a"), &c("1"));
-        assert_eq!(rooms.on_subscribed(r("a")), Transition::Quiet);
+        assert_eq!(rooms.on_subscribed(r("a"), 0), Transition::Quiet);
         assert_eq!(rooms.take_commands(10), (vec![], vec![r("a")]));
-        rooms.on_unsubscribed(r("a"));
+        rooms.on_unsubscribed(r("a"), 0);
         assert_eq!(rooms.len(), 0);
     }
 
@@ -1058,10 +1167,10 @@ mod tests {
         let mut rooms = Rooms::new(1);
         join(&mut rooms, &r("a"), &c("1"));
         rooms.take_commands(10);
-        rooms.on_subscribed(r("a"));
-        assert_eq!(rooms.on_subscribed(r("a")), Transition::Stray);
-        assert_eq!(rooms.on_subscribed(r("zzz")), Transition::Stray);
-        assert_eq!(rooms.on_unsubscribed(r("zzz")), Transition::Stray);
+        rooms.on_subscribed(r("a"), 0);
+        assert_eq!(rooms.on_subscribed(r("a"), 0), Transition::Stray);
+        assert_eq!(rooms.on_subscribed(r("zzz"), 0), Transition::Stray);
+        assert_eq!(rooms.on_unsubscribed(r("zzz"), 0), Transition::Stray);
         assert_eq!(rooms.get("a").unwrap().state, RoomState::Live);
     }
 
@@ -1070,9 +1179,9 @@ mod tests {
         let mut rooms = Rooms::new(1);
         join(&mut rooms, &r("a"), &c("1"));
         rooms.take_commands(10);
-        rooms.on_subscribed(r("a"));
+        rooms.on_subscribed(r("a"), 0);
         assert_eq!(
-            rooms.on_unsubscribed(r("a")),
+            rooms.on_unsubscribed(r("a"), 0),
             Transition::ServerUnsubscribed(r("a"))
         );
         assert_eq!(rooms.take_commands(10), (vec![r("a")], vec![]));
@@ -1086,11 +1195,10 @@ mod tests {
         }
         let (sub, _) = rooms.take_commands(3);
         assert_eq!(sub.len(), 3);
-        rooms.on_subscribed(sub[0].clone());
+        rooms.on_subscribed(sub[0].clone(), 0);
         rooms.leave(&sub[1], &c("1"));
-        let (live, wanted) = rooms.on_link_lost();
+        let live = rooms.on_link_lost(0);
         assert_eq!(live, vec![sub[0].clone()]);
-        assert_eq!(wanted.len(), 4);
         assert_eq!(rooms.len(), 4);
         assert_eq!(rooms.take_commands(2).0.len(), 2);
         assert_eq!(rooms.take_commands(2).0.len(), 0);
@@ -1143,15 +1251,15 @@ mod tests {
         join(&mut rooms, &r("a"), &c("1"));
         join(&mut rooms, &r("b"), &c("1"));
         rooms.take_commands(10);
-        rooms.on_subscribed(r("a"));
-        rooms.on_subscribed(r("b"));
+        rooms.on_subscribed(r("a"), 0);
+        rooms.on_subscribed(r("b"), 0);
         let a = index_of(&rooms, "a");
         rooms.leave(&r("a"), &c("1"));
         // Unsubscribing: the room keeps its slot until Redis confirms.
         assert_eq!(rooms.take_commands(10).1, vec![r("a")]);
         join(&mut rooms, &r("c"), &c("1"));
         assert_ne!(index_of(&rooms, "c"), a);
-        rooms.on_unsubscribed(r("a"));
+        rooms.on_unsubscribed(r("a"), 0);
         assert!(rooms.find("a").is_none());
         join(&mut rooms, &r("d"), &c("1"));
         assert_eq!(index_of(&rooms, "d"), a, "the freed slot is taken again");

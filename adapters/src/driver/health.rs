@@ -40,8 +40,11 @@ impl State {
             .iter()
             .filter(|l| l.state != roomcast_core::LinkState::Ready)
             .map(|l| match &l.last_error {
-                Some(e) => format!("{} ({:?}) is down: {e}", l.link, l.role),
-                None => format!("{} ({:?}) is not connected yet", l.link, l.role),
+                Some(e) => format!("{} ({:?}, {}) is down: {e}", l.link, l.role, l.address),
+                None => format!(
+                    "{} ({:?}, {}) is not connected yet",
+                    l.link, l.role, l.address
+                ),
             })
             .collect();
         if !down.is_empty() {

@@ -166,6 +166,11 @@ impl State {
                     tls,
                 } => {
                     debug!(%link, %host, port, tls, "opening link");
+                    // A cluster hub adds links as it learns the cluster's masters.
+                    let idx = link.0 as usize;
+                    if self.links.len() <= idx {
+                        self.links.resize_with(idx + 1, || LinkIo::Idle);
+                    }
                     let connect = self.rt.connect(host.clone(), port);
                     let fut: BoxFuture<io::Result<BoxedIo>> = if tls {
                         tls_connect(&self.options, host, connect)
@@ -176,7 +181,9 @@ impl State {
                 }
                 LinkRequest::Close { link } => {
                     debug!(%link, "closing link");
-                    self.links[link.0 as usize] = LinkIo::Idle;
+                    if let Some(l) = self.links.get_mut(link.0 as usize) {
+                        *l = LinkIo::Idle;
+                    }
                 }
             }
         }

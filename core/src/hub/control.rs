@@ -60,6 +60,13 @@ impl Control {
         }
     }
 
+    /// The SUBSCRIBE was refused (cluster mode: `-MOVED`): subscribe again later.
+    pub(super) fn refused(&mut self) {
+        if self.state == RoomState::Subscribing {
+            self.state = RoomState::Pending;
+        }
+    }
+
     /// The subscriber connection is gone, and its subscriptions with it.
     pub(super) fn link_lost(&mut self) {
         self.state = RoomState::Pending;

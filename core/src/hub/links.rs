@@ -5,6 +5,12 @@ use crate::link::{Frame, Queued};
 
 impl Hub {
     pub(super) fn open(&mut self, idx: usize, now: Instant) {
+        if self.roles.topology() == Some(idx) {
+            // The topology link tries the seeds and the nodes learnt in turn.
+            if let Some(server) = self.next_topology_server() {
+                self.roles.set_server(self.roles.place_of_link(idx), server);
+            }
+        }
         let l = &mut self.links[idx];
         l.state = LinkState::Connecting { since: now };
         let s = self.roles.server_of(idx);
@@ -25,28 +31,36 @@ impl Hub {
     /// Writes the subscription changes of this turn, stamped `now` (the latest `now` seen:
     /// that of the call that made them).
     pub(super) fn flush_subscriptions(&mut self, now: Instant) {
-        // The common case (every publish polls the links): nothing to subscribe or leave.
-        if !self.rooms.has_commands() && !self.control.wants_subscribe(self.closed) {
+        if self.shards.is_some() {
+            self.flush_shard_subscriptions(now);
             return;
         }
-        // Single-server mode: every room's place is the one server, whose subscriber carries
-        // the control channel too.
-        let place = self.roles.place_of_room("");
-        let Some(sub) = self.roles.subscriber_of(place) else {
+        // Single-server mode: one subscriber (link 0), which carries the control channel too.
+        // The common case (every publish polls the links): nothing to subscribe or leave.
+        let control_waits = self
+            .controls
+            .first()
+            .is_some_and(|c| c.wants_subscribe(self.closed));
+        if !self.rooms.has_commands() && !control_waits {
+            return;
+        }
+        let Some(sub) = self.roles.subscriber_of(roles::Place(0)) else {
             return;
         };
         if !self.links[sub].is_ready() {
             return;
         }
-        if self.control.subscribe_now(self.closed) {
+        if self.controls[sub].subscribe_now(self.closed) {
             let l = &mut self.links[sub];
-            encode_command(&mut l.out, &[b"SUBSCRIBE", &self.control.channel]);
+            encode_command(&mut l.out, &[b"SUBSCRIBE", &self.controls[sub].channel]);
             l.fifo
                 .push_back((now, Request::Subscription { remaining: 1 }));
         }
         let (sub_rooms, unsub_rooms) = self
             .rooms
-            .take_commands(self.config.max_subscriptions_in_flight);
+            .take_routed(self.config.max_subscriptions_in_flight, |_| {
+                Some(sub as u16)
+            });
         for (verb, rooms) in [
             (&b"SUBSCRIBE"[..], sub_rooms),
             (&b"UNSUBSCRIBE"[..], unsub_rooms),
@@ -55,7 +69,7 @@ impl Hub {
                 let l = &mut self.links[sub];
                 encode_array_header(&mut l.out, chunk.len() + 1);
                 encode_bulk(&mut l.out, verb);
-                for room in chunk {
+                for (room, _) in chunk {
                     self.scratch.clear();
                     self.namer.write_room_channel(room, &mut self.scratch);
                     encode_bulk(&mut l.out, &self.scratch);
@@ -111,6 +125,11 @@ impl Hub {
                 },
                 Request::Probe { .. } => self.prober.abandon(),
                 Request::Presence(p) => presence_lost.push(p),
+                Request::Topology => {
+                    if let Some(s) = &mut self.shards {
+                        s.topology_lost();
+                    }
+                }
                 _ => {}
             }
         }
@@ -124,9 +143,11 @@ impl Hub {
             l.queue.push_front(o);
         }
         if role == LinkRole::Subscriber {
-            self.prober.abandon();
-            self.control.link_lost();
-            let (live, _wanted) = self.rooms.on_link_lost();
+            if self.probed == idx {
+                self.prober.abandon();
+            }
+            self.controls[idx].link_lost();
+            let live = self.rooms.on_link_lost(idx as u16);
             for room in &live {
                 self.events.push_back(Event::RoomNotLive {
                     room: room.clone(),
@@ -137,11 +158,16 @@ impl Hub {
             self.missed.sort_unstable();
             self.missed.dedup();
         }
+        let retired = matches!(cause, LinkError::Retired);
         self.events.push_back(Event::LinkDown {
             link: id,
             role,
             cause,
         });
+        if role != LinkRole::Topology && !retired {
+            // Cluster mode: a lost node may have failed over.
+            self.request_refresh(now);
+        }
     }
 
     pub(super) fn link_ready(&mut self, idx: usize, now: Instant) {
@@ -173,25 +199,37 @@ impl Hub {
         if role == LinkRole::Publisher {
             self.pump(idx, now);
         }
+        if role == LinkRole::Subscriber {
+            // Rooms that waited for this link may go now.
+            self.rooms.release_held();
+        }
+        if role == LinkRole::Topology {
+            self.send_refresh(now);
+        }
     }
 
-    /// The subscriber link the next probe goes to: the one after the last probed, so every
-    /// subscriber takes a turn.
-    fn next_probed(&self) -> usize {
-        let mut subs = self.roles.subscribers();
-        let first = subs.next().unwrap_or(0);
-        let mut subs = self.roles.subscribers();
-        subs.find(|&i| i > self.probed).unwrap_or(first)
+    /// The subscriber link the next probe goes to: the first ready one after the last
+    /// probed, so every subscriber takes a turn.
+    fn next_probed(&self) -> Option<usize> {
+        let ready = |&i: &usize| self.links[i].is_ready() && self.controls[i].is_live();
+        let mut subs = self.roles.subscribers().filter(ready);
+        let first = subs.next()?;
+        let mut subs = self.roles.subscribers().filter(ready);
+        Some(subs.find(|&i| i > self.probed).unwrap_or(first))
+    }
+
+    /// The publish links that can carry a probe to subscriber `sub` (those of its place).
+    fn probe_publishers(&self, sub: usize) -> &[usize] {
+        self.roles.publishers_of(self.roles.place_of_link(sub))
     }
 
     pub(super) fn probe_possible(&self) -> bool {
         !self.closed
-            && self
-                .links
-                .get(self.next_probed())
-                .is_some_and(Link::is_ready)
-            && self.control.is_live()
-            && self.roles.publishers().any(|i| self.links[i].is_ready())
+            && self.next_probed().is_some_and(|sub| {
+                self.probe_publishers(sub)
+                    .iter()
+                    .any(|&i| self.links[i].is_ready())
+            })
     }
 
     /// The probed subscriber heard nothing (or Redis counted no subscriber): it is deaf.
@@ -212,8 +250,11 @@ impl Hub {
         if !self.prober.due(now) || !self.probe_possible() {
             return;
         }
+        let Some(sub) = self.next_probed() else {
+            return;
+        };
         // Prefer the link after the last one used, so every publish link takes a turn.
-        let publishers: Vec<usize> = self.roles.publishers().collect();
+        let publishers = self.probe_publishers(sub).to_vec();
         let n = publishers.len();
         let start = (self.prober.next_token() as usize) % n;
         let Some(idx) = (0..n)
@@ -222,13 +263,19 @@ impl Hub {
         else {
             return;
         };
-        self.probed = self.next_probed();
+        self.probed = sub;
         let token = self.prober.start(now, self.config.probe_interval);
         let mut payload = Vec::with_capacity(14);
         payload.extend_from_slice(PROBE_MAGIC);
         payload.extend_from_slice(&token.to_le_bytes());
+        let verb: &[u8] = if self.shards.is_some() {
+            b"SPUBLISH"
+        } else {
+            b"PUBLISH"
+        };
+        let channel = self.controls[sub].channel.clone();
         let l = &mut self.links[idx];
-        encode_command(&mut l.out, &[b"PUBLISH", &self.control.channel, &payload]);
+        encode_command(&mut l.out, &[verb, &channel, &payload]);
         l.fifo.push_back((now, Request::Probe { token }));
     }
 }

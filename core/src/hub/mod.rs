@@ -15,10 +15,11 @@ mod publish;
 mod receive;
 mod roles;
 mod sequence;
+mod shards;
 mod timer;
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use foldhash::fast::FixedState;
@@ -136,6 +137,9 @@ pub struct LinkHealth {
     pub state: LinkState,
     /// The last error, if it failed since it was last ready.
     pub last_error: Option<LinkError>,
+    /// The node it connects to, `host:port` (in cluster mode: a master, or for the
+    /// topology link the node it asks).
+    pub address: String,
 }
 
 /// A hub's view of its own health.
@@ -222,7 +226,11 @@ pub struct Hub {
     roles: roles::Roles,
     /// The subscriber link the probe under way (or the last one) goes to.
     probed: usize,
-    control: control::Control,
+    /// Per link (by index; only subscriber links use theirs): the control channel the probes
+    /// come back on.
+    controls: Vec<control::Control>,
+    /// Cluster mode: topology, placement, publishes to reroute.
+    shards: Option<shards::Shards>,
     seq: sequence::Sequencer,
     events: VecDeque<Event>,
     requests: VecDeque<LinkRequest>,
@@ -250,11 +258,14 @@ pub struct Hub {
 impl Hub {
     /// A hub that will open its links at once (see [`Hub::poll_link_request`]).
     ///
-    /// A cluster configuration ([`Config::cluster`]) is refused for now: the pieces of
-    /// cluster mode are in [`crate::cluster`] (slots, topology, stable places, the
-    /// `SUNSUBSCRIBE` fence), but the hub does not yet route rooms and publishes by slot.
+    /// With a cluster configuration ([`Config::cluster`]) it first opens one link to a seed
+    /// node, reads the topology there, and then opens links to every master (see "Cluster
+    /// mode" in the [`Hub`] docs).
     pub fn new(config: Config, id: Identity, now: Instant) -> Result<Hub, ConfigError> {
-        let roles = roles::Roles::single(config.server.clone(), config.pool_size);
+        let roles = match &config.cluster {
+            Some(_) => roles::Roles::cluster(config.server.clone()),
+            None => roles::Roles::single(config.server.clone(), config.pool_size),
+        };
         Hub::with_roles(config, id, now, roles)
     }
 
@@ -273,12 +284,10 @@ impl Hub {
         roles: roles::Roles,
     ) -> Result<Hub, ConfigError> {
         config.validate()?;
-        if config.cluster.is_some() {
+        if config.cluster.is_some() && roles.is_standalone() {
             return Err(ConfigError::BadValue {
                 field: "cluster",
-                reason: "this hub does not route rooms by hash slot yet, so it cannot serve a \
-                         Redis Cluster (redis+cluster://); use a redis:// URL of one server"
-                    .into(),
+                reason: "a standalone hub has no Redis, so no cluster; leave cluster unset".into(),
             });
         }
         let namer =
@@ -307,8 +316,14 @@ impl Hub {
             now,
             links,
             probed,
+            controls: (0..roles.len())
+                .map(|_| control::Control::new(control.clone()))
+                .collect(),
+            shards: config
+                .cluster
+                .clone()
+                .map(|servers| shards::Shards::new(servers, now)),
             roles,
-            control: control::Control::new(control),
             events: VecDeque::new(),
             requests: VecDeque::new(),
             queued_total: 0,
@@ -359,6 +374,18 @@ impl Hub {
     /// The room's subscription state, or `None` if it has no local members.
     pub fn room_state(&self, room: &str) -> Option<RoomState> {
         self.rooms.get(room).map(|r| r.state)
+    }
+
+    /// The subscriber link a room is subscribed on (or being subscribed or left on); `None`
+    /// while it waits to be subscribed, or has no local members. In cluster mode it is a
+    /// link to the master of the room's slot.
+    pub fn room_link(&self, room: &str) -> Option<LinkId> {
+        self.rooms.link_of(room).map(LinkId)
+    }
+
+    /// Cluster mode: the topology last read (`None` before the first, and for one server).
+    pub fn topology(&self) -> Option<&crate::cluster::Topology> {
+        self.shards.as_ref()?.topology()
     }
 
     /// The local members of a room (empty if none).
@@ -413,14 +440,22 @@ impl Hub {
     /// Every link's state, and the last probe's success.
     pub fn health(&self) -> Health {
         Health {
+            // A retired cluster link (its master owns no slot now) is no part of the hub's
+            // health any more.
             links: self
                 .links
                 .iter()
-                .map(|l| LinkHealth {
-                    link: l.id,
-                    role: l.role,
-                    state: l.state,
-                    last_error: l.last_error.clone(),
+                .enumerate()
+                .filter(|(_, l)| self.closed || l.state != LinkState::Closed)
+                .map(|(i, l)| {
+                    let server = self.roles.server_of(i);
+                    LinkHealth {
+                        link: l.id,
+                        role: l.role,
+                        state: l.state,
+                        last_error: l.last_error.clone(),
+                        address: format!("{}:{}", server.host, server.port),
+                    }
                 })
                 .collect(),
             last_probe_ok: self.prober.last_ok(),
@@ -662,13 +697,13 @@ impl Hub {
         if !self.roles.is_standalone() {
             return false;
         }
-        let (subscribe, unsubscribe) = self.rooms.take_commands(usize::MAX);
-        for room in subscribe {
-            let t = self.rooms.on_subscribed(room);
+        let (subscribe, unsubscribe) = self.rooms.take_routed(usize::MAX, |_| Some(0));
+        for (room, link) in subscribe {
+            let t = self.rooms.on_subscribed(room, link);
             self.on_transition(t);
         }
-        for room in unsubscribe {
-            let t = self.rooms.on_unsubscribed(room);
+        for (room, link) in unsubscribe {
+            let t = self.rooms.on_unsubscribed(room, link);
             self.on_transition(t);
         }
         true
@@ -941,22 +976,6 @@ mod tests {
     use std::time::Instant;
 
     use crate::{Config, Hub, Identity, InstanceId, MemberError};
-
-    #[test]
-    fn a_cluster_config_is_refused_by_the_hub_with_what_to_do() {
-        let id = Identity {
-            instance: InstanceId(1),
-            epoch: 1,
-        };
-        let config = Config::from_url("redis+cluster://127.0.0.1:7000").unwrap();
-        let e = Hub::new(config, id, Instant::now())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("redis+cluster://") && e.contains("redis://"),
-            "{e}"
-        );
-    }
 
     #[test]
     fn join_many_is_all_or_nothing_and_counts_new_rooms() {

@@ -5,6 +5,8 @@ use crate::link::Queued;
 
 /// A PUBLISH command's array header and name: `*3`, `$7 PUBLISH`.
 const PUBLISH_HEAD: &[u8] = b"*3\r\n$7\r\nPUBLISH\r\n";
+/// The same for cluster mode's sharded `SPUBLISH`.
+const SPUBLISH_HEAD: &[u8] = b"*3\r\n$8\r\nSPUBLISH\r\n";
 
 impl Hub {
     pub(super) fn try_publish(
@@ -19,8 +21,16 @@ impl Hub {
         let len = self
             .config
             .check_publish(msg.room, msg.data.len(), msg.exclude_connection)?;
-        let Some(idx) = self.roles.publisher_of_room(msg.room) else {
-            return Ok(self.publish_standalone(msg));
+        let idx = if self.shards.is_some() {
+            match self.cluster_route(msg.room) {
+                shards::Route::Link(idx) => idx,
+                shards::Route::Wait(slot) => return self.publish_to_reroute(msg, slot, len),
+            }
+        } else {
+            match self.roles.publisher_of_room(msg.room) {
+                Some(idx) => idx,
+                None => return Ok(self.publish_standalone(msg)),
+            }
         };
         let writable = self.can_write(idx);
         if !writable {
@@ -61,6 +71,47 @@ impl Hub {
         };
         if self.config.delivery == DeliveryMode::LocalFirst {
             self.deliver_local(msg, room, seq);
+        }
+        Ok(id)
+    }
+
+    /// Cluster mode: a publish whose slot has no known owner yet, or whose slot's earlier
+    /// publishes wait to be placed again, waits behind them (bounded as any queued publish).
+    fn publish_to_reroute(
+        &mut self,
+        msg: &Publish<'_>,
+        slot: crate::cluster::Slot,
+        len: usize,
+    ) -> Result<PublishId, PublishError> {
+        self.check_queue_limits(len - TRAILER_LEN)?;
+        let id = self.seq.next_id();
+        self.metrics.published += 1;
+        let room = self.known_room(msg.room);
+        let mut body = Vec::with_capacity(len - TRAILER_LEN);
+        envelope::encode(
+            &mut body,
+            msg.room,
+            msg.message_type,
+            msg.data,
+            msg.exclude_connection,
+            msg.timestamp,
+            None,
+        );
+        let body = Bytes::from(body);
+        self.queued_bytes += body.len();
+        self.queued_total += 1;
+        self.queue_reroute(
+            slot,
+            Outgoing {
+                id,
+                bytes: Queued::Body {
+                    room: room.clone(),
+                    body,
+                },
+            },
+        );
+        if self.config.delivery == DeliveryMode::LocalFirst {
+            self.deliver_local(msg, room, None);
         }
         Ok(id)
     }
@@ -152,6 +203,11 @@ impl Hub {
                 max,
             });
         }
+        self.check_queue_limits(body_len)
+    }
+
+    /// Whether one more publish of `body_len` bytes fits in the queues' bounds.
+    fn check_queue_limits(&self, body_len: usize) -> Result<(), PublishError> {
         if self.queued_total >= self.config.max_queued_publishes {
             return Err(PublishError::QueueFull {
                 max: self.config.max_queued_publishes,
@@ -208,14 +264,16 @@ impl Hub {
         .to_bytes();
         let channel_len = self.namer.room_channel_len(room);
         let total = body.len() + TRAILER_LEN;
+        let head = if self.shards.is_some() {
+            SPUBLISH_HEAD
+        } else {
+            PUBLISH_HEAD
+        };
         let l = &mut self.links[idx];
         // Header, two bulk headers (at most 24 bytes each), both payloads and their CRLFs.
-        l.reserve_output(
-            PUBLISH_HEAD.len() + 2 * 24 + channel_len + total + 4,
-            OUTPUT_BLOCK,
-        );
+        l.reserve_output(head.len() + 2 * 24 + channel_len + total + 4, OUTPUT_BLOCK);
         let start = l.out.len();
-        l.out.extend_from_slice(PUBLISH_HEAD);
+        l.out.extend_from_slice(head);
         encode_bulk_header(&mut l.out, channel_len);
         self.namer.put_room_channel(room, &mut l.out);
         l.out.extend_from_slice(b"\r\n");
@@ -250,6 +308,7 @@ impl Hub {
 
     pub(super) fn fail_publish(&mut self, id: PublishId, error: PublishError) {
         self.confirm_wanted.remove(&id.0);
+        self.forget_redirects(id);
         self.metrics.publish_failed += 1;
         self.events.push_back(Event::PublishFailed { id, error });
     }

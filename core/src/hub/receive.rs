@@ -7,44 +7,59 @@ impl Hub {
         match frame {
             Incoming::Message { channel, payload } => {
                 if self.links[idx].role == LinkRole::Subscriber {
-                    self.on_message(channel, payload, now);
+                    self.on_message(idx, channel, payload, now);
                 }
             }
             Incoming::Subscribed { channel } => {
                 self.count_confirmation(idx);
-                if channel == self.control.channel {
-                    self.control.confirmed();
+                if channel == self.controls[idx].channel {
+                    self.controls[idx].confirmed();
                     return;
                 }
                 let t = match self
                     .namer
                     .room_from_channel(&channel, self.config.max_room_id_bytes)
                 {
-                    Some(room) => self.rooms.on_subscribed(room),
+                    Some(room) => self.rooms.on_subscribed(room, idx as u16),
                     None => Transition::Stray,
                 };
                 self.on_transition(t);
             }
             Incoming::Unsubscribed { channel } => {
-                self.count_confirmation(idx);
+                // In a cluster the server also unsubscribes on its own (a slot moved away):
+                // `sunsubscribe` pushes answer no request there (the fence does, see
+                // `Request::Fence`).
+                let cluster = self.shards.is_some();
+                if !cluster {
+                    self.count_confirmation(idx);
+                }
                 let Some(channel) = channel else { return };
-                if channel == self.control.channel {
-                    self.control.dropped(self.shutting_down);
+                if channel == self.controls[idx].channel {
+                    let was_live = self.controls[idx].is_live();
+                    self.controls[idx].dropped(self.shutting_down);
+                    if cluster && was_live {
+                        self.request_refresh(now);
+                    }
                     return;
                 }
                 let t = match self
                     .namer
                     .room_from_channel(&channel, self.config.max_room_id_bytes)
                 {
-                    Some(room) => self.rooms.on_unsubscribed(room),
+                    Some(room) => self.rooms.on_unsubscribed(room, idx as u16),
                     None => Transition::Stray,
                 };
+                let dropped = matches!(t, Transition::ServerUnsubscribed(_));
                 self.on_transition(t);
+                if cluster && dropped {
+                    // The slot moved, or the shard failed over: find the new owner.
+                    self.request_refresh(now);
+                }
             }
             Incoming::Pong => self.on_reply(idx, Value::Simple(Bytes::from_static(b"PONG")), now),
             Incoming::Oversize { channel, len } => {
                 if self.links[idx].role == LinkRole::Subscriber {
-                    self.on_oversize(&channel, len);
+                    self.on_oversize(idx, &channel, len);
                 }
             }
             Incoming::OtherPush => {}
@@ -58,17 +73,24 @@ impl Hub {
     fn check_mode(&self, idx: usize, reply: &Value) -> Result<(), LinkError> {
         let server = self.roles.server_of(idx);
         let addr = format!("{}:{}", server.host, server.port);
-        match crate::cluster::check_server_mode(reply, false, &addr) {
+        let cluster = self.shards.is_some();
+        match crate::cluster::check_server_mode(reply, cluster, &addr) {
             Err(e @ crate::cluster::ModeError::IsACluster { .. }) => {
                 Err(LinkError::WrongMode(e.to_string()))
             }
+            // Cluster mode needs a cluster node of Redis 7 or later (sharded pub/sub).
+            Err(e) if cluster => Err(LinkError::WrongMode(e.to_string())),
             _ => Ok(()),
         }
     }
 
     pub(super) fn count_confirmation(&mut self, idx: usize) {
         let l = &mut self.links[idx];
-        if let Some((_, Request::Subscription { remaining })) = l.fifo.front_mut() {
+        if let Some((
+            _,
+            Request::Subscription { remaining } | Request::SlotSubscribe { remaining, .. },
+        )) = l.fifo.front_mut()
+        {
             *remaining -= 1;
             if *remaining == 0 {
                 l.fifo.pop_front();
@@ -92,6 +114,17 @@ impl Hub {
     }
 
     pub(super) fn on_reply(&mut self, idx: usize, v: Value, now: Instant) {
+        // Cluster mode: an error before a SUNSUBSCRIBE batch's fencing `pong` answers the
+        // SUNSUBSCRIBE (`-MOVED` when the server had dropped the slot already); the batch
+        // ends at the `pong`.
+        if let Some((_, Request::Fence { answered, .. })) = self.links[idx].fifo.front_mut() {
+            if !*answered && error_text(&v).is_some() {
+                *answered = true;
+                self.metrics.redirects += 1;
+                self.request_refresh(now);
+                return;
+            }
+        }
         let Some((sent, req)) = self.links[idx].fifo.pop_front() else {
             self.link_failed(
                 idx,
@@ -103,10 +136,13 @@ impl Hub {
         };
         match req {
             Request::Handshake(step) => {
+                let cluster = self.shards.is_some();
                 let cause = match (step, error_text(&v)) {
                     // A server that cannot answer `HELLO 2` (before 6.0, or an ACL that
-                    // forbids it) cannot say its mode: a single server is accepted as before.
-                    (crate::link::Step::Mode, Some(_)) => None,
+                    // forbids it) cannot say its mode: a single server is accepted as before
+                    // (cluster mode needs Redis 7: `check_mode` refuses it).
+                    (crate::link::Step::Mode, Some(_)) if !cluster => None,
+                    (crate::link::Step::Mode, Some(_)) => self.check_mode(idx, &v).err(),
                     (_, Some(e)) => Some(handshake_error(step, e)),
                     (crate::link::Step::Mode | crate::link::Step::Hello, None) => {
                         self.check_mode(idx, &v).err()
@@ -136,6 +172,24 @@ impl Hub {
             }
             Request::Publish(o) => {
                 self.links[idx].publish_answered(&o);
+                if o.moved {
+                    // A copy went to the slot's new owner: that one's answer counts.
+                    self.pump(idx, now);
+                    return;
+                }
+                if self.shards.is_some() {
+                    if let Value::Error(e) = &v {
+                        if let Ok(Some(err)) = crate::cluster::ClusterError::parse(e) {
+                            if !matches!(err, crate::cluster::ClusterError::CrossSlot { .. }) {
+                                self.metrics.redirects += 1;
+                                self.on_publish_redirected(idx, o, err, now);
+                                self.pump(idx, now);
+                                return;
+                            }
+                        }
+                    }
+                    self.forget_redirects(o.id);
+                }
                 match v {
                     Value::Int(n) => {
                         self.metrics.publish_confirmed += 1;
@@ -172,6 +226,11 @@ impl Hub {
                 }
             }
             Request::Presence(req) => self.on_presence_reply(req, v, now),
+            Request::Topology => self.on_topology(idx, v, now),
+            Request::SlotSubscribe { rooms, control, .. } => {
+                self.on_slot_subscribe_refused(idx, rooms, control, &v, now)
+            }
+            Request::Fence { rooms, .. } => self.on_fence(idx, rooms),
             Request::Subscription { .. } => {
                 // An error instead of confirmations (e.g. an ACL refusing the channel): the
                 // subscriptions are in an unknown state, so start the link over.
@@ -187,8 +246,8 @@ impl Hub {
         }
     }
 
-    pub(super) fn on_message(&mut self, channel: Bytes, payload: Bytes, now: Instant) {
-        if channel == self.control.channel {
+    pub(super) fn on_message(&mut self, idx: usize, channel: Bytes, payload: Bytes, now: Instant) {
+        if channel == self.controls[idx].channel {
             self.on_control(&payload, now);
             return;
         }
@@ -283,9 +342,9 @@ impl Hub {
 
     /// A message over `max_frame_bytes`, skipped by the reader: counted, and reported for
     /// the room its channel names (`None` for another channel, the control channel included).
-    fn on_oversize(&mut self, channel: &[u8], len: u64) {
+    fn on_oversize(&mut self, idx: usize, channel: &[u8], len: u64) {
         self.metrics.dropped_too_large += 1;
-        let room = if channel == self.control.channel {
+        let room = if channel == self.controls[idx].channel {
             None
         } else {
             self.namer

@@ -26,6 +26,10 @@ pub(crate) struct Roles {
     /// The publish links of each place, by [`Place`] index, in id order (the per-publish
     /// lookup: no scan of every link).
     place_publishers: Vec<Vec<usize>>,
+    /// The subscriber link of each place, by [`Place`] index.
+    place_subscriber: Vec<Option<usize>>,
+    /// Cluster mode: the link that asks for the topology (`CLUSTER SHARDS`), to place 0.
+    topology: Option<usize>,
 }
 
 impl Roles {
@@ -38,9 +42,69 @@ impl Roles {
         Roles {
             places: vec![server],
             place_publishers: vec![(1..links.len()).collect()],
+            place_subscriber: vec![Some(0)],
             links,
             presence: Some(1),
+            topology: None,
         }
+    }
+
+    /// Cluster mode before the first topology: one link, to place 0 (a seed node), that asks
+    /// for the topology. Each master gets a place of its own ([`Roles::add_place`]).
+    pub(crate) fn cluster(seed: ServerConfig) -> Roles {
+        Roles {
+            places: vec![seed],
+            links: vec![(LinkRole::Topology, Place(0))],
+            presence: None,
+            place_publishers: vec![Vec::new()],
+            place_subscriber: vec![None],
+            topology: Some(0),
+        }
+    }
+
+    /// The [`Place`] of a cluster placement's place (place 0 is the topology link's node).
+    pub(crate) fn cluster_place(id: crate::cluster::PlaceId) -> Place {
+        Place(id.0 + 1)
+    }
+
+    /// Adds a place (a master) with its subscriber link and `pool_size` publish links (at
+    /// least one); returns the new links' indices, subscriber first.
+    pub(crate) fn add_place(&mut self, server: ServerConfig, pool_size: usize) -> Vec<usize> {
+        let place = Place(self.places.len());
+        self.places.push(server);
+        let first = self.links.len();
+        self.links.push((LinkRole::Subscriber, place));
+        self.links
+            .extend((0..pool_size.max(1)).map(|_| (LinkRole::Publisher, place)));
+        self.place_subscriber.push(Some(first));
+        self.place_publishers
+            .push((first + 1..self.links.len()).collect());
+        (first..self.links.len()).collect()
+    }
+
+    /// Where place `place`'s links connect from now on (the topology link moves from seed to
+    /// seed).
+    pub(crate) fn set_server(&mut self, place: Place, server: ServerConfig) {
+        if let Some(s) = self.places.get_mut(place.0) {
+            *s = server;
+        }
+    }
+
+    /// The links of a place: its subscriber (if any) and its publish links.
+    pub(crate) fn links_of(&self, place: Place) -> impl Iterator<Item = usize> + '_ {
+        self.subscriber_of(place)
+            .into_iter()
+            .chain(self.publishers_of(place).iter().copied())
+    }
+
+    /// The place link `idx` belongs to.
+    pub(crate) fn place_of_link(&self, idx: usize) -> Place {
+        self.links[idx].1
+    }
+
+    /// The topology link (cluster mode).
+    pub(crate) fn topology(&self) -> Option<usize> {
+        self.topology
     }
 
     /// Standalone mode: no place and no link (the hub delivers locally).
@@ -50,6 +114,8 @@ impl Roles {
             links: Vec::new(),
             presence: None,
             place_publishers: Vec::new(),
+            place_subscriber: Vec::new(),
+            topology: None,
         }
     }
 
@@ -73,26 +139,14 @@ impl Roles {
         &self.places[self.links[idx].1 .0]
     }
 
-    /// The place a room's traffic goes to (single-server mode: the one server).
-    pub(crate) fn place_of_room(&self, _room: &str) -> Place {
-        Place(0)
-    }
-
     /// The subscriber link of a place, if it has one.
     pub(crate) fn subscriber_of(&self, place: Place) -> Option<usize> {
-        self.links
-            .iter()
-            .position(|&(role, p)| role == LinkRole::Subscriber && p == place)
+        self.place_subscriber.get(place.0).copied().flatten()
     }
 
     /// Every subscriber link.
     pub(crate) fn subscribers(&self) -> impl Iterator<Item = usize> + '_ {
         self.of_role(LinkRole::Subscriber)
-    }
-
-    /// Every publish link.
-    pub(crate) fn publishers(&self) -> impl Iterator<Item = usize> + '_ {
-        self.of_role(LinkRole::Publisher)
     }
 
     fn of_role(&self, role: LinkRole) -> impl Iterator<Item = usize> + '_ {
@@ -110,16 +164,22 @@ impl Roles {
             .map_or(&[], Vec::as_slice)
     }
 
-    /// The publish link a room always uses: one of its place's, chosen by a stable hash of
-    /// the room id (FNV-1a: the same across runs and versions, unlike std's hasher). `None`
-    /// when its place has no publish link (standalone mode: no link at all).
+    /// The publish link a room always uses in single-server mode (place 0); see
+    /// [`Roles::publisher_of`].
     pub(crate) fn publisher_of_room(&self, room: &str) -> Option<usize> {
+        self.publisher_of(Place(0), room)
+    }
+
+    /// The publish link of `place` a room always uses: one of the place's, chosen by a stable
+    /// hash of the room id (FNV-1a: the same across runs and versions, unlike std's hasher).
+    /// `None` when the place has no publish link (standalone mode: no link at all).
+    pub(crate) fn publisher_of(&self, place: Place, room: &str) -> Option<usize> {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in room.as_bytes() {
             h ^= u64::from(*b);
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
-        let publishers = self.publishers_of(self.place_of_room(room));
+        let publishers = self.publishers_of(place);
         let n = publishers.len().max(1);
         publishers.get((h % n as u64) as usize).copied()
     }
@@ -144,8 +204,11 @@ mod tests {
         let r = Roles::single(ServerConfig::default(), 3);
         assert_eq!(r.len(), 4);
         assert_eq!(r.subscribers().collect::<Vec<_>>(), [0]);
-        assert_eq!(r.subscriber_of(r.place_of_room("x")), Some(0));
-        assert_eq!(r.publishers().collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(r.subscriber_of(Place(0)), Some(0));
+        assert_eq!(
+            r.of_role(LinkRole::Publisher).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
         assert_eq!(r.presence(), Some(1));
         assert_eq!(r.role(0), LinkRole::Subscriber);
         assert_eq!(r.role(2), LinkRole::Publisher);
@@ -163,7 +226,7 @@ mod tests {
         assert_eq!(r.server_of(2).port, ServerConfig::default().port);
         // Each place's list is its publish links, found by role and place.
         let scanned: Vec<usize> = r
-            .publishers()
+            .of_role(LinkRole::Publisher)
             .filter(|&i| r.links[i].1 == Place(0))
             .collect();
         assert_eq!(r.publishers_of(Place(0)), &scanned[..]);
@@ -175,8 +238,11 @@ mod tests {
         let r = Roles::standalone();
         assert!(r.is_standalone());
         assert_eq!(r.len(), 0);
-        assert_eq!(r.subscribers().count() + r.publishers().count(), 0);
-        assert_eq!(r.subscriber_of(r.place_of_room("x")), None);
+        assert_eq!(
+            r.subscribers().count() + r.of_role(LinkRole::Publisher).count(),
+            0
+        );
+        assert_eq!(r.subscriber_of(Place(0)), None);
         assert_eq!(r.publisher_of_room("x"), None);
         assert_eq!(r.presence(), None);
         assert!(!Roles::single(ServerConfig::default(), 1).is_standalone());

@@ -19,14 +19,20 @@ pub(super) enum Timer {
     Probe,
     /// The presence lease's heartbeat (while the presence link is ready).
     Heartbeat,
+    /// Cluster mode: the next `CLUSTER SHARDS` (periodic, or soon after an incomplete
+    /// topology), while the topology link is ready and none is on its way.
+    Topology,
 }
 
 impl Hub {
-    /// Every timer, in the order `handle_timeout` fires them (the links never change in
-    /// number). A standalone hub has none: no link, no probe, no lease.
+    /// Every timer, in the order `handle_timeout` fires them (a cluster hub adds links as it
+    /// learns masters; links are never removed). A standalone hub has none: no link, no
+    /// probe, no lease.
     pub(super) fn timers(&self) -> impl Iterator<Item = Timer> + use<> {
         let hub_timers: &'static [Timer] = if self.roles.is_standalone() {
             &[]
+        } else if self.shards.is_some() {
+            &[Timer::Probe, Timer::Heartbeat, Timer::Topology]
         } else {
             &[Timer::Probe, Timer::Heartbeat]
         };
@@ -49,6 +55,7 @@ impl Hub {
                     None
                 }
             }
+            Timer::Topology => self.refresh_deadline(),
         }
     }
 
@@ -78,6 +85,7 @@ impl Hub {
             }
             Timer::Probe => self.probe_timers(now),
             Timer::Heartbeat => self.presence_timers(now),
+            Timer::Topology => self.send_refresh(now),
         }
     }
 }
