@@ -356,8 +356,15 @@ pub fn run(
             .filter(|&i| ledger.sent(i) >= done_ns)
             .any(|i| ledger.arrival(i).is_some())
     };
+    // Every system publishes for the same time after the change (the whole window), so that
+    // the counts of lost messages compare; the touched rooms' recovery is read from the
+    // ledger afterwards.
     let observe_until = Instant::now() + plan.observe;
-    while Instant::now() < observe_until && !planned.touched.iter().all(|&r| back(r)) {
+    let mut all_back_ms = None;
+    while Instant::now() < observe_until {
+        if all_back_ms.is_none() && planned.touched.iter().all(|&r| back(r)) {
+            all_back_ms = Some(now_ns().saturating_sub(event_ns) as f64 / 1e6);
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(plan.after);
@@ -376,6 +383,7 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(20));
     }
     res.setf("pacer_max_late_us", pacer_stats.max_late_us);
+    res.setf("all_touched_delivering_ms", all_back_ms.unwrap_or(f64::NAN));
     account(
         &mut res,
         &ledger,
@@ -406,6 +414,8 @@ fn account(
     let (mut ok, mut failed, mut delivered) = (0u64, 0u64, 0u64);
     let (mut lost_before, mut lost_after, mut lost_untouched) = (0u64, 0u64, 0u64);
     let (mut failed_after, mut lost_touched_after) = (0u64, 0u64);
+    // Send times of the first and last message lost in an untouched room.
+    let mut untouched_span: Option<(u64, u64)> = None;
     let is_touched = |r: usize| touched.contains(&r);
     for i in 0..total {
         let room = (i % rooms as u64) as usize;
@@ -431,6 +441,8 @@ fn account(
         }
         if !is_touched(room) {
             lost_untouched += 1;
+            let t = ledger.sent(i);
+            untouched_span = Some(untouched_span.map_or((t, t), |(a, b)| (a.min(t), b.max(t))));
         }
     }
     res.set("published", total);
@@ -443,6 +455,11 @@ fn account(
     res.set("lost_after_event", lost_after);
     res.set("lost_after_event_touched_rooms", lost_touched_after);
     res.set("lost_untouched_rooms", lost_untouched);
+    if let Some((first, last)) = untouched_span {
+        let rel = |t: u64| (t as f64 - event_ns as f64) / 1e6;
+        res.setf("lost_untouched_first_ms", rel(first));
+        res.setf("lost_untouched_last_ms", rel(last));
+    }
     res.set("duplicates", ledger.duplicates.load(Ordering::Relaxed));
     // Per touched room: delivery resumed for good with the first message after its last
     // loss; "never" when its last message was lost too.

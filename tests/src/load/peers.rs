@@ -563,6 +563,7 @@ struct PeerSubject {
     _sub: Sub,
     unsolicited: Arc<AtomicU64>,
     ledger: Arc<Ledger>,
+    first_error: Arc<Mutex<Option<String>>>,
 }
 
 /// Starts a peer for S7 with every room subscribed.
@@ -590,6 +591,7 @@ pub fn s7_subject(job: &Job, ledger: Arc<Ledger>) -> Result<Box<dyn Subject>, St
         _sub: sub,
         unsolicited,
         ledger,
+        first_error: Arc::default(),
     }))
 }
 
@@ -601,16 +603,31 @@ impl Subject for PeerSubject {
     fn send(&mut self, batch: Vec<(u64, usize, Vec<u8>)>) {
         for (i, room, data) in batch {
             let (mut p, ch, ledger) = (self.p.clone(), self.job.channel(room), self.ledger.clone());
+            let first_error = self.first_error.clone();
             self.a.rt.spawn(async move {
-                match tokio::time::timeout(S7_PUBLISH_TIMEOUT, p.one(ch, data)).await {
-                    Ok(Ok(())) => {}
-                    _ => ledger.failed(i),
-                }
+                let e = match tokio::time::timeout(S7_PUBLISH_TIMEOUT, p.one(ch, data)).await {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => e,
+                    Err(_) => format!("no reply within {S7_PUBLISH_TIMEOUT:?}"),
+                };
+                ledger.failed(i);
+                first_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(e);
             });
         }
     }
 
     fn report(&mut self, res: &mut Res, _touched: &[usize], _event_ns: u64, _total: u64) {
+        if let Some(e) = self
+            .first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            res.set("first_publish_error", e);
+        }
         match self.kind {
             Kind::Redis => res.set(
                 "unsolicited_sunsubscribes_seen",
