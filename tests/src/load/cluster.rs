@@ -155,7 +155,7 @@ pub fn slot_of(channel: &str) -> u16 {
 
 /// Channels grouped by hash slot, in slot order: one SSUBSCRIBE per group (a command naming
 /// channels of two slots is refused with CROSSSLOT).
-#[cfg_attr(not(feature = "peers"), expect(dead_code))]
+#[cfg_attr(not(any(feature = "peers", test)), expect(dead_code))]
 pub fn by_slot(channels: &[String]) -> Vec<Vec<String>> {
     let mut groups: BTreeMap<u16, Vec<String>> = BTreeMap::new();
     for c in channels {
