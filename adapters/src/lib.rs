@@ -75,6 +75,15 @@
 //!     bytes held per link for writing (`Config::max_output_bytes`, core and adapter
 //!     together), queued and in-flight publishes (count and bytes), input frames
 //!     (`Config::max_frame_bytes`).
+//! 11. **Redis Cluster keeps every promise across topology changes.** With a
+//!     `redis+cluster://` URL each room is subscribed once, on the master of its slot, and
+//!     each publish goes there (`SPUBLISH`). When a slot moves or a shard fails over, the room
+//!     is reported not live (2) and subscribed on the new owner, missed messages show up as
+//!     gaps (3), a publish answered `-MOVED` is sent again to the new owner in its room's
+//!     order (1) or fails with `PublishError::Redirected` (4), and the probe covers every
+//!     subscriber link (5). The core's `cluster_routing` tests and the simulation's cluster
+//!     tests check this against a scripted and a model cluster; `cluster.rs` against a real
+//!     one.
 //!
 //! # Backpressure
 //!

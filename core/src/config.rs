@@ -123,8 +123,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Cluster mode (`redis+cluster://` or `rediss+cluster://`): the seed nodes and the login
     /// every node shares; `None` for one server. In cluster mode the channel prefix may not
-    /// contain `{` or `}` (it would put every room in one slot) and presence is refused (its
-    /// scripts and registration span hash slots, which a cluster refuses with CROSSSLOT).
+    /// contain `{` or `}` (it would put every room in one slot), and every presence key lives
+    /// in one hash slot, on one shard (see [`crate::presence`]).
     pub cluster: Option<ClusterServers>,
     /// Prefix of every channel and key (`REDIS_CHANNEL_PREFIX`, default `graphwiz`).
     pub channel_prefix: String,
@@ -320,8 +320,7 @@ fn bad(field: &'static str, reason: impl Into<String>) -> ConfigError {
 impl Config {
     /// A default configuration for the server at `url`: `redis://` or `rediss://` for one
     /// server, `redis+cluster://` or `rediss+cluster://` with seed nodes for a cluster (see
-    /// [`parse_redis_target`]). A cluster configuration has presence off (see
-    /// [`Config::cluster`]).
+    /// [`parse_redis_target`]).
     pub fn from_url(url: &str) -> Result<Config, ConfigError> {
         Ok(match parse_redis_target(url)? {
             RedisTarget::Single(server) => Config {
@@ -335,7 +334,6 @@ impl Config {
                     .map(|seed| cluster.node(&seed.host, seed.port))
                     .unwrap_or_default(),
                 cluster: Some(cluster),
-                presence: false,
                 ..Config::default()
             },
         })
@@ -374,14 +372,6 @@ impl Config {
         if self.cluster.is_some() {
             crate::cluster::check_cluster_prefix(&self.channel_prefix)
                 .map_err(|e| bad("channel_prefix", e.to_string()))?;
-            if self.presence {
-                return Err(bad(
-                    "presence",
-                    "presence is not available in cluster mode (redis+cluster://): its scripts \
-                     read keys of other hash slots and its registration spans slots, which a \
-                     cluster refuses (CROSSSLOT); set presence to false, or use one server",
-                ));
-            }
         }
         if self.pool_size == 0 || self.pool_size > MAX_POOL_SIZE {
             return Err(bad(
@@ -961,13 +951,13 @@ mod tests {
         let c = Config::from_url("redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2:7001").unwrap();
         let cluster = c.cluster.as_ref().expect("cluster mode");
         assert_eq!(cluster.seeds.len(), 2);
-        // `server` holds the first seed's settings; presence is off by default.
+        // `server` holds the first seed's settings; presence is on, as with one server.
         assert_eq!(
             (c.server.host.as_str(), c.server.port, c.server.db),
             ("10.0.0.1", 7000, 0)
         );
         assert_eq!(c.server.password.as_ref().map(Secret::expose), Some("pw"));
-        assert!(!c.presence);
+        assert!(c.presence);
         c.validate().unwrap();
         // The environment accepts it too.
         let (env, _) = Config::from_env_with(|k| {
@@ -975,15 +965,13 @@ mod tests {
         })
         .unwrap();
         assert!(env.cluster.as_ref().is_some_and(|c| c.tls));
-        // Presence is refused, saying why and what to do.
-        let e = Config {
-            presence: true,
+        // Presence is accepted, on or off: its keys share one hash slot.
+        Config {
+            presence: false,
             ..c.clone()
         }
         .validate()
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("presence") && e.contains("CROSSSLOT"), "{e}");
+        .unwrap();
         // A prefix with a hash tag would put every room in one slot.
         let e = Config {
             channel_prefix: "{app}".into(),

@@ -605,7 +605,8 @@ impl ChannelNamer {
         Bytes::from(format!("{}:ctl:{:016x}", self.prefix, instance.0))
     }
 
-    /// A key of this application: `{prefix}:` followed by `suffix` (for presence keys).
+    /// A key of this application: `{prefix}:` followed by `suffix`. (Presence keys have a
+    /// layout of their own, under one hash tag: [`crate::presence::Keys`].)
     pub fn key(&self, suffix: &str) -> Bytes {
         let mut out = Vec::with_capacity(self.prefix.len() + 1 + suffix.len());
         out.extend_from_slice(self.prefix.as_bytes());

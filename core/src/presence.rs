@@ -1,14 +1,50 @@
 //! Presence across instances, tied to instance leases.
 //!
-//! Keys (all under the channel prefix `P`, so apps sharing a Redis stay apart):
-//! - `P:presence:lease:{instance}`: the instance's lease, a key with a TTL (`Config::lease`)
+//! # Keys
+//!
+//! Every presence key of the channel prefix `P` starts with `P:presence:{P}:` (written
+//! `H` below), so apps sharing a Redis stay apart:
+//! - `H lease:<instance>`: the instance's lease, a key with a TTL (`Config::lease`)
 //!   refreshed by a heartbeat every third of it. Liveness is the server's TTL, never a
 //!   comparison of clocks.
-//! - `P:presence:room:{room}`: a hash, field `{instance:016x}:{conn}`, value `{instance:016x}`.
-//! - `P:presence:conn:{conn}`: a set of the instances where that connection id is present.
-//! - `P:presence:instances`: the set of instances that registered.
-//! - `P:presence:idx:{instance}:rooms` / `:conns`: the keys an instance wrote entries in, so
+//! - `H room:<room>`: a hash, field `<instance:016x>:<conn>`, value `<instance:016x>`.
+//! - `H conn:<conn>`: a set of the instances where that connection id is present.
+//! - `H instances`: the set of instances that registered.
+//! - `H idx:<instance>:rooms` / `:conns`: the keys an instance wrote entries in, so
 //!   that its entries can be removed without scanning the keyspace.
+//!
+//! # One hash slot per prefix
+//!
+//! `{P}` is a Redis Cluster hash tag: the cluster hashes only the text between the first `{`
+//! and the next `}`, here the prefix itself, so every presence key of one prefix lives in
+//! one slot ([`Keys::slot`], the slot `CLUSTER KEYSLOT P` names), on one shard. That holds
+//! for every room and connection id, braces included: cluster mode refuses prefixes with
+//! braces ([`crate::cluster::check_cluster_prefix`]), so the first `{` of a key is the one
+//! in `H`, its `}` follows within `H`, and the ids after `H` never change the tag. (One
+//! server, where slots mean nothing, accepts such prefixes; a prefix like `x{}y` there gives
+//! keys no common tag.) Different prefixes usually hash to different slots; two that share
+//! one merely share a shard, their keys stay distinct.
+//!
+//! So no command presence sends spans slots: each script declares a key of the slot
+//! (`KEYS[1]`), which routes it and lets the cluster answer `-MOVED` when the slot is
+//! elsewhere, and every key it reads or writes is in that slot (Redis 7 refuses a script
+//! that touches another slot than its declared keys'); the registration's `MULTI`/`EXEC`
+//! names keys of that slot only. The price is that one shard carries all presence traffic
+//! of a prefix; the alternative, a tag per room, would make a room query two round trips
+//! (the owners' leases live on other shards) and a heartbeat one write per shard holding a
+//! member, and would still need a cross-shard index for `instances()` and the sweep.
+//! Single-server mode uses the same names.
+//!
+//! # While the presence slot moves
+//!
+//! Checked on a real cluster by the `presence_cluster` integration test. Halfway through a
+//! move, the old owner refuses a script that reads a key already moved (`ERR Script attempted
+//! to access a non local key in a cluster node`) and answers `-ASK` for a command whose
+//! declared key moved; the new owner answers `-MOVED` back to the old one. Nothing is pruned
+//! by mistake, and after the move every command gets `-MOVED`, so each instance refreshes
+//! and registers again. Presence commands must never be sent with `ASKING`: the importing
+//! node would run a script on the keys it has, where a lease not moved yet reads as missing,
+//! and the query would prune (the sweep clear) a live instance's entries.
 //!
 //! Redis 7.0 has no per-field expiry, so entries outlive a crashed owner. Every query is one
 //! server-side script that answers in one round trip, skipping and deleting entries whose
@@ -22,11 +58,13 @@ use std::fmt;
 
 use bytes::Bytes;
 
+use crate::cluster::{key_slot, Slot};
 use crate::envelope::InstanceId;
 use crate::naming::{ChannelNamer, ConnId, RoomId};
 
 /// Answers "who is in this room" across instances. Skips and deletes entries of instances
-/// whose lease is gone. `KEYS[1]` = room hash, `ARGV[1]` = lease key prefix.
+/// whose lease is gone. `KEYS[1]` = room hash, `ARGV[1]` = lease key prefix (the leases it
+/// reads are in `KEYS[1]`'s slot, see [the module docs](self)).
 pub const ROOM_SCRIPT: &str = r#"local f = redis.call('HGETALL', KEYS[1])
 local out, alive = {}, {}
 for i = 1, #f, 2 do
@@ -41,7 +79,7 @@ end
 return out"#;
 
 /// Answers "on which instances is this connection id present". `KEYS[1]` = connection set,
-/// `ARGV[1]` = lease key prefix.
+/// `ARGV[1]` = lease key prefix (leases in `KEYS[1]`'s slot).
 pub const CONN_SCRIPT: &str = r#"local m = redis.call('SMEMBERS', KEYS[1])
 local out = {}
 for i = 1, #m do
@@ -72,7 +110,8 @@ end
 }
 
 /// Lists live instances and removes every entry of dead ones through their index sets.
-/// `KEYS[1]` = instances set, `ARGV[1]` = lease key prefix, `ARGV[2]` = index key prefix.
+/// `KEYS[1]` = instances set, `ARGV[1]` = lease key prefix, `ARGV[2]` = index key prefix
+/// (every key it reaches is in `KEYS[1]`'s slot: leases, index sets and the keys they list).
 pub const SWEEP_SCRIPT: &str = concat!(
     clear_footprint_lua!(),
     r#"local m = redis.call('SMEMBERS', KEYS[1])
@@ -89,7 +128,9 @@ return out"#
 
 /// Removes every entry of one instance through its index sets (used inside the
 /// re-registration transaction, so that entries written before a link broke, and no longer
-/// true, do not survive it). `ARGV[1]` = index key prefix, `ARGV[2]` = the instance.
+/// true, do not survive it). `KEYS[1]` = the instance's rooms index ([`Keys::idx_rooms`]),
+/// declared so that the script is routed to the presence slot and checked there;
+/// `ARGV[1]` = index key prefix, `ARGV[2]` = the instance.
 pub const CLEAR_SCRIPT: &str = concat!(clear_footprint_lua!(), "return clear(ARGV[1], ARGV[2])");
 
 /// The three scripts, in the order of [`Script`].
@@ -103,49 +144,72 @@ pub(crate) enum Script {
     Sweep = 2,
 }
 
-/// Key names for one prefix and instance.
+/// The presence key names of one channel prefix, as seen by one instance (layout in [the
+/// module docs](self)). Every name is in one hash slot, [`Keys::slot`].
 #[derive(Debug, Clone)]
-pub(crate) struct Keys {
+pub struct Keys {
+    /// `P:presence:{P}:lease:`, followed by an instance (16 hex digits) in a lease's name.
     pub lease_prefix: Bytes,
+    /// `P:presence:{P}:idx:`, followed by an instance and `:rooms` or `:conns`.
     pub index_prefix: Bytes,
+    /// This instance's lease.
     pub lease: Bytes,
+    /// The set of registered instances.
     pub instances: Bytes,
+    /// The set of the room hashes this instance wrote entries in.
     pub idx_rooms: Bytes,
+    /// The set of the connection sets this instance wrote itself in.
     pub idx_conns: Bytes,
+    /// This instance as written in values and fields: 16 lowercase hex digits.
     pub me: Bytes,
     room_prefix: String,
     conn_prefix: String,
 }
 
 impl Keys {
-    pub(crate) fn new(namer: &ChannelNamer, me: InstanceId) -> Keys {
+    /// The names for `namer`'s prefix, for instance `me`.
+    pub fn new(namer: &ChannelNamer, me: InstanceId) -> Keys {
         let hex = format!("{:016x}", me.0);
-        let s = |x: &str| namer.key(x);
+        let head = Keys::head(namer);
+        let s = |x: &str| Bytes::from(format!("{head}{x}"));
         Keys {
-            lease_prefix: s("presence:lease:"),
-            index_prefix: s("presence:idx:"),
-            lease: s(&format!("presence:lease:{hex}")),
-            instances: s("presence:instances"),
-            idx_rooms: s(&format!("presence:idx:{hex}:rooms")),
-            idx_conns: s(&format!("presence:idx:{hex}:conns")),
-            room_prefix: format!("{}:presence:room:", namer.prefix()),
-            conn_prefix: format!("{}:presence:conn:", namer.prefix()),
+            lease_prefix: s("lease:"),
+            index_prefix: s("idx:"),
+            lease: s(&format!("lease:{hex}")),
+            instances: s("instances"),
+            idx_rooms: s(&format!("idx:{hex}:rooms")),
+            idx_conns: s(&format!("idx:{hex}:conns")),
+            room_prefix: format!("{head}room:"),
+            conn_prefix: format!("{head}conn:"),
             me: Bytes::from(hex),
         }
     }
 
+    /// `P:presence:{P}:`, the start of every presence key of `namer`'s prefix `P`.
+    pub fn head(namer: &ChannelNamer) -> String {
+        let p = namer.prefix();
+        format!("{p}:presence:{{{p}}}:")
+    }
+
+    /// The hash slot of every presence key (the slot of the prefix: `CLUSTER KEYSLOT P`
+    /// for a prefix without braces). In cluster mode presence commands go to this slot's
+    /// master.
+    pub fn slot(&self) -> Slot {
+        key_slot(&self.instances)
+    }
+
     /// The room's hash. The id follows a fixed prefix, so the mapping is injective.
-    pub(crate) fn room(&self, room: &str) -> Vec<u8> {
+    pub fn room(&self, room: &str) -> Vec<u8> {
         format!("{}{room}", self.room_prefix).into_bytes()
     }
 
     /// The connection id's set.
-    pub(crate) fn conn(&self, conn: &str) -> Vec<u8> {
+    pub fn conn(&self, conn: &str) -> Vec<u8> {
         format!("{}{conn}", self.conn_prefix).into_bytes()
     }
 
-    /// This instance's field for a connection in a room hash.
-    pub(crate) fn field(&self, conn: &str) -> Vec<u8> {
+    /// This instance's field for a connection in a room hash: `<me>:<conn>`.
+    pub fn field(&self, conn: &str) -> Vec<u8> {
         let mut f = self.me.to_vec();
         f.push(b':');
         f.extend_from_slice(conn.as_bytes());
@@ -353,8 +417,109 @@ mod tests {
         let m = parse_field(&f, 256).unwrap();
         assert_eq!(m.instance, InstanceId(0xab));
         assert_eq!(m.conn.as_str(), "c:1");
-        assert_eq!(&keys.lease[..], b"app:presence:lease:00000000000000ab");
-        assert_eq!(keys.room("a/b"), b"app:presence:room:a/b");
         assert_eq!(parse_field(b"zz", 256), None);
+    }
+
+    #[test]
+    fn key_names_are_the_documented_layout() {
+        let keys = Keys::new(&ChannelNamer::new("app").unwrap(), InstanceId(0xab));
+        let name = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+        assert_eq!(
+            name(&keys.lease),
+            "app:presence:{app}:lease:00000000000000ab"
+        );
+        assert_eq!(name(&keys.lease_prefix), "app:presence:{app}:lease:");
+        assert_eq!(name(&keys.index_prefix), "app:presence:{app}:idx:");
+        assert_eq!(name(&keys.instances), "app:presence:{app}:instances");
+        assert_eq!(
+            name(&keys.idx_rooms),
+            "app:presence:{app}:idx:00000000000000ab:rooms"
+        );
+        assert_eq!(
+            name(&keys.idx_conns),
+            "app:presence:{app}:idx:00000000000000ab:conns"
+        );
+        assert_eq!(name(&keys.room("a/b")), "app:presence:{app}:room:a/b");
+        assert_eq!(name(&keys.conn("c:1")), "app:presence:{app}:conn:c:1");
+        assert_eq!(name(&keys.me), "00000000000000ab");
+        // The lease and index names the scripts build from the prefixes are the same.
+        assert_eq!(
+            [&keys.lease_prefix[..], &keys.me[..]].concat(),
+            &keys.lease[..]
+        );
+        assert_eq!(
+            [&keys.index_prefix[..], &keys.me[..], b":rooms"].concat(),
+            &keys.idx_rooms[..]
+        );
+    }
+
+    /// Every name a command or a script can touch for this prefix and instance, with ids
+    /// that carry braces of their own.
+    fn every_key(keys: &Keys, other: &Keys) -> Vec<Vec<u8>> {
+        let mut all = vec![
+            keys.lease.to_vec(),
+            keys.instances.to_vec(),
+            keys.idx_rooms.to_vec(),
+            keys.idx_conns.to_vec(),
+            // What the scripts build: another instance's lease and index sets.
+            [&keys.lease_prefix[..], &other.me[..]].concat(),
+            [&keys.index_prefix[..], &other.me[..], b":rooms"].concat(),
+            [&keys.index_prefix[..], &other.me[..], b":conns"].concat(),
+        ];
+        for id in ["lobby", "{x}", "a{b}c", "}{", "{", "}", "{}", "ü/1", ""] {
+            all.push(keys.room(id));
+            all.push(keys.conn(id));
+        }
+        all
+    }
+
+    #[test]
+    fn every_presence_key_of_a_prefix_is_in_its_slot() {
+        for prefix in ["graphwiz", "app", "app:v2", "chat", "a/b", "ü", "%3A"] {
+            let namer = ChannelNamer::new(prefix).unwrap();
+            let keys = Keys::new(&namer, InstanceId(0xab));
+            let other = Keys::new(&namer, InstanceId(u64::MAX));
+            assert_eq!(keys.slot(), other.slot(), "{prefix}");
+            for key in every_key(&keys, &other) {
+                assert_eq!(
+                    key_slot(&key),
+                    keys.slot(),
+                    "{prefix}: {}",
+                    String::from_utf8_lossy(&key)
+                );
+            }
+            // The slot is the prefix's own: `CLUSTER KEYSLOT prefix` names it.
+            assert_eq!(keys.slot(), key_slot(prefix.as_bytes()), "{prefix}");
+        }
+    }
+
+    #[test]
+    fn different_prefixes_use_different_slots() {
+        let prefixes = ["graphwiz", "app", "app:v2", "chat", "staging", "prod"];
+        let mut slots: Vec<Slot> = prefixes
+            .iter()
+            .map(|p| Keys::new(&ChannelNamer::new(p).unwrap(), InstanceId(1)).slot())
+            .collect();
+        slots.sort();
+        slots.dedup();
+        assert_eq!(slots.len(), prefixes.len(), "{prefixes:?}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_prefix_and_id_stay_in_the_prefix_slot(
+            prefix in "[^\\s\\p{Cc}{}]{1,12}",
+            id in "\\PC{0,12}",
+            me in proptest::prelude::any::<u64>(),
+        ) {
+            let namer = ChannelNamer::new(&prefix);
+            proptest::prop_assume!(namer.is_ok());
+            let keys = Keys::new(&namer.unwrap(), InstanceId(me));
+            proptest::prop_assert_eq!(key_slot(&keys.room(&id)), keys.slot());
+            proptest::prop_assert_eq!(key_slot(&keys.conn(&id)), keys.slot());
+            proptest::prop_assert_eq!(key_slot(&keys.lease), keys.slot());
+            proptest::prop_assert_eq!(key_slot(&keys.idx_conns), keys.slot());
+            proptest::prop_assert_eq!(keys.slot(), key_slot(prefix.as_bytes()));
+        }
     }
 }

@@ -202,6 +202,15 @@ impl Rig {
         }
     }
 
+    /// Joins `room` and confirms its SSUBSCRIBE on `port`'s subscriber.
+    fn live_on(&mut self, port: u16, room: &str) -> LinkId {
+        self.hub.join(room, "c1", self.now).unwrap();
+        let sub = self.sub(port);
+        self.take(sub);
+        self.feed(sub, &push("ssubscribe", &channel(room), 1));
+        sub
+    }
+
     fn take_events(&mut self) -> Vec<Event> {
         self.pump();
         std::mem::take(&mut self.events)
@@ -352,10 +361,7 @@ fn a_migrated_slot_is_subscribed_again_on_its_new_owner() {
     let mut rig = Rig::two_masters("");
     let room = room_in(0..=8191, 0);
     let slot = key_slot(&channel(&room)).get();
-    rig.hub.join(&room, "c1", rig.now).unwrap();
-    let a = rig.sub(7001);
-    rig.take(a);
-    rig.feed(a, &push("ssubscribe", &channel(&room), 1));
+    let a = rig.live_on(7001, &room);
     rig.take_events();
 
     // The slot moves to 7002: the old owner tells its subscribers on its own.
@@ -393,10 +399,7 @@ fn a_migrated_slot_is_subscribed_again_on_its_new_owner() {
 fn our_own_sunsubscribe_crossing_the_servers_is_no_drop() {
     let mut rig = Rig::two_masters("");
     let room = room_in(0..=8191, 0);
-    rig.hub.join(&room, "c1", rig.now).unwrap();
-    let a = rig.sub(7001);
-    rig.take(a);
-    rig.feed(a, &push("ssubscribe", &channel(&room), 1));
+    let a = rig.live_on(7001, &room);
     rig.take_events();
     rig.hub.leave(&room, "c1", rig.now).unwrap();
     let out = bulks(&rig.take(a));
@@ -524,10 +527,7 @@ fn a_publish_redirected_too_often_fails_with_a_reason() {
 fn a_master_that_failed_over_is_retired_and_its_rooms_move() {
     let mut rig = Rig::two_masters("");
     let room = room_in(0..=8191, 0);
-    rig.hub.join(&room, "c1", rig.now).unwrap();
-    let a = rig.sub(7001);
-    rig.take(a);
-    rig.feed(a, &push("ssubscribe", &channel(&room), 1));
+    rig.live_on(7001, &room);
     // A publish to the room, written and not answered when the master dies.
     let pa = rig.publisher(7001);
     let id = rig
@@ -613,4 +613,41 @@ fn the_topology_link_moves_on_to_the_next_seed() {
     rig.hub.handle_timeout(rig.now);
     rig.pump();
     assert_eq!(rig.port_of.get(&LinkId(0)), Some(&7100));
+}
+
+#[test]
+fn publishes_waiting_for_their_slots_owner_fail_at_close() {
+    let mut rig = Rig::two_masters("");
+    let room = room_in(0..=8191, 0);
+    let slot = key_slot(&channel(&room)).get();
+    let pa = rig.publisher(7001);
+    let first = rig
+        .hub
+        .publish(&Publish::broadcast(&room, b"1"), rig.now)
+        .unwrap();
+    rig.take(pa);
+    rig.feed(pa, format!("-MOVED {slot} 127.0.0.1:7002\r\n").as_bytes());
+    let second = rig
+        .hub
+        .publish(&Publish::broadcast(&room, b"2"), rig.now)
+        .unwrap();
+    assert_eq!(
+        rig.hub.metrics().queued_publishes,
+        2,
+        "both wait for the topology"
+    );
+    rig.hub.close(rig.now);
+    let failed: Vec<_> = rig
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::PublishFailed {
+                id,
+                error: PublishError::Shutdown,
+            } => Some(id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, [first, second]);
+    assert_eq!(rig.hub.metrics().queued_publishes, 0);
 }

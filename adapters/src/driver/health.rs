@@ -31,6 +31,8 @@ impl State {
                 link_rtts: Vec::new(),
                 rooms: m.rooms,
                 rooms_live: m.rooms_live,
+                links: Vec::new(),
+                topology: None,
             }));
             return;
         }
@@ -80,6 +82,8 @@ impl State {
                     link_rtts: w.rtts,
                     rooms: metrics.rooms,
                     rooms_live: metrics.rooms_live,
+                    links: hub.health().links,
+                    topology: hub.topology().cloned(),
                 }));
             } else if now >= w.deadline {
                 let w = self.health.swap_remove(i);

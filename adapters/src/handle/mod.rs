@@ -119,6 +119,10 @@ pub struct HealthReport {
     pub rooms: usize,
     /// Rooms whose subscription is confirmed.
     pub rooms_live: usize,
+    /// Every link when the check passed: its role, node (`host:port`) and state.
+    pub links: Vec<roomcast_core::LinkHealth>,
+    /// Cluster mode: the topology last read (every shard's nodes and slots).
+    pub topology: Option<roomcast_core::cluster::Topology>,
 }
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;

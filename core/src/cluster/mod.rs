@@ -21,11 +21,13 @@
 //! the unsolicited `sunsubscribe` at once; a `SUNSUBSCRIBE` of a channel the node no longer
 //! serves is then answered `-MOVED`, not `sunsubscribe`. So when the two cross, the
 //! command's answer is the `-MOVED` that follows the unsolicited `sunsubscribe`, and when
-//! they do not, it is one `sunsubscribe`. A link can keep the two apart by sending a `PING`
-//! after each `SUNSUBSCRIBE` batch: every `sunsubscribe` of a channel before the `pong`
-//! means "no longer subscribed here" (the wanted outcome for a channel being left), a
-//! `-MOVED` before the `pong` answers the batch, and a `sunsubscribe` of a channel nobody
-//! asked to leave is unsolicited: refresh the topology and subscribe it on its new owner.
+//! they do not, it is one `sunsubscribe`. The hub keeps the two apart with what it knows
+//! and a fence: it knows which rooms it asked to leave (their state is `Unsubscribing`), so
+//! a `sunsubscribe` of one of those means "left, as wanted" whoever sent it, and a
+//! `sunsubscribe` of a room it still wants is the server dropping it (refresh the topology,
+//! subscribe it on its new owner). `sunsubscribe` pushes answer no request; instead a `PING`
+//! follows each `SUNSUBSCRIBE` batch, an error before its `pong` is the batch's answer
+//! (`-MOVED`), and the `pong` ends the batch (see `hub/shards.rs`).
 //!
 //! # Rooms and slots: the policy
 //!
@@ -35,7 +37,7 @@
 //!
 //! - **`{…}` in a room id is a hash tag.** Rooms whose ids have the same first non-empty
 //!   `{…}` group share a slot, so `{game42}/chat` and `{game42}/lobby` live on one shard (one
-//!   subscriber link, one `SSUBSCRIBE` batch, and later presence keys tagged the same way).
+//!   subscriber link, one `SSUBSCRIBE` batch).
 //!   This is the rule every Redis Cluster user already knows for keys, it costs nothing, and
 //!   it is the only way to co-locate rooms on purpose. It holds because the escaping of room
 //!   ids leaves `{` and `}` alone and is injective: the first `{…}` of the channel is the
@@ -47,6 +49,8 @@
 //!   README must say: do not put a shared `{…}` in many room ids unless they should share a
 //!   shard. Room ids without braces (the usual case) hash their whole channel and spread
 //!   evenly over the slots.
+//!   Presence keys do not follow rooms: all of one prefix share the prefix's slot
+//!   ([`crate::presence::Keys::slot`]).
 //! - **The prefix cannot contain a tag.** A prefix such as `{app}` would make every channel
 //!   hash to one slot: one shard would carry all rooms, silently. [`check_cluster_prefix`]
 //!   refuses a prefix with `{` or `}` in cluster mode with a message saying why and what to
@@ -73,17 +77,13 @@
 //! - [`shard_control_channel`] names the probe channel of each shard's subscriber link.
 //! - [`Placement`] turns each topology into stable places (one per master that owns
 //!   slots): the links of a place survive refreshes that leave its master where it was.
-//! - [`LeaveFence`] keeps a shard subscriber link's `SUNSUBSCRIBE` batches until their
-//!   fencing `PING` comes back, and says what each `sunsubscribe` means ([`Sunsubscribe`]).
 
-mod fence;
 mod placement;
 mod redirect;
 mod server;
 mod slot;
 mod topology;
 
-pub use fence::{ErrorAnswer, LeaveFence, LeaveOutcome, Sunsubscribe};
 pub use placement::{PlaceId, Placement, PlacementChange};
 pub use redirect::{ClusterError, Redirect};
 pub use server::{check_server_mode, ModeError, ServerHello, ServerMode, MIN_CLUSTER_VERSION};

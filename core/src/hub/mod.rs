@@ -884,6 +884,13 @@ impl Hub {
                 }
             }
         }
+        // Cluster mode: publishes waiting for their slot's owner.
+        let waiting = self.shards.as_mut().map(|s| s.take_reroute());
+        for o in waiting.into_iter().flatten() {
+            self.queued_total -= 1;
+            self.queued_bytes -= o.len();
+            self.fail_publish(o.id, PublishError::Shutdown);
+        }
         let _ = now;
     }
 

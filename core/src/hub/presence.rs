@@ -115,7 +115,8 @@ impl Hub {
             &[
                 b"EVAL",
                 crate::presence::CLEAR_SCRIPT.as_bytes(),
-                b"0",
+                b"1",
+                &k.idx_rooms,
                 &k.index_prefix,
                 &k.me,
             ],

@@ -46,27 +46,8 @@ impl Hub {
         } else {
             // Queued while its link cannot take it (rare): encoded on its own, to be numbered
             // and framed when written.
-            let room = self.known_room(msg.room);
-            let mut body = Vec::with_capacity(len - TRAILER_LEN);
-            envelope::encode(
-                &mut body,
-                msg.room,
-                msg.message_type,
-                msg.data,
-                msg.exclude_connection,
-                msg.timestamp,
-                None,
-            );
-            let body = Bytes::from(body);
-            self.queued_bytes += body.len();
-            self.links[idx].queue.push_back(Outgoing {
-                id,
-                bytes: Queued::Body {
-                    room: room.clone(),
-                    body,
-                },
-            });
-            self.queued_total += 1;
+            let (room, o) = self.queued_publish(msg, id, len);
+            self.links[idx].queue.push_back(o);
             (None, room)
         };
         if self.config.delivery == DeliveryMode::LocalFirst {
@@ -86,6 +67,22 @@ impl Hub {
         self.check_queue_limits(len - TRAILER_LEN)?;
         let id = self.seq.next_id();
         self.metrics.published += 1;
+        let (room, o) = self.queued_publish(msg, id, len);
+        self.queue_reroute(slot, o);
+        if self.config.delivery == DeliveryMode::LocalFirst {
+            self.deliver_local(msg, room, None);
+        }
+        Ok(id)
+    }
+
+    /// A publish that waits for its link: its envelope body (no trailer: it is numbered and
+    /// framed when written), counted against the queues' bounds.
+    fn queued_publish(
+        &mut self,
+        msg: &Publish<'_>,
+        id: PublishId,
+        len: usize,
+    ) -> (RoomId, Outgoing) {
         let room = self.known_room(msg.room);
         let mut body = Vec::with_capacity(len - TRAILER_LEN);
         envelope::encode(
@@ -100,20 +97,14 @@ impl Hub {
         let body = Bytes::from(body);
         self.queued_bytes += body.len();
         self.queued_total += 1;
-        self.queue_reroute(
-            slot,
-            Outgoing {
-                id,
-                bytes: Queued::Body {
-                    room: room.clone(),
-                    body,
-                },
+        let o = Outgoing {
+            id,
+            bytes: Queued::Body {
+                room: room.clone(),
+                body,
             },
-        );
-        if self.config.delivery == DeliveryMode::LocalFirst {
-            self.deliver_local(msg, room, None);
-        }
-        Ok(id)
+        };
+        (room, o)
     }
 
     /// Standalone mode (no link): the publish is numbered as it would be for Redis, counted

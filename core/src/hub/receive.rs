@@ -225,7 +225,27 @@ impl Hub {
                     _ => self.prober.abandon(),
                 }
             }
-            Request::Presence(req) => self.on_presence_reply(req, v, now),
+            Request::Presence(req) => {
+                if self.shards.is_some() {
+                    let redirected = error_text(&v).is_some_and(|e| {
+                        matches!(
+                            crate::cluster::ClusterError::parse(e),
+                            Ok(Some(
+                                crate::cluster::ClusterError::Moved(_)
+                                    | crate::cluster::ClusterError::Ask(_)
+                                    | crate::cluster::ClusterError::ClusterDown { .. }
+                            ))
+                        )
+                    });
+                    if redirected {
+                        // The presence slot moved: the next topology moves the presence
+                        // link, which registers again there.
+                        self.metrics.redirects += 1;
+                        self.request_refresh(now);
+                    }
+                }
+                self.on_presence_reply(req, v, now)
+            }
             Request::Topology => self.on_topology(idx, v, now),
             Request::SlotSubscribe { rooms, control, .. } => {
                 self.on_slot_subscribe_refused(idx, rooms, control, &v, now)

@@ -102,6 +102,11 @@ impl Roles {
         self.links[idx].1
     }
 
+    /// Makes `link` (a publish link) the presence link, or none.
+    pub(crate) fn set_presence(&mut self, link: Option<usize>) {
+        self.presence = link;
+    }
+
     /// The topology link (cluster mode).
     pub(crate) fn topology(&self) -> Option<usize> {
         self.topology

@@ -82,6 +82,12 @@ impl Shards {
         }
     }
 
+    /// Takes every publish waiting to be placed again (the hub is closing).
+    pub(super) fn take_reroute(&mut self) -> Vec<Outgoing> {
+        self.held.iter_mut().for_each(|w| *w = 0);
+        self.reroute.drain(..).map(|(_, o)| o).collect()
+    }
+
     /// The topology last read.
     pub(super) fn topology(&self) -> Option<&crate::cluster::Topology> {
         self.placement.as_ref().map(Placement::topology)
@@ -323,6 +329,35 @@ impl Hub {
         }
         self.rooms.release_held();
         self.dispatch_reroute(now);
+        self.place_presence(now);
+    }
+
+    /// Cluster mode keeps every presence key under one hash tag: the presence link is the
+    /// first publish link of the master that owns that slot, chosen again whenever the
+    /// topology changes. A new presence link registers this instance afresh (its lease,
+    /// rooms and connections), as after a lost presence link.
+    fn place_presence(&mut self, now: Instant) {
+        if !self.config.presence {
+            return;
+        }
+        let slot = self.presence.keys.slot();
+        let new = self
+            .shards
+            .as_ref()
+            .and_then(|s| s.placement.as_ref()?.place_of_slot(slot))
+            .and_then(|p| self.roles.publishers_of(Roles::cluster_place(p)).first())
+            .copied();
+        let old = self.roles.presence();
+        if new == old {
+            return;
+        }
+        self.roles.set_presence(new);
+        if old.is_some() {
+            self.presence_link_lost(Vec::new());
+        }
+        if new.is_some_and(|i| self.links[i].is_ready()) {
+            self.presence_link_ready(now);
+        }
     }
 
     /// A place owns no slot any more (its master failed over, or gave its slots away): its

@@ -1,6 +1,11 @@
-//! Several hubs against one [`ModelRedis`] over byte queues, driven as a correct adapter
-//! drives them, with a virtual clock that jumps to the next deadline (quinn's `Pair`, for a
-//! whole cluster of instances) and the network faults tests inject.
+//! Several hubs against one [`ModelRedis`] (or a [`ModelCluster`]) over byte queues, driven
+//! as a correct adapter drives them, with a virtual clock that jumps to the next deadline
+//! (quinn's `Pair`, for a whole cluster of instances) and the network faults tests inject.
+//!
+//! Against one server ([`Sim::new`]) every `LinkRequest::Open` connects to it, whatever the
+//! address. Against a cluster ([`Sim::new_cluster`]) it connects to the node at the requested
+//! `host:port`; an address with no node, a failed node or a partitioned one refuses the
+//! connection.
 //!
 //! Everything iterates in a fixed order (nodes by index, links by id) and the only
 //! randomness is a seeded generator, so a run replays exactly from its inputs and seed.
@@ -15,9 +20,10 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use crate::model::{ClientId, Fanout, ModelConfig, ModelRedis};
+use crate::model::{ClientId, ClusterLayout, Fanout, ModelCluster, ModelConfig, ModelRedis, Reply};
 use roomcast_core::{
-    Config, Event, Hub, Identity, InstanceId, Joined, LinkId, LinkRequest, MemberError, RoomId,
+    ChannelNamer, Config, Event, Hub, Identity, InstanceId, Joined, LinkId, LinkRequest,
+    MemberError, RoomId,
 };
 
 /// One instance in the simulation, and the adapter state around it.
@@ -27,7 +33,8 @@ pub struct Node {
     pub hub: Hub,
     clients: BTreeMap<LinkId, ClientId>,
     inbox: BTreeMap<LinkId, BytesMut>,
-    connecting: Vec<LinkId>,
+    /// Links asked to open, with the address asked for.
+    connecting: Vec<(LinkId, String, u16)>,
     deaf: BTreeSet<LinkId>,
     /// Links whose read buffer holds hostile bytes (until it is empty again: from then on
     /// the server's bytes start at a frame boundary once more).
@@ -42,6 +49,11 @@ impl Node {
     /// The model's client for a link, if connected.
     pub fn client(&self, link: LinkId) -> Option<ClientId> {
         self.clients.get(&link).copied()
+    }
+
+    /// Every connected link with its connection at the server, by link.
+    pub fn connections(&self) -> impl Iterator<Item = (LinkId, ClientId)> + '_ {
+        self.clients.iter().map(|(l, c)| (*l, *c))
     }
 
     /// Bytes of partial frames held for the hub.
@@ -113,8 +125,10 @@ pub enum Observed {
 /// A model Redis, several hubs and a virtual clock.
 #[derive(Debug)]
 pub struct Sim {
-    /// The server.
+    /// The server (unused when the simulation runs against [`Sim::cluster`]).
     pub redis: ModelRedis,
+    /// The cluster, for a simulation made with [`Sim::new_cluster`].
+    pub cluster: Option<ModelCluster>,
     /// The instances.
     pub nodes: Vec<Node>,
     /// Virtual now.
@@ -140,6 +154,30 @@ impl Sim {
     /// `n` hubs built from `config(i)` against a fresh model; instance ids are
     /// `0x1000 + i`, epoch 1.
     pub fn new(n: usize, model: ModelConfig, config: impl Fn(usize) -> Config) -> Sim {
+        Sim::build(n, ModelRedis::new(model), None, config)
+    }
+
+    /// `n` hubs built from `config(i)` (typically from a `redis+cluster://` URL naming some
+    /// of the cluster's addresses) against a fresh model cluster of the given layout.
+    pub fn new_cluster(n: usize, layout: &ClusterLayout, config: impl Fn(usize) -> Config) -> Sim {
+        let mut cluster = ModelCluster::new(layout);
+        for i in 0..cluster.nodes().len() {
+            crate::scripts::register_presence_scripts(&mut cluster.node_mut(i).redis);
+        }
+        Sim::build(
+            n,
+            ModelRedis::new(layout.node.clone()),
+            Some(cluster),
+            config,
+        )
+    }
+
+    fn build(
+        n: usize,
+        mut redis: ModelRedis,
+        cluster: Option<ModelCluster>,
+        config: impl Fn(usize) -> Config,
+    ) -> Sim {
         let now = Instant::now();
         let nodes = (0..n)
             .map(|i| Node {
@@ -154,10 +192,10 @@ impl Sim {
                 bytes_handed: 0,
             })
             .collect();
-        let mut redis = ModelRedis::new(model);
         crate::scripts::register_presence_scripts(&mut redis);
         Sim {
             redis,
+            cluster,
             nodes,
             now,
             refuse_connections: false,
@@ -188,7 +226,89 @@ impl Sim {
     /// ([`Observed::Fanout`], [`Observed::TakenIn`]).
     pub fn observe(&mut self) {
         self.observe = true;
-        self.redis.record_fanouts(true);
+        match &mut self.cluster {
+            Some(cl) => cl.record_fanouts(true),
+            None => self.redis.record_fanouts(true),
+        }
+    }
+
+    /// The cluster (panics for a simulation against one server).
+    pub fn cluster_mut(&mut self) -> &mut ModelCluster {
+        self.cluster
+            .as_mut()
+            .expect("a simulation made with Sim::new_cluster")
+    }
+
+    /// The cluster (panics for a simulation against one server).
+    pub fn cluster(&self) -> &ModelCluster {
+        self.cluster
+            .as_ref()
+            .expect("a simulation made with Sim::new_cluster")
+    }
+
+    // The server side, one server or a cluster.
+
+    fn srv_connect(&mut self, host: &str, port: u16) -> Option<ClientId> {
+        match &mut self.cluster {
+            Some(cl) => cl.connect(host, port).ok(),
+            None => Some(self.redis.connect()),
+        }
+    }
+
+    fn srv_input(&mut self, c: ClientId, bytes: &[u8], now: Instant) {
+        match &mut self.cluster {
+            Some(cl) => cl.input(c, bytes, now),
+            None => self.redis.input(c, bytes, now),
+        }
+    }
+
+    fn srv_take_output(&mut self, c: ClientId) -> Vec<u8> {
+        match &mut self.cluster {
+            Some(cl) => cl.take_output(c),
+            None => self.redis.take_output(c),
+        }
+    }
+
+    fn srv_output_taken(&self, c: ClientId) -> u64 {
+        match &self.cluster {
+            Some(cl) => cl.output_taken(c),
+            None => self.redis.output_taken(c),
+        }
+    }
+
+    fn srv_is_open(&self, c: ClientId) -> bool {
+        match &self.cluster {
+            Some(cl) => cl.is_open(c),
+            None => self.redis.is_open(c),
+        }
+    }
+
+    fn srv_kill(&mut self, c: ClientId) {
+        match &mut self.cluster {
+            Some(cl) => cl.kill(c),
+            None => self.redis.kill(c),
+        }
+    }
+
+    fn srv_set_stalled(&mut self, c: ClientId, stalled: bool) {
+        match &mut self.cluster {
+            Some(cl) => cl.set_stalled(c, stalled),
+            None => self.redis.set_stalled(c, stalled),
+        }
+    }
+
+    fn srv_take_fanouts(&mut self) -> Vec<Fanout> {
+        match &mut self.cluster {
+            Some(cl) => cl.take_fanouts(),
+            None => self.redis.take_fanouts(),
+        }
+    }
+
+    fn srv_advance(&mut self, now: Instant) {
+        match &mut self.cluster {
+            Some(cl) => cl.advance(now),
+            None => self.redis.advance(now),
+        }
     }
 
     fn rand(&mut self) -> u64 {
@@ -232,7 +352,7 @@ impl Sim {
 
     /// Logs the fan-outs the server executed since the last call.
     fn note_fanouts(&mut self, foreign: bool) {
-        for fanout in self.redis.take_fanouts() {
+        for fanout in self.srv_take_fanouts() {
             for (c, end) in &fanout.to {
                 self.in_flight
                     .entry(*c)
@@ -243,11 +363,29 @@ impl Sim {
         }
     }
 
-    /// Someone who is not a hub publishes `payload` on `channel`; returns Redis's receiver
-    /// count.
+    /// Someone who is not a hub publishes `payload` on `channel` (classic `PUBLISH`; in a
+    /// cluster on its first live node, from where it reaches every node); returns Redis's
+    /// receiver count.
     pub fn publish_foreign(&mut self, channel: &[u8], payload: &[u8]) -> usize {
         self.note_fanouts(false);
-        let n = self.redis.publish(channel, payload);
+        let n = match &mut self.cluster {
+            Some(cl) => {
+                let at = (0..cl.nodes().len())
+                    .find(|&i| cl.node(i).is_alive())
+                    .unwrap_or(0);
+                cl.publish(at, channel, payload)
+            }
+            None => self.redis.publish(channel, payload),
+        };
+        self.note_fanouts(true);
+        n
+    }
+
+    /// Someone who is not a hub sends `SPUBLISH` for `channel` to the master of its slot
+    /// (cluster only); returns that node's receiver count, or the error it answered.
+    pub fn spublish_foreign(&mut self, channel: &[u8], payload: &[u8]) -> Result<usize, Reply> {
+        self.note_fanouts(false);
+        let n = self.cluster_mut().spublish(channel, payload);
         self.note_fanouts(true);
         n
     }
@@ -262,44 +400,54 @@ impl Sim {
                 progress = true;
                 let node = &mut self.nodes[i];
                 match req {
-                    LinkRequest::Open { link, .. } => {
+                    LinkRequest::Open {
+                        link, host, port, ..
+                    } => {
                         // An adapter drops the old connection before opening a new one.
-                        if let Some(c) = node.clients.remove(&link) {
-                            self.redis.kill(c);
-                        }
+                        let old = node.clients.remove(&link);
                         node.inbox.remove(&link);
                         node.tainted.remove(&link);
-                        node.connecting.push(link);
+                        node.connecting.retain(|(l, ..)| *l != link);
+                        node.connecting.push((link, host, port));
+                        if let Some(c) = old {
+                            self.srv_kill(c);
+                        }
                     }
                     LinkRequest::Close { link } => {
-                        if let Some(c) = node.clients.remove(&link) {
-                            self.redis.kill(c);
-                        }
+                        let old = node.clients.remove(&link);
                         node.inbox.remove(&link);
                         node.tainted.remove(&link);
-                        node.connecting.retain(|l| *l != link);
+                        node.connecting.retain(|(l, ..)| *l != link);
+                        if let Some(c) = old {
+                            self.srv_kill(c);
+                        }
                     }
                 }
             }
             // Connections complete (or are refused) one step after they were asked for.
-            for link in std::mem::take(&mut self.nodes[i].connecting) {
+            for (link, host, port) in std::mem::take(&mut self.nodes[i].connecting) {
                 progress = true;
-                if self.refuse_connections {
-                    self.nodes[i]
-                        .hub
-                        .handle_disconnected(link, "connection refused", now);
+                let c = if self.refuse_connections {
+                    None
                 } else {
-                    let c = self.redis.connect();
-                    self.nodes[i].clients.insert(link, c);
-                    self.nodes[i].hub.handle_connected(link, now);
+                    self.srv_connect(&host, port)
+                };
+                match c {
+                    None => self.nodes[i]
+                        .hub
+                        .handle_disconnected(link, "connection refused", now),
+                    Some(c) => {
+                        self.nodes[i].clients.insert(link, c);
+                        self.nodes[i].hub.handle_connected(link, now);
+                    }
                 }
                 self.poll_events(i);
             }
             while let Some(tx) = self.nodes[i].hub.poll_transmit() {
                 progress = true;
                 self.nodes[i].bytes_polled += tx.bytes.len() as u64;
-                if let Some(c) = self.nodes[i].clients.get(&tx.link) {
-                    self.redis.input(*c, &tx.bytes, now);
+                if let Some(&c) = self.nodes[i].clients.get(&tx.link) {
+                    self.srv_input(c, &tx.bytes, now);
                 }
             }
             self.poll_events(i);
@@ -313,8 +461,8 @@ impl Sim {
                 .map(|(l, c)| (*l, *c))
                 .collect();
             for (link, c) in links {
-                let start = self.redis.output_taken(c);
-                let out = self.redis.take_output(c);
+                let start = self.srv_output_taken(c);
+                let out = self.srv_take_output(c);
                 if !out.is_empty() {
                     progress = true;
                     if self.nodes[i].deaf.contains(&link) {
@@ -323,7 +471,7 @@ impl Sim {
                         self.hand_over(i, link, Some((c, start)), &out);
                     }
                 }
-                if !self.redis.is_open(c) && self.nodes[i].clients.get(&link) == Some(&c) {
+                if !self.srv_is_open(c) && self.nodes[i].clients.get(&link) == Some(&c) {
                     progress = true;
                     self.in_flight.remove(&c);
                     self.nodes[i].clients.remove(&link);
@@ -471,7 +619,7 @@ impl Sim {
     /// [`TimerMode::EveryDeadline`]), then runs.
     fn fire(&mut self) {
         let now = self.now;
-        self.redis.advance(now);
+        self.srv_advance(now);
         for i in 0..self.nodes.len() {
             let due = match self.timers {
                 TimerMode::OwnDeadline => {
@@ -521,14 +669,14 @@ impl Sim {
     /// Kills one node's link at the server (like `CLIENT KILL`).
     pub fn kill_link(&mut self, node: usize, link: LinkId) {
         if let Some(c) = self.nodes[node].client(link) {
-            self.redis.kill(c);
+            self.srv_kill(c);
         }
     }
 
     /// Stops the server from processing one node's link (like `DEBUG SLEEP` for that client).
     pub fn stall_link(&mut self, node: usize, link: LinkId, stalled: bool) {
         if let Some(c) = self.nodes[node].client(link) {
-            self.redis.set_stalled(c, stalled);
+            self.srv_set_stalled(c, stalled);
         }
     }
 
@@ -542,10 +690,97 @@ impl Sim {
         }
     }
 
+    /// The shard channel of `room` as hub `i` names it.
+    pub fn room_channel(&self, i: usize, room: &str) -> Vec<u8> {
+        let config = self.nodes[i].hub.config();
+        let namer = ChannelNamer::new(&config.channel_prefix).expect("the hub's prefix is valid");
+        let room = RoomId::new(room, config.max_room_id_bytes).expect("a valid room id");
+        let mut channel = Vec::new();
+        namer.write_room_channel(&room, &mut channel);
+        channel
+    }
+
+    /// Where hub `i` holds its subscription of `room` in the cluster: `(link, connection,
+    /// cluster node)` for each connection of the hub subscribed to the room's shard channel
+    /// (after quiescence there should be exactly one).
+    pub fn room_subscriptions(&self, i: usize, room: &str) -> Vec<(LinkId, ClientId, usize)> {
+        let channel = self.room_channel(i, room);
+        let cl = self.cluster();
+        cl.shard_subscribers(&channel)
+            .into_iter()
+            .filter_map(|(n, c)| {
+                let (link, _) = self.nodes[i].connections().find(|(_, mine)| *mine == c)?;
+                Some((link, c, n))
+            })
+            .collect()
+    }
+
+    /// The cluster invariant after quiescence, for hubs whose rooms with members are
+    /// `rooms[i]` (hubs past the end of `rooms`, and hubs given `None`, are skipped): each
+    /// such room is subscribed by its hub exactly once in the whole cluster, on a live node
+    /// of the shard that owns the room's slot, and the hub holds no subscription of a room
+    /// without members. Returns what is wrong, one line per violation (empty: it holds).
+    /// Counts come from the model's subscriber registries (what `PUBSUB SHARDNUMSUB` counts).
+    pub fn subscription_violations(&self, rooms: &[Option<BTreeSet<String>>]) -> Vec<String> {
+        let cl = self.cluster();
+        let mut out = Vec::new();
+        for (i, rooms) in rooms.iter().enumerate() {
+            let Some(rooms) = rooms else { continue };
+            let mine: BTreeSet<ClientId> = self.nodes[i].clients.values().copied().collect();
+            for room in rooms {
+                let channel = self.room_channel(i, room);
+                let slot = crate::model::slot_of(&channel);
+                let owner = cl.owner(slot);
+                let at: Vec<usize> = self
+                    .room_subscriptions(i, room)
+                    .into_iter()
+                    .map(|(_, _, n)| n)
+                    .collect();
+                let well_placed = |n: &usize| {
+                    let node = cl.node(*n);
+                    node.is_alive() && Some(node.shard()) == owner
+                };
+                if at.len() != 1 || !at.iter().all(well_placed) {
+                    out.push(format!(
+                        "hub {i}: room {room:?} (slot {slot}, owned by shard {owner:?}) is \
+                         subscribed on cluster nodes {at:?} (shards {:?}); expected once, on \
+                         a live node of the owner",
+                        at.iter().map(|n| cl.node(*n).shard()).collect::<Vec<_>>()
+                    ));
+                }
+            }
+            let config = self.nodes[i].hub.config();
+            let namer = ChannelNamer::new(&config.channel_prefix).expect("valid prefix");
+            for &c in &mine {
+                let Some(n) = cl.node_of(c) else { continue };
+                for channel in cl.node(n).redis.shard_subscriptions_of(c) {
+                    let Some(room) = namer.room_from_channel(&channel, config.max_room_id_bytes)
+                    else {
+                        continue;
+                    };
+                    if !rooms.contains(room.as_str()) {
+                        out.push(format!(
+                            "hub {i}: room {:?} has no members but is still subscribed on \
+                             cluster node {n}",
+                            room.as_str()
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Ends every fault: connections accepted, no link deaf or stalled, confirmations
-    /// neither doubled nor shuffled.
+    /// neither doubled nor shuffled, no cluster node partitioned (failed nodes stay failed,
+    /// deaf subscriptions stay deaf: those are not network faults).
     pub fn heal(&mut self) {
         self.refuse_connections = false;
+        if let Some(cl) = &mut self.cluster {
+            for i in 0..cl.nodes().len() {
+                cl.heal(i);
+            }
+        }
         for i in 0..self.nodes.len() {
             self.nodes[i].deaf.clear();
             let links: Vec<LinkId> = self.nodes[i].clients.keys().copied().collect();

@@ -1,7 +1,8 @@
 //! The simulation of roomcast, for its tests and fuzz targets only (never published).
 //!
 //! - [`model`]: a model Redis over byte queues, checked against transcripts captured from
-//!   redis-server (`tests/transcripts/`), with the faults tests inject;
+//!   redis-server (`tests/transcripts/`), with the faults tests inject, and a model Redis
+//!   Cluster of such nodes ([`ModelCluster`]: slots, `MOVED`, migrations, failovers);
 //! - [`harness`]: [`Sim`], several hubs driven against the model as an adapter drives them,
 //!   with a virtual clock, deterministic iteration and seeded input splitting, so every run
 //!   replays from its seed;
@@ -18,4 +19,4 @@ pub mod oracle;
 pub mod scripts;
 
 pub use harness::{Node, Sim, Split, TimerMode};
-pub use model::{ClientId, ModelConfig, ModelRedis};
+pub use model::{ClientId, ClusterLayout, ModelCluster, ModelConfig, ModelRedis};

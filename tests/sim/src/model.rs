@@ -22,6 +22,11 @@
 //! - Scripts: `SCRIPT LOAD|EXISTS|FLUSH`, `EVAL`, `EVALSHA` (`NOSCRIPT` for unknown SHAs).
 //!   There is no Lua: a script runs only if a native implementation was registered for
 //!   its source with [`ModelRedis::register_script_impl`].
+//! - Redis Cluster: [`ModelCluster`] groups model nodes into shards over a slot table;
+//!   a node then routes commands by hash slot (`-MOVED`, `-CROSSSLOT`, `-CLUSTERDOWN`),
+//!   answers `CLUSTER SHARDS|KEYSLOT|MYID` and carries `PUBLISH`/`SPUBLISH` to the other
+//!   nodes (see the [`cluster`] module). A server on its own answers `CLUSTER` with
+//!   Redis's "cluster support disabled" error.
 //!
 //! That is what roomcast sends, what tests inject and what they use to look at the server's
 //! state; every other name, including Redis commands the model leaves out, gets Redis's
@@ -43,6 +48,7 @@
 //! - Script errors raised through [`Keyspace::call`] lack Redis's `script: <sha>, on
 //!   @user_script:<line>.` suffix.
 
+pub mod cluster;
 mod command_table;
 mod dispatch;
 mod glob;
@@ -60,6 +66,9 @@ mod transcript_tests;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
+pub use cluster::{
+    crc16_xmodem, slot_of, ClusterLayout, ClusterNode, ModelCluster, NodeRole, Refused, SLOTS,
+};
 pub use glob::glob_match;
 pub use keyspace::{Keyspace, SetValue, Value};
 pub use ordered::{OrderedMap, OrderedSet};
@@ -178,6 +187,8 @@ impl Client {
 struct Faults {
     duplicate_subscribe: bool,
     shuffle_unsubscribe: Option<u64>,
+    /// Shard subscriptions counted but never delivered to (redis/redis#12558).
+    deaf_shard: BTreeSet<(ClientId, Vec<u8>)>,
 }
 
 /// The model server. See the module docs for what it implements.
@@ -200,6 +211,14 @@ pub struct ModelRedis {
     /// Fan-outs of messages since the last [`ModelRedis::take_fanouts`], when recording.
     fanouts: Option<Vec<Fanout>>,
     next_fanout: u64,
+    /// As a node of a [`ModelCluster`]: what it knows of the cluster.
+    cluster: Option<Box<cluster::NodeView>>,
+    /// As a node of a [`ModelCluster`]: messages for the other nodes.
+    bus: Vec<cluster::Bus>,
+    /// The version `HELLO` reports.
+    version: String,
+    /// `-MOVED` replies sent (cluster node).
+    moved_sent: u64,
 }
 
 /// One `PUBLISH` or `SPUBLISH` as the server executed it: which message went to which
@@ -238,6 +257,10 @@ impl ModelRedis {
             faults: Faults::default(),
             fanouts: None,
             next_fanout: 0,
+            cluster: None,
+            bus: Vec::new(),
+            version: "7.0.15".into(),
+            moved_sent: 0,
         }
     }
 
@@ -287,6 +310,12 @@ impl ModelRedis {
     /// The configuration the server was created with.
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// Makes `HELLO` report `version` instead of 7.0.15 (nothing else changes: this tests a
+    /// client's version check, not an older server).
+    pub fn set_version(&mut self, version: &str) {
+        self.version = version.into();
     }
 
     /// Current buffer limits.

@@ -28,6 +28,16 @@
 //! of the copy that reached the node (a member that joined in between gets it at its later
 //! place).
 //!
+//! Against a Redis Cluster ([`Sim::new_cluster`]) nothing changes in these rules: a
+//! message is executed on a node of the shard that owns its room's slot, and the model
+//! carries it to the other nodes of that shard; each copy is a fan-out of its own, numbered
+//! with every other fan-out of the cluster in the order they were executed, so the order
+//! check holds across nodes (a room resubscribed on a new owner after a migration or a
+//! failover keeps its order), and a member whose hub is subscribed on a node of another
+//! shard (a slot that moved and the hub has not read the `sunsubscribe` yet) is owed what
+//! was published before its `RoomNotLive`, which accounts for it. After quiescence,
+//! [`Oracle::check_cluster_subscriptions`] checks where the rooms are subscribed.
+//!
 //! Hostile input switches off only what it can forge:
 //! - a delivery with a foreign origin (or, outside the publisher's `LocalFirst` delivery,
 //!   none) is checked for safety only;
@@ -513,6 +523,24 @@ impl Oracle {
             }
             _ => {}
         }
+    }
+
+    /// The cluster invariant after quiescence ([`Sim::subscription_violations`]) for the
+    /// memberships the oracle knows: every room with members on a node that was not shut
+    /// down is subscribed by that node exactly once, on a live node of the shard owning its
+    /// slot, and no room without members is. Panics listing every violation.
+    pub fn check_cluster_subscriptions(&self, sim: &Sim) {
+        let rooms: Vec<Option<BTreeSet<String>>> = self
+            .nodes
+            .iter()
+            .map(|n| (!n.shut).then(|| n.members.iter().map(|(r, _)| r.clone()).collect()))
+            .collect();
+        let wrong = sim.subscription_violations(&rooms);
+        assert!(
+            wrong.is_empty(),
+            "the cluster's subscriptions do not match the memberships:\n{}",
+            wrong.join("\n")
+        );
     }
 
     /// Rooms that still owe messages, by the node that published them: publish one more

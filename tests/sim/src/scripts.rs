@@ -112,10 +112,15 @@ fn sweep(ks: &mut Keyspace, keys: &[Vec<u8>], argv: &[Vec<u8>], _: Instant) -> R
     array(out)
 }
 
-fn clear(ks: &mut Keyspace, _: &[Vec<u8>], argv: &[Vec<u8>], _: Instant) -> Reply {
+fn clear(ks: &mut Keyspace, keys: &[Vec<u8>], argv: &[Vec<u8>], _: Instant) -> Reply {
     let (Some(idx), Some(inst)) = (argv.first(), argv.get(1)) else {
         return Reply::error("wrong number of args");
     };
+    // The script declares the instance's rooms index (so that a cluster routes it to the
+    // presence slot); a call without it would run on any node.
+    if keys.first() != Some(&cat(&cat(idx, inst), b":rooms")) {
+        return Reply::error("KEYS[1] must be the instance's rooms index");
+    }
     Reply::Integer(clear_instance(ks, idx, inst) as i64)
 }
 

@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
+use roomcast_core::cluster::key_slot;
 use roomcast_core::envelope::MessageType;
+use roomcast_core::presence::Keys;
 use roomcast_core::{
-    Config, Event, Hub, Identity, InstanceId, LinkId, Member, PresenceAnswer, PresenceChange,
-    PresenceError, PresenceQuery, PresenceWhenDown,
+    ChannelNamer, Config, Event, Hub, Identity, InstanceId, LinkId, Member, PresenceAnswer,
+    PresenceChange, PresenceError, PresenceQuery, PresenceWhenDown,
 };
 use roomcast_sim::{ModelConfig, Sim};
 
@@ -53,6 +55,20 @@ fn room(s: &mut Sim, n: usize, r: &str) -> Vec<(u64, String)> {
     }
 }
 
+/// Every key the instances wrote is a presence key of the prefix, in its one hash slot (so
+/// in a cluster no command of theirs spans slots).
+fn assert_one_slot(s: &Sim) {
+    let namer = ChannelNamer::default();
+    let (head, slot) = (Keys::head(&namer), Keys::new(&namer, InstanceId(0)).slot());
+    let keys = s.redis.keyspace(0).keys();
+    assert!(!keys.is_empty());
+    for k in keys {
+        let name = String::from_utf8_lossy(&k);
+        assert!(name.starts_with(&head), "{name}");
+        assert_eq!(key_slot(&k), slot, "{name}");
+    }
+}
+
 fn instances(s: &mut Sim, n: usize) -> Vec<u64> {
     match ask(s, n, PresenceQuery::Instances).unwrap() {
         PresenceAnswer::Instances(i) => i.into_iter().map(|i| i.0).collect(),
@@ -70,10 +86,12 @@ fn every_instance_gives_the_same_answer() {
         (2, "lobby", "a"),
         (1, "hub/x:y", "b"),
         (2, "ünï/😀", "z"),
+        (0, "{lobby}/b", "q"),
     ] {
         s.join(n, r, c).unwrap();
     }
     s.settle();
+    assert_one_slot(&s);
     let want = vec![
         (0x1000, "a".to_string()),
         (0x1001, "b".to_string()),
@@ -83,6 +101,7 @@ fn every_instance_gives_the_same_answer() {
         assert_eq!(room(&mut s, n, "lobby"), want);
         assert_eq!(room(&mut s, n, "hub/x:y"), vec![(0x1001, "b".into())]);
         assert_eq!(room(&mut s, n, "ünï/😀"), vec![(0x1002, "z".into())]);
+        assert_eq!(room(&mut s, n, "{lobby}/b"), vec![(0x1000, "q".into())]);
         assert_eq!(instances(&mut s, n), vec![0x1000, 0x1001, 0x1002]);
         let q = s.nodes[n].hub.presence_connection("a").unwrap();
         assert_eq!(
@@ -110,6 +129,7 @@ fn a_crashed_instance_vanishes_within_one_lease_and_its_entries_are_swept() {
         s.join(n, &format!("own{n}"), "x").unwrap();
     }
     s.settle();
+    assert_one_slot(&s);
     assert_eq!(room(&mut s, 0, "r").len(), 3);
     // Node 2 crashes: its connections die with no shutdown, and it comes back as a new
     // instance with nothing joined.
@@ -140,8 +160,14 @@ fn a_crashed_instance_vanishes_within_one_lease_and_its_entries_are_swept() {
         .filter(|k| k.contains("0000000000001002"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    assert!(s.redis.keyspace(0).contains(b"graphwiz:presence:room:own0"));
-    assert!(!s.redis.keyspace(0).contains(b"graphwiz:presence:room:own2"));
+    assert!(s
+        .redis
+        .keyspace(0)
+        .contains(b"graphwiz:presence:{graphwiz}:room:own0"));
+    assert!(!s
+        .redis
+        .keyspace(0)
+        .contains(b"graphwiz:presence:{graphwiz}:room:own2"));
 }
 
 #[test]
@@ -185,6 +211,7 @@ fn an_outage_refuses_queries_then_registers_again() {
         .take_events_of(1)
         .iter()
         .any(|e| matches!(e, Event::PresenceReady)));
+    assert_one_slot(&s);
     assert_eq!(
         room(&mut s, 0, "r"),
         vec![(0x1000, "a".into()), (0x1001, "b".into())]
@@ -217,9 +244,10 @@ fn a_lease_lost_during_a_stall_is_noticed_and_registered_again() {
     s.join(1, "r", "b").unwrap();
     s.settle();
     // The lease vanishes while the link stays up (as after a stall longer than the lease).
-    s.redis
-        .keyspace_mut(0)
-        .call(&[b"DEL", b"graphwiz:presence:lease:0000000000001001"]);
+    s.redis.keyspace_mut(0).call(&[
+        b"DEL",
+        b"graphwiz:presence:{graphwiz}:lease:0000000000001001",
+    ]);
     assert_eq!(room(&mut s, 0, "r"), vec![]);
     s.advance(Duration::from_secs(2));
     assert_eq!(s.nodes[1].hub.metrics().leases_lost, 1);

@@ -12,9 +12,11 @@ roomcast health: check the Redis links
 
 Usage: roomcast health [OPTIONS]
 
-Connects every link (1 subscriber + the publish pool), PINGs each, sends a probe through
-Redis back to the subscriber, and prints a summary: server, RESP version, Redis version,
-links and their round trips, rooms. Exits 1 with the cause if any of it fails.
+Connects every link (1 subscriber + the publish pool; with a redis+cluster:// URL a topology
+link and, per master, 1 subscriber + the pool), PINGs each, sends a probe through Redis back
+to a subscriber, and prints a summary: server, RESP version, Redis version, every link with
+its node and round trip, the cluster's shards, rooms. Exits 1 with the cause if any of it
+fails.
 
 Options:
   --timeout S        how long the check may take (default 5)
@@ -72,12 +74,55 @@ pub async fn run(config: Config, timeout: Duration) -> Result<(), Fail> {
         "server: {}, {protocol}, channel prefix {prefix:?}",
         version.map_or("version unknown".into(), |v| format!("redis {v}"))
     );
-    println!(
-        "links: {} of {} up (1 subscriber + {pool} publish), slowest PING {slowest:.1?}{subscriber}",
-        report.link_rtts.len(),
-        pool + 1
-    );
-    println!("probe through Redis: received by the subscriber");
+    if report.topology.is_none() {
+        println!(
+            "links: {} of {} up (1 subscriber + {pool} publish), slowest PING {slowest:.1?}{subscriber}",
+            report.link_rtts.len(),
+            pool + 1
+        );
+    } else {
+        println!(
+            "links: {} up (a topology link; per master 1 subscriber + {pool} publish), slowest PING {slowest:.1?}",
+            report.links.len()
+        );
+    }
+    for l in &report.links {
+        let rtt = report
+            .link_rtts
+            .iter()
+            .find(|(id, _)| *id == l.link)
+            .map_or("-".to_string(), |(_, d)| format!("{d:.1?}"));
+        println!(
+            "  {} {:<10} {:<21} {:?} PING {rtt}",
+            l.link,
+            format!("{:?}", l.role).to_lowercase(),
+            l.address,
+            l.state
+        );
+    }
+    if let Some(t) = &report.topology {
+        println!(
+            "cluster: {} shards, {} of 16384 slots served",
+            t.shards().len(),
+            t.served_slots()
+        );
+        for shard in t.shards() {
+            let slots: Vec<String> = shard
+                .ranges
+                .iter()
+                .map(|r| format!("{}-{}", r.start.get(), r.end.get()))
+                .collect();
+            let nodes: Vec<String> = shard
+                .nodes()
+                .map(|n| {
+                    let port = n.port_for(false).map_or("?".into(), |p| p.to_string());
+                    format!("{}:{port} {:?} {:?}", n.host(), n.role, n.health)
+                })
+                .collect();
+            println!("  slots {}: {}", slots.join(","), nodes.join(", "));
+        }
+    }
+    println!("probe through Redis: received by a subscriber");
     println!(
         "rooms: {} with local members, {} live (this instance)",
         report.rooms, report.rooms_live

@@ -12,6 +12,10 @@ pub const REDIS_7_0_COMMANDS: &[(&str, i32)] = &[
     ("client|getname", 2),
     ("client|id", 2),
     ("client|setname", 3),
+    ("cluster", -2),
+    ("cluster|keyslot", 3),
+    ("cluster|myid", 2),
+    ("cluster|shards", 2),
     ("dbsize", 1),
     ("del", -2),
     ("discard", 1),
@@ -65,4 +69,4 @@ pub const REDIS_7_0_COMMANDS: &[(&str, i32)] = &[
 ];
 
 /// Commands whose first argument names a subcommand.
-pub const CONTAINERS: &[&str] = &["client", "pubsub", "script"];
+pub const CONTAINERS: &[&str] = &["client", "cluster", "pubsub", "script"];

@@ -5,6 +5,7 @@
 //! subcommand, arity, authentication (`NOAUTH`), then the RESP2 subscribed-mode
 //! restriction.
 
+use super::cluster::Bus;
 use super::command_table::{CONTAINERS, REDIS_7_0_COMMANDS};
 use super::keyspace::{cstr, flush_mode_ok, opt_is};
 use super::reply::{Protocol, Reply};
@@ -227,6 +228,20 @@ impl ModelRedis {
             self.emit(c, &Reply::error("-NOAUTH Authentication required."));
             return None;
         }
+        // Cluster redirection comes before the subscribed-mode check (processCommand).
+        if let Some(err) = self.route_command(c, &fullname, argv) {
+            if matches!(&err, Reply::Error(e) if e.starts_with(b"MOVED ")) {
+                self.moved_sent += 1;
+            }
+            if fullname == "exec" {
+                // EXEC refused by routing discards the transaction.
+                if let Some(cl) = self.clients.get_mut(&c) {
+                    cl.multi = None;
+                }
+            }
+            self.emit(c, &err);
+            return None;
+        }
         let cl = self.clients.get(&c)?;
         if cl.proto == Protocol::Resp2
             && cl.total_subscriptions() > 0
@@ -241,6 +256,21 @@ impl ModelRedis {
             return None;
         }
         Some(fullname)
+    }
+
+    /// The cluster routing error for `fullname` from `c` (for `EXEC`: of every queued
+    /// command together), or `None` when this node serves it.
+    fn route_command(&self, c: ClientId, fullname: &str, argv: &[Vec<u8>]) -> Option<Reply> {
+        if !self.in_cluster() {
+            return None;
+        }
+        match (
+            fullname,
+            self.clients.get(&c).and_then(|cl| cl.multi.as_ref()),
+        ) {
+            ("exec", Some((queued, _))) => self.route_exec(queued),
+            _ => self.route(fullname, argv),
+        }
     }
 
     /// Executes a checked command. `None` when the command wrote its replies itself.
@@ -274,8 +304,17 @@ impl ModelRedis {
                 self.cmd_unsubscribe(c, fullname, &argv[1..]);
                 return None;
             }
-            "publish" => Reply::Integer(self.deliver(&argv[1], &argv[2]) as i64),
-            "spublish" => Reply::Integer(self.deliver_shard(&argv[1], &argv[2]) as i64),
+            "publish" => {
+                let n = self.deliver(&argv[1], &argv[2]);
+                self.send_to_bus(Bus::Publish(argv[1].clone(), argv[2].clone()));
+                Reply::Integer(n as i64)
+            }
+            "spublish" => {
+                let n = self.deliver_shard(&argv[1], &argv[2]);
+                self.send_to_bus(Bus::ShardPublish(argv[1].clone(), argv[2].clone()));
+                Reply::Integer(n as i64)
+            }
+            name if name.starts_with("cluster|") => self.cmd_cluster(name, argv),
             name if name.starts_with("pubsub|") => self.cmd_pubsub(name, argv),
             "script|load" => {
                 let sha = sha1_hex(&argv[2]);
@@ -368,6 +407,9 @@ impl ModelRedis {
             return Reply::error(
                 "value is out of range, value must between -2147483648 and 2147483647",
             );
+        }
+        if self.in_cluster() && id != 0 {
+            return Reply::error("SELECT is not allowed in cluster mode");
         }
         if id < 0 || id >= DATABASES as i64 {
             return Reply::error("DB index is out of range");
@@ -466,6 +508,7 @@ impl ModelRedis {
                 "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
             );
         }
+        let role = self.role_name();
         let Some(cl) = self.clients.get_mut(&c) else {
             return Reply::Nil;
         };
@@ -474,7 +517,7 @@ impl ModelRedis {
         }
         Reply::Map(vec![
             (Reply::bulk("server"), Reply::bulk("redis")),
-            (Reply::bulk("version"), Reply::bulk("7.0.15")),
+            (Reply::bulk("version"), Reply::bulk(&self.version)),
             (Reply::bulk("proto"), Reply::Integer(cl.proto.version())),
             (Reply::bulk("id"), Reply::Integer(cl.server_id)),
             (
@@ -485,7 +528,7 @@ impl ModelRedis {
                     "standalone"
                 }),
             ),
-            (Reply::bulk("role"), Reply::bulk("master")),
+            (Reply::bulk("role"), Reply::bulk(role)),
             (Reply::bulk("modules"), Reply::Array(Vec::new())),
         ])
     }

@@ -201,6 +201,16 @@ impl Keyspace {
         self.len() == 0
     }
 
+    /// Moves the keys whose name satisfies `pred` (with their values and TTLs) to `to`.
+    pub(crate) fn move_keys_to(&mut self, to: &mut Keyspace, pred: impl Fn(&[u8]) -> bool) {
+        let names: Vec<Vec<u8>> = self.entries.keys().filter(|k| pred(k)).cloned().collect();
+        for k in names {
+            if let Some(e) = self.entries.remove(&k) {
+                to.entries.insert(k, e);
+            }
+        }
+    }
+
     /// Removes every key.
     pub fn clear(&mut self) {
         self.entries.clear();

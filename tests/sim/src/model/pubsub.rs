@@ -136,6 +136,9 @@ impl ModelRedis {
     }
 
     fn unregister(&mut self, kind: Kind, name: &[u8], c: ClientId) {
+        if kind == Kind::Shard && !self.faults.deaf_shard.is_empty() {
+            self.faults.deaf_shard.remove(&(c, name.to_vec()));
+        }
         let reg = self.registry(kind);
         if let Some(set) = reg.get_mut(name) {
             set.remove(&c);
@@ -181,23 +184,66 @@ impl ModelRedis {
         sent
     }
 
-    /// SPUBLISH: `smessage` to every shard-channel subscriber.
+    /// SPUBLISH: `smessage` to every shard-channel subscriber (a deaf subscription is
+    /// counted but gets nothing).
     pub(super) fn deliver_shard(&mut self, channel: &[u8], payload: &[u8]) -> usize {
         let subscribers: Vec<ClientId> = self
             .shard_channels
             .get(channel)
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default();
+        let count = subscribers.len();
+        let deaf = &self.faults.deaf_shard;
+        let hearing: Vec<ClientId> = subscribers
+            .into_iter()
+            .filter(|&c| deaf.is_empty() || !deaf.contains(&(c, channel.to_vec())))
+            .collect();
         let msg = Reply::Push(vec![
             Reply::bulk("smessage"),
             Reply::bulk(channel),
             Reply::bulk(payload),
         ]);
-        for &c in &subscribers {
+        for &c in &hearing {
             self.emit(c, &msg);
         }
-        self.record_fanout(channel, payload, &subscribers);
-        subscribers.len()
+        self.record_fanout(channel, payload, &hearing);
+        count
+    }
+
+    /// The server drops shard channel `channel` (its slot moved, or the shard failed over):
+    /// each subscriber gets an unsolicited `sunsubscribe <channel> <count>` and is no longer
+    /// subscribed.
+    pub(super) fn server_sunsubscribe(&mut self, channel: &[u8]) {
+        let subscribers: Vec<ClientId> = self
+            .shard_channels
+            .get(channel)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        for c in subscribers {
+            let Some(cl) = self.clients.get_mut(&c) else {
+                continue;
+            };
+            cl.shard_channels.remove(channel);
+            let count = Kind::Shard.count(cl);
+            self.unregister(Kind::Shard, channel, c);
+            let push = Reply::Push(vec![
+                Reply::bulk("sunsubscribe"),
+                Reply::bulk(channel),
+                Reply::Integer(count),
+            ]);
+            self.emit(c, &push);
+        }
+    }
+
+    /// Every shard subscription held now stays counted but receives nothing from now on
+    /// (the effect of redis/redis#12558); later subscriptions are not affected. The fault
+    /// ends for a subscription when it ends.
+    pub fn deafen_shard_subscriptions(&mut self) {
+        for (channel, subscribers) in &self.shard_channels {
+            for &c in subscribers {
+                self.faults.deaf_shard.insert((c, channel.clone()));
+            }
+        }
     }
 
     /// PUBSUB CHANNELS | NUMSUB | SHARDCHANNELS | SHARDNUMSUB.
