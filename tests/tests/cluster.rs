@@ -4,9 +4,9 @@
 //! and the `roomcast` command against the cluster URL. Full scenarios on tokio; a smoke test
 //! on async-std.
 //!
-//! One cluster per test, and the tests take turns ([`ONE_AT_A_TIME`]): a cluster takes
-//! seconds to form and a 2-core CI should not run two. The scenarios of a test run one after
-//! the other on its cluster; those that change the topology come last.
+//! One cluster serves the whole binary, and its scenarios run one after the other in a single
+//! test: a cluster takes seconds to form and a 2-core CI should not run two. Those that
+//! change the topology come last.
 //!
 //! No timed assertions: every wait is a bounded loop that fails with what it saw.
 //!
@@ -29,13 +29,6 @@ use roomcast_tests::{Failover, Promotion, RedisCluster, RespClient, RespReply};
 
 /// Generous: a loaded 2-core machine stalls for seconds, and a failover takes several.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// The tests of this binary take turns: one cluster at a time.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Polls `cond` every 20 ms until it holds; panics naming `what` and `detail()` after
 /// [`PATIENCE`].
@@ -865,22 +858,14 @@ fn run_scenarios(scenarios: &[(&str, Scenario)]) {
 /// roomcast on the cluster: every scenario on one cluster, topology changes last.
 #[test]
 fn cluster_rooms() {
-    let _turn = one_at_a_time();
     run_scenarios(&[
         ("shardnumsub", shardnumsub_counts_raw_subscribers),
         ("spread rooms", spread_rooms_deliver_once_in_order),
         ("async-std smoke", async_std_smoke),
         ("cli tail and publish", cli_tail_and_publish),
+        ("cli who and health", cli_who_and_health),
         ("slot migration", migration),
         ("manual failover", manual_failover),
         ("killed master", killed_master),
     ]);
-}
-
-/// `who` and `health` against the cluster (a cluster of its own, after the other test).
-#[test]
-#[ignore = "needs presence in cluster mode (who) and health listing every node"]
-fn cluster_cli_who_and_health() {
-    let _turn = one_at_a_time();
-    run_scenarios(&[("cli who and health", cli_who_and_health)]);
 }

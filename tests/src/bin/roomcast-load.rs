@@ -630,10 +630,7 @@ fn jobs(
         // redis-benchmark, whose raw subscribers know no slots.
         let on_cluster: Vec<Job> = v
             .iter()
-            .filter(|j| {
-                // Presence is not available in cluster mode.
-                j.system != "redis-benchmark" && j.clients == 1 && !j.variant.contains("+presence")
-            })
+            .filter(|j| j.system != "redis-benchmark" && j.clients == 1)
             .map(|j| Job {
                 variant: format!("{}-cluster", j.variant),
                 url: url.clone(),
