@@ -502,7 +502,7 @@ fn migration_unsubscribes_old_owner_and_replica(cluster: &mut RedisCluster) {
     three.ssubscribe(&[a, b], 0);
     let mut on_replica = Sub::new(cluster, replica, false);
     on_replica.ssubscribe(&[a], 0);
-    // Keys of the slot move too (presence keys will live in room slots).
+    // Keys of the slot move too (as presence keys do when their slot moves).
     assert!(cluster
         .cmd(source, &["SET", "facts:{mig}:key", "v"])
         .is_ok());

@@ -4,6 +4,8 @@
 //! and on any other master they are answered `-MOVED` to that owner and not run. Last, the
 //! slot moves to another master: halfway through, a query on the old owner is refused
 //! rather than prune members whose lease already moved; after it, the new owner answers.
+//! Then two roomcast instances run on the cluster: every key they write is on the slot's
+//! owner, and after the slot moves under them both see every member again.
 //!
 //! The commands are the hub's, sent with the raw RESP client: the scripts are
 //! `roomcast_core::presence`'s, the key names come from its `Keys`, and [`register`] sends
@@ -183,6 +185,13 @@ fn moved(what: &str, reply: &RespReply) -> (Slot, u16) {
         Ok(Some(ClusterError::Moved(r))) => (r.slot, r.port),
         other => panic!("{what}: -MOVED expected, got {e:?} ({other:?})"),
     }
+}
+
+/// Moves one key from the node of `c` to the node on `target` (the slot being migrated).
+fn migrate(c: &mut RespClient, target: u16, key: &str) {
+    let port = target.to_string();
+    let r = c.cmd(&["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS", key]);
+    assert!(r.is_ok(), "MIGRATE {key}: {r:?}");
 }
 
 #[test]
@@ -429,17 +438,7 @@ fn presence_runs_on_the_owner_of_its_slot_and_is_moved_elsewhere() {
         .find(|&p| p != owner)
         .expect("another master");
     cluster.begin_slot_move(slot, owner, target);
-    let moved_lease = c.cmd(&[
-        "MIGRATE",
-        "127.0.0.1",
-        &target.to_string(),
-        "",
-        "0",
-        "5000",
-        "KEYS",
-        &text(&b.keys.lease),
-    ]);
-    assert!(moved_lease.is_ok(), "MIGRATE: {moved_lease:?}");
+    migrate(&mut c, target, &text(&b.keys.lease));
     let halfway = room_query(&mut c, &shas, &a.keys, "lobby");
     assert!(halfway.error().is_some(), "a refusal, got {halfway:?}");
     let halfway = sweep(&mut c, &shas, &a.keys);
@@ -460,17 +459,7 @@ fn presence_runs_on_the_owner_of_its_slot_and_is_moved_elsewhere() {
     );
     // Why never ASKING: once the room hash has moved but a's lease has not, the importing
     // master would run the query on the keys it has, take a for dead and prune its member.
-    let migrate_lobby = c.cmd(&[
-        "MIGRATE",
-        "127.0.0.1",
-        &target.to_string(),
-        "",
-        "0",
-        "5000",
-        "KEYS",
-        &lobby,
-    ]);
-    assert!(migrate_lobby.is_ok(), "MIGRATE: {migrate_lobby:?}");
+    migrate(&mut c, target, &lobby);
     // The old owner sends a query whose room hash moved to the new owner, with -ASK.
     let asked = room_query(&mut c, &shas, &a.keys, "lobby");
     match asked.error().map(|e| ClusterError::parse(e.as_bytes())) {
@@ -504,4 +493,135 @@ fn presence_runs_on_the_owner_of_its_slot_and_is_moved_elsewhere() {
     );
     let after = room_query(&mut c, &shas, &a.keys, "lobby");
     assert_eq!(moved("room query after the move", &after), (slot, target));
+
+    // Then roomcast itself: two instances on the cluster, their presence on the slot's
+    // owner only; the slot moves under them and presence answers whole again.
+    for port in cluster.masters() {
+        assert!(cluster.cmd(port, &["FLUSHALL"]).is_ok());
+    }
+    instances_follow_the_presence_slot(&mut cluster, slot);
+}
+
+/// Waits until `check` holds for an answer of `ask` (errors, such as `Unavailable` while an
+/// instance registers again, are asked again), boundedly; panics with the last answer.
+async fn eventually<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+    what: &str,
+    mut ask: impl FnMut() -> F,
+    check: impl Fn(&T) -> bool,
+) {
+    let mut last = None;
+    for _ in 0..1500 {
+        let answer = ask().await;
+        if check(&answer) {
+            return;
+        }
+        last = Some(answer);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what}: last answer {last:?}");
+}
+
+/// `(instance, connection)` of a room's members, sorted.
+type Seen = Result<Vec<(u64, String)>, String>;
+
+async fn members(rc: &roomcast::Roomcast, room: &str) -> Seen {
+    rc.room_connections(room)
+        .await
+        .map(|m| {
+            m.into_iter()
+                .map(|m| (m.instance.0, m.conn.as_str().to_string()))
+                .collect()
+        })
+        .map_err(|e| e.to_string())
+}
+
+fn instances_follow_the_presence_slot(cluster: &mut RedisCluster, slot: Slot) {
+    let url = cluster.url();
+    let owner = cluster.master_port_of(slot);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let connect = || {
+            let mut config = roomcast::Config::from_url(&url).expect("the cluster URL");
+            config.pool_size = 1;
+            config.lease = Duration::from_millis(1500);
+            roomcast::Builder::new(config).connect_tokio()
+        };
+        let patience = Duration::from_secs(30);
+        let a = tokio::time::timeout(patience, connect())
+            .await
+            .expect("a connects in time")
+            .expect("a connects");
+        let b = tokio::time::timeout(patience, connect())
+            .await
+            .expect("b connects in time")
+            .expect("b connects");
+        let _ma = a.join("lobby", "alice").await.expect("join");
+        let mb = b.join("lobby", "bob").await.expect("join");
+        let _mb2 = b.join("{x}/y", "bob").await.expect("join");
+        let want = {
+            let mut w = vec![
+                (a.instance().0, "alice".to_string()),
+                (b.instance().0, "bob".to_string()),
+            ];
+            w.sort();
+            w
+        };
+        for rc in [&a, &b] {
+            eventually(
+                "both members seen",
+                || members(rc, "lobby"),
+                |m| m.as_ref() == Ok(&want),
+            )
+            .await;
+        }
+        // Every key the instances wrote is on the owner, in the presence slot.
+        let on_owner = cluster.cmd(owner, &["DBSIZE"]).as_int();
+        let n = slot.to_string();
+        let in_slot = cluster
+            .cmd(owner, &["CLUSTER", "COUNTKEYSINSLOT", &n])
+            .as_int();
+        assert!(on_owner.is_some_and(|n| n > 0), "{on_owner:?}");
+        assert_eq!(on_owner, in_slot);
+        for port in cluster.masters().into_iter().filter(|&p| p != owner) {
+            assert_eq!(cluster.cmd(port, &["DBSIZE"]).as_int(), Some(0), "{port}");
+        }
+
+        // The slot moves, keys and all, while both instances heartbeat.
+        let to = cluster
+            .masters()
+            .into_iter()
+            .find(|&p| p != owner)
+            .expect("another master");
+        cluster.move_slot(slot, to);
+        for rc in [&a, &b] {
+            eventually(
+                "both members seen after the move",
+                || members(rc, "lobby"),
+                |m| m.as_ref() == Ok(&want),
+            )
+            .await;
+            eventually(
+                "both instances seen after the move",
+                || async { rc.instances().await.map_err(|e| e.to_string()) },
+                |i| i.as_ref().is_ok_and(|i| i.len() == 2),
+            )
+            .await;
+        }
+        assert_eq!(cluster.cmd(owner, &["DBSIZE"]).as_int(), Some(0));
+        // Writes go to the new owner: bob leaves the lobby, stays in {x}/y.
+        drop(mb);
+        eventually(
+            "bob's leave seen",
+            || members(&a, "lobby"),
+            |m| m.as_ref() == Ok(&vec![(a.instance().0, "alice".to_string())]),
+        )
+        .await;
+        assert_eq!(a.connection_exists("bob").await.ok(), Some(true));
+        for rc in [a, b] {
+            rc.shutdown(Duration::from_secs(5)).await.expect("shutdown");
+        }
+    });
 }

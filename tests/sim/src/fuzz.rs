@@ -12,10 +12,12 @@
 //! | [`envelope()`] | an envelope payload | no panic; what decodes re-encodes to the same body and decodes to the same fields; bincode 1, the format's definition, decodes exactly what roomcast decodes (the same fields, or an error for both) and encodes the decoded message to the same bytes |
 //! | [`room_channel`] | a limit, two room ids and a channel | accepted ids map to a channel and back; two different ids never share one; any channel that parses re-encodes to itself |
 //! | [`operations`] | an [`arbitrary`] sequence of commands, network faults, hostile bytes and clock jumps on up to three hubs against the model Redis | the invariants listed on [`run_operations`], after every step and at the end |
+//! | [`cluster_operations`] | an [`arbitrary`] sequence of member commands and publishes on three hubs in cluster mode, with slot migrations, failovers, partitions and deaf subscriptions of the model cluster | the invariants listed on [`run_cluster_operations`] |
 //!
 //! A failed check panics, which is what libFuzzer reports as a crash.
 
 mod checker;
+mod cluster_operations;
 mod link_input;
 mod operations;
 
@@ -26,6 +28,10 @@ use roomcast_core::envelope::{self, MessageType, HARD_MAX_ENVELOPE_BYTES};
 use roomcast_core::naming::{ChannelNamer, ConnId, RoomId, MAX_ID_BYTES};
 use roomcast_core::InstanceId;
 
+pub use cluster_operations::{
+    cluster_operations, run_cluster_operations, ClusterOp, CLUSTER_CONNS, CLUSTER_HUBS,
+    CLUSTER_ROOMS,
+};
 pub use link_input::{link_input, link_input_requests, Flags, INSTANCE, MEMBERS};
 pub use operations::{operations, run_operations, Name, Op, Setup};
 
@@ -38,6 +44,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("envelope", envelope),
     ("room_channel", room_channel),
     ("operations", operations),
+    ("cluster_operations", cluster_operations),
 ];
 
 /// The envelope as the GraphWiz design defined it: a `PubSubMessage` in bincode 1's default

@@ -68,6 +68,11 @@ fn operations_corpus() {
 }
 
 #[test]
+fn cluster_operations_corpus() {
+    replay("cluster_operations");
+}
+
+#[test]
 fn every_target_has_a_corpus_and_takes_any_bytes() {
     for (name, body) in fuzz::TARGETS {
         assert!(

@@ -555,6 +555,75 @@ fn key_commands_are_served_by_the_owning_master_only() {
     assert_eq!(r.call(c0, &[b"SELECT", b"0"]), b"+OK\r\n");
 }
 
+/// A script that `GET`s every argument and returns the replies.
+fn get_args(
+    ks: &mut roomcast_sim::model::Keyspace,
+    _keys: &[Vec<u8>],
+    argv: &[Vec<u8>],
+    _now: Instant,
+) -> roomcast_sim::model::Reply {
+    let mut out = Vec::new();
+    for a in argv {
+        let r = ks.call(&[b"GET", a]);
+        if r.is_error() {
+            return r;
+        }
+        out.push(r);
+    }
+    roomcast_sim::model::Reply::Array(out)
+}
+
+#[test]
+fn scripts_touch_only_local_keys_of_one_slot() {
+    const SRC: &str = "-- get every ARGV";
+    let mut r = Rig::standard();
+    for i in 0..6 {
+        r.cl.node_mut(i).redis.register_script_impl(SRC, get_args);
+    }
+    let k = r.name_on(0, "sk", &[]);
+    let tag = format!("{{{k}}}:other");
+    let other_slot = r.name_on(0, "sk", &[slot_of(k.as_bytes())]);
+    let elsewhere = r.name_on(1, "sk", &[]);
+    let c = r.conn(0);
+    let eval = |r: &mut Rig, keys: &[&str], args: &[&str]| {
+        let n = keys.len().to_string();
+        let mut argv: Vec<&[u8]> = vec![b"EVAL", SRC.as_bytes(), n.as_bytes()];
+        argv.extend(keys.iter().map(|k| k.as_bytes()));
+        argv.extend(args.iter().map(|a| a.as_bytes()));
+        text(&r.call(c, &argv))
+    };
+    // Declared and touched keys of one slot: served.
+    assert_eq!(eval(&mut r, &[&k], &[&k, &tag]), "*2\r\n$-1\r\n$-1\r\n");
+    // An undeclared key of another slot of this node.
+    assert_eq!(
+        eval(&mut r, &[&k], &[&other_slot]),
+        "-ERR Script attempted to access keys that do not hash to the same slot\r\n"
+    );
+    // No declared key: the first key touched sets the slot.
+    assert_eq!(
+        eval(&mut r, &[], &[&k, &other_slot]),
+        "-ERR Script attempted to access keys that do not hash to the same slot\r\n"
+    );
+    // A key another node serves.
+    assert_eq!(
+        eval(&mut r, &[], &[&elsewhere]),
+        "-ERR Script attempted to access a non local key in a cluster node script\r\n"
+    );
+    // A single server has no such rule.
+    let mut m = ModelRedis::new(ModelConfig::default());
+    m.register_script_impl(SRC, get_args);
+    let c = m.connect();
+    let cmd = command_bytes(&[
+        b"EVAL",
+        SRC.as_bytes(),
+        b"0",
+        k.as_bytes(),
+        elsewhere.as_bytes(),
+    ]);
+    m.input(c, &cmd, Instant::now());
+    assert_eq!(text(&m.take_output(c)), "*2\r\n$-1\r\n$-1\r\n");
+}
+
 #[test]
 fn transactions_are_routed_per_command_and_checked_together_at_exec() {
     let mut r = Rig::standard();

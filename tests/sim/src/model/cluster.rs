@@ -14,7 +14,11 @@
 //!   when the first name's slot has no owner. Inside `MULTI` a refused command aborts the
 //!   transaction; `EXEC` checks every queued command together and discards it on error.
 //!   Commands without keys (`PING`, `PUBLISH`, `SUBSCRIBE`, `EVALSHA` with no keys, ...)
-//!   run on any node.
+//!   run on any node. Inside a script every key a command touches must be served by the node
+//!   and share one slot (that of the declared keys, or of the first key touched), else
+//!   `Script attempted to access a non local key in a cluster node script` or `... keys
+//!   that do not hash to the same slot` (Redis 7.0's `scriptVerifyClusterState`; without
+//!   Redis's `script: <sha>` suffix).
 //! - **`CLUSTER SHARDS`** answers in the shape of 7.0.15 (RESP2 and RESP3, checked against
 //!   captures in `core/tests/data/cluster/`), `CLUSTER KEYSLOT` and `CLUSTER MYID` too;
 //!   `SELECT` of a database other than 0 is refused.
@@ -31,7 +35,6 @@
 //!   promoted replica, as replication would have): a replica answers `-MOVED` for key
 //!   commands (`READONLY` and `ASKING` are not modelled, nor `MIGRATING`/`IMPORTING`
 //!   states: a migration is one instant step, like the final `CLUSTER SETSLOT ... NODE`).
-//! - Scripts are not checked for undeclared keys (Redis refuses keys of other slots).
 //! - `replication-offset` in `CLUSTER SHARDS` is a counter bumped at each topology change,
 //!   not a byte offset; shards are listed in the order they were created (Redis: the order
 //!   of its node table, which is unspecified).
@@ -43,6 +46,7 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
+use super::keyspace::ScriptGuard;
 use super::reply::Reply;
 use super::{sha1_hex, ClientId, Fanout, ModelConfig, ModelRedis};
 
@@ -100,6 +104,8 @@ pub(super) struct NodeView {
     shards: Reply,
     /// `CLUSTER MYID`.
     id: String,
+    /// Slots whose keys this node serves (as a master), by slot.
+    served: std::sync::Arc<[bool]>,
 }
 
 /// A message a node hands to the cluster bus.
@@ -112,7 +118,7 @@ pub(super) enum Bus {
 }
 
 /// Key positions of the commands the model implements that name keys or shard channels.
-fn command_keys<'a>(fullname: &str, argv: &'a [Vec<u8>]) -> Vec<&'a [u8]> {
+pub(super) fn command_keys<'a>(fullname: &str, argv: &'a [Vec<u8>]) -> Vec<&'a [u8]> {
     let all_from = |i: usize| argv.iter().skip(i).map(Vec::as_slice).collect();
     match fullname {
         "get" | "set" | "expire" | "pexpire" | "ttl" | "pttl" | "persist" | "type" | "hset"
@@ -181,6 +187,16 @@ impl ModelRedis {
         }
         let addr = view.master_addr.get(usize::from(owner))?;
         Some(Reply::error(format!("-MOVED {slot} {addr}")))
+    }
+
+    /// The rule for a script's keys on this node, if it is a cluster node: slots it serves as
+    /// a master, starting with the slot of the declared `keys`.
+    pub(super) fn script_guard(&self, keys: &[Vec<u8>]) -> Option<ScriptGuard> {
+        let view = self.cluster.as_ref()?;
+        Some(ScriptGuard {
+            served: view.served.clone(),
+            slot: keys.first().map(|k| slot_of(k)),
+        })
     }
 
     /// `CLUSTER SHARDS | KEYSLOT | MYID`.
@@ -922,7 +938,14 @@ impl ModelCluster {
             })
             .collect();
         for n in &mut self.nodes {
+            let master = n.role == NodeRole::Master;
+            let served = self
+                .owner
+                .iter()
+                .map(|&o| master && usize::from(o) == n.shard)
+                .collect();
             n.redis.cluster = Some(Box::new(NodeView {
+                served,
                 owner: self.owner.clone(),
                 shard: n.shard as u16,
                 master: n.role == NodeRole::Master,

@@ -572,6 +572,11 @@ impl ModelRedis {
         let Some(now) = self.now else {
             return Reply::error("roomcast model Redis: script run before any input");
         };
-        f(&mut self.dbs[db], keys, args, now)
+        let guard = self.script_guard(keys);
+        let ks = &mut self.dbs[db];
+        ks.guard_script(guard);
+        let reply = f(ks, keys, args, now);
+        ks.guard_script(None);
+        reply
     }
 }

@@ -92,6 +92,19 @@ struct Entry {
 pub struct Keyspace {
     entries: BTreeMap<Vec<u8>, Entry>,
     now_ms: i64,
+    /// While a script runs on a cluster node: what it may touch.
+    script_guard: Option<ScriptGuard>,
+}
+
+/// The cluster's rule for the keys a script touches (Redis 7.0 `scriptVerifyClusterState`):
+/// only keys of slots this node serves, and all of one slot (the declared keys' slot, or the
+/// first one touched).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ScriptGuard {
+    /// Slots the node serves, by slot.
+    pub(crate) served: std::sync::Arc<[bool]>,
+    /// The slot of the keys so far.
+    pub(crate) slot: Option<u16>,
 }
 
 fn wrongtype() -> Reply {
@@ -211,6 +224,11 @@ impl Keyspace {
         }
     }
 
+    /// Sets (or, with `None`, lifts) the cluster's rule for a script's keys.
+    pub(crate) fn guard_script(&mut self, guard: Option<ScriptGuard>) {
+        self.script_guard = guard;
+    }
+
     /// Removes every key.
     pub fn clear(&mut self) {
         self.entries.clear();
@@ -234,6 +252,29 @@ impl Keyspace {
             return Reply::error("Wrong number of args calling Redis command from script");
         }
         let owned: Vec<Vec<u8>> = argv.iter().map(|a| a.to_vec()).collect();
+        if let Some(guard) = self.script_guard.as_mut() {
+            for key in super::cluster::command_keys(&name, &owned) {
+                let slot = super::cluster::slot_of(key);
+                if !guard
+                    .served
+                    .get(usize::from(slot))
+                    .copied()
+                    .unwrap_or(false)
+                {
+                    return Reply::error(
+                        "Script attempted to access a non local key in a cluster node script",
+                    );
+                }
+                match guard.slot {
+                    Some(s) if s != slot => {
+                        return Reply::error(
+                            "Script attempted to access keys that do not hash to the same slot",
+                        )
+                    }
+                    _ => guard.slot = Some(slot),
+                }
+            }
+        }
         match self.execute(&name, &owned) {
             Some(r) => r.into_resp2_shape(),
             None => Reply::error(format!(
