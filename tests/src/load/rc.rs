@@ -34,7 +34,7 @@ fn config(job: &Job, name: &str) -> Result<Config, String> {
     // The peers do pub/sub only: S1–S3 compare the same work, so presence (a Redis hash
     // write per join) is off there unless the variant asks for it; S4–S6 use the defaults.
     c.presence = match job.scenario.as_str() {
-        "S1" | "S2" | "S3" => job.variant.ends_with("+presence"),
+        "S1" | "S2" | "S3" => job.variant.contains("+presence"),
         _ => c.presence,
     };
     // The same connections as a peer: one to publish, one to subscribe (the default pool of
