@@ -66,6 +66,7 @@ pub struct Ledger {
     sent_ns: Vec<AtomicU64>,
     arrived_ns: Vec<AtomicU64>,
     failed: Vec<AtomicBool>,
+    unheard: Vec<AtomicBool>,
     /// Arrivals of a message that had arrived before.
     pub duplicates: AtomicU64,
     /// Payloads that could not be read or were out of range.
@@ -80,6 +81,7 @@ impl Ledger {
             sent_ns: v(),
             arrived_ns: v(),
             failed: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            unheard: (0..n).map(|_| AtomicBool::new(false)).collect(),
             duplicates: AtomicU64::new(0),
             bad: AtomicU64::new(0),
         })
@@ -106,6 +108,15 @@ impl Ledger {
     /// Message `seq`'s publish failed (the system said so).
     pub fn failed(&self, seq: u64) {
         if let Some(f) = self.failed.get(seq as usize) {
+            f.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Redis answered message `seq`'s publish with 0 receivers: no subscriber of its channel
+    /// on the node that answered (the peers' SPUBLISH replies tell; roomcast's publisher
+    /// does not report them per message).
+    pub fn unheard(&self, seq: u64) {
+        if let Some(f) = self.unheard.get(seq as usize) {
             f.store(true, Ordering::Relaxed);
         }
     }
@@ -413,6 +424,9 @@ fn account(
 ) {
     let (mut ok, mut failed, mut delivered) = (0u64, 0u64, 0u64);
     let (mut lost_before, mut lost_after, mut lost_untouched) = (0u64, 0u64, 0u64);
+    // Lost messages Redis said reached no subscriber (the subscription was gone on the
+    // server), against those it delivered to a subscriber that never handed them over.
+    let (mut lost_unheard, mut lost_untouched_unheard) = (0u64, 0u64);
     let (mut failed_after, mut lost_touched_after) = (0u64, 0u64);
     // Send times of the first and last message lost in an untouched room.
     let mut untouched_span: Option<(u64, u64)> = None;
@@ -431,6 +445,9 @@ fn account(
             delivered += 1;
             continue;
         }
+        if ledger.unheard[i as usize].load(Ordering::Relaxed) {
+            lost_unheard += 1;
+        }
         if ledger.sent(i) < event_ns {
             lost_before += 1;
         } else {
@@ -441,6 +458,9 @@ fn account(
         }
         if !is_touched(room) {
             lost_untouched += 1;
+            if ledger.unheard[i as usize].load(Ordering::Relaxed) {
+                lost_untouched_unheard += 1;
+            }
             let t = ledger.sent(i);
             untouched_span = Some(untouched_span.map_or((t, t), |(a, b)| (a.min(t), b.max(t))));
         }
@@ -455,6 +475,11 @@ fn account(
     res.set("lost_after_event", lost_after);
     res.set("lost_after_event_touched_rooms", lost_touched_after);
     res.set("lost_untouched_rooms", lost_untouched);
+    res.set("lost_with_no_subscriber_on_server", lost_unheard);
+    res.set(
+        "lost_untouched_with_no_subscriber_on_server",
+        lost_untouched_unheard,
+    );
     if let Some((first, last)) = untouched_span {
         let rel = |t: u64| (t as f64 - event_ns as f64) / 1e6;
         res.setf("lost_untouched_first_ms", rel(first));

@@ -119,6 +119,12 @@ impl Pub {
 
     /// Publishes one message and waits for its reply.
     pub async fn one(&mut self, ch: String, data: Vec<u8>) -> Result<(), String> {
+        self.counted(ch, data).await.map(drop)
+    }
+
+    /// Publishes one message; Redis's reply: the subscribers it reached (on a cluster, those
+    /// on the node that answered).
+    pub async fn counted(&mut self, ch: String, data: Vec<u8>) -> Result<i64, String> {
         let published = match self {
             Pub::Redis(con) => redis::cmd("PUBLISH")
                 .arg(ch)
@@ -142,7 +148,7 @@ impl Pub {
                 .map_err(|e| e.to_string())
             }
         };
-        published.map(drop)
+        published
     }
 }
 
@@ -605,8 +611,9 @@ impl Subject for PeerSubject {
             let (mut p, ch, ledger) = (self.p.clone(), self.job.channel(room), self.ledger.clone());
             let first_error = self.first_error.clone();
             self.a.rt.spawn(async move {
-                let e = match tokio::time::timeout(S7_PUBLISH_TIMEOUT, p.one(ch, data)).await {
-                    Ok(Ok(())) => return,
+                let e = match tokio::time::timeout(S7_PUBLISH_TIMEOUT, p.counted(ch, data)).await {
+                    Ok(Ok(0)) => return ledger.unheard(i),
+                    Ok(Ok(_)) => return,
                     Ok(Err(e)) => e,
                     Err(_) => format!("no reply within {S7_PUBLISH_TIMEOUT:?}"),
                 };
