@@ -115,6 +115,7 @@ impl Ledger {
     /// Redis answered message `seq`'s publish with 0 receivers: no subscriber of its channel
     /// on the node that answered (the peers' SPUBLISH replies tell; roomcast's publisher
     /// does not report them per message).
+    #[cfg_attr(not(feature = "peers"), expect(dead_code))]
     pub fn unheard(&self, seq: u64) {
         if let Some(f) = self.unheard.get(seq as usize) {
             f.store(true, Ordering::Relaxed);
