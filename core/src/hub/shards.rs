@@ -35,6 +35,10 @@ pub(super) struct Shards {
     asking: bool,
     /// A refresh was asked for while one was on its way: ask again when it is back.
     again: bool,
+    /// Something said the topology changed (a redirect, a `sunsubscribe` nobody asked for, a
+    /// lost link) and no topology was read since: subscriptions wait for one, or they would
+    /// go to the old owner again and again.
+    stale: bool,
     /// When the next refresh is due (periodic, or soon after an incomplete topology).
     due: Instant,
     /// Which address the topology link tries next: the seeds, then the nodes learnt.
@@ -56,6 +60,7 @@ impl Shards {
             placement: None,
             asking: false,
             again: false,
+            stale: false,
             due: now,
             cursor: 0,
             reroute: VecDeque::new(),
@@ -93,9 +98,10 @@ impl Shards {
         self.placement.as_ref().map(Placement::topology)
     }
 
-    /// Whether rooms to subscribe should wait: no topology yet, or a refresh on its way.
+    /// Whether subscriptions should wait: no topology yet, a refresh on its way, or the
+    /// topology known to be stale.
     pub(super) fn subscriptions_wait(&self) -> bool {
-        self.placement.is_none() || self.asking
+        self.placement.is_none() || self.asking || self.stale
     }
 }
 
@@ -184,6 +190,7 @@ impl Hub {
         let Some(s) = &mut self.shards else {
             return;
         };
+        s.stale = true;
         if s.asking {
             s.again = true;
             return;
@@ -257,6 +264,10 @@ impl Hub {
             return;
         };
         s.asking = false;
+        if !s.again {
+            // Nothing said the topology changed after this one was asked for.
+            s.stale = false;
+        }
         let topology = match parsed {
             Ok(t) => t,
             Err(e) => {
@@ -593,6 +604,9 @@ impl Hub {
     /// `SSUBSCRIBE` per slot's batch, and one `SUNSUBSCRIBE` per slot's batch followed by its
     /// fencing `PING`.
     pub(super) fn flush_shard_subscriptions(&mut self, now: Instant) {
+        if self.shards.as_ref().is_none_or(|s| s.subscriptions_wait()) {
+            return;
+        }
         let subs: Vec<usize> = self.roles.subscribers().collect();
         for &sub in &subs {
             if !self.links[sub].is_ready() || !self.controls[sub].wants_subscribe(self.closed) {
@@ -620,9 +634,6 @@ impl Hub {
         let Some(shards) = &self.shards else {
             return;
         };
-        if shards.subscriptions_wait() {
-            return;
-        }
         let (namer, scratch, roles, links) =
             (&self.namer, &mut self.scratch, &self.roles, &self.links);
         let (sub_rooms, unsub_rooms) = self

@@ -37,7 +37,6 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     #[test]
-    #[ignore = "finds the hub bug of cluster.rs a_subscribe_answered_moved_while_the_topology_is_unreadable_does_not_spin (reported to the lead); run with --ignored"]
     fn resp3_random_operations_and_topology_changes(
         ops in proptest::collection::vec(op(), 1..50),
     ) {
@@ -45,7 +44,6 @@ proptest! {
     }
 
     #[test]
-    #[ignore = "finds the hub bug of cluster.rs a_subscribe_answered_moved_while_the_topology_is_unreadable_does_not_spin (reported to the lead); run with --ignored"]
     fn resp2_random_operations_and_topology_changes_with_random_splits(
         ops in proptest::collection::vec(op(), 1..50),
         seed in any::<u64>(),
