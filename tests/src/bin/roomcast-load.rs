@@ -20,7 +20,12 @@
 //! - S6 recovery: `CLIENT KILL` of the subscriber with 10,000 rooms while messages flow
 //!   (before, during and after): time until every room is live again, and every message
 //!   delivered or reported missing in a gap event.
-//! - S7 member queue: one member receiving paced traffic at increasing rates with the
+//! - S7 migration (on a local Redis Cluster; only when asked for): rooms spread over three
+//!   shards, a paced stream into them, then the slots of some rooms migrate to another
+//!   master, and in a second run a shard fails over (`CLUSTER FAILOVER`): messages lost
+//!   before and after, and how long until the touched rooms deliver again, for roomcast,
+//!   the `redis` crate's cluster pub/sub and `fred` (SSUBSCRIBE/SPUBLISH).
+//! - S8 member queue: one member receiving paced traffic at increasing rates with the
 //!   default member queue (1 MiB, `q:1MiB`), the former default of 1,024 messages (`q1024`)
 //!   and an unbounded one: messages dropped and the largest backlog.
 //!
@@ -28,12 +33,19 @@
 //! subscribers attached) and, with the cargo feature `peers`, through the `redis` and
 //! `fred` crates.
 //!
+//! `--cluster` also runs S1 and S3 on a local 3-shard cluster (three masters, three
+//! replicas, started here with `RedisCluster`; `-cluster` variants) with sharded pub/sub:
+//! msg/s, server CPU per message on each node (`/proc/<pid>/stat`), and cluster-bus messages
+//! per publish (`CLUSTER INFO` `cluster_stats_messages_sent`/`_received`, summed over the
+//! nodes). `redis-benchmark` does not run there (its raw subscribers know no slots).
+//!
 //! ```text
 //! cargo run --release -p roomcast-tests --features peers --bin roomcast-load -- [options]
 //!   --quick            small counts; finishes in well under a minute
 //!   --json             one JSON object per result line on stdout (the table goes to stderr)
 //!   --runs N           repeat everything N times; the table shows medians (default 3, quick 1)
-//!   --scenarios LIST   e.g. S1,S2 (default: all)
+//!   --scenarios LIST   e.g. S1,S2 (default: all but S7)
+//!   --cluster          S1 and S3 also on a local 3-shard Redis Cluster
 //!   --depths LIST      S1's in-flight depths (default 64,1024,4096)
 //!   --rates LIST       S2's paced rates, msg/s (default 10000,100000,200000; quick:
 //!                      2000,5000,10000, what a debug build sustains open loop)
@@ -51,9 +63,13 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use load::common::{Job, Res};
+use load::common::{ClusterNode, Job, Res};
 
-const ALL_SCENARIOS: [&str; 7] = ["S1", "S2", "S3", "S4", "S5", "S6", "S7"];
+/// The scenarios run by default (S7 needs a local cluster: it runs when asked for).
+const ALL_SCENARIOS: [&str; 7] = ["S1", "S2", "S3", "S4", "S5", "S6", "S8"];
+
+/// Every scenario there is.
+const KNOWN_SCENARIOS: [&str; 8] = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8"];
 
 fn systems_available() -> Vec<&'static str> {
     let mut v = vec!["roomcast", "redis-benchmark"];
@@ -71,6 +87,7 @@ struct Opts {
     systems: Vec<String>,
     depths: Vec<u64>,
     rates: Option<Vec<f64>>,
+    cluster: bool,
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts, String> {
@@ -82,6 +99,7 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
         systems: systems_available().iter().map(|s| s.to_string()).collect(),
         depths: vec![64, 1024, 4096],
         rates: None,
+        cluster: false,
     };
     let list = |v: &str| -> Vec<String> { v.split(',').map(|s| s.trim().to_string()).collect() };
     let mut it = args.iter();
@@ -98,6 +116,7 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
         };
         match key {
             "--quick" => o.quick = true,
+            "--cluster" => o.cluster = true,
             "--json" => o.json = true,
             "--runs" => o.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
             "--scenarios" => o.scenarios = list(&value()?.to_uppercase()),
@@ -125,6 +144,16 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
             other => return Err(format!("unknown option {other}")),
         }
     }
+    if let Some(s) = o
+        .scenarios
+        .iter()
+        .find(|s| !KNOWN_SCENARIOS.contains(&s.as_str()))
+    {
+        return Err(format!(
+            "unknown scenario {s} (known: {})",
+            KNOWN_SCENARIOS.join(", ")
+        ));
+    }
     for s in &o.systems {
         if !systems_available().contains(&s.as_str()) {
             return Err(format!(
@@ -140,10 +169,11 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
 }
 
 fn usage() -> &'static str {
-    "usage: roomcast-load [--quick] [--json] [--runs N] [--scenarios S1,..,S7] \
+    "usage: roomcast-load [--quick] [--json] [--runs N] [--scenarios S1,..,S8] [--cluster] \
      [--systems roomcast,redis-benchmark,redis-rs,fred] [--depths 64,1024,4096] \
      [--rates 10000,100000,200000]\n\
-     Uses REDIS_URL when set, else starts a private redis-server on a free loopback port."
+     Uses REDIS_URL when set, else starts a private redis-server on a free loopback port; \
+     S7 and --cluster start a private 6-node Redis Cluster."
 }
 
 fn main() -> ExitCode {
@@ -229,6 +259,7 @@ struct Plan {
     s5_secs: u64,
     s5_rate: f64,
     s6_rooms: usize,
+    s7: load::migration::Plan,
     limit: Duration,
 }
 
@@ -252,6 +283,13 @@ impl Plan {
                 s5_secs: 1,
                 s5_rate: 1_000.0,
                 s6_rooms: 500,
+                s7: load::migration::Plan {
+                    rooms: 60,
+                    rate: 2_000.0,
+                    before: Duration::from_millis(500),
+                    observe: Duration::from_secs(5),
+                    after: Duration::from_millis(500),
+                },
                 limit: Duration::from_secs(15),
             }
         } else {
@@ -272,6 +310,13 @@ impl Plan {
                 s5_secs: 5,
                 s5_rate: 20_000.0,
                 s6_rooms: 10_000,
+                s7: load::migration::Plan {
+                    rooms: 300,
+                    rate: 10_000.0,
+                    before: Duration::from_secs(2),
+                    observe: Duration::from_secs(10),
+                    after: Duration::from_secs(1),
+                },
                 limit: Duration::from_secs(60),
             }
         }
@@ -293,6 +338,29 @@ fn orchestrate(opts: &Opts) -> Result<bool, String> {
             (Some(s), u, p)
         }
     };
+    let wants_cluster = opts.cluster || opts.scenarios.iter().any(|s| s == "S7");
+    let mut cluster = if wants_cluster {
+        let t = Instant::now();
+        let c = roomcast_tests::RedisCluster::try_start(3, 1).map_err(|e| e.to_string())?;
+        eprintln!(
+            "roomcast-load: cluster {} formed in {:.1} s",
+            c.url(),
+            t.elapsed().as_secs_f64()
+        );
+        Some(c)
+    } else {
+        None
+    };
+    let cluster_nodes: Vec<ClusterNode> = cluster.as_ref().map_or(Vec::new(), |c| {
+        c.ports()
+            .into_iter()
+            .map(|port| ClusterNode {
+                port,
+                pid: c.node(port).pid(),
+            })
+            .collect()
+    });
+    let mut failovers = 0usize;
     eprintln!(
         "roomcast-load: server {url}; {} run(s); load average {:.2}; {} cores",
         opts.runs,
@@ -305,7 +373,35 @@ fn orchestrate(opts: &Opts) -> Result<bool, String> {
     let mut ok = true;
     for run in 0..opts.runs {
         for scenario in &opts.scenarios {
-            for job in jobs(opts, &plan, scenario, &url, pid) {
+            if scenario == "S7" {
+                if let Some(c) = cluster.as_mut() {
+                    for r in migration_runs(opts, &plan, c, &mut seq, &mut failovers) {
+                        let mut r = r;
+                        r.set("run", run as u64 + 1);
+                        if r.0.contains_key("error") {
+                            ok = false;
+                        }
+                        if opts.json {
+                            println!("{}", r.to_json());
+                        }
+                        eprintln!(
+                            "  [{:>5.1}s] run {} S7 {} {}: {}",
+                            started.elapsed().as_secs_f64(),
+                            run + 1,
+                            r.text("variant"),
+                            r.text("system"),
+                            short(&r)
+                        );
+                        all.push((run, r));
+                    }
+                }
+                continue;
+            }
+            let on_cluster = cluster
+                .as_ref()
+                .filter(|_| opts.cluster)
+                .map(|c| (c.url(), cluster_nodes.as_slice()));
+            for job in jobs(opts, &plan, scenario, &url, pid, on_cluster) {
                 seq += 1;
                 let mut job = job;
                 job.prefix = format!("ld{}x{seq}", std::process::id());
@@ -358,7 +454,63 @@ fn orchestrate(opts: &Opts) -> Result<bool, String> {
     Ok(ok)
 }
 
-fn jobs(opts: &Opts, plan: &Plan, scenario: &str, url: &str, pid: Option<u32>) -> Vec<Job> {
+/// S7: for each change (a slot migration, then a manual failover) each system in turn, on
+/// the cluster; `failovers` rotates the shard a failover takes over.
+fn migration_runs(
+    opts: &Opts,
+    plan: &Plan,
+    cluster: &mut roomcast_tests::RedisCluster,
+    seq: &mut usize,
+    failovers: &mut usize,
+) -> Vec<Res> {
+    use load::migration::{self, Change, Ledger};
+    let mut out = Vec::new();
+    for change in [Change::Migration, Change::Failover] {
+        for system in ["roomcast", "redis-rs", "fred"] {
+            if !opts.systems.iter().any(|s| s == system) {
+                continue;
+            }
+            *seq += 1;
+            let prefix = format!("ld{}x{seq}", std::process::id());
+            let job = migration::job(system, change, &plan.s7, cluster, &prefix);
+            let ledger = Ledger::new(job.count);
+            let subject = match system {
+                "roomcast" => load::rc::s7_subject(&job, ledger.clone()),
+                #[cfg(feature = "peers")]
+                _ => load::peers::s7_subject(&job, ledger.clone()),
+                #[cfg(not(feature = "peers"))]
+                _ => Err("the peers need --features peers".to_string()),
+            };
+            let res = match subject {
+                Ok(subject) => {
+                    let r = migration::run(
+                        cluster, &job, &plan.s7, change, *failovers, subject, ledger,
+                    );
+                    if change == Change::Failover {
+                        *failovers += 1;
+                    }
+                    r
+                }
+                Err(e) => {
+                    let mut r = job.result();
+                    r.set("error", e);
+                    r
+                }
+            };
+            out.push(res);
+        }
+    }
+    out
+}
+
+fn jobs(
+    opts: &Opts,
+    plan: &Plan,
+    scenario: &str,
+    url: &str,
+    pid: Option<u32>,
+    cluster: Option<(String, &[ClusterNode])>,
+) -> Vec<Job> {
     let base = |system: &str, variant: &str, size: usize, rooms: usize, count: u64| Job {
         scenario: scenario.to_string(),
         system: system.to_string(),
@@ -377,6 +529,7 @@ fn jobs(opts: &Opts, plan: &Plan, scenario: &str, url: &str, pid: Option<u32>) -
         queue: 0,
         queue_bytes: 0,
         prefix: String::new(),
+        nodes: Vec::new(),
     };
     let has = |s: &str| opts.systems.iter().any(|x| x == s);
     let peers: Vec<&str> = ["roomcast", "redis-benchmark", "redis-rs", "fred"]
@@ -455,7 +608,7 @@ fn jobs(opts: &Opts, plan: &Plan, scenario: &str, url: &str, pid: Option<u32>) -
             j.rate = plan.s6_rate;
             v.push(j);
         }
-        "S7" if has("roomcast") => {
+        "S8" if has("roomcast") => {
             // One member at rising rates: the default queue (1 MiB, count cap 65,536), the
             // former default (1,024 messages), and one that never drops (its largest backlog
             // is the burst the default would have to hold).
@@ -471,6 +624,22 @@ fn jobs(opts: &Opts, plan: &Plan, scenario: &str, url: &str, pid: Option<u32>) -
             }
         }
         _ => {}
+    }
+    if let (Some((url, nodes)), "S1" | "S3") = (&cluster, scenario) {
+        // The same jobs on the cluster (sharded pub/sub), for every system but
+        // redis-benchmark, whose raw subscribers know no slots.
+        let on_cluster: Vec<Job> = v
+            .iter()
+            .filter(|j| j.system != "redis-benchmark" && j.clients == 1)
+            .map(|j| Job {
+                variant: format!("{}-cluster", j.variant),
+                url: url.clone(),
+                server_pid: None,
+                nodes: nodes.to_vec(),
+                ..j.clone()
+            })
+            .collect();
+        v.extend(on_cluster);
     }
     v
 }
@@ -512,7 +681,7 @@ fn run_worker(exe: &std::path::Path, job: &Job) -> Vec<Res> {
 }
 
 /// The configuration of a result beyond scenario, variant and size: depth and connections
-/// (S1, S3), rate (S2 paced, S5, S6, S7), member queue (S7).
+/// (S1, S3), rate (S2 paced, S5, S6, S8), member queue (S8).
 fn config(r: &Res) -> String {
     let mut parts = Vec::new();
     if let Some(d) = r.num("depth") {
@@ -597,6 +766,19 @@ fn short(r: &Res) -> String {
             r.text("exactly_once")
         ),
         "S7" => format!(
+            "{}: {} rooms touched; {} published, {} failed; lost {} before / {} after the \
+             change; live again after {} ms (max), {} rooms never within {} s",
+            r.text("change"),
+            f("rooms_touched"),
+            f("published"),
+            f("publish_failed"),
+            f("lost_before_event"),
+            f("lost_after_event"),
+            f("live_again_ms_max"),
+            f("rooms_never_live_again"),
+            f("never_within_s")
+        ),
+        "S8" => format!(
             "{} msg/s delivered, {} dropped ({}%), largest backlog {} messages, drops = losses \
              {}; {} publishes refused by the sender",
             f("msgs_per_s"),
@@ -746,6 +928,41 @@ fn ratios(medians: &[Res]) -> Vec<Res> {
             }
         }
     }
+    out.extend(cluster_ratios(medians));
+    out
+}
+
+/// Each system on the cluster against itself on one node, at the same configuration:
+/// msg/s and server CPU per message (all nodes) of the cluster ÷ one node.
+fn cluster_ratios(medians: &[Res]) -> Vec<Res> {
+    let mut out = Vec::new();
+    for c in medians
+        .iter()
+        .filter(|r| r.text("variant").ends_with("-cluster"))
+    {
+        let mut want = key(c);
+        want.1 = want.1.trim_end_matches("-cluster").to_string();
+        let Some(one) = medians.iter().find(|r| key(r) == want) else {
+            continue;
+        };
+        let mut r = Res::default();
+        for f in ["scenario", "variant", "size", "depth"] {
+            if let Some(v) = c.0.get(f) {
+                r.0.insert(f.into(), v.clone());
+            }
+        }
+        r.set("system", format!("{} cluster/one node", c.text("system")));
+        for (field, name) in [
+            ("msgs_per_s", "msgs_per_s_ratio"),
+            ("server_cpu_us_per_msg", "server_cpu_per_msg_ratio"),
+            ("cpu_s_per_m", "cpu_per_msg_ratio"),
+        ] {
+            if let (Some(a), Some(b)) = (c.num(field), one.num(field).filter(|b| *b != 0.0)) {
+                r.setf(name, a / b);
+            }
+        }
+        out.push(r);
+    }
     out
 }
 
@@ -774,7 +991,8 @@ fn server_limits(medians: &[Res]) -> Vec<Res> {
     };
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
-    for r in medians.iter().filter(|r| r.text("scenario") == "S1") {
+    let single = |r: &&Res| r.text("scenario") == "S1" && !r.text("variant").ends_with("-cluster");
+    for r in medians.iter().filter(single) {
         let (variant, size) = (r.text("variant"), r.num("size").unwrap_or(0.0));
         if !seen.insert((variant.clone(), size as u64)) {
             continue;
@@ -878,6 +1096,18 @@ fn table(medians: &[Res], ratios: &[Res], runs: usize) -> String {
             f(r, "server_cpu_s"),
         );
         let extra = match r.text("scenario").as_str() {
+            "S1" | "S3" if r.text("variant").ends_with("-cluster") => format!(
+                "{}on 3 shards: server CPU {} µs per message (busiest node {}), {} cluster-bus \
+                 messages sent per publish",
+                if r.text("scenario") == "S3" {
+                    format!("all {} rooms live in {} s; ", f(r, "rooms"), f(r, "live_s"))
+                } else {
+                    String::new()
+                },
+                f(r, "server_cpu_us_per_msg"),
+                f(r, "max_node_cpu_us_per_msg"),
+                f(r, "bus_sent_per_publish")
+            ),
             "S1" if r.num("subscribers_disconnected").is_some_and(|d| d > 0.0) => format!(
                 "{} subscriber(s) disconnected by the server (output buffer limit)",
                 f(r, "subscribers_disconnected")
@@ -926,7 +1156,41 @@ fn table(medians: &[Res], ratios: &[Res], runs: usize) -> String {
                 f(r, "lost_reported_as_gaps"),
                 f(r, "lost_unreported")
             ),
-            "S7" => format!(
+            "S7" if !r.0.contains_key("error") => format!(
+                "{}: {} of {} rooms touched; {} published ({} failed, {} after the change); \
+                 lost {} before and {} after the change ({} in untouched rooms); touched \
+                 rooms live again after {} ms (median {} ms), {} never within {} s{}",
+                r.text("change"),
+                f(r, "rooms_touched"),
+                f(r, "rooms"),
+                f(r, "published"),
+                f(r, "publish_failed"),
+                f(r, "publish_failed_after_event"),
+                f(r, "lost_before_event"),
+                f(r, "lost_after_event"),
+                f(r, "lost_untouched_rooms"),
+                f(r, "live_again_ms_max"),
+                f(r, "live_again_ms_median"),
+                f(r, "rooms_never_live_again"),
+                f(r, "never_within_s"),
+                match r.text("system").as_str() {
+                    "roomcast" => format!(
+                        "; RoomNotLive for {} / RoomLive again for {} touched rooms (latest {} \
+                         ms); lost: {} reported in gaps, {} unreported",
+                        f(r, "touched_rooms_reported_not_live"),
+                        f(r, "touched_rooms_reported_live_again"),
+                        f(r, "room_live_event_ms_max"),
+                        f(r, "lost_reported_as_gaps"),
+                        f(r, "lost_unreported")
+                    ),
+                    "redis-rs" => format!(
+                        "; unsolicited sunsubscribes received (and ignored): {}",
+                        f(r, "unsolicited_sunsubscribes_seen")
+                    ),
+                    _ => String::new(),
+                }
+            ),
+            "S8" => format!(
                 "{} dropped ({} %), largest backlog {} messages ({} B of payload); every \
                  loss at the member counted as a drop: {}; {} publishes refused by the sender",
                 f(r, "dropped"),
@@ -958,8 +1222,8 @@ fn table(medians: &[Res], ratios: &[Res], runs: usize) -> String {
     if !ratios.is_empty() {
         let _ = writeln!(
             t,
-            "\nRatios at equal depth / equal rate (roomcast ÷ peer; >1 is better for msg/s, \
-             <1 is better for the rest):"
+            "\nRatios at equal depth / equal rate (roomcast ÷ peer, or a system on the cluster \
+             ÷ itself on one node; >1 is better for msg/s, <1 is better for the rest):"
         );
         for r in ratios {
             if r.text("system") == "server-limit" {
@@ -983,6 +1247,7 @@ fn table(medians: &[Res], ratios: &[Res], runs: usize) -> String {
             for (k, name) in [
                 ("msgs_per_s_ratio", "msg/s"),
                 ("cpu_per_msg_ratio", "CPU/msg"),
+                ("server_cpu_per_msg_ratio", "server CPU/msg"),
                 ("p50_ratio", "p50"),
                 ("p99_ratio", "p99"),
                 ("p999_ratio", "p999"),

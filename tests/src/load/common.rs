@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
+use super::cluster::BusSnapshot;
+
 /// One scenario run by one system in one worker process.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -50,6 +52,9 @@ pub struct Job {
     pub queue_bytes: usize,
     /// Channel prefix (distinct per worker, so nothing leaks between runs).
     pub prefix: String,
+    /// Cluster mode: every node of the cluster `url` names (`redis+cluster://`), with its
+    /// pid when the cluster is ours (for its CPU time); empty for one server.
+    pub nodes: Vec<ClusterNode>,
 }
 
 impl Job {
@@ -77,7 +82,15 @@ impl Job {
         if let Some(p) = self.server_pid {
             a.push(format!("--server-pid={p}"));
         }
+        if !self.nodes.is_empty() {
+            a.push(format!("--nodes={}", ClusterNode::list_arg(&self.nodes)));
+        }
         a
+    }
+
+    /// Whether the job runs on a Redis Cluster (sharded pub/sub).
+    pub fn is_cluster(&self) -> bool {
+        !self.nodes.is_empty()
     }
 
     /// Parses what [`Job::to_args`] wrote.
@@ -112,6 +125,10 @@ impl Job {
             queue: num("queue")? as usize,
             queue_bytes: num("queue-bytes")? as usize,
             prefix: get("prefix")?,
+            nodes: match m.get("nodes") {
+                Some(v) => ClusterNode::parse_list(v)?,
+                None => Vec::new(),
+            },
         })
     }
 
@@ -162,6 +179,41 @@ impl Job {
     /// The room id of room `i` for roomcast.
     pub fn room(&self, i: usize) -> String {
         format!("{:012}", i)
+    }
+}
+
+/// One node of a cluster a job runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterNode {
+    /// Its loopback port.
+    pub port: u16,
+    /// Its pid, when the load generator started it.
+    pub pid: Option<u32>,
+}
+
+impl ClusterNode {
+    /// `port:pid,port:pid` (`port:-` without a pid).
+    pub fn list_arg(nodes: &[ClusterNode]) -> String {
+        let one = |n: &ClusterNode| match n.pid {
+            Some(p) => format!("{}:{p}", n.port),
+            None => format!("{}:-", n.port),
+        };
+        nodes.iter().map(one).collect::<Vec<_>>().join(",")
+    }
+
+    /// Parses what [`ClusterNode::list_arg`] wrote.
+    pub fn parse_list(v: &str) -> Result<Vec<ClusterNode>, String> {
+        v.split(',')
+            .map(|item| {
+                let (port, pid) = item
+                    .split_once(':')
+                    .ok_or(format!("--nodes: {item:?} is not port:pid"))?;
+                Ok(ClusterNode {
+                    port: port.parse().map_err(|e| format!("--nodes: {item}: {e}"))?,
+                    pid: pid.parse().ok(),
+                })
+            })
+            .collect()
     }
 }
 
@@ -267,6 +319,11 @@ impl Usage {
 
 /// Clock ticks per second of `/proc/*/stat` (`USER_HZ`, 100 on Linux/x86 and arm64).
 const USER_HZ: f64 = 100.0;
+
+/// User + system seconds of process `pid` (its own threads and reaped children).
+pub fn process_cpu_s(pid: u32) -> Option<f64> {
+    proc_cpu(&pid.to_string()).map(|c| c.0)
+}
 
 /// (user + system + children's user + system, own only) seconds of `/proc/PID/stat`.
 fn proc_cpu(pid: &str) -> Option<(f64, f64)> {
@@ -677,6 +734,8 @@ pub struct Phase {
     pub published: Arc<AtomicU64>,
     /// What the pacer cost, for a paced phase.
     pub pacer: Option<PacerStats>,
+    /// On a cluster: every node's CPU and bus counters at the start, and the nodes.
+    pub bus: Option<(BusSnapshot, Vec<ClusterNode>)>,
 }
 
 impl Phase {
@@ -688,6 +747,9 @@ impl Phase {
             deadline: Instant::now() + job.limit,
             published: Arc::default(),
             pacer: None,
+            bus: job
+                .is_cluster()
+                .then(|| (BusSnapshot::now(&job.nodes), job.nodes.clone())),
         }
     }
 
@@ -701,9 +763,29 @@ impl Phase {
     ) -> u64 {
         let (usage, start, pacer) = (&self.usage, self.start_ns, self.pacer);
         let published = &self.published;
-        finish_run(
+        let unique = finish_run(
             res, usage, trackers, expected, complete, start, pacer, published,
-        )
+        );
+        record_server_cost(res, self.bus.as_ref(), published.load(Ordering::Relaxed));
+        unique
+    }
+}
+
+/// The server's CPU per published message (`server_cpu_us_per_msg`); on a cluster also
+/// every node's share and the cluster-bus messages per publish (see
+/// [`BusSnapshot::record_since`]).
+pub fn record_server_cost(
+    res: &mut Res,
+    bus: Option<&(BusSnapshot, Vec<ClusterNode>)>,
+    published: u64,
+) {
+    match bus {
+        Some((before, nodes)) => before.record_since(res, nodes, published),
+        None => {
+            if let Some(cpu) = res.num("server_cpu_s").filter(|_| published > 0) {
+                res.setf("server_cpu_us_per_msg", cpu * 1e6 / published as f64);
+            }
+        }
     }
 }
 

@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
+use super::cluster;
+use super::cluster::BusSnapshot;
 use super::common::{
-    add_latency, await_deliveries, now_ns, parse_payload, payload, record_deliveries, settle,
-    tally, Flow, Job, Node, Pacer, Phase, Res, Tracker, Usage,
+    add_latency, await_deliveries, now_ns, parse_payload, payload, record_deliveries,
+    record_server_cost, settle, tally, Flow, Job, Node, Pacer, Phase, Res, Tracker, Usage,
 };
+use super::migration::{Ledger, Subject};
 
 /// Commands per pipeline at most (fewer when the depth is smaller).
 const PIPELINE: u64 = 256;
@@ -23,43 +26,63 @@ const SUBSCRIBE_CHUNK: usize = 10_000;
 
 /// Which client crate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub enum Kind {
+    /// The `redis` crate.
     Redis,
+    /// `fred`.
     Fred,
 }
 
-/// A publishing connection.
+/// A publishing connection (on a cluster: a cluster client, publishing with SPUBLISH).
 #[derive(Clone)]
-enum Pub {
+pub enum Pub {
+    /// The `redis` crate on one server.
     Redis(redis::aio::MultiplexedConnection),
-    Fred(fred::clients::Client),
+    /// The `redis` crate's cluster client.
+    RedisCluster(redis::cluster_async::ClusterConnection),
+    /// `fred`; `true` when it is a cluster client (SPUBLISH).
+    Fred(fred::clients::Client, bool),
 }
 
 impl Pub {
-    async fn connect(kind: Kind, url: String) -> Result<Pub, String> {
-        match kind {
-            Kind::Redis => {
-                let c = redis::Client::open(url).map_err(|e| e.to_string())?;
+    pub async fn connect(kind: Kind, job: Job) -> Result<Pub, String> {
+        let e = |e: &dyn std::fmt::Display| format!("{}: {e}", job.system);
+        match (kind, job.is_cluster()) {
+            (Kind::Redis, false) => {
+                let c = redis::Client::open(job.url.clone()).map_err(|x| e(&x))?;
                 Ok(Pub::Redis(
                     c.get_multiplexed_async_connection()
                         .await
-                        .map_err(|e| e.to_string())?,
+                        .map_err(|x| e(&x))?,
                 ))
             }
-            Kind::Fred => {
+            (Kind::Redis, true) => {
+                let c = redis::cluster::ClusterClient::new(cluster::redis_rs_urls(&job))
+                    .map_err(|x| e(&x))?;
+                Ok(Pub::RedisCluster(
+                    c.get_async_connection().await.map_err(|x| e(&x))?,
+                ))
+            }
+            (Kind::Fred, sharded) => {
                 use fred::prelude::*;
-                let cfg = Config::from_url(&url).map_err(|e| e.to_string())?;
-                let c = Builder::from_config(cfg)
+                let cfg = if sharded {
+                    Config::from_url_clustered(&cluster::fred_url(&job))
+                } else {
+                    Config::from_url(&job.url)
+                };
+                let c = Builder::from_config(cfg.map_err(|x| e(&x))?)
                     .build()
-                    .map_err(|e| e.to_string())?;
-                c.init().await.map_err(|e| e.to_string())?;
-                Ok(Pub::Fred(c))
+                    .map_err(|x| e(&x))?;
+                c.init().await.map_err(|x| e(&x))?;
+                Ok(Pub::Fred(c, sharded))
             }
         }
     }
 
-    /// Publishes every (channel, payload) as one pipeline and waits for the replies.
-    async fn pipeline(&mut self, batch: Vec<(String, Vec<u8>)>) -> Result<(), String> {
+    /// Publishes every (channel, payload) as one pipeline and waits for the replies (on a
+    /// cluster: every SPUBLISH at once, each routed to its slot's master; both clients
+    /// write commands issued together in one go).
+    pub async fn pipeline(&mut self, batch: Vec<(String, Vec<u8>)>) -> Result<(), String> {
         match self {
             Pub::Redis(con) => {
                 let mut p = redis::pipe();
@@ -68,7 +91,7 @@ impl Pub {
                 }
                 p.query_async::<()>(con).await.map_err(|e| e.to_string())
             }
-            Pub::Fred(c) => {
+            Pub::Fred(c, false) => {
                 use fred::prelude::*;
                 let p = c.pipeline();
                 for (ch, data) in batch {
@@ -80,57 +103,87 @@ impl Pub {
                 let _: Vec<i64> = p.all().await.map_err(|e| e.to_string())?;
                 Ok(())
             }
+            Pub::RedisCluster(_) | Pub::Fred(_, true) => {
+                let all = batch.into_iter().map(|(ch, data)| {
+                    let mut p = self.clone();
+                    async move { p.one(ch, data).await }
+                });
+                futures_util::future::join_all(all)
+                    .await
+                    .into_iter()
+                    .collect::<Result<Vec<()>, String>>()
+                    .map(drop)
+            }
         }
     }
 
-    async fn one(&mut self, ch: String, data: Vec<u8>) -> Result<(), String> {
-        match self {
+    /// Publishes one message and waits for its reply.
+    pub async fn one(&mut self, ch: String, data: Vec<u8>) -> Result<(), String> {
+        self.counted(ch, data).await.map(drop)
+    }
+
+    /// Publishes one message; Redis's reply: the subscribers it reached (on a cluster, those
+    /// on the node that answered).
+    pub async fn counted(&mut self, ch: String, data: Vec<u8>) -> Result<i64, String> {
+        let published = match self {
             Pub::Redis(con) => redis::cmd("PUBLISH")
                 .arg(ch)
                 .arg(data)
                 .query_async::<i64>(con)
                 .await
-                .map(drop)
                 .map_err(|e| e.to_string()),
-            Pub::Fred(c) => {
+            Pub::RedisCluster(con) => redis::cmd("SPUBLISH")
+                .arg(ch)
+                .arg(data)
+                .query_async::<i64>(con)
+                .await
+                .map_err(|e| e.to_string()),
+            Pub::Fred(c, sharded) => {
                 use fred::prelude::*;
-                c.publish::<i64, _, _>(ch, data.as_slice())
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
+                if *sharded {
+                    c.spublish::<i64, _, _>(ch, data.as_slice()).await
+                } else {
+                    c.publish::<i64, _, _>(ch, data.as_slice()).await
+                }
+                .map_err(|e| e.to_string())
             }
-        }
+        };
+        published
     }
 }
 
-/// A subscriber connection on its node: subscribes, then records every message.
-struct Sub {
+/// A subscriber connection on its node: subscribes, then hands every payload over.
+pub struct Sub {
     _node: Node,
 }
 
+/// What a subscriber does with each payload it receives.
+pub type OnMessage = Box<dyn FnMut(&[u8]) + Send>;
+
 impl Sub {
-    /// Subscribes `channels` (time until all confirmed is what S3 measures) and starts
-    /// consuming into `tracker` / `flow` (and latencies into `lat`).
+    /// Subscribes `channels` (time until all confirmed is what S3 measures; on a cluster
+    /// with SSUBSCRIBE, one command per hash slot) and starts handing every payload
+    /// received to `on_message`. `unsolicited` counts the `sunsubscribe` pushes a cluster
+    /// subscriber of the `redis` crate receives (`fred` drops them unseen).
     #[allow(clippy::too_many_arguments)]
-    fn start(
+    pub fn start(
         kind: Kind,
         job: &Job,
         name: &str,
         channels: Vec<String>,
         buffer: usize,
-        tracker: Arc<Tracker>,
-        flow: Arc<Flow>,
-        lat: Option<Arc<Mutex<Vec<u64>>>>,
+        mut on_message: OnMessage,
+        unsolicited: Arc<AtomicU64>,
     ) -> Result<Sub, String> {
         let node = Node::start(name);
-        let url = job.url.clone();
+        let job = job.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         node.rt.spawn(async move {
-            let mut rec = Recorder { tracker, flow, lat };
-            match kind {
-                Kind::Redis => {
+            let cluster = job.is_cluster();
+            match (kind, cluster) {
+                (Kind::Redis, false) => {
                     let setup = async {
-                        let c = redis::Client::open(url).map_err(|e| e.to_string())?;
+                        let c = redis::Client::open(job.url.clone()).map_err(|e| e.to_string())?;
                         let mut ps = c.get_async_pubsub().await.map_err(|e| e.to_string())?;
                         for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
                             ps.subscribe(chunk).await.map_err(|e| e.to_string())?;
@@ -147,23 +200,70 @@ impl Sub {
                     let _ = ready_tx.send(Ok(()));
                     let mut stream = ps.into_on_message();
                     while let Some(m) = stream.next().await {
-                        rec.record(m.get_payload_bytes());
+                        on_message(m.get_payload_bytes());
                     }
                 }
-                Kind::Fred => {
+                (Kind::Redis, true) => {
+                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                    let setup = async {
+                        let c =
+                            redis::cluster::ClusterClientBuilder::new(cluster::redis_rs_urls(&job))
+                                .use_protocol(redis::ProtocolVersion::RESP3)
+                                .push_sender(tx)
+                                .build()
+                                .map_err(|e| e.to_string())?;
+                        let mut con = c.get_async_connection().await.map_err(|e| e.to_string())?;
+                        for group in cluster::by_slot(&channels) {
+                            con.ssubscribe(group).await.map_err(|e| e.to_string())?;
+                        }
+                        Ok::<_, String>(con)
+                    };
+                    let con = match setup.await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    while let Some(push) = rx.recv().await {
+                        match (push.kind, push.data.get(1)) {
+                            (redis::PushKind::SMessage, Some(redis::Value::BulkString(p))) => {
+                                on_message(p)
+                            }
+                            (redis::PushKind::SUnsubscribe, _) => {
+                                unsolicited.fetch_add(1, Ordering::Relaxed);
+                            }
+                            _ => {}
+                        }
+                    }
+                    drop(con);
+                }
+                (Kind::Fred, _) => {
                     use fred::prelude::*;
                     let setup = async {
-                        let cfg = Config::from_url(&url).map_err(|e| e.to_string())?;
+                        let cfg = if cluster {
+                            Config::from_url_clustered(&cluster::fred_url(&job))
+                        } else {
+                            Config::from_url(&job.url)
+                        }
+                        .map_err(|e| e.to_string())?;
                         let sub = Builder::from_config(cfg)
                             .with_performance_config(|p| p.broadcast_channel_capacity = buffer)
                             .build_subscriber_client()
                             .map_err(|e| e.to_string())?;
                         sub.init().await.map_err(|e| e.to_string())?;
                         let rx = sub.message_rx();
-                        for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
-                            sub.subscribe(chunk.to_vec())
-                                .await
-                                .map_err(|e| e.to_string())?;
+                        if cluster {
+                            for group in cluster::by_slot(&channels) {
+                                sub.ssubscribe(group).await.map_err(|e| e.to_string())?;
+                            }
+                        } else {
+                            for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
+                                sub.subscribe(chunk.to_vec())
+                                    .await
+                                    .map_err(|e| e.to_string())?;
+                            }
                         }
                         Ok::<_, String>((sub, rx))
                     };
@@ -177,7 +277,7 @@ impl Sub {
                     let _ = ready_tx.send(Ok(()));
                     loop {
                         match rx.recv().await {
-                            Ok(m) => rec.record(m.value.as_bytes().unwrap_or_default()),
+                            Ok(m) => on_message(m.value.as_bytes().unwrap_or_default()),
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                             Err(_) => break,
                         }
@@ -201,6 +301,11 @@ struct Recorder {
 }
 
 impl Recorder {
+    /// The recorder as a subscriber's [`OnMessage`].
+    fn boxed(mut self) -> OnMessage {
+        Box::new(move |p| self.record(p))
+    }
+
     fn record(&mut self, p: &[u8]) {
         match parse_payload(p) {
             Some((seq, sent)) => {
@@ -220,7 +325,8 @@ impl Recorder {
     }
 }
 
-fn kind(job: &Job) -> Result<Kind, String> {
+/// Which peer a job names.
+pub fn kind(job: &Job) -> Result<Kind, String> {
     match job.system.as_str() {
         "redis-rs" => Ok(Kind::Redis),
         "fred" => Ok(Kind::Fred),
@@ -297,14 +403,17 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
             &format!("r{k}"),
             channels.clone(),
             buffer,
-            t.clone(),
-            flow.clone(),
-            lat.clone(),
+            Recorder {
+                tracker: t.clone(),
+                flow: flow.clone(),
+                lat: lat.clone(),
+            }
+            .boxed(),
+            Arc::default(),
         )?);
     }
     let a = Node::start("a");
-    let url = job.url.clone();
-    let p = a.run(Pub::connect(kind, url))?;
+    let p = a.run(Pub::connect(kind, job.clone()))?;
     let mut phase = Phase::begin(job);
     let deadline = phase.deadline;
     let published = phase.published.clone();
@@ -387,7 +496,7 @@ fn many_channels(job: &Job) -> Result<Vec<Res>, String> {
     let flow = Flow::new(1, job.window);
     let tracker = Tracker::new(n);
     let a = Node::start("a");
-    let p = a.run(Pub::connect(kind, job.url.clone()))?;
+    let p = a.run(Pub::connect(kind, job.clone()))?;
     let names = channels.clone();
     std::thread::sleep(Duration::from_millis(100));
     let before = Usage::now(job.server_pid);
@@ -398,9 +507,13 @@ fn many_channels(job: &Job) -> Result<Vec<Res>, String> {
         "b",
         names,
         (job.window as usize * 2).max(1024),
-        tracker.clone(),
-        flow.clone(),
-        None,
+        Recorder {
+            tracker: tracker.clone(),
+            flow: flow.clone(),
+            lat: None,
+        }
+        .boxed(),
+        Arc::default(),
     )?;
     let live_s = t0.elapsed().as_secs_f64();
     let after = Usage::now(job.server_pid);
@@ -416,6 +529,9 @@ fn many_channels(job: &Job) -> Result<Vec<Res>, String> {
         res.setf("join_server_cpu_s", x - y);
     }
     let usage = Usage::now(job.server_pid);
+    let bus = job
+        .is_cluster()
+        .then(|| (BusSnapshot::now(&job.nodes), job.nodes.clone()));
     let start_ns = now_ns();
     let deadline = Instant::now() + job.limit;
     let published = Arc::new(AtomicU64::new(0));
@@ -434,7 +550,98 @@ fn many_channels(job: &Job) -> Result<Vec<Res>, String> {
     res.add_usage(&usage, tally(trackers).1);
     settle();
     record_deliveries(&mut res, trackers, n, complete, start_ns, false);
+    record_server_cost(&mut res, bus.as_ref(), n);
     drop(a);
     drop(sub);
     Ok(vec![res])
+}
+
+/// How long one S7 publish may take before it counts as failed.
+const S7_PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A peer in S7: a cluster subscriber (SSUBSCRIBE per slot) on one node, a cluster client
+/// publishing with SPUBLISH on another.
+struct PeerSubject {
+    job: Job,
+    kind: Kind,
+    a: Node,
+    p: Pub,
+    _sub: Sub,
+    unsolicited: Arc<AtomicU64>,
+    ledger: Arc<Ledger>,
+    first_error: Arc<Mutex<Option<String>>>,
+}
+
+/// Starts a peer for S7 with every room subscribed.
+pub fn s7_subject(job: &Job, ledger: Arc<Ledger>) -> Result<Box<dyn Subject>, String> {
+    let kind = kind(job)?;
+    let channels: Vec<String> = (0..job.rooms).map(|i| job.channel(i)).collect();
+    let unsolicited: Arc<AtomicU64> = Arc::default();
+    let l = ledger.clone();
+    let sub = Sub::start(
+        kind,
+        job,
+        "s7-sub",
+        channels,
+        1 << 16,
+        Box::new(move |p| l.arrived(p)),
+        unsolicited.clone(),
+    )?;
+    let a = Node::start("s7-pub");
+    let p = a.run(Pub::connect(kind, job.clone()))?;
+    Ok(Box::new(PeerSubject {
+        job: job.clone(),
+        kind,
+        a,
+        p,
+        _sub: sub,
+        unsolicited,
+        ledger,
+        first_error: Arc::default(),
+    }))
+}
+
+impl Subject for PeerSubject {
+    fn channel(&self, room: usize) -> String {
+        self.job.channel(room)
+    }
+
+    fn send(&mut self, batch: Vec<(u64, usize, Vec<u8>)>) {
+        for (i, room, data) in batch {
+            let (mut p, ch, ledger) = (self.p.clone(), self.job.channel(room), self.ledger.clone());
+            let first_error = self.first_error.clone();
+            self.a.rt.spawn(async move {
+                let e = match tokio::time::timeout(S7_PUBLISH_TIMEOUT, p.counted(ch, data)).await {
+                    Ok(Ok(0)) => return ledger.unheard(i),
+                    Ok(Ok(_)) => return,
+                    Ok(Err(e)) => e,
+                    Err(_) => format!("no reply within {S7_PUBLISH_TIMEOUT:?}"),
+                };
+                ledger.failed(i);
+                first_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(e);
+            });
+        }
+    }
+
+    fn report(&mut self, res: &mut Res, _touched: &[usize], _event_ns: u64, _total: u64) {
+        if let Some(e) = self
+            .first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            res.set("first_publish_error", e);
+        }
+        match self.kind {
+            Kind::Redis => res.set(
+                "unsolicited_sunsubscribes_seen",
+                self.unsolicited.load(Ordering::Relaxed),
+            ),
+            // fred drops them before the application could see them.
+            Kind::Fred => res.set("unsolicited_sunsubscribes_seen", serde_json::Value::Null),
+        }
+    }
 }

@@ -13,9 +13,11 @@ use roomcast::{
 
 use roomcast::core::LinkId;
 
+use super::cluster::BusSnapshot;
 use super::common::{
-    add_latency, await_deliveries, now_ns, parse_payload, payload, record_deliveries, settle,
-    tally, wait_for, Flow, Job, Node, Pacer, Phase, Res, Tracker, Usage, STALL,
+    add_latency, await_deliveries, now_ns, parse_payload, payload, record_deliveries,
+    record_server_cost, settle, tally, wait_for, Flow, Job, Node, Pacer, Phase, Res, Tracker,
+    Usage, STALL,
 };
 
 /// One roomcast instance and its node.
@@ -32,7 +34,7 @@ fn config(job: &Job, name: &str) -> Result<Config, String> {
     // The peers do pub/sub only: S1–S3 compare the same work, so presence (a Redis hash
     // write per join) is off there unless the variant asks for it; S4–S6 use the defaults.
     c.presence = match job.scenario.as_str() {
-        "S1" | "S2" | "S3" => job.variant.ends_with("+presence"),
+        "S1" | "S2" | "S3" => job.variant.contains("+presence"),
         _ => c.presence,
     };
     // The same connections as a peer: one to publish, one to subscribe (the default pool of
@@ -57,7 +59,7 @@ fn start(job: &Job, name: &str, options: Options) -> Result<Inst, String> {
 }
 
 /// Member queues of `member_queue` messages, with no byte bound: the scenarios size their
-/// queues by count (S7 sets a byte bound through [`queue_options`]).
+/// queues by count (S8 sets a byte bound through [`queue_options`]).
 fn options(member_queue: usize) -> Options {
     Options {
         member_queue,
@@ -186,13 +188,13 @@ pub fn run(job: &Job) -> Result<Vec<Res>, String> {
         "S4" => fan_out(job),
         "S5" => churn(job),
         "S6" => recovery(job),
-        "S7" => throughput(job, true),
+        "S8" => throughput(job, true),
         s => Err(format!("unknown scenario {s}")),
     }
 }
 
-/// S1, S2 and S7: a publisher on instance A, one member per room on each receiving instance.
-/// Closed loop (S1, S2 one in flight) on node A; paced (S2 paced, S7) from the precise pacer
+/// S1, S2 and S8: a publisher on instance A, one member per room on each receiving instance.
+/// Closed loop (S1, S2 one in flight) on node A; paced (S2 paced, S8) from the precise pacer
 /// on this thread.
 fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
     let n = job.count;
@@ -285,7 +287,7 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
             .map(|w| w.dropped.load(Ordering::Relaxed))
             .sum::<u64>()
     };
-    let complete = if job.scenario == "S7" {
+    let complete = if job.scenario == "S8" {
         // Drops are expected here (that is the measurement): done when every message was
         // delivered or counted as dropped.
         let progress = || flow.deliveries() + dropped();
@@ -320,7 +322,7 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
         .map(|m| m.member_deliveries)
         .sum();
     res.set("handed_to_members", handed);
-    if job.scenario == "S7" {
+    if job.scenario == "S8" {
         res.setf(
             "dropped_pct",
             dropped() as f64 * 100.0 / expected.max(1) as f64,
@@ -376,6 +378,9 @@ fn many_rooms(job: &Job) -> Result<Vec<Res>, String> {
     let tracker = Tracker::new(n);
     consume(&b, members, tracker.clone(), flow.clone(), None, None);
     let usage = Usage::now(job.server_pid);
+    let bus = job
+        .is_cluster()
+        .then(|| (BusSnapshot::now(&job.nodes), job.nodes.clone()));
     let start_ns = now_ns();
     let deadline = Instant::now() + job.limit;
     publish_per_room(&a, rooms, job.size, flow.clone(), deadline);
@@ -384,6 +389,7 @@ fn many_rooms(job: &Job) -> Result<Vec<Res>, String> {
     res.add_usage(&usage, tally(trackers).1);
     settle();
     record_deliveries(&mut res, trackers, n, complete, start_ns, false);
+    record_server_cost(&mut res, bus.as_ref(), n);
     shutdown(vec![a, b]);
     Ok(vec![res])
 }
@@ -777,6 +783,68 @@ struct Outage {
     missed_rooms: u64,
 }
 
+/// Every message of a run accounted for by arrival and by `Event::Gap` reports.
+#[derive(Debug, Default, Clone, Copy)]
+struct GapTally {
+    /// Delivered.
+    delivered: u64,
+    /// Not delivered, and inside a reported gap.
+    in_gap: u64,
+    /// Neither delivered nor reported (must be none).
+    neither: u64,
+    /// Reported missing, yet delivered.
+    gap_but_delivered: u64,
+    /// Deliveries whose trailer sequence disagreed with the room's others.
+    base_conflicts: u64,
+}
+
+/// Accounts for messages `range` (message `i` went to room `i mod n`, the `k`-th message to
+/// a room carrying trailer sequence `base + k`) with the deliveries' (message number,
+/// trailer sequence) pairs `seqs`, the gaps reported per room (room index, missing trailer
+/// sequences) and whether message `i` arrived.
+fn gap_tally(
+    n: u64,
+    seqs: &[(u64, u64)],
+    reported: Vec<(u64, std::ops::RangeInclusive<u64>)>,
+    range: std::ops::Range<u64>,
+    has: impl Fn(u64) -> bool,
+) -> GapTally {
+    let mut base: Vec<Option<u64>> = vec![None; n as usize];
+    let mut t = GapTally::default();
+    for &(i, seq) in seqs {
+        let (room, k) = ((i % n) as usize, i / n);
+        let b0 = seq.wrapping_sub(k);
+        match base[room] {
+            None => base[room] = Some(b0),
+            Some(x) if x != b0 => t.base_conflicts += 1,
+            Some(_) => {}
+        }
+    }
+    let mut gaps: Vec<Vec<std::ops::RangeInclusive<u64>>> = vec![Vec::new(); n as usize];
+    for (room, g) in reported {
+        if let Some(v) = gaps.get_mut(room as usize) {
+            v.push(g);
+        }
+    }
+    for i in range {
+        let room = (i % n) as usize;
+        let in_gap = base[room].is_some_and(|b0| {
+            let seq = b0.wrapping_add(i / n);
+            gaps[room].iter().any(|g| g.contains(&seq))
+        });
+        match (has(i), in_gap) {
+            (true, false) => t.delivered += 1,
+            (true, true) => {
+                t.delivered += 1;
+                t.gap_but_delivered += 1;
+            }
+            (false, true) => t.in_gap += 1,
+            (false, false) => t.neither += 1,
+        }
+    }
+    t
+}
+
 /// S6: `rooms` live rooms on instance B, A publishing to them round-robin at `job.rate`
 /// before, during and after a `CLIENT KILL` of B's subscriber link. Reports how long until
 /// the link is up and every room live again, and accounts for every message published: it
@@ -970,42 +1038,14 @@ fn recovery(job: &Job) -> Result<Vec<Res>, String> {
     res.set("published", total);
     res.set("published_before_kill", published_at_kill);
     res.set("published_after_all_live", total - after_from);
-    // Per room, trailer sequence = base + k for the k-th message to it (message k·n + room);
-    // the base comes from the deliveries, and must be the same for all of a room's.
-    let mut base: Vec<Option<u64>> = vec![None; n as usize];
-    let mut base_conflicts = 0u64;
-    for &(i, t) in seqs.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        let (room, k) = ((i % n) as usize, i / n);
-        let b0 = t.wrapping_sub(k);
-        match base[room] {
-            None => base[room] = Some(b0),
-            Some(x) if x != b0 => base_conflicts += 1,
-            Some(_) => {}
-        }
-    }
-    let mut gaps: Vec<Vec<std::ops::RangeInclusive<u64>>> = vec![Vec::new(); n as usize];
-    for (room, g) in o.gaps {
-        if let Some(v) = gaps.get_mut(room as usize) {
-            v.push(g);
-        }
-    }
-    let (mut delivered, mut in_gap, mut neither, mut gap_but_delivered) = (0u64, 0, 0, 0);
-    for i in 0..total {
-        let room = (i % n) as usize;
-        let reported = base[room].is_some_and(|b0| {
-            let t = b0.wrapping_add(i / n);
-            gaps[room].iter().any(|g| g.contains(&t))
-        });
-        match (tracker.has(i), reported) {
-            (true, false) => delivered += 1,
-            (true, true) => {
-                delivered += 1;
-                gap_but_delivered += 1;
-            }
-            (false, true) => in_gap += 1,
-            (false, false) => neither += 1,
-        }
-    }
+    let seqs = std::mem::take(&mut *seqs.lock().unwrap_or_else(|p| p.into_inner()));
+    let GapTally {
+        delivered,
+        in_gap,
+        neither,
+        gap_but_delivered,
+        base_conflicts,
+    } = gap_tally(n, &seqs, o.gaps, 0..total, |i| tracker.has(i));
     let (received, unique, dups, bad, _) = tally(std::slice::from_ref(&tracker));
     res.set("delivered", delivered);
     res.set("expected", total);
@@ -1033,4 +1073,165 @@ fn recovery(job: &Job) -> Result<Vec<Res>, String> {
     );
     shutdown(vec![a, b]);
     Ok(vec![res])
+}
+
+/// What S7's event watcher saw on the subscribing instance: per room index, the times
+/// ([`now_ns`]) it was reported not live and live again, and every gap.
+#[derive(Debug, Default)]
+struct RoomWatch {
+    not_live: Vec<(u64, usize)>,
+    live: Vec<(u64, usize)>,
+    gaps: Vec<(u64, std::ops::RangeInclusive<u64>)>,
+}
+
+/// roomcast in S7: instance B holds one connection in every room (its stream recorded in the
+/// ledger), instance A publishes; B's events are watched.
+struct RcSubject {
+    job: Job,
+    namer: roomcast::core::ChannelNamer,
+    a: Inst,
+    /// The subscribing instance, kept running.
+    _b: Inst,
+    publisher: roomcast::Publisher,
+    ledger: Arc<super::migration::Ledger>,
+    seqs: Arc<Mutex<Vec<(u64, u64)>>>,
+    watch: Arc<Mutex<RoomWatch>>,
+    watching: Arc<AtomicBool>,
+}
+
+/// Starts roomcast for S7 with every room joined and live.
+pub fn s7_subject(
+    job: &Job,
+    ledger: Arc<super::migration::Ledger>,
+) -> Result<Box<dyn super::migration::Subject>, String> {
+    let rooms: Vec<String> = (0..job.rooms).map(|i| job.room(i)).collect();
+    let a = start(job, "a", options(1 << 16))?;
+    let b = start(job, "b", options(1 << 16))?;
+    let rc = b.rc.clone();
+    let mut events = b
+        .node
+        .run(async move { rc.events().await })
+        .map_err(|e| e.to_string())?;
+    let watch: Arc<Mutex<RoomWatch>> = Arc::default();
+    let watching = Arc::new(AtomicBool::new(true));
+    {
+        let (watch, watching) = (watch.clone(), watching.clone());
+        b.node.rt.spawn(async move {
+            let index = |room: &roomcast::core::RoomId| room.as_str().parse::<usize>().ok();
+            while watching.load(Ordering::Relaxed) {
+                let tick = Duration::from_millis(20);
+                let Ok(ev) = tokio::time::timeout(tick, events.next()).await else {
+                    continue;
+                };
+                let Some(ev) = ev else { break };
+                let t = now_ns();
+                let mut w = watch.lock().unwrap_or_else(|p| p.into_inner());
+                match ev {
+                    Event::RoomNotLive { room, .. } => {
+                        w.not_live.extend(index(&room).map(|r| (t, r)));
+                    }
+                    Event::RoomLive { room } => w.live.extend(index(&room).map(|r| (t, r))),
+                    Event::Gap { room, missing, .. } => {
+                        w.gaps.extend(index(&room).map(|r| (r as u64, missing)));
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+    let mut members = join_all(&b, rooms, "m".into())?;
+    let seqs: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+    {
+        let (ledger, seqs) = (ledger.clone(), seqs.clone());
+        b.node.rt.spawn(async move {
+            while let Some(msg) = members.next().await {
+                ledger.arrived(&msg.data);
+                if let (Some((i, _)), Some(t)) = (parse_payload(&msg.data), msg.origin) {
+                    seqs.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((i, t.seq));
+                }
+            }
+        });
+    }
+    let namer = roomcast::core::ChannelNamer::new(&job.prefix).map_err(|e| e.to_string())?;
+    let publisher = a.rc.publisher();
+    Ok(Box::new(RcSubject {
+        job: job.clone(),
+        namer,
+        a,
+        _b: b,
+        publisher,
+        ledger,
+        seqs,
+        watch,
+        watching,
+    }))
+}
+
+impl super::migration::Subject for RcSubject {
+    fn channel(&self, room: usize) -> String {
+        let id = roomcast::core::RoomId::new(&self.job.room(room), 256).expect("a valid room id");
+        String::from_utf8_lossy(&self.namer.room_channel(&id)).into_owned()
+    }
+
+    fn send(&mut self, batch: Vec<(u64, usize, Vec<u8>)>) {
+        let numbers: Vec<u64> = batch.iter().map(|m| m.0).collect();
+        let msgs: Vec<PubSubMessage> = batch
+            .into_iter()
+            .map(|(_, room, data)| message(&self.job.room(room), data))
+            .collect();
+        if self
+            .a
+            .node
+            .rt
+            .block_on(self.publisher.send_batch(msgs))
+            .is_err()
+        {
+            for i in numbers {
+                self.ledger.failed(i);
+            }
+        }
+    }
+
+    fn report(&mut self, res: &mut Res, touched: &[usize], event_ns: u64, total: u64) {
+        self.watching.store(false, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(40));
+        let w = std::mem::take(&mut *self.watch.lock().unwrap_or_else(|p| p.into_inner()));
+        let n = self.job.rooms as u64;
+        // Time from the event to each touched room's first RoomLive after it.
+        let mut live_ms: Vec<f64> = Vec::new();
+        let mut not_live = 0u64;
+        for &r in touched {
+            if w.not_live.iter().any(|&(t, x)| x == r && t >= event_ns) {
+                not_live += 1;
+            }
+            if let Some(t) = w
+                .live
+                .iter()
+                .filter(|&&(t, x)| x == r && t >= event_ns)
+                .map(|&(t, _)| t)
+                .min()
+            {
+                live_ms.push((t - event_ns) as f64 / 1e6);
+            }
+        }
+        live_ms.sort_by(f64::total_cmp);
+        res.set("touched_rooms_reported_not_live", not_live);
+        res.set("touched_rooms_reported_live_again", live_ms.len() as u64);
+        if let Some(&max) = live_ms.last() {
+            res.setf("room_live_event_ms_max", max);
+        }
+        res.set("gap_events", w.gaps.len() as u64);
+        let seqs = std::mem::take(&mut *self.seqs.lock().unwrap_or_else(|p| p.into_inner()));
+        let ledger = &self.ledger;
+        let t = gap_tally(n, &seqs, w.gaps, 0..total, |i| ledger.arrival(i).is_some());
+        res.set("lost_reported_as_gaps", t.in_gap);
+        res.set("lost_unreported", t.neither);
+        res.set("reported_missing_but_delivered", t.gap_but_delivered);
+        if let Some(m) = metrics(&self.a) {
+            res.set("roomcast_publish_failed", m.publish_failed);
+            res.set("roomcast_publish_refused", m.publish_refused);
+        }
+    }
 }
