@@ -69,14 +69,7 @@ impl State {
                 room,
                 reply,
             } => {
-                let result = self.attached(&conn, token).and_then(|()| {
-                    self.hub
-                        .leave(&room, conn.as_str(), now)
-                        .map_err(Error::from)
-                });
-                if result.is_ok() {
-                    self.conn_left(conn.as_str(), token);
-                }
+                let result = self.conn_leave(&conn, token, &room);
                 let _ = reply.send(result);
             }
             Command::ConnRooms { conn, token, reply } => {

@@ -123,7 +123,6 @@ impl State {
             Attached {
                 queue: queue.clone(),
                 token,
-                slot: None,
             },
         );
         Ok(Connection {
@@ -169,10 +168,9 @@ impl State {
             .join_many(&names, conn.as_str(), now)
             .map_err(batch_error)?;
         let slot: Option<ConnSlot> = self.hub.conn_slot(conn.as_str());
-        let Some(a) = self.conns.get_mut(conn) else {
+        let Some(a) = self.conns.get(conn) else {
             return Err(Error::Closed);
         };
-        a.slot = slot;
         let member = Member {
             queue: a.queue.clone(),
             token: a.token,
@@ -185,24 +183,22 @@ impl State {
         Ok(added)
     }
 
-    /// An attached connection left a room (or all): once it is in no room, the hub freed its
-    /// slot, and so does the dispatch index.
-    pub(super) fn conn_left(&mut self, conn: &str, token: u64) {
-        let Some(slot) = self
-            .conns
-            .get(conn)
-            .filter(|a| a.token == token)
-            .and_then(|a| a.slot)
-        else {
-            return;
-        };
-        if self.hub.conn_slot(conn) == Some(slot) {
-            return;
+    /// An attached connection leaves a room: once it is in no room, the hub frees its slot,
+    /// and so does the dispatch index.
+    pub(super) fn conn_leave(
+        &mut self,
+        conn: &ConnId,
+        token: u64,
+        room: &str,
+    ) -> Result<bool, Error> {
+        self.attached(conn, token)?;
+        let slot = self.hub.conn_slot(conn.as_str());
+        let now = self.now();
+        let left = self.hub.leave(room, conn.as_str(), now)?;
+        if let Some(slot) = slot.filter(|&s| self.hub.conn_slot(conn.as_str()) != Some(s)) {
+            self.clear_connection_slot(slot, token);
         }
-        if let Some(a) = self.conns.get_mut(conn) {
-            a.slot = None;
-        }
-        self.clear_connection_slot(slot, token);
+        Ok(left)
     }
 
     /// Clears a connection's entry in the dispatch index if it is still that connection's.
@@ -290,10 +286,10 @@ impl State {
         if self.conns.get(conn).is_none_or(|a| a.token != token) {
             return;
         }
-        let slot = self.conns.remove(conn).and_then(|a| {
+        if let Some(a) = self.conns.remove(conn) {
             a.queue.close();
-            a.slot
-        });
+        }
+        let slot = self.hub.conn_slot(conn.as_str());
         let now = self.now();
         if let Err(e) = self.hub.disconnect(conn.as_str(), now) {
             warn!(%e, "detaching a connection failed");

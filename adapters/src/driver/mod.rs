@@ -104,8 +104,6 @@ enum SlotTarget {
 struct Attached {
     queue: Arc<Queue<Arc<Message>>>,
     token: u64,
-    /// Its slot in the hub while it is in a room (none standalone-free: set at its joins).
-    slot: Option<ConnSlot>,
 }
 
 /// A `Connection::wait_live` call: the connection's rooms not yet live, in join order (the

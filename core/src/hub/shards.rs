@@ -531,8 +531,6 @@ impl Hub {
             }
             self.links[p].queue = kept;
         }
-        // Publish ids grow in publish order: sorting restores it across the links.
-        captured.sort_by_key(|q| q.id);
         let mine = Outgoing {
             id: o.id,
             bytes: Queued::Frame(frame),
@@ -555,6 +553,7 @@ impl Hub {
             all.push(mine);
         }
         all.extend(captured);
+        // Publish ids grow in publish order: sorting restores it across the links.
         all.sort_by_key(|q| q.id);
         for q in all {
             self.queued_total += 1;

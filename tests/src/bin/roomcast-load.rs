@@ -376,23 +376,8 @@ fn orchestrate(opts: &Opts) -> Result<bool, String> {
             if scenario == "S7" {
                 if let Some(c) = cluster.as_mut() {
                     for r in migration_runs(opts, &plan, c, &mut seq, &mut failovers) {
-                        let mut r = r;
-                        r.set("run", run as u64 + 1);
-                        if r.0.contains_key("error") {
-                            ok = false;
-                        }
-                        if opts.json {
-                            println!("{}", r.to_json());
-                        }
-                        eprintln!(
-                            "  [{:>5.1}s] run {} S7 {} {}: {}",
-                            started.elapsed().as_secs_f64(),
-                            run + 1,
-                            r.text("variant"),
-                            r.text("system"),
-                            short(&r)
-                        );
-                        all.push((run, r));
+                        let what = format!("S7 {} {}", r.text("variant"), r.text("system"));
+                        ok &= record(opts, started, run, &what, r, &mut all);
                     }
                 }
                 continue;
@@ -405,29 +390,16 @@ fn orchestrate(opts: &Opts) -> Result<bool, String> {
                 seq += 1;
                 let mut job = job;
                 job.prefix = format!("ld{}x{seq}", std::process::id());
-                let t = Instant::now();
-                let results = run_worker(&exe, &job);
-                for mut r in results {
-                    r.set("run", run as u64 + 1);
-                    if r.0.contains_key("error") {
-                        ok = false;
-                    }
-                    if opts.json {
-                        println!("{}", r.to_json());
-                    }
-                    eprintln!(
-                        "  [{:>5.1}s] run {} {} {} {} B {} {}: {}",
-                        started.elapsed().as_secs_f64(),
-                        run + 1,
+                for r in run_worker(&exe, &job) {
+                    let what = format!(
+                        "{} {} {} B {} {}",
                         job.scenario,
                         job.variant,
                         job.size,
                         config(&r),
-                        job.system,
-                        short(&r)
+                        job.system
                     );
-                    let _ = t;
-                    all.push((run, r));
+                    ok &= record(opts, started, run, &what, r, &mut all);
                 }
             }
         }
@@ -1271,4 +1243,29 @@ fn table(medians: &[Res], ratios: &[Res], runs: usize) -> String {
         }
     }
     t
+}
+
+/// Files one result of run `run`: numbered, printed (a JSON line with `--json`, a progress
+/// line on stderr) and kept for the medians. False if it carries an error.
+fn record(
+    opts: &Opts,
+    started: Instant,
+    run: usize,
+    what: &str,
+    mut r: Res,
+    all: &mut Vec<(usize, Res)>,
+) -> bool {
+    r.set("run", run as u64 + 1);
+    let ok = !r.0.contains_key("error");
+    if opts.json {
+        println!("{}", r.to_json());
+    }
+    eprintln!(
+        "  [{:>5.1}s] run {} {what}: {}",
+        started.elapsed().as_secs_f64(),
+        run + 1,
+        short(&r)
+    );
+    all.push((run, r));
+    ok
 }
