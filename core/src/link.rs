@@ -157,6 +157,12 @@ pub(crate) enum LinkTimer {
     Keepalive,
 }
 
+/// How many retired output blocks a link keeps a handle on (see [`Link::reserve_output`]).
+/// A handle on a block still in flight costs nothing (its frames hold it anyway); beyond
+/// this many, the oldest handle is let go and its block freed as before. 64 blocks of
+/// 64 KiB cover 4 MiB of publishes in flight.
+const MAX_RETIRED_BLOCKS: usize = 64;
+
 #[derive(Debug)]
 pub(crate) struct Link {
     pub id: LinkId,
@@ -168,6 +174,16 @@ pub(crate) struct Link {
     /// out before `out`, and its length.
     pub(crate) sealed: VecDeque<Bytes>,
     sealed_len: usize,
+    /// Output blocks `out` has moved on from, oldest first, each as its keeper (below): a
+    /// block whose frames are all confirmed and whose chunks are written is referenced by
+    /// its keeper alone and becomes the next block (see [`Link::reserve_output`]) instead of
+    /// going back to the allocator.
+    retired: VecDeque<(BytesMut, usize)>,
+    /// The keeper of the block `out` writes into, if `out` is one (not the small buffer a
+    /// handshake grew): an empty handle on the block's start, with the block's capacity.
+    keeper: Option<(BytesMut, usize)>,
+    /// Output blocks allocated (not reused) so far.
+    blocks_allocated: u64,
     /// How many publishes in `fifo` are [`Frame::Unsent`] (those written since the last
     /// [`Link::take_output`]); 0 spares `take_output` a look at the FIFO.
     pub unsent_frames: usize,
@@ -201,6 +217,9 @@ impl Link {
             out: BytesMut::new(),
             sealed: VecDeque::new(),
             sealed_len: 0,
+            retired: VecDeque::new(),
+            keeper: None,
+            blocks_allocated: 0,
             unsent_frames: 0,
             reader: Reader::new(config.server.protocol, frame_limits(config)),
             fifo: VecDeque::new(),
@@ -300,6 +319,11 @@ impl Link {
     /// sealed as a chunk of its own (its frames get their slices, as when handed out) and a
     /// new block of at least `block` bytes starts: growing `out` instead would copy
     /// everything written since the last hand-out into the new allocation.
+    ///
+    /// The new block is the oldest retired one when nothing refers to it any more (its
+    /// publishes confirmed, its chunks written): a pipeline that keeps publishes in flight
+    /// cycles through the same few allocations instead of faulting in fresh pages and
+    /// returning them to the allocator block after block.
     pub(crate) fn reserve_output(&mut self, len: usize, block: usize) {
         if self.out.capacity() - self.out.len() >= len {
             return;
@@ -309,7 +333,59 @@ impl Link {
             self.sealed_len += chunk.len();
             self.sealed.push_back(chunk);
         }
-        self.out.reserve(len.max(block));
+        let next = self.spare_block(len.max(block));
+        self.out = next;
+        let keeper = self.new_keeper();
+        if let Some(k) = self.keeper.replace(keeper) {
+            self.retired.push_back(k);
+            if self.retired.len() > MAX_RETIRED_BLOCKS {
+                self.retired.pop_front();
+            }
+        }
+    }
+
+    /// A keeper for the block `out` has just become.
+    fn new_keeper(&mut self) -> (BytesMut, usize) {
+        let cap = self.out.capacity();
+        (self.out.split_to(0), cap)
+    }
+
+    /// A block of at least `need` bytes: a retired one that is free, else a new allocation.
+    /// Blocks free up in the order they were filled (replies come in order), so the free
+    /// ones are at the front. One more free block is kept as a spare; the others go back to
+    /// the allocator.
+    fn spare_block(&mut self, need: usize) -> BytesMut {
+        // A keeper has no capacity of its own: reclaiming its block's succeeds exactly when
+        // nothing else refers to the block.
+        let mut free = 0;
+        for (keeper, cap) in self.retired.iter_mut() {
+            if !keeper.try_reclaim(*cap) {
+                break;
+            }
+            free += 1;
+        }
+        let mut block = None;
+        let mut spare = None;
+        for (b, cap) in self.retired.drain(..free) {
+            if block.is_none() && cap >= need {
+                block = Some(b);
+            } else if spare.is_none() {
+                spare = Some((b, cap));
+            }
+        }
+        if let Some(s) = spare {
+            self.retired.push_front(s);
+        }
+        block.unwrap_or_else(|| {
+            self.blocks_allocated += 1;
+            BytesMut::with_capacity(need)
+        })
+    }
+
+    /// Nothing is in flight: what a burst of publishes allocated goes back to the allocator
+    /// but for one spare block (and the one `out` writes into).
+    fn trim_retired(&mut self) {
+        self.retired.truncate(1);
     }
 
     /// The next bytes to transmit: sealed chunks first, then what `out` holds.
@@ -349,12 +425,16 @@ impl Link {
             Frame::Sent(frame) => frame.len(),
         };
         self.inflight_bytes = self.inflight_bytes.saturating_sub(len);
+        if self.inflight_publishes == 0 {
+            self.trim_retired();
+        }
     }
 
     /// Nothing is in flight any more (the link failed or closed).
     pub(crate) fn forget_inflight(&mut self) {
         self.inflight_publishes = 0;
         self.inflight_bytes = 0;
+        self.trim_retired();
     }
 
     /// Hands out everything written since the last call as one chunk, and gives each publish
@@ -365,10 +445,10 @@ impl Link {
     /// confirmed or failed. Replies come in order, so the allocations held are the one with
     /// the oldest unconfirmed publish and those after it: beyond the unconfirmed frames
     /// themselves (at most `max_inflight_publishes`, and `max_inflight_bytes` plus one frame
-    /// in all), about
-    /// one output block or chunk (a chunk is what `out` held, below `max_output_bytes` plus
-    /// one frame). That is what the private copies of each body this replaced held, plus
-    /// one buffer.
+    /// in all), about one output block or chunk (a chunk is what `out` held, below
+    /// `max_output_bytes` plus one frame), and one spare block kept for reuse (see
+    /// [`Link::reserve_output`]). That is what the private copies of each body this
+    /// replaced held, plus two buffers.
     pub(crate) fn take_output(&mut self) -> Bytes {
         let chunk = self.out.split().freeze();
         let mut left = std::mem::take(&mut self.unsent_frames);
@@ -576,5 +656,67 @@ mod tests {
             handshake_error(Step::Select, b"ERR DB index is out of range"),
             LinkError::Handshake(_)
         ));
+    }
+
+    /// Writes one publish of `len` bytes to `l` (its frame is kept as an unsent slice) and
+    /// hands the output out, dropping the chunk as a written one is.
+    fn write_one(l: &mut Link, id: u64, len: usize, block: usize, now: Instant) {
+        l.reserve_output(len, block);
+        let start = l.out.len();
+        l.out.extend_from_slice(&vec![b'x'; len]);
+        l.push_written(PublishId(id), start, now);
+        drop(l.take_output());
+    }
+
+    /// Answers the oldest request, a publish.
+    fn answer_oldest(l: &mut Link) {
+        let Some((_, Request::Publish(w))) = l.fifo.pop_front() else {
+            panic!("the oldest request is not a publish");
+        };
+        l.publish_answered(&w);
+    }
+
+    #[test]
+    fn output_blocks_are_reused_once_their_publishes_are_answered() {
+        let now = Instant::now();
+        let mut l = Link::new(LinkId(1), LinkRole::Publisher, &Config::default(), now);
+        // Blocks of 1,024 bytes hold one publish of 600 each.
+        write_one(&mut l, 0, 600, 1024, now);
+        assert_eq!(l.blocks_allocated, 1);
+        // Publish 0 holds block A: publish 1 needs a new block.
+        write_one(&mut l, 1, 600, 1024, now);
+        assert_eq!(l.blocks_allocated, 2);
+        write_one(&mut l, 2, 600, 1024, now);
+        assert_eq!(l.blocks_allocated, 3);
+        // Publish 0 answered: A is free, and it is the next block (no allocation).
+        answer_oldest(&mut l);
+        write_one(&mut l, 3, 600, 1024, now);
+        assert_eq!(l.blocks_allocated, 3, "the free block was not reused");
+        // Publish 1 unanswered holds its block: the next one is new.
+        write_one(&mut l, 4, 600, 1024, now);
+        assert_eq!(l.blocks_allocated, 4);
+        // Every frame is intact, though its block was reused.
+        for (i, (_, req)) in l.fifo.iter().enumerate() {
+            let Request::Publish(Written {
+                id,
+                frame: Frame::Sent(f),
+                ..
+            }) = req
+            else {
+                panic!("a publish frame was not handed out");
+            };
+            assert_eq!(id.0, i as u64 + 1);
+            assert_eq!(&f[..], &[b'x'; 600][..]);
+        }
+        assert!(l.retired.len() >= 2);
+        // Nothing in flight: one spare block is kept, the rest let go.
+        while !l.fifo.is_empty() {
+            answer_oldest(&mut l);
+        }
+        assert_eq!(l.inflight_publishes, 0);
+        assert_eq!(l.retired.len(), 1);
+        // The spare block is the next one.
+        write_one(&mut l, 5, 600, 1024, now);
+        assert_eq!(l.blocks_allocated, 4);
     }
 }

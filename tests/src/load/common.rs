@@ -506,52 +506,48 @@ impl Flow {
         }
     }
 
-    /// The window: messages a publisher may have outstanding (the peers size their
-    /// pipelines by it).
-    #[cfg_attr(not(feature = "peers"), expect(dead_code))]
-    pub fn window(&self) -> u64 {
-        self.window
-    }
-
     /// Deliveries so far.
     pub fn deliveries(&self) -> u64 {
         self.delivered.load(Ordering::Relaxed)
     }
 
-    /// Whether message number `published` may be sent now, without waiting.
-    pub fn ready(&self, published: u64) -> bool {
-        published < self.window
-            || self.delivered.load(Ordering::SeqCst)
-                >= published.saturating_sub(self.window) * self.per_msg
+    /// Messages numbered below this may be sent: the window beyond the complete ones.
+    fn allowed(&self) -> u64 {
+        self.window + self.delivered.load(Ordering::SeqCst) / self.per_msg
     }
 
-    /// Waits until message number `next` (counting from 0) may be sent: fewer than `window`
-    /// messages outstanding. `handed_out` messages (all numbered below it) were sent before,
-    /// so at most that many can complete while waiting. Returns false if `deadline` passed
-    /// first.
-    pub async fn admit(&self, next: u64, handed_out: u64, deadline: tokio::time::Instant) -> bool {
+    /// The next batch of a closed-loop publisher, by one rule for every system so that all
+    /// of them do the same work at the same depth: wait until at least half the window (or
+    /// every message left, if fewer) may be sent, then take every message the window
+    /// allows. Returns the end (exclusive) of the batch that starts at `next`, of `n`
+    /// messages in all; `None` if `deadline` passed first.
+    pub async fn next_batch(
+        &self,
+        next: u64,
+        n: u64,
+        deadline: tokio::time::Instant,
+    ) -> Option<u64> {
+        let want = (self.window / 2).max(1).min(n.saturating_sub(next)).max(1);
         loop {
-            if self.ready(next) {
-                return true;
+            let allowed = self.allowed();
+            if allowed >= next + want {
+                return Some(allowed.min(n));
             }
-            let need = next.saturating_sub(self.window) * self.per_msg;
-            // Wake when half the window is free again (fewer wake-ups than one per message),
-            // but never later than the last message handed out can complete: a pipeline asks
-            // for its last message before any of its own are out.
-            let half = next.saturating_sub(self.window / 2) * self.per_msg;
-            let wake = half.min(handed_out * self.per_msg).max(need);
-            self.wake_at.store(wake, Ordering::SeqCst);
+            // `allowed < next + want` and `allowed >= window`, so this is positive.
+            let need = (next + want - self.window) * self.per_msg;
+            self.wake_at.store(need, Ordering::SeqCst);
             if self.delivered.load(Ordering::SeqCst) >= need {
                 self.wake_at.store(u64::MAX, Ordering::SeqCst);
-                return true;
+                continue;
             }
+            // Slices, so that even a missed wake-up costs at most 100 ms, never the run.
             let slice = tokio::time::Instant::now() + Duration::from_millis(100);
             if tokio::time::timeout_at(slice.min(deadline), self.notify.notified())
                 .await
                 .is_err()
                 && tokio::time::Instant::now() >= deadline
             {
-                return false;
+                return None;
             }
         }
     }

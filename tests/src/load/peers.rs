@@ -19,8 +19,6 @@ use super::common::{
 };
 use super::migration::{Ledger, Subject};
 
-/// Commands per pipeline at most (fewer when the depth is smaller).
-const PIPELINE: u64 = 256;
 /// Channels per SUBSCRIBE call.
 const SUBSCRIBE_CHUNK: usize = 10_000;
 
@@ -345,9 +343,9 @@ pub fn run(job: &Job) -> Result<Vec<Res>, String> {
 }
 
 /// Publishes message `i` (for `i` in `0..n`) to `channel(i)` from node `a` in pipelines,
-/// as many in flight as `flow`'s window (the depth) allows: one task admits each pipeline in
-/// turn and hands it to a task of its own, which writes it at once and waits for its
-/// replies; counts into `published`.
+/// one per batch of `flow`'s rule ([`Flow::next_batch`], the rule roomcast's publisher
+/// follows too): each is handed to a task of its own, which writes it at once and waits
+/// for its replies; counts into `published`.
 #[allow(clippy::too_many_arguments)]
 fn pipelined(
     a: &Node,
@@ -359,16 +357,14 @@ fn pipelined(
     deadline: Instant,
     published: Arc<AtomicU64>,
 ) {
-    let per = flow.window().clamp(1, PIPELINE);
     let rt = a.rt.clone();
     a.rt.spawn(async move {
         let tdeadline = tokio::time::Instant::from_std(deadline);
         let mut first = 0;
         while first < n {
-            let end = (first + per).min(n);
-            if !flow.admit(end - 1, first, tdeadline).await {
+            let Some(end) = flow.next_batch(first, n, tdeadline).await else {
                 break;
-            }
+            };
             let batch: Vec<(String, Vec<u8>)> = (first..end)
                 .map(|i| (channel(i), payload(i, now_ns(), size)))
                 .collect();
@@ -378,7 +374,7 @@ fn pipelined(
                     published.fetch_add(end - first, Ordering::Relaxed);
                 }
             });
-            // Let the pipeline's task write it before admitting the next.
+            // Let the pipeline's task write it before waiting for the next batch.
             tokio::task::yield_now().await;
             first = end;
         }

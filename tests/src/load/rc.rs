@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{stream, SinkExt, StreamExt};
+use futures_util::{stream, StreamExt};
 use roomcast::{
     Builder, Config, Connection, Event, Membership, MessageType, Options, PubSubMessage, Roomcast,
 };
@@ -250,34 +250,33 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
         a.node.rt.spawn(async move {
             let tdeadline = tokio::time::Instant::from_std(deadline);
             let mut p = rc.publisher();
-            for i in 0..n {
-                // The window is full: hand over what is gathered, then wait.
-                if !one && !flow.ready(i) {
-                    if p.flush().await.is_err() {
+            let msg = |i: u64| message(&rooms[(i % r) as usize], payload(i, now_ns(), size));
+            if one {
+                // One in flight: each message alone, the next once every receiver has it.
+                for i in 0..n {
+                    if p.send(msg(i)).await.is_err() {
                         break;
                     }
-                    if !flow.admit(i, i, tdeadline).await {
+                    published.fetch_add(1, Ordering::Relaxed);
+                    if !flow.wait_done(i, tdeadline).await {
                         break;
                     }
                 }
-                let room = &rooms[(i % r) as usize];
-                let msg = message(room, payload(i, now_ns(), size));
-                // Closed loop: the publisher's Sink gathers batches (the explicit pipeline,
-                // as the peers use); one in flight: every message at once.
-                let sent = if one {
-                    p.send(msg).await
-                } else {
-                    p.feed(msg).await
-                };
-                if sent.is_err() {
-                    break;
-                }
-                published.fetch_add(1, Ordering::Relaxed);
-                if one && !flow.wait_done(i, tdeadline).await {
-                    break;
-                }
+                return;
             }
-            let _ = p.flush().await;
+            // Closed loop: batches by the window's rule, each handed over at once (the
+            // peers send each batch as one pipeline).
+            let mut first = 0;
+            while first < n {
+                let Some(end) = flow.next_batch(first, n, tdeadline).await else {
+                    break;
+                };
+                if p.send_batch((first..end).map(msg)).await.is_err() {
+                    break;
+                }
+                published.fetch_add(end - first, Ordering::Relaxed);
+                first = end;
+            }
         });
     }
     let expected = n * receivers.len() as u64;
@@ -408,20 +407,20 @@ fn publish_per_room(
     a.node.rt.spawn(async move {
         let tdeadline = tokio::time::Instant::from_std(deadline);
         let mut p = rc.publisher();
-        for (i, room) in rooms.iter().enumerate() {
-            let i = i as u64;
-            if !flow.ready(i) && (p.flush().await.is_err() || !flow.admit(i, i, tdeadline).await) {
+        let n = rooms.len() as u64;
+        let mut first = 0;
+        while first < n {
+            let Some(end) = flow.next_batch(first, n, tdeadline).await else {
+                break;
+            };
+            let batch =
+                (first..end).map(|i| message(&rooms[i as usize], payload(i, now_ns(), size)));
+            if p.send_batch(batch).await.is_err() {
                 break;
             }
-            if p.feed(message(room, payload(i, now_ns(), size)))
-                .await
-                .is_err()
-            {
-                break;
-            }
-            p2.fetch_add(1, Ordering::Relaxed);
+            p2.fetch_add(end - first, Ordering::Relaxed);
+            first = end;
         }
-        let _ = p.flush().await;
     });
     published
 }
