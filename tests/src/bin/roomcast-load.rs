@@ -685,12 +685,14 @@ fn short(r: &Res) -> String {
     let f = |k: &str| r.num(k).map_or("-".to_string(), human);
     match r.text("scenario").as_str() {
         "S1" => format!(
-            "{} msg/s, {}/{} delivered, exactly once {}, {} CPU s per M",
+            "{} msg/s, {}/{} delivered, exactly once {}, {} CPU s per M ({} user, {} kernel)",
             f("msgs_per_s"),
             f("delivered"),
             f("expected"),
             r.text("exactly_once"),
-            f("cpu_s_per_m")
+            f("cpu_s_per_m"),
+            f("user_s_per_m"),
+            f("sys_s_per_m")
         ),
         "S2" => format!(
             "p50 {} p99 {} p999 {} max {} µs, {}/{} delivered, exactly once {}, pacer CPU {} s",
@@ -882,6 +884,8 @@ fn ratios(medians: &[Res]) -> Vec<Res> {
             for (field, name) in [
                 ("msgs_per_s", "msgs_per_s_ratio"),
                 ("cpu_s_per_m", "cpu_per_msg_ratio"),
+                ("user_s_per_m", "user_cpu_per_msg_ratio"),
+                ("sys_s_per_m", "sys_cpu_per_msg_ratio"),
                 ("p50_us", "p50_ratio"),
                 ("p99_us", "p99_ratio"),
                 ("p999_us", "p999_ratio"),
@@ -1219,6 +1223,8 @@ fn table(medians: &[Res], ratios: &[Res], runs: usize) -> String {
             for (k, name) in [
                 ("msgs_per_s_ratio", "msg/s"),
                 ("cpu_per_msg_ratio", "CPU/msg"),
+                ("user_cpu_per_msg_ratio", "user"),
+                ("sys_cpu_per_msg_ratio", "kernel"),
                 ("server_cpu_per_msg_ratio", "server CPU/msg"),
                 ("p50_ratio", "p50"),
                 ("p99_ratio", "p99"),

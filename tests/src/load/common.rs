@@ -269,9 +269,16 @@ impl Res {
     pub fn add_usage(&mut self, before: &Usage, delivered: u64) {
         let after = Usage::now(before.server_pid);
         let cpu = after.cpu_s - before.cpu_s;
+        let sys = after.sys_s - before.sys_s;
         self.setf("client_cpu_s", cpu);
+        self.setf("client_sys_s", sys);
         if delivered > 0 {
-            self.setf("cpu_s_per_m", cpu / (delivered as f64 / 1e6));
+            let per_m = delivered as f64 / 1e6;
+            self.setf("cpu_s_per_m", cpu / per_m);
+            // Where it went: the kernel (system calls, the TCP stack, wake-ups) and the
+            // process's own code.
+            self.setf("sys_s_per_m", sys / per_m);
+            self.setf("user_s_per_m", (cpu - sys) / per_m);
         }
         if let (Some(a), Some(b)) = (after.server_cpu_s, before.server_cpu_s) {
             self.setf("server_cpu_s", a - b);
@@ -291,6 +298,8 @@ pub struct Usage {
     pub at: Instant,
     /// User + system seconds of this process and its reaped children.
     pub cpu_s: f64,
+    /// The system (kernel) part of `cpu_s`.
+    pub sys_s: f64,
     /// The server's user + system seconds.
     pub server_cpu_s: Option<f64>,
     /// The server's pid.
@@ -304,12 +313,13 @@ pub struct Usage {
 impl Usage {
     /// Reads `/proc` now.
     pub fn now(server_pid: Option<u32>) -> Usage {
-        let (cpu_s, _) = proc_cpu("self").unwrap_or((0.0, 0.0));
+        let c = proc_cpu("self").unwrap_or_default();
         let (rss_kb, hwm_kb) = rss_kb();
         Usage {
             at: Instant::now(),
-            cpu_s,
-            server_cpu_s: server_pid.and_then(|p| proc_cpu(&p.to_string()).map(|c| c.0)),
+            cpu_s: c.total,
+            sys_s: c.sys,
+            server_cpu_s: server_pid.and_then(|p| proc_cpu(&p.to_string()).map(|c| c.total)),
             server_pid,
             rss_kb,
             hwm_kb,
@@ -322,11 +332,22 @@ const USER_HZ: f64 = 100.0;
 
 /// User + system seconds of process `pid` (its own threads and reaped children).
 pub fn process_cpu_s(pid: u32) -> Option<f64> {
-    proc_cpu(&pid.to_string()).map(|c| c.0)
+    proc_cpu(&pid.to_string()).map(|c| c.total)
 }
 
-/// (user + system + children's user + system, own only) seconds of `/proc/PID/stat`.
-fn proc_cpu(pid: &str) -> Option<(f64, f64)> {
+/// CPU seconds of a process, from `/proc/PID/stat`.
+#[derive(Debug, Clone, Copy, Default)]
+struct ProcCpu {
+    /// User + system, of its own threads and its reaped children.
+    total: f64,
+    /// The system (kernel) part of `total`.
+    sys: f64,
+    /// User + system of its own threads only (of the one thread, for `thread-self`).
+    own: f64,
+}
+
+/// CPU seconds of `/proc/PID/stat` (`PID` may be `self`).
+fn proc_cpu(pid: &str) -> Option<ProcCpu> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &s[s.rfind(')')? + 2..];
     let f: Vec<u64> = rest
@@ -334,9 +355,12 @@ fn proc_cpu(pid: &str) -> Option<(f64, f64)> {
         .map(|x| x.parse().unwrap_or(0))
         .collect();
     // After the command: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14).
-    let own = (f.get(11)? + f.get(12)?) as f64 / USER_HZ;
-    let children = (f.get(13)? + f.get(14)?) as f64 / USER_HZ;
-    Some((own + children, own))
+    let (user, sys) = (f.get(11)? + f.get(13)?, f.get(12)? + f.get(14)?);
+    Some(ProcCpu {
+        total: (user + sys) as f64 / USER_HZ,
+        sys: sys as f64 / USER_HZ,
+        own: (f.get(11)? + f.get(12)?) as f64 / USER_HZ,
+    })
 }
 
 /// (VmRSS, VmHWM) of this process in kB.
@@ -685,7 +709,7 @@ impl Pacer {
 
 /// The calling thread's CPU seconds (user + system, `/proc/thread-self/stat`).
 pub fn thread_cpu_s() -> f64 {
-    proc_cpu("thread-self").map_or(0.0, |c| c.1)
+    proc_cpu("thread-self").map_or(0.0, |c| c.own)
 }
 
 /// Records in `res` what `trackers` (one per receiver) counted since `start_ns`:
@@ -809,6 +833,9 @@ pub fn finish_run(
         res.set("pacer_sends", p.sends);
         res.setf("pacer_max_late_us", p.max_late_us);
         res.setf("client_cpu_s", (cpu - p.cpu_s).max(0.0));
+        // The pacer's time is not split into user and kernel: no split for paced runs.
+        res.0.remove("sys_s_per_m");
+        res.0.remove("user_s_per_m");
         if at_completion > 0 {
             res.setf(
                 "cpu_s_per_m",
