@@ -366,7 +366,7 @@ fn pipelined(
                 break;
             };
             let batch: Vec<(String, Vec<u8>)> = (first..end)
-                .map(|i| (channel(i), payload(i, now_ns(), size)))
+                .map(|i| (channel(i), payload(i, 0, size)))
                 .collect();
             let (mut p, published) = (p.clone(), published.clone());
             rt.spawn(async move {

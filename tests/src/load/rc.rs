@@ -250,7 +250,11 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
         a.node.rt.spawn(async move {
             let tdeadline = tokio::time::Instant::from_std(deadline);
             let mut p = rc.publisher();
-            let msg = |i: u64| message(&rooms[(i % r) as usize], payload(i, now_ns(), size));
+            // The send time only where latency is measured (one in flight).
+            let msg = |i: u64| {
+                let sent = if one { now_ns() } else { 0 };
+                message(&rooms[(i % r) as usize], payload(i, sent, size))
+            };
             if one {
                 // One in flight: each message alone, the next once every receiver has it.
                 for i in 0..n {
@@ -413,8 +417,7 @@ fn publish_per_room(
             let Some(end) = flow.next_batch(first, n, tdeadline).await else {
                 break;
             };
-            let batch =
-                (first..end).map(|i| message(&rooms[i as usize], payload(i, now_ns(), size)));
+            let batch = (first..end).map(|i| message(&rooms[i as usize], payload(i, 0, size)));
             if p.send_batch(batch).await.is_err() {
                 break;
             }
