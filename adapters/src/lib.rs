@@ -81,7 +81,8 @@
 //!     is reported not live (2) and subscribed on the new owner, missed messages show up as
 //!     gaps (3), a publish answered `-MOVED` is sent again to the new owner in its room's
 //!     order (1) or fails with `PublishError::Redirected` (4), and the probe covers every
-//!     subscriber link (5). The core's `cluster_routing` tests and the simulation's cluster
+//!     subscriber link, also once its control channel's slot has moved (the link is reopened,
+//!     `LinkError::ControlMoved`) (5). The core's `cluster_routing` tests and the simulation's cluster
 //!     tests check this against a scripted and a model cluster; `cluster.rs` against a real
 //!     one.
 //!

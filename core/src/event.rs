@@ -368,6 +368,10 @@ pub enum LinkError {
     /// over); the link is closed for good, and its rooms and publishes went to their slots'
     /// new owners.
     Retired,
+    /// Cluster mode: the slot of the subscriber's control channel moved to another shard.
+    /// The probe can no longer vouch for the link's room subscriptions (one could have gone
+    /// deaf unseen), so the link was reopened and its rooms subscribed again.
+    ControlMoved,
 }
 
 impl fmt::Display for LinkError {
@@ -401,6 +405,10 @@ impl fmt::Display for LinkError {
             LinkError::Retired => write!(
                 f,
                 "the node owns no hash slot any more (slots moved or the shard failed over); its rooms and publishes moved to the new owners"
+            ),
+            LinkError::ControlMoved => write!(
+                f,
+                "the slot of the subscriber's control channel moved to another shard; the link was reopened so that the probe checks its subscriptions again"
             ),
         }
     }

@@ -39,6 +39,15 @@ impl Hub {
                     self.controls[idx].dropped(self.shutting_down);
                     if cluster && was_live {
                         self.request_refresh(now);
+                        // The control channel's slot moved. The probe vouched for the
+                        // link's room subscriptions through it; a new control channel,
+                        // subscribed after them, could not tell whether they went deaf
+                        // meanwhile (redis/redis#12558 deafens every subscription a node
+                        // holds at the time). The link starts over, so that its rooms are
+                        // subscribed again after a control channel that the probe checks.
+                        if !self.shutting_down && self.links[idx].is_ready() {
+                            self.link_failed(idx, LinkError::ControlMoved, true, now);
+                        }
                     }
                     return;
                 }

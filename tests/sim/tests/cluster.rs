@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use roomcast_core::{Config, Event, LinkRole, NotLiveReason, Publish, RoomState};
+use roomcast_core::{Config, Event, LinkError, LinkRole, NotLiveReason, Publish, RoomState};
 use roomcast_sim::harness::Observed;
 use roomcast_sim::model::{command_bytes, slot_of, ClusterLayout};
 use roomcast_sim::oracle::Oracle;
@@ -747,8 +747,11 @@ fn control_channels(w: &World, n: usize) -> Vec<(usize, Vec<u8>)> {
 }
 
 /// The slot of a shard's probe channel moves away (the hub names it after the shard's first
-/// slot): the server drops that channel; the hub picks a channel of a slot the shard still
-/// owns, its probes verify the link again, and the shard's rooms never stop being live.
+/// slot): the server drops that channel. The probe can no longer vouch for the rooms
+/// subscribed on that link (one may have gone deaf unseen, which a new control channel
+/// subscribed after them would not show), so the link is reopened once
+/// (`LinkError::ControlMoved`); the hub picks a channel of a slot the shard still owns, its
+/// probes verify the link again, and the shard's rooms are live again.
 #[test]
 fn the_probe_channel_follows_when_its_slot_moves() {
     for protocol in ["resp2", "resp3"] {
@@ -804,11 +807,25 @@ fn the_probe_channel_follows_when_its_slot_moves() {
             verified_after > verified_before,
             "{protocol}: probes verify again"
         );
+        let live = w.liveness(0, &room);
         assert_eq!(
-            w.liveness(0, &room),
-            vec![true],
-            "{protocol}: the room never stopped being live"
+            (live.first(), live.last()),
+            (Some(&true), Some(&true)),
+            "{protocol}: the room is live again: {live:?}"
         );
+        let reopened = w.seen[0]
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Event::LinkDown {
+                        cause: LinkError::ControlMoved,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(reopened, 1, "{protocol}: the subscriber was reopened once");
         w.finish();
     }
 }
@@ -1029,4 +1046,25 @@ fn every_link_killed_recovers_on_every_shard() {
             );
         }
     }
+}
+
+/// Found by the `cluster_operations` property test: a room's slot moves to shard 2, shard 2
+/// fails over (the hub subscribes its rooms on the new master), that master's subscriptions
+/// go deaf (redis/redis#12558), and the slot moves on. The slot that moved was the one the
+/// hub's control channel for shard 2 was named after, so the server dropped that channel,
+/// and a new one, subscribed after the deafness, kept the probe passing while room `a` stayed
+/// deaf for good. Now the link is reopened when its control channel goes
+/// (`LinkError::ControlMoved`), and every member gets every message after recovery.
+#[test]
+fn a_deaf_link_whose_control_channel_moved_is_reopened() {
+    use roomcast_sim::fuzz::{run_cluster_operations, ClusterOp};
+    let ops = [
+        ClusterOp::Migrate(3, 2),
+        ClusterOp::ManualFailover(2),
+        ClusterOp::Advance(0),
+        ClusterOp::Deaf(7),
+        ClusterOp::Migrate(3, 0),
+    ];
+    run_cluster_operations(false, Split::Random(64), 7094, &ops);
+    run_cluster_operations(true, Split::Whole, 7094, &ops);
 }
