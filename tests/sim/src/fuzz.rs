@@ -256,3 +256,19 @@ pub fn room_channel(data: &[u8]) {
         }
     }
 }
+
+/// Up to `max` operations decoded from what `u` has left, stopping at the first that does
+/// not decode (the fuzz targets' input is a setup, then operations to its end).
+fn decode_ops<'a, T: arbitrary::Arbitrary<'a>>(
+    u: &mut arbitrary::Unstructured<'a>,
+    max: usize,
+) -> Vec<T> {
+    let mut ops = Vec::new();
+    while ops.len() < max {
+        match T::arbitrary(u) {
+            Ok(op) => ops.push(op),
+            Err(_) => break,
+        }
+    }
+    ops
+}

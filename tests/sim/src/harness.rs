@@ -239,6 +239,21 @@ impl Sim {
             .expect("a simulation made with Sim::new_cluster")
     }
 
+    /// Forgets from `unconfirmed` (hub, publish id) the publishes whose outcome
+    /// (`PublishConfirmed` or `PublishFailed`) is in the log; read it before an oracle
+    /// drains the log.
+    pub fn forget_settled(&self, unconfirmed: &mut BTreeSet<(usize, u64)>) {
+        for o in &self.log {
+            if let Observed::Event(
+                i,
+                Event::PublishConfirmed { id, .. } | Event::PublishFailed { id, .. },
+            ) = o
+            {
+                unconfirmed.remove(&(*i, id.0));
+            }
+        }
+    }
+
     /// The cluster (panics for a simulation against one server).
     pub fn cluster(&self) -> &ModelCluster {
         self.cluster

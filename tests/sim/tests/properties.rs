@@ -12,7 +12,6 @@ use std::time::Duration;
 use proptest::prelude::*;
 use roomcast_core::envelope::MessageType;
 use roomcast_core::{Config, Event, LinkId, Protocol, Publish, RoomState, SUBSCRIBER};
-use roomcast_sim::harness::Observed;
 use roomcast_sim::oracle::Oracle;
 use roomcast_sim::{ModelConfig, Sim, Split};
 
@@ -77,19 +76,6 @@ fn check_gauges(sim: &Sim, oracle: &Oracle) -> Result<(), TestCaseError> {
         );
     }
     Ok(())
-}
-
-/// Forgets the publishes whose outcome is in the log (read it before the oracle drains it).
-fn outcomes(sim: &Sim, unconfirmed: &mut BTreeSet<(usize, u64)>) {
-    for o in &sim.log {
-        if let Observed::Event(
-            i,
-            Event::PublishConfirmed { id, .. } | Event::PublishFailed { id, .. },
-        ) = o
-        {
-            unconfirmed.remove(&(*i, id.0));
-        }
-    }
 }
 
 /// Node `n` publishes the next message to room `r`. Refusals (queue full while down) are
@@ -172,13 +158,13 @@ fn run(ops: Vec<Op>, protocol: Protocol, split: Split, seed: u64) -> Result<(), 
                 sim.step();
             }
         }
-        outcomes(&sim, &mut unconfirmed);
+        sim.forget_settled(&mut unconfirmed);
         oracle.drain(&mut sim);
         check_gauges(&sim, &oracle)?;
     }
     sim.heal();
     sim.advance(Duration::from_secs(10));
-    outcomes(&sim, &mut unconfirmed);
+    sim.forget_settled(&mut unconfirmed);
     // What a node missed shows as a gap at the origin's next message: one more from each.
     for (n, room) in oracle.unsettled() {
         let (msg, data) = oracle.next_message(8);
@@ -190,7 +176,7 @@ fn run(ops: Vec<Op>, protocol: Protocol, split: Split, seed: u64) -> Result<(), 
         oracle.published(&mut sim, n, msg, &room, &data, None);
     }
     sim.advance(Duration::from_secs(5));
-    outcomes(&sim, &mut unconfirmed);
+    sim.forget_settled(&mut unconfirmed);
     oracle.finish(&mut sim);
     check_gauges(&sim, &oracle)?;
     if std::env::var_os("ROOMCAST_ORACLE_STATS").is_some() {

@@ -158,6 +158,16 @@ pub struct Sub {
 /// What a subscriber does with each payload it receives.
 pub type OnMessage = Box<dyn FnMut(&[u8]) + Send>;
 
+/// Tells the caller of [`Sub::start`] how the subscriber's setup went: the setup's value,
+/// or `None` (the error sent) if it failed.
+fn report_setup<T>(
+    setup: Result<T, String>,
+    ready: &std::sync::mpsc::Sender<Result<(), String>>,
+) -> Option<T> {
+    let _ = ready.send(setup.as_ref().map(|_| ()).map_err(Clone::clone));
+    setup.ok()
+}
+
 impl Sub {
     /// Subscribes `channels` (time until all confirmed is what S3 measures; on a cluster
     /// with SSUBSCRIBE, one command per hash slot) and starts handing every payload
@@ -188,14 +198,9 @@ impl Sub {
                         }
                         Ok::<_, String>(ps)
                     };
-                    let ps = match setup.await {
-                        Ok(ps) => ps,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
+                    let Some(ps) = report_setup(setup.await, &ready_tx) else {
+                        return;
                     };
-                    let _ = ready_tx.send(Ok(()));
                     let mut stream = ps.into_on_message();
                     while let Some(m) = stream.next().await {
                         on_message(m.get_payload_bytes());
@@ -216,14 +221,9 @@ impl Sub {
                         }
                         Ok::<_, String>(con)
                     };
-                    let con = match setup.await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
+                    let Some(con) = report_setup(setup.await, &ready_tx) else {
+                        return;
                     };
-                    let _ = ready_tx.send(Ok(()));
                     while let Some(push) = rx.recv().await {
                         match (push.kind, push.data.get(1)) {
                             (redis::PushKind::SMessage, Some(redis::Value::BulkString(p))) => {
@@ -265,14 +265,9 @@ impl Sub {
                         }
                         Ok::<_, String>((sub, rx))
                     };
-                    let (sub, mut rx) = match setup.await {
-                        Ok(x) => x,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
+                    let Some((sub, mut rx)) = report_setup(setup.await, &ready_tx) else {
+                        return;
                     };
-                    let _ = ready_tx.send(Ok(()));
                     loop {
                         match rx.recv().await {
                             Ok(m) => on_message(m.value.as_bytes().unwrap_or_default()),

@@ -61,13 +61,7 @@ pub fn cluster_operations(data: &[u8]) {
     let (Ok(resp3), Ok(chunk)) = (bool::arbitrary(&mut u), u8::arbitrary(&mut u)) else {
         return;
     };
-    let mut ops = Vec::new();
-    while ops.len() < 64 {
-        match ClusterOp::arbitrary(&mut u) {
-            Ok(op) => ops.push(op),
-            Err(_) => break,
-        }
-    }
+    let ops: Vec<ClusterOp> = super::decode_ops(&mut u, 64);
     if std::env::var_os("ROOMCAST_FUZZ_DEBUG").is_some() {
         eprintln!("resp3 {resp3}, chunk {chunk}\n{ops:#?}");
     }
@@ -76,19 +70,6 @@ pub fn cluster_operations(data: &[u8]) {
         k => Split::Chunks(usize::from(k)),
     };
     run_cluster_operations(resp3, split, 1, &ops);
-}
-
-/// Forgets the publishes whose outcome is in the log (read it before the oracle drains it).
-fn outcomes(sim: &Sim, unconfirmed: &mut BTreeSet<(usize, u64)>) {
-    for o in &sim.log {
-        if let Observed::Event(
-            i,
-            Event::PublishConfirmed { id, .. } | Event::PublishFailed { id, .. },
-        ) = o
-        {
-            unconfirmed.remove(&(*i, id.0));
-        }
-    }
 }
 
 /// Hub `h` publishes the next message to `room`; returns its number if accepted.
@@ -196,18 +177,18 @@ pub fn run_cluster_operations(resp3: bool, split: Split, seed: u64, ops: &[Clust
                 sim.step();
             }
         }
-        outcomes(&sim, &mut unconfirmed);
+        sim.forget_settled(&mut unconfirmed);
         oracle.drain(&mut sim);
     }
     sim.heal();
     sim.advance(Duration::from_secs(15));
-    outcomes(&sim, &mut unconfirmed);
+    sim.forget_settled(&mut unconfirmed);
     // What a hub missed shows as a gap at the origin's next message: one more from each.
     for (h, r) in oracle.unsettled() {
         publish(&mut sim, &mut oracle, &mut unconfirmed, h, &r);
     }
     sim.advance(Duration::from_secs(5));
-    outcomes(&sim, &mut unconfirmed);
+    sim.forget_settled(&mut unconfirmed);
     oracle.drain(&mut sim);
     // After recovery every room is live again: a last message to each room from each hub
     // reaches every member (a `Gap` may come first, reporting what was lost before).
@@ -223,7 +204,7 @@ pub fn run_cluster_operations(resp3: bool, split: Split, seed: u64, ops: &[Clust
         .map(|h| oracle.members(h).iter().cloned().collect())
         .collect();
     sim.advance(Duration::from_secs(1));
-    outcomes(&sim, &mut unconfirmed);
+    sim.forget_settled(&mut unconfirmed);
     let mut got: BTreeSet<(usize, u32, String)> = BTreeSet::new();
     for o in &sim.log {
         if let Observed::Event(h, Event::Delivery(d)) = o {

@@ -165,13 +165,7 @@ pub fn operations(data: &[u8]) {
     let Ok(setup) = Setup::arbitrary(&mut u) else {
         return;
     };
-    let mut ops = Vec::new();
-    while ops.len() < 256 {
-        match Op::arbitrary(&mut u) {
-            Ok(op) => ops.push(op),
-            Err(_) => break,
-        }
-    }
+    let ops: Vec<Op> = super::decode_ops(&mut u, 256);
     if std::env::var_os("ROOMCAST_FUZZ_DEBUG").is_some() {
         eprintln!("{setup:#?}\n{ops:#?}");
     }
