@@ -229,6 +229,41 @@ fn decode_config() -> impl Config {
 /// smaller) before reading it. For no allocation at all, pass a `payload` that is already
 /// shared (e.g. from `BytesMut::freeze`): slicing a `Bytes` made from a `Vec` allocates once.
 pub fn decode(payload: &Bytes, max_bytes: usize) -> Result<Decoded<'_>, EnvelopeError> {
+    let (room, rest) = decode_parts(payload, max_bytes, None)?;
+    let room_id = match room {
+        RoomField::Text(t) => t,
+        // Only reported when a known id was given.
+        RoomField::Known => "",
+    };
+    Ok(Decoded { room_id, ..rest })
+}
+
+/// An envelope's room id as [`decode_in`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RoomField<'a> {
+    /// The id equals the one the caller knows, byte for byte (and so is text).
+    Known,
+    /// Another id, checked to be text.
+    Text(&'a str),
+}
+
+/// [`decode`] for a message that arrived on the channel of a room whose id is `known`: the
+/// same checks in the same order, but an envelope room id equal to `known` is reported as
+/// [`RoomField::Known`] and not checked again as text (the receiving path's hot spot). The
+/// returned [`Decoded`]'s `room_id` is then empty: read the [`RoomField`].
+pub(crate) fn decode_in<'a>(
+    payload: &'a Bytes,
+    max_bytes: usize,
+    known: &[u8],
+) -> Result<(RoomField<'a>, Decoded<'a>), EnvelopeError> {
+    decode_parts(payload, max_bytes, Some(known))
+}
+
+fn decode_parts<'a>(
+    payload: &'a Bytes,
+    max_bytes: usize,
+    known: Option<&[u8]>,
+) -> Result<(RoomField<'a>, Decoded<'a>), EnvelopeError> {
     let max = max_bytes.min(HARD_MAX_ENVELOPE_BYTES);
     if payload.len() > max {
         return Err(EnvelopeError::TooLarge {
@@ -242,8 +277,14 @@ pub fn decode(payload: &Bytes, max_bytes: usize) -> Result<Decoded<'_>, Envelope
         None => bincode::serde::borrow_decode_from_slice(buf, decode_config())
             .map_err(|err| EnvelopeError::from_bincode(&err))?,
     };
-    let room_id = std::str::from_utf8(body.room_id)
-        .map_err(|_| EnvelopeError::malformed("the room id is not valid UTF-8"))?;
+    let room = if known == Some(body.room_id) {
+        RoomField::Known
+    } else {
+        RoomField::Text(
+            std::str::from_utf8(body.room_id)
+                .map_err(|_| EnvelopeError::malformed("the room id is not valid UTF-8"))?,
+        )
+    };
     let exclude_connection = match body.exclude_connection {
         None => None,
         Some(raw) => Some(std::str::from_utf8(raw).map_err(|_| {
@@ -253,8 +294,8 @@ pub fn decode(payload: &Bytes, max_bytes: usize) -> Result<Decoded<'_>, Envelope
     let message_type = MessageType::from_wire(body.message_type)
         .ok_or_else(|| EnvelopeError::malformed("the message type is not 0, 1 or 2"))?;
     let trailer = parse_trailer(buf.get(used..).unwrap_or_default());
-    Ok(Decoded {
-        room_id,
+    let decoded = Decoded {
+        room_id: "",
         message_type,
         // `body.data` was borrowed from `payload`'s own bytes, so it lies within them and
         // `slice_ref` cannot panic (an empty slice is handled without a range check).
@@ -262,7 +303,8 @@ pub fn decode(payload: &Bytes, max_bytes: usize) -> Result<Decoded<'_>, Envelope
         exclude_connection,
         timestamp: body.timestamp,
         trailer,
-    })
+    };
+    Ok((room, decoded))
 }
 
 /// Reads a well-formed body field by field, as bincode reads it, and says how many bytes it

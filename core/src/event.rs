@@ -60,8 +60,9 @@ pub struct Message {
 /// One message for the local members of one room.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
-    /// The message.
-    pub message: Message,
+    /// The message, behind the one `Arc` every recipient's copy shares (built once, when the
+    /// message arrives, so that handing it on moves a pointer, not the message).
+    pub message: Arc<Message>,
     recipients: Recipients,
 }
 
@@ -72,7 +73,7 @@ impl Delivery {
         excluded: Option<ConnId>,
     ) -> Self {
         Delivery {
-            message,
+            message: Arc::new(message),
             recipients: Recipients {
                 list: recipients,
                 excluded,
@@ -105,7 +106,7 @@ impl Delivery {
     /// Takes the delivery apart without copying anything: the message behind one `Arc` (to
     /// hand the same one to every recipient) and who gets it.
     pub fn into_shared(self) -> (Arc<Message>, Recipients) {
-        (Arc::new(self.message), self.recipients)
+        (self.message, self.recipients)
     }
 }
 

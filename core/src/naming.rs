@@ -587,6 +587,14 @@ impl ChannelNamer {
         Some(id)
     }
 
+    /// The id part of a room channel that needs no unescaping (no `:`, `%` or `/`): then it is
+    /// the room's id byte for byte, if it is one at all. Not checked to be a valid id: look it
+    /// up among checked ids, and take [`Self::room_str_in`]'s path for anything not found.
+    pub(crate) fn plain_room_id<'c>(&self, channel: &'c [u8]) -> Option<&'c [u8]> {
+        let id = channel.strip_prefix(&*self.room_head)?;
+        (!id.iter().copied().any(is_escape_byte)).then_some(id)
+    }
+
     /// The part of a room channel after the head, as text, if it may be the escaped id of a
     /// room of at most `max` bytes.
     fn escaped_room<'c>(&self, channel: &'c [u8], max: usize) -> Option<&'c str> {
@@ -904,6 +912,28 @@ mod tests {
                 let want = n.room_str_from_channel(ch, max).map(Cow::into_owned);
                 let got = n.room_str_in(ch, max, &mut scratch).map(str::to_owned);
                 prop_assert_eq!(got, want);
+            }
+        }
+
+        /// The receiving path's shortcut: a channel's plain id part is looked up among
+        /// checked ids as it is. Wherever the full parse finds an id that needed no
+        /// unescaping, the shortcut names the same bytes; wherever the shortcut names bytes,
+        /// they are the id the full parse finds, or no valid id at all.
+        #[test]
+        fn plain_ids_are_the_parsed_ids(ch in channel_strategy(), max in 0usize..64) {
+            let n = namer();
+            let mut scratch = String::new();
+            let parsed = n.room_str_in(&ch, max, &mut scratch).map(str::to_owned);
+            let plain = n.plain_room_id(&ch);
+            match (&parsed, plain) {
+                (Some(id), Some(p)) => prop_assert_eq!(id.as_bytes(), p),
+                (Some(id), None) => prop_assert!(id.bytes().any(is_escape_byte), "{}", id),
+                (None, Some(p)) => prop_assert!(
+                    std::str::from_utf8(p).map_or(true, |t| RoomId::new(t, max).is_err()),
+                    "{:?}",
+                    p
+                ),
+                (None, None) => {}
             }
         }
 

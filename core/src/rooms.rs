@@ -543,12 +543,19 @@ impl Rooms {
 
     /// The slab index of a room.
     fn find(&self, room: &str) -> Option<u32> {
+        self.find_bytes(room.as_bytes())
+    }
+
+    /// [`Rooms::find`] by the id's bytes: the index hashes bytes, so a channel's id part can
+    /// be looked up before (or without) checking that it is text. Only checked ids are ever
+    /// stored, so a hit is one.
+    fn find_bytes(&self, room: &[u8]) -> Option<u32> {
         let slab = &self.slab;
         self.index
             .find(self.hasher.hash_one(room), |&i| {
                 slab[i as usize]
                     .as_ref()
-                    .is_some_and(|r| r.id.as_bytes() == room.as_bytes())
+                    .is_some_and(|r| r.id.as_bytes() == room)
             })
             .copied()
     }
@@ -588,6 +595,17 @@ impl Rooms {
     /// The room and its (shared) id, in one lookup.
     pub(crate) fn get_with_id(&mut self, room: &str) -> Option<(&RoomId, RoomMut<'_>)> {
         let i = self.find(room)?;
+        self.get_at(i)
+    }
+
+    /// The slot of a room by its id's bytes (see [`Rooms::find_bytes`]), for
+    /// [`Rooms::get_at`].
+    pub(crate) fn slot_of_bytes(&self, room: &[u8]) -> Option<u32> {
+        self.find_bytes(room)
+    }
+
+    /// [`Rooms::get_with_id`] by a slot from [`Rooms::slot_of_bytes`].
+    pub(crate) fn get_at(&mut self, i: u32) -> Option<(&RoomId, RoomMut<'_>)> {
         let Room {
             id,
             members,
@@ -696,11 +714,12 @@ impl Rooms {
         };
         self.slab[i as usize] = Some(Room::new(RoomId::from_checked(id)));
         let (slab, hasher) = (&self.slab, &self.hasher);
-        self.index.insert_unique(hasher.hash_one(id), i, |&j| {
-            slab[j as usize]
-                .as_ref()
-                .map_or(0, |r| hasher.hash_one(r.id.as_str()))
-        });
+        self.index
+            .insert_unique(hasher.hash_one(id.as_bytes()), i, |&j| {
+                slab[j as usize]
+                    .as_ref()
+                    .map_or(0, |r| hasher.hash_one(r.id.as_bytes()))
+            });
         Some(i)
     }
 
@@ -755,7 +774,7 @@ impl Rooms {
         };
         if let Ok(entry) = self
             .index
-            .find_entry(self.hasher.hash_one(room.id.as_str()), |&j| j == i)
+            .find_entry(self.hasher.hash_one(room.id.as_bytes()), |&j| j == i)
         {
             entry.remove();
         }

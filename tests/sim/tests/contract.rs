@@ -671,3 +671,46 @@ fn c9_a_bad_message_is_a_reported_drop_and_the_next_one_arrives() {
     let m = s.nodes[1].hub.metrics();
     assert_eq!((m.dropped_malformed, m.dropped_room_mismatch), (1, 1));
 }
+
+/// The receiving path finds a plain room id by its channel's bytes and takes the full parse
+/// for anything else: an id that needs escaping in its channel is delivered like any other,
+/// and an envelope whose room id is not text is reported as malformed (not as naming another
+/// room), as the full check reports it.
+#[test]
+fn c9_escaped_ids_arrive_and_a_room_id_that_is_not_text_is_malformed() {
+    let mut s = sim(2);
+    let escaped = "a:b%c/d";
+    join_all(&mut s, escaped, &[(1, "m")]);
+    join_all(&mut s, "r", &[(1, "n")]);
+    let channel = s.nodes[0]
+        .hub
+        .namer()
+        .room_channel(&"r".try_into().unwrap());
+    let mut bad = Vec::new();
+    envelope::encode(&mut bad, "r", MessageType::Broadcast, b"x", None, 0, None);
+    // The room id's one byte (after its 8-byte length) made invalid UTF-8.
+    assert_eq!(&bad[..9], b"\x01\0\0\0\0\0\0\0r");
+    bad[8] = 0xff;
+    assert_eq!(s.publish_foreign(&channel, &bad), 1);
+    publish(&mut s, 0, escaped, b"first", None);
+    publish(&mut s, 0, "r", b"after", None);
+    publish(&mut s, 0, escaped, b"second", None);
+    s.settle();
+    let ev = s.take_events();
+    let drops: Vec<String> = ev[1]
+        .iter()
+        .filter_map(|e| match e {
+            Event::Dropped { cause, .. } => Some(format!("{cause:?}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(drops.len(), 1, "{drops:?}");
+    assert!(drops[0].contains("room id is not valid UTF-8"), "{drops:?}");
+    assert_eq!(
+        data_for(&ev[1], "m"),
+        vec![Bytes::from_static(b"first"), Bytes::from_static(b"second")]
+    );
+    assert_eq!(data_for(&ev[1], "n"), vec![Bytes::from_static(b"after")]);
+    let m = s.nodes[1].hub.metrics();
+    assert_eq!((m.dropped_malformed, m.dropped_room_mismatch), (1, 0));
+}
