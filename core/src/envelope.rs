@@ -250,7 +250,7 @@ pub(crate) enum RoomField<'a> {
 /// [`decode`] for a message that arrived on the channel of a room whose id is `known`: the
 /// same checks in the same order, but an envelope room id equal to `known` is reported as
 /// [`RoomField::Known`] and not checked again as text (the receiving path's hot spot). The
-/// returned [`Decoded`]'s `room_id` is then empty: read the [`RoomField`].
+/// room id is the [`RoomField`]; the returned [`Decoded`]'s `room_id` is always empty.
 pub(crate) fn decode_in<'a>(
     payload: &'a Bytes,
     max_bytes: usize,
