@@ -82,9 +82,18 @@ impl Hub {
         }
     }
 
-    /// The presence link is ready: load the scripts and register.
+    /// The presence link is ready: load the scripts and register (or, shutting down, say
+    /// goodbye again).
     pub(super) fn presence_link_ready(&mut self, now: Instant) {
         if !self.config.presence {
+            return;
+        }
+        if self.shutting_down {
+            // The goodbye, and the leaves before it, may have been lost with the link (or
+            // never sent: it was down). A shutting-down instance must not register again:
+            // it would be listed among the instances and keep its lease alive with
+            // heartbeats for as long as the link stays up.
+            self.presence_farewell(now);
             return;
         }
         for (i, src) in SCRIPTS.iter().enumerate() {
@@ -102,6 +111,11 @@ impl Hub {
     /// Writes the lease and every local membership (idempotent); registered once all of it is
     /// acknowledged.
     pub(super) fn presence_register(&mut self, now: Instant) {
+        if self.shutting_down {
+            // Nothing to register once the goodbye is said (a heartbeat that finds the lease
+            // gone after it, for one): absent is what the instance wants to be.
+            return;
+        }
         self.presence.gen += 1;
         self.presence.registered = false;
         self.presence.pending = 0;
@@ -111,18 +125,7 @@ impl Hub {
         // the link was down never reached Redis), then write the truth. Other instances never
         // see a half-registered state.
         self.presence_write(&[b"MULTI"], true, now);
-        self.presence_write(
-            &[
-                b"EVAL",
-                crate::presence::CLEAR_SCRIPT.as_bytes(),
-                b"1",
-                &k.idx_rooms,
-                &k.index_prefix,
-                &k.me,
-            ],
-            true,
-            now,
-        );
+        self.presence_clear(true, now);
         self.presence_write(
             &[b"SET", &k.lease, b"1", b"PX", lease_ms.as_bytes()],
             true,
@@ -188,6 +191,34 @@ impl Hub {
         if gone {
             self.presence_write(&[b"SREM", &k.conn(conn), &k.me], false, now);
         }
+    }
+
+    /// Shutting down, after the presence link came back: removes everything this instance
+    /// wrote (its entries in every room and connection, as a registration clears them
+    /// first), then its lease, index and place among the instances, in one transaction.
+    fn presence_farewell(&mut self, now: Instant) {
+        self.presence_write(&[b"MULTI"], false, now);
+        self.presence_clear(false, now);
+        self.presence_goodbye(now);
+        self.presence_write(&[b"EXEC"], false, now);
+    }
+
+    /// Removes every entry this instance wrote in rooms and connections (found through its
+    /// rooms index), inside the caller's `MULTI`.
+    fn presence_clear(&mut self, register: bool, now: Instant) {
+        let k = self.presence.keys.clone();
+        self.presence_write(
+            &[
+                b"EVAL",
+                crate::presence::CLEAR_SCRIPT.as_bytes(),
+                b"1",
+                &k.idx_rooms,
+                &k.index_prefix,
+                &k.me,
+            ],
+            register,
+            now,
+        );
     }
 
     /// Graceful shutdown: the lease and the instance's index go at once.

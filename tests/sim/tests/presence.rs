@@ -7,8 +7,8 @@ use roomcast_core::cluster::key_slot;
 use roomcast_core::envelope::MessageType;
 use roomcast_core::presence::Keys;
 use roomcast_core::{
-    ChannelNamer, Config, Event, Hub, Identity, InstanceId, LinkId, Member, PresenceAnswer,
-    PresenceChange, PresenceError, PresenceQuery, PresenceWhenDown,
+    ChannelNamer, Config, Event, Hub, Identity, InstanceId, LinkId, LinkState, Member,
+    PresenceAnswer, PresenceChange, PresenceError, PresenceQuery, PresenceWhenDown,
 };
 use roomcast_sim::{ModelConfig, Sim};
 
@@ -74,6 +74,19 @@ fn instances(s: &mut Sim, n: usize) -> Vec<u64> {
         PresenceAnswer::Instances(i) => i.into_iter().map(|i| i.0).collect(),
         other => panic!("{other:?}"),
     }
+}
+
+/// Two instances, node 1 with member `b` in room `r`, and node 1's lease deleted behind its
+/// back (as after a stall longer than the lease).
+fn node_1_member_with_its_lease_gone() -> Sim {
+    let mut s = sim(2);
+    s.join(1, "r", "b").unwrap();
+    s.settle();
+    s.redis.keyspace_mut(0).call(&[
+        b"DEL",
+        b"graphwiz:presence:{graphwiz}:lease:0000000000001001",
+    ]);
+    s
 }
 
 #[test]
@@ -184,6 +197,83 @@ fn graceful_shutdown_removes_members_at_once() {
     assert_eq!(instances(&mut s, 0), vec![0x1000]);
 }
 
+/// An instance that begins shutting down while its presence link is down cannot say goodbye
+/// then; when the link comes back it says it, and does not register again. (It did: found by
+/// the `operations` fuzz target as an instance that never drained, since it kept its lease
+/// alive with heartbeats, and other instances listed it again.)
+#[test]
+fn an_instance_shutting_down_says_goodbye_when_its_link_returns_and_stays_gone() {
+    let mut s = sim(2);
+    s.join(0, "r", "a").unwrap();
+    s.join(1, "r", "b").unwrap();
+    s.settle();
+    assert_eq!(instances(&mut s, 0), vec![0x1000, 0x1001]);
+    s.refuse_connections = true;
+    s.kill_link(1, LinkId(1));
+    s.run();
+    assert!(!s.nodes[1].hub.presence_ready());
+    let now = s.now;
+    s.nodes[1].hub.begin_shutdown(now);
+    s.run();
+    // Still listed: its lease has not run out, and the goodbye could not be sent.
+    assert_eq!(instances(&mut s, 0), vec![0x1000, 0x1001]);
+    s.refuse_connections = false;
+    s.advance(Duration::from_secs(1));
+    assert!(
+        s.nodes[1]
+            .hub
+            .health()
+            .links
+            .iter()
+            .all(|l| l.state == LinkState::Ready),
+        "{:?}",
+        s.nodes[1].hub.health()
+    );
+    // Gone at once when the link is back, its member too, and still gone after several
+    // leases (no heartbeat kept anything alive).
+    assert_eq!(instances(&mut s, 0), vec![0x1000]);
+    assert_eq!(room(&mut s, 0, "r"), vec![(0x1000, "a".into())]);
+    s.advance(Duration::from_secs(20));
+    assert_eq!(instances(&mut s, 0), vec![0x1000]);
+    assert_eq!(room(&mut s, 0, "r"), vec![(0x1000, "a".into())]);
+    assert!(s.nodes[1].hub.is_drained());
+    assert!(!s.nodes[1].hub.presence_ready());
+    // No presence key of node 1 is left behind.
+    let left: Vec<String> = s
+        .redis
+        .keyspace(0)
+        .keys()
+        .into_iter()
+        .map(|k| String::from_utf8_lossy(&k).into_owned())
+        .filter(|k| k.contains("0000000000001001"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A heartbeat in flight when shutdown begins may come back saying the lease is gone: the
+/// instance then stays gone instead of registering again.
+#[test]
+fn a_lease_found_lost_after_shutdown_began_is_not_registered_again() {
+    let mut s = node_1_member_with_its_lease_gone();
+    // The next heartbeat goes out but is not served until after the shutdown began.
+    s.stall_link(1, LinkId(1), true);
+    s.advance(Duration::from_secs(2));
+    let now = s.now;
+    s.nodes[1].hub.begin_shutdown(now);
+    s.stall_link(1, LinkId(1), false);
+    s.advance(Duration::from_secs(1));
+    assert_eq!(
+        s.nodes[1].hub.metrics().leases_lost,
+        1,
+        "the heartbeat found it gone"
+    );
+    assert_eq!(instances(&mut s, 0), vec![0x1000]);
+    s.advance(Duration::from_secs(10));
+    assert_eq!(instances(&mut s, 0), vec![0x1000]);
+    assert_eq!(room(&mut s, 0, "r"), vec![]);
+    assert!(s.nodes[1].hub.is_drained());
+}
+
 #[test]
 fn an_outage_refuses_queries_then_registers_again() {
     let mut s = sim(2);
@@ -240,14 +330,8 @@ fn local_view_when_configured() {
 
 #[test]
 fn a_lease_lost_during_a_stall_is_noticed_and_registered_again() {
-    let mut s = sim(2);
-    s.join(1, "r", "b").unwrap();
-    s.settle();
-    // The lease vanishes while the link stays up (as after a stall longer than the lease).
-    s.redis.keyspace_mut(0).call(&[
-        b"DEL",
-        b"graphwiz:presence:{graphwiz}:lease:0000000000001001",
-    ]);
+    // The lease vanishes while the link stays up.
+    let mut s = node_1_member_with_its_lease_gone();
     assert_eq!(room(&mut s, 0, "r"), vec![]);
     s.advance(Duration::from_secs(2));
     assert_eq!(s.nodes[1].hub.metrics().leases_lost, 1);
