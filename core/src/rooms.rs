@@ -543,13 +543,13 @@ impl Rooms {
 
     /// The slab index of a room.
     fn find(&self, room: &str) -> Option<u32> {
-        self.find_bytes(room.as_bytes())
+        self.slot_of_bytes(room.as_bytes())
     }
 
-    /// [`Rooms::find`] by the id's bytes: the index hashes bytes, so a channel's id part can
-    /// be looked up before (or without) checking that it is text. Only checked ids are ever
-    /// stored, so a hit is one.
-    fn find_bytes(&self, room: &[u8]) -> Option<u32> {
+    /// [`Rooms::find`] by the id's bytes, for [`Rooms::get_at`]: the index hashes bytes, so a
+    /// channel's id part can be looked up before (or without) checking that it is text. Only
+    /// checked ids are ever stored, so a hit is one.
+    pub(crate) fn slot_of_bytes(&self, room: &[u8]) -> Option<u32> {
         let slab = &self.slab;
         self.index
             .find(self.hasher.hash_one(room), |&i| {
@@ -596,12 +596,6 @@ impl Rooms {
     pub(crate) fn get_with_id(&mut self, room: &str) -> Option<(&RoomId, RoomMut<'_>)> {
         let i = self.find(room)?;
         self.get_at(i)
-    }
-
-    /// The slot of a room by its id's bytes (see [`Rooms::find_bytes`]), for
-    /// [`Rooms::get_at`].
-    pub(crate) fn slot_of_bytes(&self, room: &[u8]) -> Option<u32> {
-        self.find_bytes(room)
     }
 
     /// [`Rooms::get_with_id`] by a slot from [`Rooms::slot_of_bytes`].

@@ -76,6 +76,15 @@ fn instances(s: &mut Sim, n: usize) -> Vec<u64> {
     }
 }
 
+/// Two instances, member `a` of room `r` on node 0 and `b` on node 1.
+fn members_a_and_b() -> Sim {
+    let mut s = sim(2);
+    s.join(0, "r", "a").unwrap();
+    s.join(1, "r", "b").unwrap();
+    s.settle();
+    s
+}
+
 /// Two instances, node 1 with member `b` in room `r`, and node 1's lease deleted behind its
 /// back (as after a stall longer than the lease).
 fn node_1_member_with_its_lease_gone() -> Sim {
@@ -185,10 +194,7 @@ fn a_crashed_instance_vanishes_within_one_lease_and_its_entries_are_swept() {
 
 #[test]
 fn graceful_shutdown_removes_members_at_once() {
-    let mut s = sim(2);
-    s.join(0, "r", "a").unwrap();
-    s.join(1, "r", "b").unwrap();
-    s.settle();
+    let mut s = members_a_and_b();
     let now = s.now;
     s.nodes[1].hub.begin_shutdown(now);
     s.run();
@@ -203,10 +209,7 @@ fn graceful_shutdown_removes_members_at_once() {
 /// alive with heartbeats, and other instances listed it again.)
 #[test]
 fn an_instance_shutting_down_says_goodbye_when_its_link_returns_and_stays_gone() {
-    let mut s = sim(2);
-    s.join(0, "r", "a").unwrap();
-    s.join(1, "r", "b").unwrap();
-    s.settle();
+    let mut s = members_a_and_b();
     assert_eq!(instances(&mut s, 0), vec![0x1000, 0x1001]);
     s.refuse_connections = true;
     s.kill_link(1, LinkId(1));
@@ -276,10 +279,7 @@ fn a_lease_found_lost_after_shutdown_began_is_not_registered_again() {
 
 #[test]
 fn an_outage_refuses_queries_then_registers_again() {
-    let mut s = sim(2);
-    s.join(0, "r", "a").unwrap();
-    s.join(1, "r", "b").unwrap();
-    s.settle();
+    let mut s = members_a_and_b();
     s.refuse_connections = true;
     s.kill_link(1, LinkId(1));
     s.run();
