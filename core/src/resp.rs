@@ -284,13 +284,16 @@ impl Reader {
 
     /// The fast path: the frame at the front of `buf` when it is a complete pub/sub message
     /// in the spelling Redis writes, `>3` (or in RESP2 `*3`), `$7 message` (or `$8 smessage`), then
-    /// two bulk strings with plain decimal lengths, or a (un)subscribe confirmation (`*3` in
-    /// RESP2, `>3` in RESP3, the kind, a bulk channel and a plain decimal count), and within
-    /// every limit. It yields exactly what [`Reader::next_scanned`] yields for such a frame;
+    /// two bulk strings with plain decimal lengths, a (un)subscribe confirmation (`*3` in
+    /// RESP2, `>3` in RESP3, the kind, a bulk channel and a plain decimal count), or an
+    /// integer reply (see [`Reader::integer`]), and within every limit. It yields exactly what [`Reader::next_scanned`] yields for such a frame;
     /// anything else (an incomplete frame, another spelling, a limit reached, an error) is
     /// left to that path.
     fn message(&mut self, buf: &mut BytesMut) -> Option<Incoming> {
         let lim = self.limits;
+        if buf.first() == Some(&b':') {
+            return self.integer(buf);
+        }
         // What the scan checks for the `*3` header.
         if lim.max_depth == 0 || lim.max_elements < 3 {
             return None;
@@ -319,6 +322,20 @@ impl Reader {
             channel: frame.slice(channel),
             payload: frame.slice(payload),
         })
+    }
+
+    /// The fast path's integers (every PUBLISH reply): `:` and 1 to 18 decimal digits, no
+    /// sign, within `max_frame_bytes`, read as [`Reader::next_scanned`] reads them. Anything
+    /// else (a sign, a longer number, an incomplete line) is left to the scan.
+    fn integer(&mut self, buf: &mut BytesMut) -> Option<Incoming> {
+        let end = int_at(buf, 0)?;
+        if end > self.limits.max_frame_bytes {
+            return None;
+        }
+        let n = parse_i64(buf.get(1..end - 2)?)?;
+        self.need = 0;
+        bytes::Buf::advance(buf, end);
+        Some(Incoming::Reply(Value::Int(n)))
     }
 
     /// The fast path's (un)subscribe confirmations: `[kind, channel, count]` as a push (RESP3
@@ -1523,6 +1540,41 @@ mod tests {
                 FrameLimits { max_frame_bytes: 1 << 20, max_depth: 0, max_elements: 1000 },
                 FrameLimits { max_frame_bytes: 1 << 20, max_depth: 8, max_elements: 2 },
             ][limits];
+            let protocol = if resp3 { Protocol::Resp3 } else { Protocol::Resp2 };
+            fast_matches_general(protocol, limits, &bytes, chunk)?;
+        }
+
+        /// The integer fast path against the general path alone: PUBLISH replies and near
+        /// misses (signs, 19 and 20 digits, no digits, a bare LF, a bulk in between), whole and
+        /// in pieces, under loose and tight frame limits.
+        #[test]
+        fn integer_fast_path_matches_the_general_path(
+            ints in proptest::collection::vec((0usize..14, 0u64..u64::MAX), 1..8),
+            cut in proptest::option::of(0usize..120),
+            chunk in 1usize..16,
+            tight in proptest::bool::ANY,
+            resp3 in proptest::bool::ANY,
+        ) {
+            let mut bytes = Vec::new();
+            for (spelling, n) in ints {
+                let int = match spelling {
+                    0..=5 => format!(":{}\r\n", n % 1000),
+                    6 => format!(":{n}\r\n"),
+                    7 => format!(":-{}\r\n", n % 1000),
+                    8 => format!(":+{}\r\n", n % 1000),
+                    9 => ":\r\n".to_string(),
+                    10 => format!(":{}\n", n % 1000),
+                    11 => format!(":{}x\r\n", n % 1000),
+                    12 => format!(":{:018}\r\n", n % 1_000_000_000_000_000_000),
+                    _ => "$1\r\n2\r\n".to_string(),
+                };
+                bytes.extend_from_slice(int.as_bytes());
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut);
+            }
+            let max_frame_bytes = if tight { 12 } else { 1 << 20 };
+            let limits = FrameLimits { max_frame_bytes, max_depth: 8, max_elements: 1000 };
             let protocol = if resp3 { Protocol::Resp3 } else { Protocol::Resp2 };
             fast_matches_general(protocol, limits, &bytes, chunk)?;
         }
