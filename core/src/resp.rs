@@ -283,12 +283,13 @@ impl Reader {
     }
 
     /// The fast path: the frame at the front of `buf` when it is a complete pub/sub message
-    /// in the spelling Redis writes, `>3` (or in RESP2 `*3`), `$7 message` (or `$8 smessage`), then
-    /// two bulk strings with plain decimal lengths, a (un)subscribe confirmation (`*3` in
-    /// RESP2, `>3` in RESP3, the kind, a bulk channel and a plain decimal count), or an
-    /// integer reply (see [`Reader::integer`]), and within every limit. It yields exactly what [`Reader::next_scanned`] yields for such a frame;
-    /// anything else (an incomplete frame, another spelling, a limit reached, an error) is
-    /// left to that path.
+    /// in the spelling Redis writes, `>3` (or in RESP2 `*3`), `$7 message` (or `$8
+    /// smessage`), then two bulk strings with plain decimal lengths, a (un)subscribe
+    /// confirmation (`*3` in RESP2, `>3` in RESP3, the kind, a bulk channel and a plain
+    /// decimal count), or an integer reply (see [`Reader::integer`]), and within every limit.
+    /// It yields exactly what [`Reader::next_scanned`] yields for such a frame; anything else
+    /// (an incomplete frame, another spelling, a limit reached, an error) is left to that
+    /// path.
     fn message(&mut self, buf: &mut BytesMut) -> Option<Incoming> {
         let lim = self.limits;
         if buf.first() == Some(&b':') {
