@@ -56,6 +56,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod blocks;
 pub mod cluster;
 pub mod config;
 pub mod envelope;
@@ -68,6 +69,7 @@ pub mod presence;
 mod resp;
 mod rooms;
 
+pub use blocks::BlockPool;
 pub use config::{
     Config, ConfigError, DeliveryMode, Protocol, Secret, ServerConfig, UnconfirmedPolicy,
 };

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::blocks::BlockPool;
 use crate::config::{Config, Protocol};
 use crate::event::{LinkError, LinkId, LinkRole, LinkStep, PublishId};
 use crate::naming::RoomId;
@@ -174,16 +175,10 @@ pub(crate) struct Link {
     /// out before `out`, and its length.
     pub(crate) sealed: VecDeque<Bytes>,
     sealed_len: usize,
-    /// Output blocks `out` has moved on from, oldest first, each as its keeper (below): a
-    /// block whose frames are all confirmed and whose chunks are written is referenced by
-    /// its keeper alone and becomes the next block (see [`Link::reserve_output`]) instead of
-    /// going back to the allocator.
-    retired: VecDeque<(BytesMut, usize)>,
-    /// The keeper of the block `out` writes into, if `out` is one (not the small buffer a
-    /// handshake grew): an empty handle on the block's start, with the block's capacity.
-    keeper: Option<(BytesMut, usize)>,
-    /// Output blocks allocated (not reused) so far.
-    blocks_allocated: u64,
+    /// Output blocks `out` has written into: a block whose frames are all confirmed and
+    /// whose chunks are written becomes the next block (see [`Link::reserve_output`])
+    /// instead of going back to the allocator.
+    blocks: BlockPool,
     /// How many publishes in `fifo` are [`Frame::Unsent`] (those written since the last
     /// [`Link::take_output`]); 0 spares `take_output` a look at the FIFO.
     pub unsent_frames: usize,
@@ -217,9 +212,7 @@ impl Link {
             out: BytesMut::new(),
             sealed: VecDeque::new(),
             sealed_len: 0,
-            retired: VecDeque::new(),
-            keeper: None,
-            blocks_allocated: 0,
+            blocks: BlockPool::new(MAX_RETIRED_BLOCKS),
             unsent_frames: 0,
             reader: Reader::new(config.server.protocol, frame_limits(config)),
             fifo: VecDeque::new(),
@@ -320,8 +313,8 @@ impl Link {
     /// new block of at least `block` bytes starts: growing `out` instead would copy
     /// everything written since the last hand-out into the new allocation.
     ///
-    /// The new block is the oldest retired one when nothing refers to it any more (its
-    /// publishes confirmed, its chunks written): a pipeline that keeps publishes in flight
+    /// The new block is a retired one when nothing refers to it any more (its publishes
+    /// confirmed, its chunks written; see [`BlockPool`]): a pipeline that keeps publishes in flight
     /// cycles through the same few allocations instead of faulting in fresh pages and
     /// returning them to the allocator block after block.
     pub(crate) fn reserve_output(&mut self, len: usize, block: usize) {
@@ -333,59 +326,13 @@ impl Link {
             self.sealed_len += chunk.len();
             self.sealed.push_back(chunk);
         }
-        let next = self.spare_block(len.max(block));
-        self.out = next;
-        let keeper = self.new_keeper();
-        if let Some(k) = self.keeper.replace(keeper) {
-            self.retired.push_back(k);
-            if self.retired.len() > MAX_RETIRED_BLOCKS {
-                self.retired.pop_front();
-            }
-        }
-    }
-
-    /// A keeper for the block `out` has just become.
-    fn new_keeper(&mut self) -> (BytesMut, usize) {
-        let cap = self.out.capacity();
-        (self.out.split_to(0), cap)
-    }
-
-    /// A block of at least `need` bytes: a retired one that is free, else a new allocation.
-    /// Blocks free up in the order they were filled (replies come in order), so the free
-    /// ones are at the front. One more free block is kept as a spare; the others go back to
-    /// the allocator.
-    fn spare_block(&mut self, need: usize) -> BytesMut {
-        // A keeper has no capacity of its own: reclaiming its block's succeeds exactly when
-        // nothing else refers to the block.
-        let mut free = 0;
-        for (keeper, cap) in self.retired.iter_mut() {
-            if !keeper.try_reclaim(*cap) {
-                break;
-            }
-            free += 1;
-        }
-        let mut block = None;
-        let mut spare = None;
-        for (b, cap) in self.retired.drain(..free) {
-            if block.is_none() && cap >= need {
-                block = Some(b);
-            } else if spare.is_none() {
-                spare = Some((b, cap));
-            }
-        }
-        if let Some(s) = spare {
-            self.retired.push_front(s);
-        }
-        block.unwrap_or_else(|| {
-            self.blocks_allocated += 1;
-            BytesMut::with_capacity(need)
-        })
+        self.out = self.blocks.next_block(len.max(block));
     }
 
     /// Nothing is in flight: what a burst of publishes allocated goes back to the allocator
     /// but for one spare block (and the one `out` writes into).
     fn trim_retired(&mut self) {
-        self.retired.truncate(1);
+        self.blocks.trim();
     }
 
     /// The next bytes to transmit: sealed chunks first, then what `out` holds.
@@ -682,19 +629,19 @@ mod tests {
         let mut l = Link::new(LinkId(1), LinkRole::Publisher, &Config::default(), now);
         // Blocks of 1,024 bytes hold one publish of 600 each.
         write_one(&mut l, 0, 600, 1024, now);
-        assert_eq!(l.blocks_allocated, 1);
+        assert_eq!(l.blocks.allocated(), 1);
         // Publish 0 holds block A: publish 1 needs a new block.
         write_one(&mut l, 1, 600, 1024, now);
-        assert_eq!(l.blocks_allocated, 2);
+        assert_eq!(l.blocks.allocated(), 2);
         write_one(&mut l, 2, 600, 1024, now);
-        assert_eq!(l.blocks_allocated, 3);
+        assert_eq!(l.blocks.allocated(), 3);
         // Publish 0 answered: A is free, and it is the next block (no allocation).
         answer_oldest(&mut l);
         write_one(&mut l, 3, 600, 1024, now);
-        assert_eq!(l.blocks_allocated, 3, "the free block was not reused");
+        assert_eq!(l.blocks.allocated(), 3, "the free block was not reused");
         // Publish 1 unanswered holds its block: the next one is new.
         write_one(&mut l, 4, 600, 1024, now);
-        assert_eq!(l.blocks_allocated, 4);
+        assert_eq!(l.blocks.allocated(), 4);
         // Every frame is intact, though its block was reused.
         for (i, (_, req)) in l.fifo.iter().enumerate() {
             let Request::Publish(Written {
@@ -708,15 +655,15 @@ mod tests {
             assert_eq!(id.0, i as u64 + 1);
             assert_eq!(&f[..], &[b'x'; 600][..]);
         }
-        assert!(l.retired.len() >= 2);
+        assert!(l.blocks.retired() >= 2);
         // Nothing in flight: one spare block is kept, the rest let go.
         while !l.fifo.is_empty() {
             answer_oldest(&mut l);
         }
         assert_eq!(l.inflight_publishes, 0);
-        assert_eq!(l.retired.len(), 1);
+        assert_eq!(l.blocks.retired(), 1);
         // The spare block is the next one.
         write_one(&mut l, 5, 600, 1024, now);
-        assert_eq!(l.blocks_allocated, 4);
+        assert_eq!(l.blocks.allocated(), 4);
     }
 }

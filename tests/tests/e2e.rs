@@ -1384,3 +1384,57 @@ async fn publisher_batches_keep_order_and_drop_hands_over(rt: Rt) {
     assert_eq!(m.dropped(), 0);
     assert_eq!(a.metrics().await.unwrap().published, expect.len() as u64);
 }
+
+on_both!(messages_across_read_blocks_arrive_whole_while_held);
+
+/// Payload `k` of a run: `len` bytes that differ with `k`, `seed` and the position.
+fn pattern(seed: u8, k: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|j| (k as u8).wrapping_mul(31) ^ (j as u8).wrapping_mul(7) ^ seed)
+        .collect()
+}
+
+/// A link reads into blocks of 64 KiB that it takes again once the messages read into them
+/// are dropped. Messages much smaller and much larger than a block (a large one spans many
+/// reads and moves to a bigger block), all held by the application while more are read, each
+/// arrive whole and in order; then, with the held ones dropped (their blocks free for
+/// reuse), a second run arrives whole too.
+async fn messages_across_read_blocks_arrive_whole_while_held(rt: Rt) {
+    let server = RedisServer::start();
+    let a = instance(rt, &server).await;
+    // Room for a whole run in the member's queue (the test reads after publishing).
+    let options = Options {
+        member_queue_bytes: 16 << 20,
+        ..Options::default()
+    };
+    let b = rt
+        .connect(Builder::new(config(&server)).options(options))
+        .await
+        .unwrap();
+    let mut m = b.join("blocks", "holder").await.unwrap();
+    rt.timeout(PATIENCE, Box::pin(m.wait_live()))
+        .await
+        .expect("live");
+    let sizes = [7, 1_500, 70_000, 300_000, 40, 20_000];
+    let n = 4 * sizes.len();
+    for seed in [0x11u8, 0x5c] {
+        let mut p = a.publisher();
+        let msgs =
+            (0..n).map(|k| PubSubMessage::broadcast("blocks", pattern(seed, k, sizes[k % 6])));
+        p.send_batch(msgs).await.unwrap();
+        let mut held = Vec::new();
+        for k in 0..n {
+            let msg = next(rt, &mut m).await.expect("every message arrives");
+            assert_eq!(msg.data.len(), sizes[k % 6], "message {k} of run {seed:#x}");
+            held.push(msg);
+        }
+        for (k, msg) in held.iter().enumerate() {
+            assert!(
+                msg.data[..] == pattern(seed, k, sizes[k % 6])[..],
+                "message {k} of run {seed:#x} changed while held"
+            );
+        }
+        drop(held);
+    }
+    assert_eq!(m.dropped(), 0);
+}

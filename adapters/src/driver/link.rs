@@ -8,13 +8,13 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use futures_io::AsyncWrite;
-use roomcast_core::{Event, LinkId, LinkRequest};
+use roomcast_core::{BlockPool, Event, LinkId, LinkRequest};
 use tracing::debug;
 
 use crate::runtime::{BoxFuture, BoxedIo};
 use crate::Options;
 
-use super::{LinkIo, State, READ_BUDGET, READ_CHUNK, WRITE_SLICES};
+use super::{LinkIo, State, READ_BLOCKS_KEPT, READ_BUDGET, READ_CHUNK, WRITE_SLICES};
 
 impl State {
     pub(super) fn poll_link(&mut self, i: usize, cx: &mut Context<'_>) -> bool {
@@ -27,9 +27,11 @@ impl State {
                     let now = self.now();
                     match result {
                         Ok(io) => {
+                            let mut blocks = BlockPool::new(READ_BLOCKS_KEPT);
                             self.links[i] = LinkIo::Open {
                                 io,
-                                rbuf: BytesMut::with_capacity(READ_CHUNK),
+                                rbuf: blocks.next_block(READ_CHUNK),
+                                blocks,
                                 wq: VecDeque::new(),
                                 wq_bytes: 0,
                             };
@@ -47,9 +49,13 @@ impl State {
                 let mut progress = false;
                 for _ in 0..READ_BUDGET {
                     let now = self.now();
-                    let LinkIo::Open { io, rbuf, .. } = &mut self.links[i] else {
+                    let LinkIo::Open {
+                        io, rbuf, blocks, ..
+                    } = &mut self.links[i]
+                    else {
                         break;
                     };
+                    Self::read_room(rbuf, blocks);
                     // Straight into `rbuf` where the runtime can, through `scratch` elsewhere.
                     let read = self.rt.poll_read_buf(io, cx, rbuf, &mut self.scratch);
                     match read {
@@ -73,6 +79,23 @@ impl State {
                 progress
             }
         }
+    }
+
+    /// Makes room in `rbuf` for a read: once less than a quarter of [`READ_CHUNK`] is left,
+    /// the partial frame it holds moves to the front of a new block, a free one of the
+    /// link's where there is one. The messages read before keep the old block until they are
+    /// dropped; reusing it then keeps reads going to the same few warm blocks, where
+    /// growing `rbuf` would allocate fresh memory every block (`BytesMut` can take its
+    /// block back only while nothing else refers to it). A frame longer than a block
+    /// grows the next one geometrically, so a large frame is copied a bounded number of
+    /// times.
+    fn read_room(rbuf: &mut BytesMut, blocks: &mut BlockPool) {
+        if rbuf.capacity() - rbuf.len() >= READ_CHUNK / 4 {
+            return;
+        }
+        let mut next = blocks.next_block(READ_CHUNK.max(rbuf.len().saturating_mul(2)));
+        next.extend_from_slice(rbuf);
+        *rbuf = next;
     }
 
     pub(super) fn closed_by_peer(&mut self, i: usize, cause: String) {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_channel::mpsc;
 use futures_core::Stream;
-use roomcast_core::{ConnId, ConnSlot, Event, Hub, LinkId, Message, PublishId, RoomId};
+use roomcast_core::{BlockPool, ConnId, ConnSlot, Event, Hub, LinkId, Message, PublishId, RoomId};
 
 use crate::error::Error;
 use crate::handle::{Command, HealthReport, Liveness, PubSubMessage, PublishGate, Reply};
@@ -44,7 +44,12 @@ fn not_reserved(conn: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// The smallest block a link reads into; a new one starts when less than a quarter of it is
+/// left (see [`State::read_room`]).
 const READ_CHUNK: usize = 64 << 10;
+/// Read blocks a link keeps a handle on for reuse (see `roomcast_core::BlockPool`): blocks
+/// still held by messages not yet consumed cost nothing more; a free one is taken again.
+const READ_BLOCKS_KEPT: usize = 8;
 /// The adapter pulls a link's output from the core only while that link's socket write
 /// queue holds less than this (or less than `max_output_bytes`, if smaller): the rest waits
 /// in the core, where it counts against the same `max_output_bytes`.
@@ -59,7 +64,10 @@ enum LinkIo {
     Connecting(BoxFuture<io::Result<BoxedIo>>),
     Open {
         io: BoxedIo,
+        /// The block being read into: the partial frame the last read left, then room.
         rbuf: BytesMut,
+        /// The blocks `rbuf` was, for reuse once the messages read into them are dropped.
+        blocks: BlockPool,
         wq: VecDeque<Bytes>,
         /// Bytes in `wq`.
         wq_bytes: usize,

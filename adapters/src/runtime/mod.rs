@@ -71,14 +71,20 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// [`Runtime::poll_read_buf`]'s default: a read into `scratch`, copied into `buf`.
+/// [`Runtime::poll_read_buf`]'s default: a read into `scratch`, copied into `buf`. It reads
+/// no more than `buf` has room for (so the copy never moves `buf` to a new allocation), or
+/// all of `scratch` if `buf` has no room at all.
 pub fn read_through_scratch(
     io: &mut BoxedIo,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
     scratch: &mut [u8],
 ) -> Poll<io::Result<usize>> {
-    let r = Pin::new(&mut **io).poll_read(cx, scratch);
+    let room = match buf.capacity() - buf.len() {
+        0 => scratch.len(),
+        n => n.min(scratch.len()),
+    };
+    let r = Pin::new(&mut **io).poll_read(cx, &mut scratch[..room]);
     if let Poll::Ready(Ok(n)) = r {
         buf.extend_from_slice(&scratch[..n]);
     }

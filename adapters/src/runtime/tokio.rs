@@ -54,9 +54,9 @@ impl Runtime for TokioRuntime {
             return read_through_scratch(io, cx, buf, scratch);
         };
         let stream = stream.get_mut();
-        // Reads as large as the default path's: room for a scratch buffer's worth once the
-        // spare capacity runs low (the frames before it were split off and handed out).
-        if buf.capacity() - buf.len() < scratch.len() / 4 {
+        // The driver makes room before each read (in a block it reuses); a caller that did
+        // not gets a scratch buffer's worth.
+        if buf.capacity() == buf.len() {
             buf.reserve(scratch.len().max(1));
         }
         loop {
