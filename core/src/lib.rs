@@ -51,6 +51,12 @@
 //! per-connection state in a vector indexed by [`ConnSlot::index`], checked against
 //! [`ConnSlot::generation`], instead of looking each recipient up by id.
 //!
+//! A delivered message's payload is a slice of the buffer its bytes were read into (no
+//! copy), so that buffer stays allocated until the application drops the message. An
+//! adapter can read each link into blocks from a [`BlockPool`], which takes a block again
+//! once nothing refers to it (the `roomcast` crate does; the hub's own output blocks work
+//! the same way).
+//!
 //! The delivery contract (ordering, duplicates, sequences, outages) is described on
 //! [`Hub`] and in the repository's README; each line of it has a test.
 #![forbid(unsafe_code)]
