@@ -20,6 +20,8 @@
 //!
 //! A pub/sub message over `max_frame_bytes` is skipped, not refused: see [`Reader::next`].
 
+use std::ops::Range;
+
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp2::types::BytesFrame as Frame2;
 use redis_protocol::resp3::types::BytesFrame as Frame3;
@@ -178,7 +180,7 @@ impl Value {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Incoming {
     /// A pub/sub message (`message` / `smessage`).
-    Message { channel: Bytes, payload: Bytes },
+    Message(MessageFrame),
     /// A (s)subscribe confirmation.
     Subscribed { channel: Bytes },
     /// An (s)unsubscribe confirmation or a server-initiated unsubscribe; `None` channel when
@@ -199,6 +201,65 @@ pub(crate) enum Incoming {
     },
     /// An ordinary reply, matched to the oldest request.
     Reply(Value),
+}
+
+/// A pub/sub message as read: its frame's bytes and where the channel and the payload lie in
+/// them. Slicing both out would take a reference count each (and give it back); the hub
+/// reads the channel in place and then turns the frame itself into the payload.
+#[derive(Debug, Clone)]
+pub(crate) struct MessageFrame {
+    frame: Bytes,
+    channel: Range<usize>,
+    payload: Range<usize>,
+}
+
+impl MessageFrame {
+    /// A message whose channel and payload are the given ranges of `frame` (a range outside
+    /// it reads as empty, never panics).
+    fn new(frame: Bytes, channel: Range<usize>, payload: Range<usize>) -> Self {
+        MessageFrame {
+            frame,
+            channel,
+            payload,
+        }
+    }
+
+    /// A message built from copies of its parts (the slow paths, and tests).
+    pub(crate) fn from_parts(channel: &[u8], payload: &[u8]) -> Self {
+        let mut frame = BytesMut::with_capacity(channel.len() + payload.len());
+        frame.extend_from_slice(channel);
+        frame.extend_from_slice(payload);
+        let c = channel.len();
+        MessageFrame::new(frame.freeze(), 0..c, c..c + payload.len())
+    }
+
+    /// The channel's bytes.
+    pub(crate) fn channel(&self) -> &[u8] {
+        self.frame.get(self.channel.clone()).unwrap_or_default()
+    }
+
+    /// The payload's bytes.
+    pub(crate) fn payload(&self) -> &[u8] {
+        self.frame.get(self.payload.clone()).unwrap_or_default()
+    }
+
+    /// The payload, as the frame narrowed to it (no reference count taken).
+    pub(crate) fn into_payload(self) -> Bytes {
+        let Range { start, end } = self.payload;
+        let mut b = self.frame;
+        if start > end || end > b.len() {
+            return Bytes::new();
+        }
+        b.truncate(end);
+        bytes::Buf::advance(&mut b, start);
+        b
+    }
+}
+
+impl PartialEq for MessageFrame {
+    fn eq(&self, other: &Self) -> bool {
+        self.channel() == other.channel() && self.payload() == other.payload()
+    }
 }
 
 /// Reads frames from one link's input.
@@ -319,10 +380,9 @@ impl Reader {
         }
         self.need = 0;
         let frame = buf.split_to(end).freeze();
-        Some(Incoming::Message {
-            channel: frame.slice(channel),
-            payload: frame.slice(payload),
-        })
+        Some(Incoming::Message(MessageFrame::new(
+            frame, channel, payload,
+        )))
     }
 
     /// The fast path's integers (every PUBLISH reply): `:` and 1 to 18 decimal digits, no
@@ -405,10 +465,11 @@ impl Reader {
         if let Some(b) = scan.bulks {
             if is_message_kind(&buf[b[0].0..b[0].1]) {
                 let frame = buf.split_to(scan.len).freeze();
-                return Ok(Some(Incoming::Message {
-                    channel: frame.slice(b[1].0..b[1].1),
-                    payload: frame.slice(b[2].0..b[2].1),
-                }));
+                return Ok(Some(Incoming::Message(MessageFrame::new(
+                    frame,
+                    b[1].0..b[1].1,
+                    b[2].0..b[2].1,
+                ))));
             }
         }
         let value = match self.protocol {
@@ -790,10 +851,7 @@ fn classify(value: Value, push: bool, protocol: Protocol) -> Incoming {
             }
             (b"message" | b"smessage", 3) => {
                 if let (Some(c), Some(p)) = (items[1].as_bytes(), items[2].as_bytes()) {
-                    return Incoming::Message {
-                        channel: Bytes::copy_from_slice(c),
-                        payload: Bytes::copy_from_slice(p),
-                    };
+                    return Incoming::Message(MessageFrame::from_parts(c, p));
                 }
             }
             (b"pong", 2) if !push => return Incoming::Pong,
@@ -839,11 +897,28 @@ mod tests {
     }
 
     #[test]
-    fn message_in_both_protocols_is_the_same_event() {
-        let want = Incoming::Message {
-            channel: Bytes::from_static(b"ch"),
-            payload: Bytes::from_static(b"hi"),
+    fn a_message_payload_is_its_frame_narrowed_not_a_copy() {
+        let wire = b">3\r\n$7\r\nmessage\r\n$4\r\nroom\r\n$5\r\nhello\r\n";
+        let mut buf = BytesMut::from(&wire[..]);
+        let start = buf.as_ptr() as usize;
+        let Ok(Some(Incoming::Message(m))) = reader(Protocol::Resp3).next(&mut buf) else {
+            panic!("a message");
         };
+        assert_eq!((m.channel(), m.payload()), (&b"room"[..], &b"hello"[..]));
+        let payload = m.into_payload();
+        assert_eq!(&payload[..], b"hello");
+        // Where the payload sits in the bytes read: the frame's own memory.
+        let offset = wire.len() - b"hello\r\n".len();
+        assert_eq!(payload.as_ptr() as usize, start + offset);
+        // Ranges outside the frame read as empty, never panic.
+        let odd = MessageFrame::new(Bytes::from_static(b"ab"), 1..5, 3..9);
+        assert_eq!((odd.channel(), odd.payload()), (&b""[..], &b""[..]));
+        assert!(odd.into_payload().is_empty());
+    }
+
+    #[test]
+    fn message_in_both_protocols_is_the_same_event() {
+        let want = Incoming::Message(MessageFrame::from_parts(b"ch", b"hi"));
         let r2 = all(
             Protocol::Resp2,
             b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n",
@@ -1040,18 +1115,12 @@ mod tests {
                 bytes.extend_from_slice(&big);
                 bytes.extend_from_slice(&message_frame(push, kind, "c", b"two"));
                 let want = vec![
-                    Incoming::Message {
-                        channel: Bytes::from_static(b"a"),
-                        payload: Bytes::from_static(b"one"),
-                    },
+                    Incoming::Message(MessageFrame::from_parts(b"a", b"one")),
                     Incoming::Oversize {
                         channel: Bytes::from_static(b"room:b"),
                         len: big.len() as u64,
                     },
-                    Incoming::Message {
-                        channel: Bytes::from_static(b"c"),
-                        payload: Bytes::from_static(b"two"),
-                    },
+                    Incoming::Message(MessageFrame::from_parts(b"c", b"two")),
                 ];
                 let case = format!("{protocol:?} push={push} {kind}");
                 assert_eq!(
@@ -1085,7 +1154,7 @@ mod tests {
             let over = message_frame(push, "message", "ch", &vec![b'y'; at + 1]);
             let (got, err) = read_pieces(protocol, SMALL, &[&fits, &over, &fits]);
             assert_eq!(err, None);
-            assert!(matches!(&got[0], Incoming::Message { payload, .. } if payload.len() == at));
+            assert!(matches!(&got[0], Incoming::Message(m) if m.payload().len() == at));
             assert_eq!(
                 got[1],
                 Incoming::Oversize {
@@ -1093,7 +1162,7 @@ mod tests {
                     len: SMALL.max_frame_bytes as u64 + 1,
                 }
             );
-            assert!(matches!(&got[2], Incoming::Message { payload, .. } if payload.len() == at));
+            assert!(matches!(&got[2], Incoming::Message(m) if m.payload().len() == at));
             assert_eq!(got.len(), 3);
         }
     }

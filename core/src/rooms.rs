@@ -204,7 +204,11 @@ pub(crate) enum SeqCheck {
 #[derive(Debug, Default)]
 struct Traffic {
     snapshot: Option<Arc<[Recipient]>>,
-    origins: Vec<OriginSeq>,
+    /// The origin seen last, here rather than in `older`: a room that hears from one origin
+    /// at a time (the usual case) checks its numbers without reaching another allocation.
+    recent: Option<OriginSeq>,
+    /// The other origins, least recently seen first.
+    older: Vec<OriginSeq>,
 }
 
 /// A room's slab entry.
@@ -251,42 +255,63 @@ impl Room {
     }
 }
 
-/// Checks a trailer against what this origin sent to the room before and records it.
+/// Checks a trailer against what this origin sent to the room before and records it. At
+/// most `max_origins` origins are remembered per room; a new one beyond that evicts the least
+/// recently seen (if that one sends again, its next number is a new baseline). A duplicate
+/// changes nothing, not even how recently its origin counts as seen.
 fn check_seq(traffic: &mut Option<Box<Traffic>>, t: &Trailer, max_origins: usize) -> SeqCheck {
-    let origins = &mut traffic.get_or_insert_with(Box::default).origins;
-    if let Some(i) = origins.iter().position(|o| o.origin == t.origin) {
-        let o = &mut origins[i];
-        let check = if o.epoch != t.epoch {
-            o.epoch = t.epoch;
-            o.last = t.seq;
-            SeqCheck::NewEpoch
-        } else if t.seq <= o.last {
-            return SeqCheck::Duplicate;
-        } else if t.seq == o.last + 1 {
-            o.last = t.seq;
-            SeqCheck::InOrder
-        } else {
-            let gap = o.last + 1..=t.seq - 1;
-            o.last = t.seq;
-            SeqCheck::Gap(gap)
-        };
-        // Most recently seen goes last, so eviction takes the least recent. (It is last
-        // already when one origin sends a run of messages, the usual case.)
-        if i + 1 != origins.len() {
-            let o = origins.remove(i);
-            origins.push(o);
+    let tr = traffic.get_or_insert_with(Box::default);
+    if let Some(o) = tr.recent.as_mut().filter(|o| o.origin == t.origin) {
+        return advance(o, t);
+    }
+    let (seen, check) = match tr.older.iter().position(|o| o.origin == t.origin) {
+        Some(i) => {
+            let o = &mut tr.older[i];
+            let check = advance(o, t);
+            if check == SeqCheck::Duplicate {
+                return check;
+            }
+            (tr.older.remove(i), check)
         }
-        check
-    } else {
-        if origins.len() >= max_origins {
-            origins.remove(0);
+        None => {
+            if tr.older.len() + usize::from(tr.recent.is_some()) >= max_origins {
+                // The least recently seen goes: the front of `older`, or `recent` if it is
+                // the only one remembered.
+                if tr.older.is_empty() {
+                    tr.recent = None;
+                } else {
+                    tr.older.remove(0);
+                }
+            }
+            let new = OriginSeq {
+                origin: t.origin,
+                epoch: t.epoch,
+                last: t.seq,
+            };
+            (new, SeqCheck::InOrder)
         }
-        origins.push(OriginSeq {
-            origin: t.origin,
-            epoch: t.epoch,
-            last: t.seq,
-        });
+    };
+    if let Some(previous) = tr.recent.replace(seen) {
+        tr.older.push(previous);
+    }
+    check
+}
+
+/// Checks and records the next trailer of an origin already remembered.
+fn advance(o: &mut OriginSeq, t: &Trailer) -> SeqCheck {
+    if o.epoch != t.epoch {
+        o.epoch = t.epoch;
+        o.last = t.seq;
+        SeqCheck::NewEpoch
+    } else if t.seq <= o.last {
+        SeqCheck::Duplicate
+    } else if t.seq == o.last + 1 {
+        o.last = t.seq;
         SeqCheck::InOrder
+    } else {
+        let gap = o.last + 1..=t.seq - 1;
+        o.last = t.seq;
+        SeqCheck::Gap(gap)
     }
 }
 
@@ -1251,6 +1276,54 @@ mod tests {
         assert_eq!(check_seq(&mut traffic, &t(3, 1, 1), 2), SeqCheck::InOrder);
         // Origin 1 was least recently seen and got evicted: a new baseline.
         assert_eq!(check_seq(&mut traffic, &t(1, 2, 1), 2), SeqCheck::InOrder);
+    }
+
+    /// The rules of [`check_seq`] written plainly: one list, least recently seen first.
+    fn model_check(list: &mut Vec<OriginSeq>, t: &Trailer, max: usize) -> SeqCheck {
+        match list.iter().position(|o| o.origin == t.origin) {
+            Some(i) => {
+                let check = advance(&mut list[i], t);
+                if check != SeqCheck::Duplicate {
+                    let o = list.remove(i);
+                    list.push(o);
+                }
+                check
+            }
+            None => {
+                if list.len() >= max {
+                    list.remove(0);
+                }
+                list.push(OriginSeq {
+                    origin: t.origin,
+                    epoch: t.epoch,
+                    last: t.seq,
+                });
+                SeqCheck::InOrder
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// The origin seen last, kept apart from the others, changes nothing about the
+        /// answers or which origin is evicted: the same as one list in recency order, for
+        /// any mix of origins, epochs, repeats, gaps and bounds.
+        #[test]
+        fn sequence_checks_match_the_plain_model(
+            max in 1usize..5,
+            steps in proptest::collection::vec((0u64..6, 0u64..3, 0u64..12), 0..200),
+        ) {
+            let mut traffic = None;
+            let mut list = Vec::new();
+            for (origin, epoch, seq) in steps {
+                let t = Trailer { origin: InstanceId(origin), epoch, seq };
+                let want = model_check(&mut list, &t, max);
+                proptest::prop_assert_eq!(check_seq(&mut traffic, &t, max), want);
+                let tr = traffic.as_ref().unwrap();
+                let kept: Vec<u64> = tr.older.iter().chain(&tr.recent).map(|o| o.origin.0).collect();
+                let wanted: Vec<u64> = list.iter().map(|o| o.origin.0).collect();
+                proptest::prop_assert_eq!(kept, wanted);
+            }
+        }
     }
 
     /// The slab index a room has.

@@ -34,7 +34,8 @@ use crate::link::{error_text, handshake_error, Link, LinkState, Outgoing, Reques
 use crate::metrics::Metrics;
 use crate::naming::{ChannelNamer, ConnId, RoomId};
 use crate::resp::{
-    encode_array_header, encode_bulk, encode_bulk_header, encode_command, Incoming, Value,
+    encode_array_header, encode_bulk, encode_bulk_header, encode_command, Incoming, MessageFrame,
+    Value,
 };
 use crate::rooms::{ConnSlot, Members, Rooms, RoomsOf, SeqCheck, Transition};
 

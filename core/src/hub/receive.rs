@@ -5,9 +5,9 @@ use super::*;
 impl Hub {
     pub(super) fn on_frame(&mut self, idx: usize, frame: Incoming, now: Instant) {
         match frame {
-            Incoming::Message { channel, payload } => {
+            Incoming::Message(message) => {
                 if self.links[idx].role == LinkRole::Subscriber {
-                    self.on_message(idx, channel, payload, now);
+                    self.on_message(idx, message, now);
                 }
             }
             Incoming::Subscribed { channel } => {
@@ -275,9 +275,10 @@ impl Hub {
         }
     }
 
-    pub(super) fn on_message(&mut self, idx: usize, channel: Bytes, payload: Bytes, now: Instant) {
+    pub(super) fn on_message(&mut self, idx: usize, message: MessageFrame, now: Instant) {
+        let channel = message.channel();
         if channel == self.controls[idx].channel {
-            self.on_control(&payload, now);
+            self.on_control(message.payload(), now);
             return;
         }
         let max_room = self.config.max_room_id_bytes;
@@ -286,14 +287,14 @@ impl Hub {
         // checked again. Anything else takes the full path, which says what was wrong.
         let fast = self
             .namer
-            .plain_room_id(&channel)
+            .plain_room_id(channel)
             .and_then(|id| self.rooms.slot_of_bytes(id));
         let slot = match fast {
             Some(i) => i,
             None => {
                 let Some(name) = self
                     .namer
-                    .room_str_in(&channel, max_room, &mut self.room_scratch)
+                    .room_str_in(channel, max_room, &mut self.room_scratch)
                 else {
                     self.metrics.dropped_unknown_channel += 1;
                     self.events.push_back(Event::Dropped {
@@ -309,6 +310,7 @@ impl Hub {
                 i
             }
         };
+        let payload = message.into_payload();
         let Some((room_id, mut room)) = self.rooms.get_at(slot) else {
             self.metrics.dropped_unknown_channel += 1;
             return;
