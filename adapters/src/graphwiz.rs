@@ -138,13 +138,12 @@ pub struct PubSubMessage {
 impl PubSubMessage {
     /// A message to `room_id` stamped with the current Unix time.
     pub fn new(room_id: impl Into<String>, message_type: PubSubMessageType, data: Vec<u8>) -> Self {
-        let base = crate::PubSubMessage::broadcast(room_id, data);
         PubSubMessage {
-            room_id: base.room_id,
+            room_id: room_id.into(),
             message_type,
-            data: base.data,
+            data,
             exclude_connection: None,
-            timestamp: base.timestamp,
+            timestamp: crate::handle::unix_now(),
         }
     }
 }
@@ -154,7 +153,7 @@ impl From<PubSubMessage> for crate::PubSubMessage {
         crate::PubSubMessage {
             room_id: m.room_id,
             message_type: m.message_type.into(),
-            data: m.data,
+            data: m.data.into(),
             exclude_connection: m.exclude_connection,
             timestamp: m.timestamp,
         }

@@ -208,7 +208,7 @@ fn broadcast(room: &str, data: String) -> PubSubMessage {
     PubSubMessage {
         room_id: room.to_string(),
         message_type: MessageType::Broadcast,
-        data: data.into_bytes(),
+        data: data.into_bytes().into(),
         exclude_connection: None,
         timestamp: 0,
     }

@@ -56,6 +56,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_channel::{mpsc, oneshot};
 use roomcast_core::{
     ConnId, Identity, InstanceId, Member, MessageType, Metrics, PresenceAnswer, RoomId, RoomState,
@@ -70,8 +71,11 @@ pub struct PubSubMessage {
     pub room_id: String,
     /// Broadcast, presence event or system notification.
     pub message_type: MessageType,
-    /// The payload.
-    pub data: Vec<u8>,
+    /// The payload. A `Bytes`, so that a frame the application already holds as one (a
+    /// WebSocket message, a slice of a larger buffer) is handed over as it is: the only copy
+    /// is the one into the link's output. A `Vec<u8>` converts into it without a copy
+    /// (`vec.into()`).
+    pub data: Bytes,
     /// The sender's own connection (on this instance), which must not receive it.
     pub exclude_connection: Option<String>,
     /// Unix seconds.
@@ -80,7 +84,7 @@ pub struct PubSubMessage {
 
 impl PubSubMessage {
     /// A broadcast to `room` stamped with the current Unix time.
-    pub fn broadcast(room: impl Into<String>, data: impl Into<Vec<u8>>) -> Self {
+    pub fn broadcast(room: impl Into<String>, data: impl Into<Bytes>) -> Self {
         PubSubMessage {
             room_id: room.into(),
             message_type: MessageType::Broadcast,

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
@@ -101,7 +102,8 @@ pub(super) async fn run(
                         break too_large(&s, text.len());
                     }
                     s.metrics.frames_in.inc();
-                    let msg = PubSubMessage::broadcast(room.clone(), text.as_bytes())
+                    // The frame's bytes are published as they are: no copy.
+                    let msg = PubSubMessage::broadcast(room.clone(), Bytes::from(text))
                         .excluding(conn.clone());
                     if let Err(e) = publisher.send(msg).await {
                         s.metrics.error(format_args!("publish to {room}: {e}"));

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use roomcast_core::cluster::{key_slot, Slot};
 use roomcast_tests::{Failover, RedisCluster};
 
@@ -144,7 +145,7 @@ pub trait Subject: Send {
     /// The Redis channel of room `i` (its slot decides its shard).
     fn channel(&self, room: usize) -> String;
     /// Hands a batch over for publishing.
-    fn send(&mut self, batch: Vec<(u64, usize, Vec<u8>)>);
+    fn send(&mut self, batch: Vec<(u64, usize, Bytes)>);
     /// Adds what only this system can tell (events, unsolicited pushes) to `res`; `touched`
     /// are the rooms the change touched, `event_ns` when it began, `total` the messages.
     fn report(&mut self, res: &mut Res, touched: &[usize], event_ns: u64, total: u64);

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::cluster;
@@ -80,12 +81,12 @@ impl Pub {
     /// Publishes every (channel, payload) as one pipeline and waits for the replies (on a
     /// cluster: every SPUBLISH at once, each routed to its slot's master; both clients
     /// write commands issued together in one go).
-    pub async fn pipeline(&mut self, batch: Vec<(String, Vec<u8>)>) -> Result<(), String> {
+    pub async fn pipeline(&mut self, batch: Vec<(String, Bytes)>) -> Result<(), String> {
         match self {
             Pub::Redis(con) => {
                 let mut p = redis::pipe();
                 for (ch, data) in &batch {
-                    p.cmd("PUBLISH").arg(ch).arg(data).ignore();
+                    p.cmd("PUBLISH").arg(ch).arg(&data[..]).ignore();
                 }
                 p.query_async::<()>(con).await.map_err(|e| e.to_string())
             }
@@ -93,10 +94,7 @@ impl Pub {
                 use fred::prelude::*;
                 let p = c.pipeline();
                 for (ch, data) in batch {
-                    let _: () = p
-                        .publish(ch, data.as_slice())
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let _: () = p.publish(ch, data).await.map_err(|e| e.to_string())?;
                 }
                 let _: Vec<i64> = p.all().await.map_err(|e| e.to_string())?;
                 Ok(())
@@ -116,32 +114,32 @@ impl Pub {
     }
 
     /// Publishes one message and waits for its reply.
-    pub async fn one(&mut self, ch: String, data: Vec<u8>) -> Result<(), String> {
+    pub async fn one(&mut self, ch: String, data: Bytes) -> Result<(), String> {
         self.counted(ch, data).await.map(drop)
     }
 
     /// Publishes one message; Redis's reply: the subscribers it reached (on a cluster, those
     /// on the node that answered).
-    pub async fn counted(&mut self, ch: String, data: Vec<u8>) -> Result<i64, String> {
+    pub async fn counted(&mut self, ch: String, data: Bytes) -> Result<i64, String> {
         let published = match self {
             Pub::Redis(con) => redis::cmd("PUBLISH")
                 .arg(ch)
-                .arg(data)
+                .arg(&data[..])
                 .query_async::<i64>(con)
                 .await
                 .map_err(|e| e.to_string()),
             Pub::RedisCluster(con) => redis::cmd("SPUBLISH")
                 .arg(ch)
-                .arg(data)
+                .arg(&data[..])
                 .query_async::<i64>(con)
                 .await
                 .map_err(|e| e.to_string()),
             Pub::Fred(c, sharded) => {
                 use fred::prelude::*;
                 if *sharded {
-                    c.spublish::<i64, _, _>(ch, data.as_slice()).await
+                    c.spublish::<i64, _, _>(ch, data).await
                 } else {
-                    c.publish::<i64, _, _>(ch, data.as_slice()).await
+                    c.publish::<i64, _, _>(ch, data).await
                 }
                 .map_err(|e| e.to_string())
             }
@@ -360,7 +358,7 @@ fn pipelined(
             let Some(end) = flow.next_batch(first, n, tdeadline).await else {
                 break;
             };
-            let batch: Vec<(String, Vec<u8>)> = (first..end)
+            let batch: Vec<(String, Bytes)> = (first..end)
                 .map(|i| (channel(i), payload(i, 0, size)))
                 .collect();
             let (mut p, published) = (p.clone(), published.clone());
@@ -414,7 +412,7 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
         let (channel, size) = (channels[0].clone(), job.size);
         let published = published.clone();
         phase.pacer = Some(pacer.run(deadline, |range, base| {
-            let batch: Vec<(String, Vec<u8>)> = range
+            let batch: Vec<(String, Bytes)> = range
                 .clone()
                 .map(|j| (channel.clone(), payload(j, base + pacer.due_ns(j), size)))
                 .collect();
@@ -597,7 +595,7 @@ impl Subject for PeerSubject {
         self.job.channel(room)
     }
 
-    fn send(&mut self, batch: Vec<(u64, usize, Vec<u8>)>) {
+    fn send(&mut self, batch: Vec<(u64, usize, Bytes)>) {
         for (i, room, data) in batch {
             let (mut p, ch, ledger) = (self.p.clone(), self.job.channel(room), self.ledger.clone());
             let first_error = self.first_error.clone();

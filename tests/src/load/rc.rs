@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::{stream, StreamExt};
 use roomcast::{
     Builder, Config, Connection, Event, Membership, MessageType, Options, PubSubMessage, Roomcast,
@@ -100,7 +101,7 @@ fn shutdown(insts: Vec<Inst>) {
     drop(insts);
 }
 
-fn message(room: &str, data: Vec<u8>) -> PubSubMessage {
+fn message(room: &str, data: Bytes) -> PubSubMessage {
     PubSubMessage {
         room_id: room.to_string(),
         message_type: MessageType::Broadcast,
@@ -1177,7 +1178,7 @@ impl super::migration::Subject for RcSubject {
         String::from_utf8_lossy(&self.namer.room_channel(&id)).into_owned()
     }
 
-    fn send(&mut self, batch: Vec<(u64, usize, Vec<u8>)>) {
+    fn send(&mut self, batch: Vec<(u64, usize, Bytes)>) {
         let numbers: Vec<u64> = batch.iter().map(|m| m.0).collect();
         let msgs: Vec<PubSubMessage> = batch
             .into_iter()
