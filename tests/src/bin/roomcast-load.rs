@@ -31,7 +31,8 @@
 //!
 //! S1–S3 also run through `redis-benchmark` (the server's own PUBLISH limit, raw
 //! subscribers attached) and, with the cargo feature `peers`, through the `redis` and
-//! `fred` crates.
+//! `fred` crates; S1 also through `raw`, a minimal hand-written client on the same runtime
+//! doing S1's loop with nothing of its own (the floor of client CPU per message).
 //!
 //! `--cluster` also runs S1 and S3 on a local 3-shard cluster (three masters, three
 //! replicas, started here with `RedisCluster`; `-cluster` variants) with sharded pub/sub:
@@ -49,7 +50,7 @@
 //!   --depths LIST      S1's in-flight depths (default 64,1024,4096)
 //!   --rates LIST       S2's paced rates, msg/s (default 10000,100000,200000; quick:
 //!                      2000,5000,10000, what a debug build sustains open loop)
-//!   --systems LIST     roomcast,redis-benchmark,redis-rs,fred (default: all available)
+//!   --systems LIST     roomcast,redis-benchmark,redis-rs,fred,raw (default: all available)
 //! ```
 //!
 //! Every scenario has a message count and a time limit, talks to loopback only and stops
@@ -74,7 +75,7 @@ const KNOWN_SCENARIOS: [&str; 8] = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S
 fn systems_available() -> Vec<&'static str> {
     let mut v = vec!["roomcast", "redis-benchmark"];
     if cfg!(feature = "peers") {
-        v.extend(["redis-rs", "fred"]);
+        v.extend(["redis-rs", "fred", "raw"]);
     }
     v
 }
@@ -157,7 +158,7 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
     for s in &o.systems {
         if !systems_available().contains(&s.as_str()) {
             return Err(format!(
-                "system {s} is not available (known: {}; redis-rs and fred need --features peers)",
+                "system {s} is not available (known: {}; redis-rs, fred and raw need --features peers)",
                 systems_available().join(", ")
             ));
         }
@@ -170,7 +171,7 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
 
 fn usage() -> &'static str {
     "usage: roomcast-load [--quick] [--json] [--runs N] [--scenarios S1,..,S8] [--cluster] \
-     [--systems roomcast,redis-benchmark,redis-rs,fred] [--depths 64,1024,4096] \
+     [--systems roomcast,redis-benchmark,redis-rs,fred,raw] [--depths 64,1024,4096] \
      [--rates 10000,100000,200000]\n\
      Uses REDIS_URL when set, else starts a private redis-server on a free loopback port; \
      S7 and --cluster start a private 6-node Redis Cluster."
@@ -222,7 +223,7 @@ fn worker(args: &[String]) -> ExitCode {
         "roomcast" => load::rc::run(&job),
         "redis-benchmark" => load::bench::run(&job),
         #[cfg(feature = "peers")]
-        "redis-rs" | "fred" => load::peers::run(&job),
+        "redis-rs" | "fred" | "raw" => load::peers::run(&job),
         s => Err(format!("unknown system {s}")),
     };
     match result {
@@ -508,13 +509,19 @@ fn jobs(
         .into_iter()
         .filter(|s| has(s))
         .collect();
+    // S1 also runs the minimal client: the floor of the same loop.
+    let s1_systems: Vec<&str> = peers
+        .iter()
+        .copied()
+        .chain(has("raw").then_some("raw"))
+        .collect();
     let mut v = Vec::new();
     match scenario {
         "S1" => {
             for (size, count) in [(64, plan.s1_count[0]), (1024, plan.s1_count[1])] {
                 for (variant, rooms) in [("1room", 1), ("rooms", plan.s1_rooms)] {
                     for &depth in &opts.depths {
-                        for s in &peers {
+                        for s in &s1_systems {
                             let mut j = base(s, variant, size, rooms, count);
                             j.window = depth;
                             v.push(j.clone());
@@ -602,7 +609,7 @@ fn jobs(
         // redis-benchmark, whose raw subscribers know no slots.
         let on_cluster: Vec<Job> = v
             .iter()
-            .filter(|j| j.system != "redis-benchmark" && j.clients == 1)
+            .filter(|j| !matches!(j.system.as_str(), "redis-benchmark" | "raw") && j.clients == 1)
             .map(|j| Job {
                 variant: format!("{}-cluster", j.variant),
                 url: url.clone(),
@@ -809,7 +816,8 @@ fn medians(all: &[(usize, Res)]) -> Vec<Res> {
         "roomcast" => 0,
         "redis-benchmark" => 1,
         "redis-rs" => 2,
-        _ => 3,
+        "fred" => 3,
+        _ => 4,
     };
     let mut keys: Vec<&Key> = groups.keys().collect();
     keys.sort_by_key(|k| {
@@ -867,7 +875,7 @@ fn ratios(medians: &[Res]) -> Vec<Res> {
         if !matches!(k.0.as_str(), "S1" | "S2" | "S3") {
             continue;
         }
-        for peer in ["redis-benchmark", "redis-rs", "fred"] {
+        for peer in ["redis-benchmark", "redis-rs", "fred", "raw"] {
             let mut want = k.clone();
             want.7 = peer.to_string();
             let Some(p) = medians.iter().find(|r| key(r) == want) else {

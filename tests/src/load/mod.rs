@@ -6,4 +6,6 @@ pub mod common;
 pub mod migration;
 #[cfg(feature = "peers")]
 pub mod peers;
+#[cfg(feature = "peers")]
+pub mod raw;
 pub mod rc;

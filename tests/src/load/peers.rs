@@ -19,6 +19,10 @@ use super::common::{
     record_server_cost, settle, tally, Flow, Job, Node, Pacer, Phase, Res, Tracker, Usage,
 };
 use super::migration::{Ledger, Subject};
+use super::raw::{RawPub, RawSub};
+
+/// Why the minimal client refuses a cluster.
+const RAW_ONE_SERVER: &str = "raw: the minimal client runs against one server only";
 
 /// Channels per SUBSCRIBE call.
 const SUBSCRIBE_CHUNK: usize = 10_000;
@@ -30,6 +34,8 @@ pub enum Kind {
     Redis,
     /// `fred`.
     Fred,
+    /// The floor: a minimal hand-written client ([`super::raw`]), one server only.
+    Raw,
 }
 
 /// A publishing connection (on a cluster: a cluster client, publishing with SPUBLISH).
@@ -41,6 +47,8 @@ pub enum Pub {
     RedisCluster(redis::cluster_async::ClusterConnection),
     /// `fred`; `true` when it is a cluster client (SPUBLISH).
     Fred(fred::clients::Client, bool),
+    /// The minimal client.
+    Raw(RawPub),
 }
 
 impl Pub {
@@ -75,6 +83,11 @@ impl Pub {
                 c.init().await.map_err(|x| e(&x))?;
                 Ok(Pub::Fred(c, sharded))
             }
+            (Kind::Raw, false) => {
+                let (host, port) = job.host_port();
+                Ok(Pub::Raw(RawPub::connect(&host, port).await?))
+            }
+            (Kind::Raw, true) => Err(RAW_ONE_SERVER.to_string()),
         }
     }
 
@@ -99,6 +112,7 @@ impl Pub {
                 let _: Vec<i64> = p.all().await.map_err(|e| e.to_string())?;
                 Ok(())
             }
+            Pub::Raw(p) => p.pipeline(&batch).await.map(drop),
             Pub::RedisCluster(_) | Pub::Fred(_, true) => {
                 let all = batch.into_iter().map(|(ch, data)| {
                     let mut p = self.clone();
@@ -134,6 +148,7 @@ impl Pub {
                 .query_async::<i64>(con)
                 .await
                 .map_err(|e| e.to_string()),
+            Pub::Raw(p) => p.pipeline(&[(ch, data)]).await,
             Pub::Fred(c, sharded) => {
                 use fred::prelude::*;
                 if *sharded {
@@ -275,6 +290,17 @@ impl Sub {
                     }
                     drop(sub);
                 }
+                (Kind::Raw, false) => {
+                    let (host, port) = job.host_port();
+                    let setup = RawSub::subscribe(&host, port, &channels, SUBSCRIBE_CHUNK).await;
+                    let Some(sub) = report_setup(setup, &ready_tx) else {
+                        return;
+                    };
+                    let _ = sub.run(|p| on_message(p)).await;
+                }
+                (Kind::Raw, true) => {
+                    let _ = ready_tx.send(Err(RAW_ONE_SERVER.to_string()));
+                }
             }
         });
         ready_rx
@@ -321,6 +347,7 @@ pub fn kind(job: &Job) -> Result<Kind, String> {
     match job.system.as_str() {
         "redis-rs" => Ok(Kind::Redis),
         "fred" => Ok(Kind::Fred),
+        "raw" => Ok(Kind::Raw),
         s => Err(format!("unknown peer {s}")),
     }
 }
@@ -630,7 +657,9 @@ impl Subject for PeerSubject {
                 self.unsolicited.load(Ordering::Relaxed),
             ),
             // fred drops them before the application could see them.
-            Kind::Fred => res.set("unsolicited_sunsubscribes_seen", serde_json::Value::Null),
+            Kind::Fred | Kind::Raw => {
+                res.set("unsolicited_sunsubscribes_seen", serde_json::Value::Null)
+            }
         }
     }
 }
