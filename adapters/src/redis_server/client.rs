@@ -315,13 +315,32 @@ fn find_crlf(buf: &[u8]) -> Option<usize> {
 }
 
 /// Appends `args` to `out` as one RESP command (an array of bulk strings), as a client sends it.
+/// Nothing is allocated beyond `out`'s growth (load generators frame every message with it).
 pub fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
-    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    put_len_line(out, b'*', args.len());
     for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        put_len_line(out, b'$', a.len());
         out.extend_from_slice(a);
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Appends `{kind}{n}\r\n`.
+fn put_len_line(out: &mut Vec<u8>, kind: u8, mut n: usize) {
+    // Up to 20 digits (usize::MAX), written from the end.
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push(kind);
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]

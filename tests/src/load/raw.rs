@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
+use roomcast::redis_server::encode_command;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -53,7 +54,7 @@ impl RawPub {
                 .sum::<usize>(),
         );
         for (ch, data) in batch {
-            put_publish(&mut bytes, ch.as_bytes(), data);
+            encode_command(&mut bytes, &[b"PUBLISH", ch.as_bytes(), data]);
         }
         let (done, answer) = oneshot::channel();
         self.tx
@@ -67,35 +68,6 @@ impl RawPub {
             .await
             .map_err(|_| "raw: the connection is closed".to_string())?
     }
-}
-
-/// `*3 $7 PUBLISH $n channel $m payload`, framed.
-fn put_publish(out: &mut Vec<u8>, channel: &[u8], payload: &[u8]) {
-    out.extend_from_slice(b"*3\r\n$7\r\nPUBLISH\r\n");
-    put_bulk(out, channel);
-    put_bulk(out, payload);
-}
-
-fn put_bulk(out: &mut Vec<u8>, b: &[u8]) {
-    out.push(b'$');
-    put_decimal(out, b.len());
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(b);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn put_decimal(out: &mut Vec<u8>, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// Writes each batch as it comes and answers it once all its replies are read. Replies to
@@ -275,13 +247,9 @@ impl RawSub {
         s.set_nodelay(true).map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         for group in channels.chunks(chunk.max(1)) {
-            out.push(b'*');
-            put_decimal(&mut out, group.len() + 1);
-            out.extend_from_slice(b"\r\n");
-            put_bulk(&mut out, b"SUBSCRIBE");
-            for c in group {
-                put_bulk(&mut out, c.as_bytes());
-            }
+            let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
+            args.extend(group.iter().map(|c| c.as_bytes()));
+            encode_command(&mut out, &args);
         }
         s.write_all(&out).await.map_err(|e| e.to_string())?;
         let mut sub = RawSub {
@@ -373,7 +341,7 @@ mod tests {
     #[test]
     fn publish_is_framed_as_resp() {
         let mut out = Vec::new();
-        put_publish(&mut out, b"ch", b"0123456789");
+        encode_command(&mut out, &[b"PUBLISH", b"ch", b"0123456789"]);
         assert_eq!(
             out,
             b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$10\r\n0123456789\r\n"
