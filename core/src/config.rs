@@ -170,6 +170,15 @@ pub struct Config {
     /// Most publishing origins tracked per room for duplicate and gap detection (default 256);
     /// the least recently seen is forgotten first (its next message is a new baseline).
     pub max_origins_per_room: usize,
+    /// Most delivered messages whose allocation the hub keeps, to reuse it once every
+    /// recipient has dropped the message (default 1,024; 0: a new allocation per message).
+    /// The hub holds a reference to each such message meanwhile, so a recipient is never the
+    /// only holder of an `Arc<Message>` it was handed (`Arc::try_unwrap` fails; clone the
+    /// message instead). See also `message_reuse_bytes`.
+    pub message_reuse: usize,
+    /// Most payload bytes of the messages the hub keeps for reuse (default 1 MiB): beyond it
+    /// the oldest are let go, and a message larger than this is never kept.
+    pub message_reuse_bytes: usize,
     /// Most rooms with a publish sequence kept (default 100,000); beyond it an idle one is
     /// forgotten and restarts under a new epoch (receivers see a new baseline, not a gap).
     pub max_publish_streams: usize,
@@ -245,6 +254,8 @@ impl Default for Config {
             max_inflight_bytes: 64 << 20,
             max_origins_per_room: 256,
             max_publish_streams: 100_000,
+            message_reuse: 1024,
+            message_reuse_bytes: 1 << 20,
             max_output_bytes: 64 << 20,
             max_queued_bytes: 64 << 20,
             connect_timeout: Duration::from_secs(5),

@@ -61,19 +61,23 @@ pub struct Message {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
     /// The message, behind the one `Arc` every recipient's copy shares (built once, when the
-    /// message arrives, so that handing it on moves a pointer, not the message).
+    /// message arrives, so that handing it on moves a pointer, not the message). The hub
+    /// keeps a reference too, to reuse the allocation once every recipient has dropped it
+    /// (see `Config::message_reuse`).
     pub message: Arc<Message>,
     recipients: Recipients,
 }
 
 impl Delivery {
-    pub(crate) fn new(
-        message: Message,
+    /// A delivery of a message already behind its `Arc` (the hub's, see
+    /// `Config::message_reuse`).
+    pub(crate) fn shared(
+        message: Arc<Message>,
         recipients: Arc<[Recipient]>,
         excluded: Option<ConnId>,
     ) -> Self {
         Delivery {
-            message: Arc::new(message),
+            message,
             recipients: Recipients {
                 list: recipients,
                 excluded,

@@ -73,6 +73,7 @@ pub mod metrics;
 pub mod naming;
 pub mod presence;
 mod resp;
+mod reuse;
 mod rooms;
 
 pub use blocks::BlockPool;

@@ -254,6 +254,8 @@ pub struct Hub {
     presence: presence::PresenceState,
     /// Connections joined with [`Hub::observe`], while they are in a room: in no presence.
     observers: hashbrown::HashSet<ConnId, FixedState>,
+    /// Allocations of delivered messages, reused once their recipients dropped them.
+    messages: crate::reuse::MessagePool,
 }
 
 impl Hub {
@@ -312,6 +314,10 @@ impl Hub {
             ),
             confirm_wanted: hashbrown::HashSet::with_hasher(FixedState::with_seed(seed)),
             observers: hashbrown::HashSet::with_hasher(FixedState::with_seed(seed.rotate_left(7))),
+            messages: crate::reuse::MessagePool::new(
+                config.message_reuse,
+                config.message_reuse_bytes,
+            ),
             namer,
             id,
             now,
@@ -527,6 +533,7 @@ impl Hub {
             return;
         }
         l.last_input = now;
+        self.messages.reclaim();
         loop {
             let l = &mut self.links[idx];
             if !matches!(l.state, LinkState::Ready | LinkState::Handshaking { .. }) {
@@ -583,6 +590,7 @@ impl Hub {
     /// The instant from [`Hub::poll_timeout`] has come (calling it early or twice is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.tick(now);
+        self.messages.reclaim();
         // Each is looked at when its turn comes: firing one can disarm another.
         for t in self.timers() {
             if self.timer(t).is_some_and(|at| now >= at) {

@@ -142,7 +142,7 @@ impl Hub {
                 timestamp: msg.timestamp,
                 origin,
             };
-            let d = Delivery::new(message, r.recipients(), excluded);
+            let d = Delivery::shared(self.messages.lend(message), r.recipients(), excluded);
             self.metrics.delivered += 1;
             self.metrics.member_deliveries += d.recipient_count() as u64;
             self.events.push_back(Event::Delivery(d));

@@ -384,7 +384,7 @@ impl Hub {
             timestamp: decoded.timestamp,
             origin: decoded.trailer,
         };
-        let d = Delivery::new(message, recipients, excluded);
+        let d = Delivery::shared(self.messages.lend(message), recipients, excluded);
         self.metrics.delivered += 1;
         self.metrics.member_deliveries += d.recipient_count() as u64;
         self.events.push_back(Event::Delivery(d));

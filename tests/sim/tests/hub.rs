@@ -341,3 +341,54 @@ fn a_redis_url_reaching_a_cluster_node_is_refused_and_old_servers_are_not() {
         assert_eq!(received(&mut s), [7], "{protocol}, HELLO {hello_supported}");
     }
 }
+
+/// Delivered messages' allocations are reused once dropped (`Config::message_reuse`), and a
+/// message still held is never touched: rounds of 20 messages, the first of each round kept
+/// to the end and the rest dropped as they come; every kept message still reads as it did.
+/// With reuse on the hub holds a reference to each message it hands out (the pool's); with
+/// it off the recipient's is the only one.
+#[test]
+fn reused_message_allocations_leave_held_messages_alone() {
+    for reuse in [1024, 0] {
+        let mut s = Sim::new(2, ModelConfig::default(), |_| Config {
+            pool_size: 1,
+            message_reuse: reuse,
+            ..Config::default()
+        });
+        s.settle();
+        s.join(1, "r", "m").unwrap();
+        s.settle();
+        s.take_events();
+        let mut kept = Vec::new();
+        for round in 0..5u32 {
+            let now = s.now;
+            for i in round * 20..round * 20 + 20 {
+                let data = format!("message {i}");
+                let msg = Publish::broadcast("r", data.as_bytes());
+                s.nodes[0].hub.publish_quiet(&msg, now).unwrap();
+            }
+            s.settle();
+            let got: Vec<_> = s
+                .take_events_of(1)
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::Delivery(d) => Some(d.into_shared().0),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(got.len(), 20, "round {round}: every message delivered");
+            for (k, m) in got.into_iter().enumerate() {
+                let i = round * 20 + k as u32;
+                assert_eq!(&m.data[..], format!("message {i}").as_bytes());
+                let holders = if reuse > 0 { 2 } else { 1 };
+                assert_eq!(std::sync::Arc::strong_count(&m), holders, "message {i}");
+                if k == 0 {
+                    kept.push((i, m));
+                }
+            }
+        }
+        for (i, m) in &kept {
+            assert_eq!(&m.data[..], format!("message {i}").as_bytes(), "kept {i}");
+        }
+    }
+}
