@@ -415,6 +415,9 @@ impl State {
                 }
                 // A membership whose stream ended (overflow under `Overflow::Close`, or a
                 // consumer that is gone) leaves the room; such a connection leaves all.
+                if closed.is_empty() && detached.is_empty() {
+                    return;
+                }
                 for (conn, token) in closed {
                     let room = message.room.as_str();
                     if let Err(e) = self.leave(room, conn.as_str(), Some(token)) {

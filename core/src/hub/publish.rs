@@ -279,7 +279,8 @@ impl Hub {
     }
 
     pub(super) fn pump(&mut self, idx: usize, now: Instant) {
-        loop {
+        // Usually nothing waits (every reply calls this): that is checked first.
+        while !self.links[idx].queue.is_empty() {
             let l = &self.links[idx];
             if !(l.is_ready()
                 && l.inflight_publishes < self.config.max_inflight_publishes
