@@ -57,6 +57,13 @@
 //! once nothing refers to it (the `roomcast` crate does; the hub's own output blocks work
 //! the same way).
 //!
+//! The `Arc<Message>` of a delivery is itself reused: the hub keeps a reference to each one
+//! it hands out and, once every recipient has dropped it, empties it (releasing its payload
+//! at once) and hands the same allocation out with a later message
+//! ([`Config::message_reuse`], [`Config::message_reuse_bytes`]). A recipient is therefore
+//! never the only holder of the `Arc` (`Arc::try_unwrap` fails; clone the message instead),
+//! and a message it still holds is never changed.
+//!
 //! The delivery contract (ordering, duplicates, sequences, outages) is described on
 //! [`Hub`] and in the repository's README; each line of it has a test.
 #![forbid(unsafe_code)]
