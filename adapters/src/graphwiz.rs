@@ -151,7 +151,7 @@ impl PubSubMessage {
 impl From<PubSubMessage> for crate::PubSubMessage {
     fn from(m: PubSubMessage) -> Self {
         crate::PubSubMessage {
-            room_id: m.room_id,
+            room_id: m.room_id.into(),
             message_type: m.message_type.into(),
             data: m.data.into(),
             exclude_connection: m.exclude_connection,

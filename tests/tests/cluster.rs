@@ -206,7 +206,7 @@ async fn instance(cluster_config: Config) -> Roomcast {
 
 fn broadcast(room: &str, data: String) -> PubSubMessage {
     PubSubMessage {
-        room_id: room.to_string(),
+        room_id: room.into(),
         message_type: MessageType::Broadcast,
         data: data.into_bytes().into(),
         exclude_connection: None,

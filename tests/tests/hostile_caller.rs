@@ -369,7 +369,7 @@ async fn refuses_bad_input(rc: &Roomcast, max_envelope: usize) -> roomcast::Memb
             "subscribe_room {id:?}"
         );
         assert_eq!(
-            rc.publish(PubSubMessage::broadcast(&id, "x")).await,
+            rc.publish(PubSubMessage::broadcast(id.as_str(), "x")).await,
             Err(Error::Publish(PublishError::InvalidRoom(want.clone()))),
             "publish {id:?}"
         );

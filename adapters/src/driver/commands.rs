@@ -176,7 +176,7 @@ impl State {
             Err(cause) => {
                 warn!(error = %cause, room = %msg.room_id, "publish refused");
                 let ev = Event::PublishRefused {
-                    room: msg.room_id.clone(),
+                    room: msg.room_id.to_string(),
                     cause,
                 };
                 self.event_subs.retain(|q| q.push(ev.clone()));

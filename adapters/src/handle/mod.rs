@@ -67,8 +67,10 @@ use crate::error::Error;
 /// A message as the GraphWiz design defined it, for publishing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PubSubMessage {
-    /// The room.
-    pub room_id: String,
+    /// The room. An `Arc<str>`, so that a room the application publishes to often can be
+    /// kept as one and cloned for each message without an allocation; any `&str` or
+    /// `String` converts into it (`"lobby".into()`).
+    pub room_id: Arc<str>,
     /// Broadcast, presence event or system notification.
     pub message_type: MessageType,
     /// The payload. A `Bytes`, so that a frame the application already holds as one (a
@@ -84,7 +86,7 @@ pub struct PubSubMessage {
 
 impl PubSubMessage {
     /// A broadcast to `room` stamped with the current Unix time.
-    pub fn broadcast(room: impl Into<String>, data: impl Into<Bytes>) -> Self {
+    pub fn broadcast(room: impl Into<Arc<str>>, data: impl Into<Bytes>) -> Self {
         PubSubMessage {
             room_id: room.into(),
             message_type: MessageType::Broadcast,
@@ -475,4 +477,21 @@ async fn futures_sink_send(tx: &mut mpsc::Sender<Command>, cmd: Command) -> Resu
         Poll::Pending => Poll::Pending,
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_room_name_is_shared_not_copied() {
+        let room: Arc<str> = Arc::from("hub/abc");
+        let a = PubSubMessage::broadcast(room.clone(), "one");
+        let b = PubSubMessage::broadcast(room.clone(), "two");
+        assert!(Arc::ptr_eq(&a.room_id, &room) && Arc::ptr_eq(&b.room_id, &room));
+        assert_eq!(Arc::strong_count(&room), 3);
+        // Text converts as before.
+        assert_eq!(&*PubSubMessage::broadcast("lobby", "x").room_id, "lobby");
+        assert_eq!(&*PubSubMessage::broadcast(String::from("x"), "x").room_id, "x");
+    }
 }

@@ -83,10 +83,15 @@ pub(super) async fn run(
     }
     s.metrics.frames_out.inc();
     let mut publisher = rc.publisher();
+    // The room's name, shared by every message this session publishes (no allocation each).
+    let room_name: std::sync::Arc<str> = room.as_str().into();
     let presence = |event: &str| {
-        PubSubMessage::broadcast(room.clone(), frames::presence_body(event, &conn, &instance))
-            .with_type(MessageType::PresenceEvent)
-            .excluding(conn.clone())
+        PubSubMessage::broadcast(
+            room_name.clone(),
+            frames::presence_body(event, &conn, &instance),
+        )
+        .with_type(MessageType::PresenceEvent)
+        .excluding(conn.clone())
     };
     if let Err(e) = publisher.send(presence("join")).await {
         s.metrics
@@ -103,7 +108,7 @@ pub(super) async fn run(
                     }
                     s.metrics.frames_in.inc();
                     // The frame's bytes are published as they are: no copy.
-                    let msg = PubSubMessage::broadcast(room.clone(), Bytes::from(text))
+                    let msg = PubSubMessage::broadcast(room_name.clone(), Bytes::from(text))
                         .excluding(conn.clone());
                     if let Err(e) = publisher.send(msg).await {
                         s.metrics.error(format_args!("publish to {room}: {e}"));

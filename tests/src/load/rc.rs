@@ -101,9 +101,11 @@ fn shutdown(insts: Vec<Inst>) {
     drop(insts);
 }
 
-fn message(room: &str, data: Bytes) -> PubSubMessage {
+/// A broadcast to `room`: the caller keeps each room it publishes to often as an `Arc<str>`
+/// and hands a clone over (no allocation per message for the room's name).
+fn message(room: Arc<str>, data: Bytes) -> PubSubMessage {
     PubSubMessage {
-        room_id: room.to_string(),
+        room_id: room,
         message_type: MessageType::Broadcast,
         data,
         exclude_connection: None,
@@ -200,6 +202,8 @@ pub fn run(job: &Job) -> Result<Vec<Res>, String> {
 fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
     let n = job.count;
     let rooms: Vec<String> = (0..job.rooms.max(1)).map(|i| job.room(i)).collect();
+    // What the publisher holds: each room's name, shared.
+    let names: Vec<Arc<str>> = rooms.iter().map(|room| Arc::from(room.as_str())).collect();
     let r = rooms.len() as u64;
     let queue = if job.queue > 0 {
         job.queue
@@ -234,7 +238,7 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
         phase.pacer = Some(pacer.run(deadline, |range, base| {
             let k = range.end - range.start;
             let batch = range.map(|i| {
-                let room = &rooms[(i % r) as usize];
+                let room = names[(i % r) as usize].clone();
                 message(room, payload(i, base + pacer.due_ns(i), size))
             });
             let ok = rt.block_on(p.send_batch(batch)).is_ok();
@@ -247,14 +251,14 @@ fn throughput(job: &Job, latency: bool) -> Result<Vec<Res>, String> {
         let rc = a.rc.clone();
         let flow = flow.clone();
         let published = published.clone();
-        let (size, one, rooms) = (job.size, latency, rooms.clone());
+        let (size, one, names) = (job.size, latency, names.clone());
         a.node.rt.spawn(async move {
             let tdeadline = tokio::time::Instant::from_std(deadline);
             let mut p = rc.publisher();
             // The send time only where latency is measured (one in flight).
             let msg = |i: u64| {
                 let sent = if one { now_ns() } else { 0 };
-                message(&rooms[(i % r) as usize], payload(i, sent, size))
+                message(names[(i % r) as usize].clone(), payload(i, sent, size))
             };
             if one {
                 // One in flight: each message alone, the next once every receiver has it.
@@ -418,7 +422,8 @@ fn publish_per_room(
             let Some(end) = flow.next_batch(first, n, tdeadline).await else {
                 break;
             };
-            let batch = (first..end).map(|i| message(&rooms[i as usize], payload(i, 0, size)));
+            let batch = (first..end)
+                .map(|i| message(rooms[i as usize].as_str().into(), payload(i, 0, size)));
             if p.send_batch(batch).await.is_err() {
                 break;
             }
@@ -637,7 +642,10 @@ fn churn(job: &Job) -> Result<Vec<Res>, String> {
                     tokio::time::sleep_until(due).await;
                 }
                 let room = rng.below(r);
-                let msg = message(&rooms[room as usize], payload(i, now_ns(), size));
+                let msg = message(
+                    rooms[room as usize].as_str().into(),
+                    payload(i, now_ns(), size),
+                );
                 if p.send(msg).await.is_err() {
                     break;
                 }
@@ -957,8 +965,12 @@ fn recovery(job: &Job) -> Result<Vec<Res>, String> {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     continue;
                 }
-                let batch = (i..due_by)
-                    .map(|j| message(&rooms[(j % n) as usize], payload(j, now_ns(), size)));
+                let batch = (i..due_by).map(|j| {
+                    message(
+                        rooms[(j % n) as usize].as_str().into(),
+                        payload(j, now_ns(), size),
+                    )
+                });
                 if p.send_batch(batch).await.is_err() {
                     break;
                 }
@@ -1182,7 +1194,7 @@ impl super::migration::Subject for RcSubject {
         let numbers: Vec<u64> = batch.iter().map(|m| m.0).collect();
         let msgs: Vec<PubSubMessage> = batch
             .into_iter()
-            .map(|(_, room, data)| message(&self.job.room(room), data))
+            .map(|(_, room, data)| message(self.job.room(room).into(), data))
             .collect();
         if self
             .a
