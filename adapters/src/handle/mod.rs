@@ -492,6 +492,9 @@ mod tests {
         assert_eq!(Arc::strong_count(&room), 3);
         // Text converts as before.
         assert_eq!(&*PubSubMessage::broadcast("lobby", "x").room_id, "lobby");
-        assert_eq!(&*PubSubMessage::broadcast(String::from("x"), "x").room_id, "x");
+        assert_eq!(
+            &*PubSubMessage::broadcast(String::from("x"), "x").room_id,
+            "x"
+        );
     }
 }
