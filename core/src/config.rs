@@ -174,7 +174,9 @@ pub struct Config {
     /// recipient has dropped the message (default 1,024; 0: a new allocation per message).
     /// The hub holds a reference to each such message meanwhile, so a recipient is never the
     /// only holder of an `Arc<Message>` it was handed (`Arc::try_unwrap` fails; clone the
-    /// message instead). See also `message_reuse_bytes`.
+    /// message instead). A message every recipient has dropped is emptied (its payload, and
+    /// the read buffer under it, released) at the hub's next input or timer, so within the
+    /// keepalive interval on an idle instance. See also `message_reuse_bytes`.
     pub message_reuse: usize,
     /// Most payload bytes of the messages the hub keeps for reuse (default 1 MiB): beyond it
     /// the oldest are let go, and a message larger than this is never kept.
