@@ -27,7 +27,7 @@ use std::num::NonZeroU8;
 use std::ops::DerefMut;
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::envelope::InstanceId;
 
@@ -476,6 +476,17 @@ impl ChannelNamer {
         let id = room.as_bytes();
         let escaped = id.iter().filter(|&&b| b == b'%' || b == b':').count();
         self.room_head.len() + id.len() + 2 * escaped
+    }
+
+    /// `room`'s channel as a RESP bulk string, `$<len>\r\n<channel>\r\n`: what a PUBLISH
+    /// to the room writes between its command name and its message.
+    pub(crate) fn room_channel_bulk(&self, room: &RoomId) -> Vec<u8> {
+        let len = self.room_channel_len(room);
+        let mut out = BytesMut::with_capacity(len + 24);
+        crate::resp::encode_bulk_header(&mut out, len);
+        self.put_room_channel(room, &mut out);
+        out.extend_from_slice(b"\r\n");
+        out.into()
     }
 
     /// Appends the channel of the room id `id` (one that passed the room id checks) to `out`.

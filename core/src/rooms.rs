@@ -540,6 +540,9 @@ pub(crate) struct Rooms {
     held: Vec<u32>,
     in_flight: usize,
     memberships: usize,
+    /// Bumped whenever a slot is given to a room: a slot remembered with the generation it
+    /// was found under still holds the same room while the generation is unchanged.
+    generation: u64,
     /// Rooms [`Rooms::disconnect`] visited in all (tests of its cost).
     #[cfg(test)]
     visited: usize,
@@ -560,6 +563,7 @@ impl Rooms {
             dirty: VecDeque::new(),
             held: Vec::new(),
             in_flight: 0,
+            generation: 0,
             memberships: 0,
             #[cfg(test)]
             visited: 0,
@@ -621,6 +625,12 @@ impl Rooms {
     pub(crate) fn get_with_id(&mut self, room: &str) -> Option<(&RoomId, RoomMut<'_>)> {
         let i = self.find(room)?;
         self.get_at(i)
+    }
+
+    /// The slots' generation: while it stays the same, every slot holds the room it held
+    /// (or is empty, if its room was removed).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// [`Rooms::get_with_id`] by a slot from [`Rooms::slot_of_bytes`].
@@ -732,6 +742,7 @@ impl Rooms {
             None => return None,
         };
         self.slab[i as usize] = Some(Room::new(RoomId::from_checked(id)));
+        self.generation = self.generation.wrapping_add(1);
         let (slab, hasher) = (&self.slab, &self.hasher);
         self.index
             .insert_unique(hasher.hash_one(id.as_bytes()), i, |&j| {

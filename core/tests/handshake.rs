@@ -340,3 +340,96 @@ fn an_error_answering_a_ping_on_an_established_link_names_the_ping_not_the_hands
     assert!(text.contains("PING on the established link"), "{text}");
     assert!(!text.contains("handshake"), "{text}");
 }
+
+/// `*3 message <channel> <envelope of room, data>` as Redis pushes it in RESP2.
+fn message(channel: &str, room: &str, data: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    roomcast_core::envelope::encode(
+        &mut body,
+        room,
+        roomcast_core::MessageType::Broadcast,
+        data,
+        None,
+        0,
+        None,
+    );
+    let mut out = format!(
+        "*3\r\n$7\r\nmessage\r\n${}\r\n{channel}\r\n${}\r\n",
+        channel.len(),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// The data of each delivery among `events`, with its room.
+fn delivered(events: Vec<Event>) -> Vec<(String, Vec<u8>)> {
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Delivery(d) => Some((d.message.room.to_string(), d.message.data.to_vec())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A subscription confirmation (or unsubscription: `kind`) of `channel`, RESP2.
+fn confirmation(kind: &str, channel: &str, count: u32) -> Vec<u8> {
+    format!(
+        "*3\r\n${}\r\n{kind}\r\n${}\r\n{channel}\r\n:{count}\r\n",
+        kind.len(),
+        channel.len()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_room_slot_given_to_another_room_is_not_found_by_the_old_channel() {
+    let (mut hub, now) = hub("redis://127.0.0.1:6390");
+    open_all(&mut hub, now);
+    let _ = sent(&mut hub, SUBSCRIBER);
+    feed(&mut hub, SUBSCRIBER, &resp2_ok(), now);
+    hub.join("r", "a", now).unwrap();
+    let _ = sent(&mut hub, SUBSCRIBER);
+    let mut confirm = confirmation("subscribe", "graphwiz:ctl:0000000000000007", 1);
+    confirm.extend(confirmation("subscribe", "graphwiz:room:r", 2));
+    feed(&mut hub, SUBSCRIBER, &confirm, now);
+    let _ = events(&mut hub);
+    // Two messages in a row on one channel (the second finds the room the first found).
+    let mut two = message("graphwiz:room:r", "r", b"1");
+    two.extend(message("graphwiz:room:r", "r", b"2"));
+    feed(&mut hub, SUBSCRIBER, &two, now);
+    let got = delivered(events(&mut hub));
+    assert_eq!(got, [("r".into(), b"1".to_vec()), ("r".into(), b"2".to_vec())]);
+    // `r` goes; `s` comes, in the slot `r` had.
+    hub.leave("r", "a", now).unwrap();
+    let _ = sent(&mut hub, SUBSCRIBER);
+    feed(
+        &mut hub,
+        SUBSCRIBER,
+        &confirmation("unsubscribe", "graphwiz:room:r", 1),
+        now,
+    );
+    hub.join("s", "b", now).unwrap();
+    let _ = sent(&mut hub, SUBSCRIBER);
+    feed(
+        &mut hub,
+        SUBSCRIBER,
+        &confirmation("subscribe", "graphwiz:room:s", 2),
+        now,
+    );
+    let _ = events(&mut hub);
+    // A late message of `r` is unknown here now; one of `s` is delivered.
+    let mut late = message("graphwiz:room:r", "r", b"late");
+    late.extend(message("graphwiz:room:s", "s", b"3"));
+    feed(&mut hub, SUBSCRIBER, &late, now);
+    assert_eq!(delivered(events(&mut hub)), [("s".into(), b"3".to_vec())]);
+    let m = hub.metrics();
+    assert_eq!(
+        (m.dropped_unknown_channel, m.dropped_room_mismatch),
+        (1, 0),
+        "found as unknown by its channel, not taken for the room in its old slot"
+    );
+}

@@ -42,6 +42,8 @@ impl State {
                             self.hub.handle_disconnected(link, &e.to_string(), now);
                         }
                     }
+                    // The open link has not been read yet (no waker registered for it).
+                    self.again = true;
                     true
                 }
             },
@@ -53,13 +55,14 @@ impl State {
                         io, rbuf, blocks, ..
                     } = &mut self.links[i]
                     else {
-                        break;
+                        // Closed by what the last read made the core do.
+                        return progress;
                     };
                     Self::read_room(rbuf, blocks);
                     // Straight into `rbuf` where the runtime can, through `scratch` elsewhere.
                     let read = self.rt.poll_read_buf(io, cx, rbuf, &mut self.scratch);
                     match read {
-                        Poll::Pending => break,
+                        Poll::Pending => return progress,
                         Poll::Ready(Ok(0)) => {
                             self.closed_by_peer(i, "connection closed by the server".into());
                             return true;
@@ -76,6 +79,8 @@ impl State {
                         }
                     }
                 }
+                // The budget ran out with input maybe left unread: no waker will say so.
+                self.again = true;
                 progress
             }
         }
@@ -100,6 +105,7 @@ impl State {
 
     pub(super) fn closed_by_peer(&mut self, i: usize, cause: String) {
         self.links[i] = LinkIo::Idle;
+        self.again = true;
         let now = self.now();
         self.hub.handle_disconnected(LinkId(i as u16), &cause, now);
     }
@@ -214,6 +220,8 @@ impl State {
                         connect
                     };
                     self.links[link.0 as usize] = LinkIo::Connecting(fut);
+                    // Polled first next round (its stage may have run already).
+                    self.again = true;
                 }
                 LinkRequest::Close { link } => {
                     debug!(%link, "closing link");

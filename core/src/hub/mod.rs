@@ -251,6 +251,9 @@ pub struct Hub {
     scratch: Vec<u8>,
     /// Where a received message's room id is unescaped (no allocation per message).
     room_scratch: String,
+    /// The last message's channel and the room slot it was found at, under the slots'
+    /// generation then ([`Rooms::generation`]): a burst in one room looks its room up once.
+    last_channel: LastChannel,
     presence: presence::PresenceState,
     /// Connections joined with [`Hub::observe`], while they are in a room: in no presence.
     observers: hashbrown::HashSet<ConnId, FixedState>,
@@ -344,6 +347,7 @@ impl Hub {
             closed: false,
             scratch: Vec::new(),
             room_scratch: String::new(),
+            last_channel: LastChannel::default(),
             presence: presence::PresenceState::new(crate::presence::Keys::new(
                 &namer_for_keys,
                 id.instance,
@@ -978,6 +982,38 @@ impl Hub {
         self.now
     }
 }
+
+/// A one-entry cache of the room slot a channel was found at (see `Hub::on_message`).
+#[derive(Debug, Default)]
+struct LastChannel {
+    channel: Vec<u8>,
+    slot: u32,
+    generation: u64,
+}
+
+impl LastChannel {
+    /// The slot `channel` was found at, if it is the channel remembered and no slot has been
+    /// given to another room since.
+    #[inline]
+    fn get(&self, channel: &[u8], generation: u64) -> Option<u32> {
+        (self.generation == generation && !self.channel.is_empty() && self.channel == channel)
+            .then_some(self.slot)
+    }
+
+    /// Remembers `channel` at `slot` (a channel longer than any room channel is not kept).
+    fn set(&mut self, channel: &[u8], slot: u32, generation: u64) {
+        if channel.len() > MAX_REMEMBERED_CHANNEL {
+            return;
+        }
+        self.channel.clear();
+        self.channel.extend_from_slice(channel);
+        self.slot = slot;
+        self.generation = generation;
+    }
+}
+
+/// The longest channel [`LastChannel`] keeps: a prefix and a room id of sensible length.
+const MAX_REMEMBERED_CHANNEL: usize = 256;
 
 /// A drained queue gives back what a burst made it grow to (100,000 `RoomLive` events after a
 /// mass join would otherwise hold ~14 MiB for good).

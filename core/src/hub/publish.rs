@@ -40,8 +40,15 @@ impl Hub {
         let id = self.seq.next_id();
         self.metrics.published += 1;
         let (seq, room) = if writable {
-            let (room, epoch, seq) = self.take_seq(msg.room);
-            self.emit_publish(idx, id, &room, Body::Message(msg), epoch, seq, now);
+            let body = Body::Message(msg);
+            let (room, epoch, seq) = match self.emit_numbered(idx, id, msg.room, body, now) {
+                Some(numbered) => numbered,
+                None => {
+                    // The room's first publish (or first since its stream was forgotten).
+                    let room = self.known_room(msg.room);
+                    self.emit_started(idx, id, &room, body, now)
+                }
+            };
             (Some((epoch, seq)), room)
         } else {
             // Queued while its link cannot take it (rare): encoded on its own, to be numbered
@@ -164,11 +171,11 @@ impl Hub {
     /// Numbers a new publish to a checked room: its shared id, epoch and sequence number, with
     /// one map lookup when the room has published before.
     fn take_seq(&mut self, room: &str) -> (RoomId, u64, u64) {
-        if let Some(numbered) = self.seq.take(room) {
-            return numbered;
+        if let Some((id, epoch, seq, _)) = self.seq.take(room) {
+            return (id, epoch, seq);
         }
         let id = self.known_room(room);
-        let (epoch, seq) = self.seq.next(&id);
+        let (id, epoch, seq, _) = self.seq.start(&id, &self.namer);
         (id, epoch, seq)
     }
 
@@ -218,8 +225,7 @@ impl Hub {
     pub(super) fn write_publish(&mut self, idx: usize, o: Outgoing, now: Instant) {
         match o.bytes {
             Queued::Body { room, body } => {
-                let (epoch, seq) = self.seq.next(&room);
-                self.emit_publish(idx, o.id, &room, Body::Encoded(&body), epoch, seq, now);
+                self.emit_started(idx, o.id, &room, Body::Encoded(&body), now);
             }
             Queued::Frame(frame) => {
                 self.metrics.publish_resent += 1;
@@ -232,50 +238,41 @@ impl Hub {
         }
     }
 
-    /// Appends `PUBLISH channel body+trailer` to the link's output in one pass (the payload
-    /// is copied once, from the caller's message straight into the output) and files the
-    /// publish as awaiting its reply. Its frame is kept for a resend as a slice of the
-    /// output once handed out (`Link::take_output`), not as a copy of its own.
-    #[allow(clippy::too_many_arguments)]
-    fn emit_publish(
+    /// Numbers a publish to `room` from the room's stream and writes it ([`emit_frame`]);
+    /// `None` (nothing written) when the room has no stream.
+    fn emit_numbered(
+        &mut self,
+        idx: usize,
+        id: PublishId,
+        room: &str,
+        body: Body<'_>,
+        now: Instant,
+    ) -> Option<(RoomId, u64, u64)> {
+        let (head, origin) = (self.publish_head(), self.id.instance);
+        let numbered = self.seq.take(room)?;
+        Some(emit_frame(&mut self.links[idx], head, origin, numbered, body, id, now))
+    }
+
+    /// [`Hub::emit_numbered`] for a room that may have no stream yet: starts one if so.
+    fn emit_started(
         &mut self,
         idx: usize,
         id: PublishId,
         room: &RoomId,
         body: Body<'_>,
-        epoch: u64,
-        seq: u64,
         now: Instant,
-    ) {
-        let trailer = Trailer {
-            origin: self.id.instance,
-            epoch,
-            seq,
-        }
-        .to_bytes();
-        let channel_len = self.namer.room_channel_len(room);
-        let total = body.len() + TRAILER_LEN;
-        let head = if self.shards.is_some() {
+    ) -> (RoomId, u64, u64) {
+        let (head, origin) = (self.publish_head(), self.id.instance);
+        let numbered = self.seq.start(room, &self.namer);
+        emit_frame(&mut self.links[idx], head, origin, numbered, body, id, now)
+    }
+
+    fn publish_head(&self) -> &'static [u8] {
+        if self.shards.is_some() {
             SPUBLISH_HEAD
         } else {
             PUBLISH_HEAD
-        };
-        let l = &mut self.links[idx];
-        // Header, two bulk headers (at most 24 bytes each), both payloads and their CRLFs.
-        l.reserve_output(head.len() + 2 * 24 + channel_len + total + 4, OUTPUT_BLOCK);
-        let start = l.out.len();
-        l.out.extend_from_slice(head);
-        encode_bulk_header(&mut l.out, channel_len);
-        self.namer.put_room_channel(room, &mut l.out);
-        l.out.extend_from_slice(b"\r\n");
-        encode_bulk_header(&mut l.out, total);
-        match body {
-            Body::Message(msg) => put_body(&mut l.out, msg),
-            Body::Encoded(body) => l.out.extend_from_slice(body),
         }
-        l.out.extend_from_slice(&trailer);
-        l.out.extend_from_slice(b"\r\n");
-        l.push_written(id, start, now);
     }
 
     pub(super) fn pump(&mut self, idx: usize, now: Instant) {
@@ -304,6 +301,39 @@ impl Hub {
         self.metrics.publish_failed += 1;
         self.events.push_back(Event::PublishFailed { id, error });
     }
+}
+
+/// Appends `PUBLISH channel body+trailer` to the link's output in one pass (the payload is
+/// copied once, from the caller's message straight into the output; the channel from the
+/// room's stream, where it was spelled once) and files the publish as awaiting its reply. Its
+/// frame is kept for a resend as a slice of the output once handed out
+/// (`Link::take_output`), not as a copy of its own.
+fn emit_frame(
+    l: &mut Link,
+    head: &[u8],
+    origin: InstanceId,
+    (room, epoch, seq, channel): sequence::Numbered<'_>,
+    body: Body<'_>,
+    id: PublishId,
+    now: Instant,
+) -> (RoomId, u64, u64) {
+    let trailer = Trailer { origin, epoch, seq }.to_bytes();
+    let total = body.len() + TRAILER_LEN;
+    // The command's head, the channel, the body's bulk header (at most 24 bytes), the body,
+    // its trailer and CRLF.
+    l.reserve_output(head.len() + channel.len() + 24 + total + 2, OUTPUT_BLOCK);
+    let start = l.out.len();
+    l.out.extend_from_slice(head);
+    l.out.extend_from_slice(channel);
+    encode_bulk_header(&mut l.out, total);
+    match body {
+        Body::Message(msg) => put_body(&mut l.out, msg),
+        Body::Encoded(body) => l.out.extend_from_slice(body),
+    }
+    l.out.extend_from_slice(&trailer);
+    l.out.extend_from_slice(b"\r\n");
+    l.push_written(id, start, now);
+    (room, epoch, seq)
 }
 
 /// The envelope body a PUBLISH is written from.

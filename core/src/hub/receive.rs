@@ -282,13 +282,21 @@ impl Hub {
             return;
         }
         let max_room = self.config.max_room_id_bytes;
+        let generation = self.rooms.generation();
+        // The same channel as the last message's, with no slot given to another room since:
+        // the same room.
+        let remembered = self.last_channel.get(channel, generation);
         // A channel whose id part needs no unescaping names a joined room byte for byte, and
         // a joined room's id was checked when it was joined: found that way, nothing is
         // checked again. Anything else takes the full path, which says what was wrong.
-        let fast = self
-            .namer
-            .plain_room_id(channel)
-            .and_then(|id| self.rooms.slot_of_bytes(id));
+        let fast = remembered.or_else(|| {
+            let slot = self
+                .namer
+                .plain_room_id(channel)
+                .and_then(|id| self.rooms.slot_of_bytes(id))?;
+            self.last_channel.set(channel, slot, generation);
+            Some(slot)
+        });
         let slot = match fast {
             Some(i) => i,
             None => {
