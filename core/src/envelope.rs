@@ -229,13 +229,34 @@ fn decode_config() -> impl Config {
 /// smaller) before reading it. For no allocation at all, pass a `payload` that is already
 /// shared (e.g. from `BytesMut::freeze`): slicing a `Bytes` made from a `Vec` allocates once.
 pub fn decode(payload: &Bytes, max_bytes: usize) -> Result<Decoded<'_>, EnvelopeError> {
-    let (room, rest) = decode_parts(payload, max_bytes, None)?;
+    let (room, view) = decode_parts(payload, max_bytes, None)?;
     let room_id = match room {
         RoomField::Text(t) => t,
         // Only reported when a known id was given.
         RoomField::Known => "",
     };
-    Ok(Decoded { room_id, ..rest })
+    Ok(Decoded {
+        room_id,
+        message_type: view.message_type,
+        // `view.data` lies within `payload` (see `View`), so `slice` cannot panic.
+        data: payload.slice(view.data),
+        exclude_connection: view.exclude_connection,
+        timestamp: view.timestamp,
+        trailer: view.trailer,
+    })
+}
+
+/// A decoded envelope whose data is still in the buffer it was read from: [`Decoded`] with
+/// the data's place in that buffer instead of a slice of it (the caller cuts the data out of
+/// whatever owns the buffer).
+#[derive(Debug, Clone)]
+pub(crate) struct View<'a> {
+    pub(crate) message_type: MessageType,
+    /// Where the data is in the decoded buffer (always within it).
+    pub(crate) data: std::ops::Range<usize>,
+    pub(crate) exclude_connection: Option<&'a str>,
+    pub(crate) timestamp: i64,
+    pub(crate) trailer: Option<Trailer>,
 }
 
 /// An envelope's room id as [`decode_in`] reads it.
@@ -250,20 +271,20 @@ pub(crate) enum RoomField<'a> {
 /// [`decode`] for a message that arrived on the channel of a room whose id is `known`: the
 /// same checks in the same order, but an envelope room id equal to `known` is reported as
 /// [`RoomField::Known`] and not checked again as text (the receiving path's hot spot). The
-/// room id is the [`RoomField`]; the returned [`Decoded`]'s `room_id` is always empty.
+/// room id is the [`RoomField`]; the data is where the [`View`] says, in `payload`.
 pub(crate) fn decode_in<'a>(
-    payload: &'a Bytes,
+    payload: &'a [u8],
     max_bytes: usize,
     known: &[u8],
-) -> Result<(RoomField<'a>, Decoded<'a>), EnvelopeError> {
+) -> Result<(RoomField<'a>, View<'a>), EnvelopeError> {
     decode_parts(payload, max_bytes, Some(known))
 }
 
 fn decode_parts<'a>(
-    payload: &'a Bytes,
+    payload: &'a [u8],
     max_bytes: usize,
     known: Option<&[u8]>,
-) -> Result<(RoomField<'a>, Decoded<'a>), EnvelopeError> {
+) -> Result<(RoomField<'a>, View<'a>), EnvelopeError> {
     let max = max_bytes.min(HARD_MAX_ENVELOPE_BYTES);
     if payload.len() > max {
         return Err(EnvelopeError::TooLarge {
@@ -294,17 +315,24 @@ fn decode_parts<'a>(
     let message_type = MessageType::from_wire(body.message_type)
         .ok_or_else(|| EnvelopeError::malformed("the message type is not 0, 1 or 2"))?;
     let trailer = parse_trailer(buf.get(used..).unwrap_or_default());
-    let decoded = Decoded {
-        room_id: "",
+    let view = View {
         message_type,
-        // `body.data` was borrowed from `payload`'s own bytes, so it lies within them and
-        // `slice_ref` cannot panic (an empty slice is handled without a range check).
-        data: payload.slice_ref(body.data),
+        data: place_in(buf, body.data),
         exclude_connection,
         timestamp: body.timestamp,
         trailer,
     };
-    Ok((room, decoded))
+    Ok((room, view))
+}
+
+/// Where `part`, a slice borrowed from `buf`, lies in it (an empty range at 0 for anything
+/// else, which a caller of this module never passes).
+fn place_in(buf: &[u8], part: &[u8]) -> std::ops::Range<usize> {
+    let offset = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+    match offset.checked_add(part.len()) {
+        Some(end) if end <= buf.len() => offset..end,
+        _ => 0..0,
+    }
 }
 
 /// Reads a well-formed body field by field, as bincode reads it, and says how many bytes it

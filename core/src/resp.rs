@@ -243,15 +243,20 @@ impl MessageFrame {
         self.frame.get(self.payload.clone()).unwrap_or_default()
     }
 
-    /// The payload, as the frame narrowed to it (no reference count taken).
-    pub(crate) fn into_payload(self) -> Bytes {
+    /// The part `within` of the payload (offsets into [`MessageFrame::payload`]), as the
+    /// frame narrowed to it (no reference count taken); empty if `within` is not inside it.
+    pub(crate) fn into_part(self, within: Range<usize>) -> Bytes {
         let Range { start, end } = self.payload;
-        let mut b = self.frame;
-        if start > end || end > b.len() {
+        let part = (within.start.checked_add(start), within.end.checked_add(start));
+        let (Some(from), Some(to)) = part else {
+            return Bytes::new();
+        };
+        if start > end || end > self.frame.len() || from > to || to > end {
             return Bytes::new();
         }
-        b.truncate(end);
-        bytes::Buf::advance(&mut b, start);
+        let mut b = self.frame;
+        b.truncate(to);
+        bytes::Buf::advance(&mut b, from);
         b
     }
 }
@@ -706,26 +711,30 @@ fn memchr_crlf(buf: &[u8]) -> Option<usize> {
 /// data and where the next element starts. `None` for anything else, including lengths of
 /// more than nine digits (no frame within a sensible limit has them; the scan decides).
 fn bulk_at(b: &[u8], pos: usize) -> Option<(std::ops::Range<usize>, usize)> {
-    let rest = b.get(pos..)?;
-    if rest.first() != Some(&b'$') {
+    let (&dollar, digits) = b.get(pos..)?.split_first()?;
+    if dollar != b'$' {
         return None;
     }
     let mut len = 0usize;
-    let mut i = 1;
+    let mut i = 0;
     loop {
-        match *rest.get(i)? {
-            d @ b'0'..=b'9' if i <= 9 => len = len * 10 + usize::from(d - b'0'),
-            b'\r' if i > 1 => break,
-            _ => return None,
+        let d = digits.get(i)?.wrapping_sub(b'0');
+        if d > 9 {
+            break;
         }
+        if i == 9 {
+            return None;
+        }
+        len = len * 10 + usize::from(d);
         i += 1;
     }
-    if rest.get(i + 1) != Some(&b'\n') {
+    if i == 0 || digits.get(i..i + 2)? != b"\r\n" {
         return None;
     }
-    let start = pos + i + 2;
-    let end = start.checked_add(len)?;
-    if b.get(end..end.checked_add(2)?)? != b"\r\n" {
+    // At most nine digits: `len` and `end` are far from overflowing.
+    let start = pos + 1 + i + 2;
+    let end = start + len;
+    if b.get(end..end + 2)? != b"\r\n" {
         return None;
     }
     Some((start..end, end + 2))
@@ -897,7 +906,7 @@ mod tests {
     }
 
     #[test]
-    fn a_message_payload_is_its_frame_narrowed_not_a_copy() {
+    fn a_message_payload_part_is_its_frame_narrowed_not_a_copy() {
         let wire = b">3\r\n$7\r\nmessage\r\n$4\r\nroom\r\n$5\r\nhello\r\n";
         let mut buf = BytesMut::from(&wire[..]);
         let start = buf.as_ptr() as usize;
@@ -905,15 +914,19 @@ mod tests {
             panic!("a message");
         };
         assert_eq!((m.channel(), m.payload()), (&b"room"[..], &b"hello"[..]));
-        let payload = m.into_payload();
-        assert_eq!(&payload[..], b"hello");
-        // Where the payload sits in the bytes read: the frame's own memory.
-        let offset = wire.len() - b"hello\r\n".len();
-        assert_eq!(payload.as_ptr() as usize, start + offset);
+        let part = m.clone().into_part(1..4);
+        assert_eq!(&part[..], b"ell");
+        // Where the part sits in the bytes read: the frame's own memory.
+        let offset = wire.len() - b"hello\r\n".len() + 1;
+        assert_eq!(part.as_ptr() as usize, start + offset);
+        assert_eq!(&m.clone().into_part(0..5)[..], b"hello");
+        // A part beyond the payload reads as empty (not the CRLF after it), never panics.
+        assert!(m.clone().into_part(3..6).is_empty());
+        assert!(m.into_part(usize::MAX..usize::MAX).is_empty());
         // Ranges outside the frame read as empty, never panic.
         let odd = MessageFrame::new(Bytes::from_static(b"ab"), 1..5, 3..9);
         assert_eq!((odd.channel(), odd.payload()), (&b""[..], &b""[..]));
-        assert!(odd.into_payload().is_empty());
+        assert!(odd.into_part(0..1).is_empty());
     }
 
     #[test]

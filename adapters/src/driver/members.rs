@@ -418,6 +418,8 @@ impl State {
                 if closed.is_empty() && detached.is_empty() {
                     return;
                 }
+                // What the core does about it (unsubscribing) is drained next round.
+                self.again = true;
                 for (conn, token) in closed {
                     let room = message.room.as_str();
                     if let Err(e) = self.leave(room, conn.as_str(), Some(token)) {

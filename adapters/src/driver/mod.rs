@@ -263,20 +263,27 @@ impl Future for Driver {
             // Each stage polls its sources until they are pending (their wakers registered)
             // and hands on what it produced to the stages after it: commands and input to
             // the core, the core's output to the write queues, the queues to the sockets.
-            s.poll_commands(cx);
+            // The core is drained after every read and after whatever else fed it.
+            let commands = s.poll_commands(cx);
             for i in 0..s.links.len() {
                 s.poll_link(i, cx);
             }
-            s.drain();
+            if commands || s.again {
+                s.drain();
+            }
+            let mut wrote = false;
             for i in 0..s.links.len() {
-                s.poll_write(i, cx);
+                wrote |= s.poll_write(i, cx);
             }
             // What the last stages do can feed the earlier ones (a parked publish's or a
-            // timer's output to write, a delivery that made the core unsubscribe): then the
-            // round is run again. Otherwise every source is waiting on a waker, and a
-            // second round would only find that out again (in a profile, half the driver's
-            // work per wake-up).
-            let late = s.flush_parked() | s.poll_timer(cx) | s.drain();
+            // timer's output to write, room in a write queue for more of the core's output,
+            // a delivery that made the core unsubscribe): then the round is run again.
+            // Otherwise every source is waiting on a waker, and a second round would only
+            // find that out again (in a profile, half the driver's work per wake-up).
+            let mut late = s.flush_parked() | s.poll_timer(cx);
+            if late || wrote {
+                late |= s.drain();
+            }
             s.check_shutdown();
             if s.done {
                 return Poll::Ready(());

@@ -318,13 +318,15 @@ impl Hub {
                 i
             }
         };
-        let payload = message.into_payload();
         let Some((room_id, mut room)) = self.rooms.get_at(slot) else {
             self.metrics.dropped_unknown_channel += 1;
             return;
         };
-        let decoded =
-            envelope::decode_in(&payload, self.config.max_envelope_bytes, room_id.as_bytes());
+        let decoded = envelope::decode_in(
+            message.payload(),
+            self.config.max_envelope_bytes,
+            room_id.as_bytes(),
+        );
         let (room_field, decoded) = match decoded {
             Ok(d) => d,
             Err(e) => {
@@ -384,13 +386,19 @@ impl Hub {
                 missing,
             });
         }
+        let exclude_connection = decoded.exclude_connection.map(Into::into);
+        let (message_type, timestamp, origin) =
+            (decoded.message_type, decoded.timestamp, decoded.trailer);
+        let part = decoded.data;
+        // The data is the frame narrowed to it (it lies within the payload: `View`).
+        let data = message.into_part(part);
         let message = Message {
             room: room_id,
-            message_type: decoded.message_type,
-            data: decoded.data,
-            exclude_connection: decoded.exclude_connection.map(Into::into),
-            timestamp: decoded.timestamp,
-            origin: decoded.trailer,
+            message_type,
+            data,
+            exclude_connection,
+            timestamp,
+            origin,
         };
         let d = Delivery::shared(self.messages.lend(message), recipients, excluded);
         self.metrics.delivered += 1;
