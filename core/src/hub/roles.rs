@@ -179,12 +179,16 @@ impl Roles {
     /// hash of the room id (FNV-1a: the same across runs and versions, unlike std's hasher).
     /// `None` when the place has no publish link (standalone mode: no link at all).
     pub(crate) fn publisher_of(&self, place: Place, room: &str) -> Option<usize> {
+        let publishers = self.publishers_of(place);
+        if let [only] = publishers {
+            // One link: every room's (no hash to take).
+            return Some(*only);
+        }
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in room.as_bytes() {
             h ^= u64::from(*b);
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
-        let publishers = self.publishers_of(place);
         let n = publishers.len().max(1);
         publishers.get((h % n as u64) as usize).copied()
     }
