@@ -247,7 +247,10 @@ impl MessageFrame {
     /// frame narrowed to it (no reference count taken); empty if `within` is not inside it.
     pub(crate) fn into_part(self, within: Range<usize>) -> Bytes {
         let Range { start, end } = self.payload;
-        let part = (within.start.checked_add(start), within.end.checked_add(start));
+        let part = (
+            within.start.checked_add(start),
+            within.end.checked_add(start),
+        );
         let (Some(from), Some(to)) = part else {
             return Bytes::new();
         };

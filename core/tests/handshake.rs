@@ -402,7 +402,10 @@ fn a_room_slot_given_to_another_room_is_not_found_by_the_old_channel() {
     two.extend(message("graphwiz:room:r", "r", b"2"));
     feed(&mut hub, SUBSCRIBER, &two, now);
     let got = delivered(events(&mut hub));
-    assert_eq!(got, [("r".into(), b"1".to_vec()), ("r".into(), b"2".to_vec())]);
+    assert_eq!(
+        got,
+        [("r".into(), b"1".to_vec()), ("r".into(), b"2".to_vec())]
+    );
     // `r` goes; `s` comes, in the slot `r` had.
     hub.leave("r", "a", now).unwrap();
     let _ = sent(&mut hub, SUBSCRIBER);

@@ -983,11 +983,17 @@ impl Hub {
     }
 }
 
-/// A one-entry cache of the room slot a channel was found at (see `Hub::on_message`).
+/// A one-entry cache of the room slot a channel was found at (see `Hub::on_message`). It
+/// keeps a channel only once two messages in a row were for the same room: traffic spread
+/// over many rooms pays a comparison of two slots per message, not a copy of its channel.
 #[derive(Debug, Default)]
 struct LastChannel {
+    /// The channel remembered, if `armed`.
     channel: Vec<u8>,
+    armed: bool,
+    /// The slot of the last message's room (remembered or not).
     slot: u32,
+    /// The room table's generation when `channel` was remembered.
     generation: u64,
 }
 
@@ -996,19 +1002,21 @@ impl LastChannel {
     /// given to another room since.
     #[inline]
     fn get(&self, channel: &[u8], generation: u64) -> Option<u32> {
-        (self.generation == generation && !self.channel.is_empty() && self.channel == channel)
+        (self.armed && self.generation == generation && self.channel == channel)
             .then_some(self.slot)
     }
 
-    /// Remembers `channel` at `slot` (a channel longer than any room channel is not kept).
-    fn set(&mut self, channel: &[u8], slot: u32, generation: u64) {
-        if channel.len() > MAX_REMEMBERED_CHANNEL {
-            return;
-        }
-        self.channel.clear();
-        self.channel.extend_from_slice(channel);
+    /// `channel` was found at `slot` by a lookup: remembered if the message before was for the
+    /// same slot too (a channel longer than any room channel is not kept).
+    fn found(&mut self, channel: &[u8], slot: u32, generation: u64) {
+        let again = slot == self.slot;
         self.slot = slot;
-        self.generation = generation;
+        self.armed = again && channel.len() <= MAX_REMEMBERED_CHANNEL;
+        if self.armed {
+            self.channel.clear();
+            self.channel.extend_from_slice(channel);
+            self.generation = generation;
+        }
     }
 }
 

@@ -250,7 +250,15 @@ impl Hub {
     ) -> Option<(RoomId, u64, u64)> {
         let (head, origin) = (self.publish_head(), self.id.instance);
         let numbered = self.seq.take(room)?;
-        Some(emit_frame(&mut self.links[idx], head, origin, numbered, body, id, now))
+        Some(emit_frame(
+            &mut self.links[idx],
+            head,
+            origin,
+            numbered,
+            body,
+            id,
+            now,
+        ))
     }
 
     /// [`Hub::emit_numbered`] for a room that may have no stream yet: starts one if so.

@@ -294,7 +294,7 @@ impl Hub {
                 .namer
                 .plain_room_id(channel)
                 .and_then(|id| self.rooms.slot_of_bytes(id))?;
-            self.last_channel.set(channel, slot, generation);
+            self.last_channel.found(channel, slot, generation);
             Some(slot)
         });
         let slot = match fast {

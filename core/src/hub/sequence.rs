@@ -122,7 +122,7 @@ mod tests {
             RoomId::from_checked("c"),
         );
         let namer = ChannelNamer::new("app").expect("a valid prefix");
-        let mut next = |s: &mut Sequencer, room: &RoomId| {
+        let next = |s: &mut Sequencer, room: &RoomId| {
             let (id, epoch, seq, channel) = s.start(room, &namer);
             assert!(id.ptr_eq(room), "the room's shared id is kept");
             let name = namer.room_channel(room);
