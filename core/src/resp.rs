@@ -205,7 +205,8 @@ pub(crate) enum Incoming {
 
 /// A pub/sub message as read: its frame's bytes and where the channel and the payload lie in
 /// them. Slicing both out would take a reference count each (and give it back); the hub
-/// reads the channel in place and then turns the frame itself into the payload.
+/// reads the channel and the envelope in place and then turns the frame itself into the
+/// envelope's data ([`MessageFrame::into_part`]).
 #[derive(Debug, Clone)]
 pub(crate) struct MessageFrame {
     frame: Bytes,

@@ -252,7 +252,8 @@ pub struct Hub {
     /// Where a received message's room id is unescaped (no allocation per message).
     room_scratch: String,
     /// The last message's channel and the room slot it was found at, under the slots'
-    /// generation then ([`Rooms::generation`]): a burst in one room looks its room up once.
+    /// generation then ([`Rooms::generation`]): a burst in one room looks its room up for
+    /// its first two messages only.
     last_channel: LastChannel,
     presence: presence::PresenceState,
     /// Connections joined with [`Hub::observe`], while they are in a room: in no presence.
