@@ -225,22 +225,26 @@ fn garbage_breaks_only_that_link() {
     assert_eq!(hub.health().links[1].state, roomcast_core::LinkState::Ready);
 }
 
-#[test]
-fn stray_messages_and_server_unsubscribes_are_handled_on_the_live_link() {
+/// A hub whose links are up and whose connection `a` is in room `r`, confirmed live (the
+/// control channel's and the room's SUBSCRIBE answered), with its events taken.
+fn hub_with_live_room() -> (Hub, Instant) {
     let (mut hub, now) = hub("redis://127.0.0.1:6390");
     open_all(&mut hub, now);
     let _ = sent(&mut hub, SUBSCRIBER);
     feed(&mut hub, SUBSCRIBER, &resp2_ok(), now);
     hub.join("r", "a", now).unwrap();
     let _ = sent(&mut hub, SUBSCRIBER);
-    let ctl = b"graphwiz:ctl:0000000000000007";
-    let mut confirm = format!("*3\r\n$9\r\nsubscribe\r\n${}\r\n", ctl.len()).into_bytes();
-    confirm.extend_from_slice(ctl);
-    confirm
-        .extend_from_slice(b"\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$15\r\ngraphwiz:room:r\r\n:2\r\n");
+    let mut confirm = confirmation("subscribe", "graphwiz:ctl:0000000000000007", 1);
+    confirm.extend(confirmation("subscribe", "graphwiz:room:r", 2));
     feed(&mut hub, SUBSCRIBER, &confirm, now);
-    assert_eq!(hub.room_state("r"), Some(roomcast_core::RoomState::Live));
     let _ = events(&mut hub);
+    (hub, now)
+}
+
+#[test]
+fn stray_messages_and_server_unsubscribes_are_handled_on_the_live_link() {
+    let (mut hub, now) = hub_with_live_room();
+    assert_eq!(hub.room_state("r"), Some(roomcast_core::RoomState::Live));
     // A message for a channel nobody here wants: dropped and counted, the link stays up.
     feed(
         &mut hub,
@@ -387,16 +391,7 @@ fn confirmation(kind: &str, channel: &str, count: u32) -> Vec<u8> {
 
 #[test]
 fn a_room_slot_given_to_another_room_is_not_found_by_the_old_channel() {
-    let (mut hub, now) = hub("redis://127.0.0.1:6390");
-    open_all(&mut hub, now);
-    let _ = sent(&mut hub, SUBSCRIBER);
-    feed(&mut hub, SUBSCRIBER, &resp2_ok(), now);
-    hub.join("r", "a", now).unwrap();
-    let _ = sent(&mut hub, SUBSCRIBER);
-    let mut confirm = confirmation("subscribe", "graphwiz:ctl:0000000000000007", 1);
-    confirm.extend(confirmation("subscribe", "graphwiz:room:r", 2));
-    feed(&mut hub, SUBSCRIBER, &confirm, now);
-    let _ = events(&mut hub);
+    let (mut hub, now) = hub_with_live_room();
     // Two messages in a row on one channel (the second finds the room the first found).
     let mut two = message("graphwiz:room:r", "r", b"1");
     two.extend(message("graphwiz:room:r", "r", b"2"));

@@ -17,12 +17,14 @@ use crate::Options;
 use super::{LinkIo, State, READ_BLOCKS_KEPT, READ_BUDGET, READ_CHUNK, WRITE_SLICES};
 
 impl State {
-    pub(super) fn poll_link(&mut self, i: usize, cx: &mut Context<'_>) -> bool {
+    /// Polls link `i`: a connection under way, or the open link's reads into the core (each
+    /// followed by a drain) until the socket is pending, a budget runs out or the link goes.
+    pub(super) fn poll_link(&mut self, i: usize, cx: &mut Context<'_>) {
         let link = LinkId(i as u16);
         match &mut self.links[i] {
-            LinkIo::Idle => false,
+            LinkIo::Idle => {}
             LinkIo::Connecting(fut) => match fut.as_mut().poll(cx) {
-                Poll::Pending => false,
+                Poll::Pending => {}
                 Poll::Ready(result) => {
                     let now = self.now();
                     match result {
@@ -44,11 +46,9 @@ impl State {
                     }
                     // The open link has not been read yet (no waker registered for it).
                     self.again = true;
-                    true
                 }
             },
             LinkIo::Open { .. } => {
-                let mut progress = false;
                 for _ in 0..READ_BUDGET {
                     let now = self.now();
                     let LinkIo::Open {
@@ -56,32 +56,30 @@ impl State {
                     } = &mut self.links[i]
                     else {
                         // Closed by what the last read made the core do.
-                        return progress;
+                        return;
                     };
                     Self::read_room(rbuf, blocks);
                     // Straight into `rbuf` where the runtime can, through `scratch` elsewhere.
                     let read = self.rt.poll_read_buf(io, cx, rbuf, &mut self.scratch);
                     match read {
-                        Poll::Pending => return progress,
+                        Poll::Pending => return,
                         Poll::Ready(Ok(0)) => {
                             self.closed_by_peer(i, "connection closed by the server".into());
-                            return true;
+                            return;
                         }
                         Poll::Ready(Ok(_)) => {
                             self.hub.handle_input(link, rbuf, now);
-                            progress = true;
                             // Events and link requests (a Close) are handled before reading on.
                             self.drain();
                         }
                         Poll::Ready(Err(e)) => {
                             self.closed_by_peer(i, e.to_string());
-                            return true;
+                            return;
                         }
                     }
                 }
                 // The budget ran out with input maybe left unread: no waker will say so.
                 self.again = true;
-                progress
             }
         }
     }
