@@ -83,10 +83,16 @@ impl<T> Queue<T> {
     /// Adds an item; returns false if the queue is closed (the consumer is gone or overflowed
     /// under [`Overflow::Close`]).
     pub(crate) fn push(&self, item: T) -> bool {
+        self.try_push(item).is_ok()
+    }
+
+    /// [`Queue::push`], handing the item back when it is not queued (the queue is closed, or
+    /// this push closed it under [`Overflow::Close`]).
+    pub(crate) fn try_push(&self, item: T) -> Result<(), T> {
         let waker = {
             let mut q = self.lock();
             if q.closed {
-                return false;
+                return Err(item);
             }
             let cost = (self.cost)(&item);
             let over = |len: usize, bytes: usize| {
@@ -98,7 +104,7 @@ impl<T> Queue<T> {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 q.closed = true;
                 self.overflowed.store(true, Ordering::Relaxed);
-                return false;
+                return Err(item);
             }
             q.items.push_back(item);
             q.bytes = bytes;
@@ -114,7 +120,7 @@ impl<T> Queue<T> {
         if let Some(w) = waker {
             w.wake();
         }
-        true
+        Ok(())
     }
 
     /// Ends the stream after what is queued.

@@ -603,7 +603,7 @@ impl ChannelNamer {
     /// up among checked ids, and take [`Self::room_str_in`]'s path for anything not found.
     pub(crate) fn plain_room_id<'c>(&self, channel: &'c [u8]) -> Option<&'c [u8]> {
         let id = channel.strip_prefix(&*self.room_head)?;
-        (!id.iter().copied().any(is_escape_byte)).then_some(id)
+        (!has_escape_byte(id)).then_some(id)
     }
 
     /// The part of a room channel after the head, as text, if it may be the escaped id of a
@@ -637,11 +637,36 @@ impl ChannelNamer {
 
 /// Whether a channel part has anything to unescape (`:`, `%`, or a `/` that makes it invalid).
 fn is_escaped(escaped: &str) -> bool {
-    escaped.bytes().any(is_escape_byte)
+    has_escape_byte(escaped.as_bytes())
 }
 
 fn is_escape_byte(b: u8) -> bool {
     matches!(b, b':' | b'%' | b'/')
+}
+
+/// Whether any byte of `bytes` is one [`is_escape_byte`] accepts, eight bytes per step: every
+/// message's channel is checked on its way to its room.
+fn has_escape_byte(bytes: &[u8]) -> bool {
+    /// Each byte of a word set to `b`.
+    const fn splat(b: u8) -> u64 {
+        u64::from_ne_bytes([b; 8])
+    }
+    const ONES: u64 = splat(0x01);
+    const HIGH: u64 = splat(0x80);
+    // Nonzero exactly when some byte of `w` is zero: a byte's high bit survives the mask
+    // only where the subtraction borrowed through a zero byte (the bits it marks above a
+    // true zero byte never make a word without one look like it has one).
+    let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH != 0;
+    let mut words = bytes.chunks_exact(8);
+    for chunk in &mut words {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_ne_bytes(word);
+        if has_zero(w ^ splat(b':')) || has_zero(w ^ splat(b'%')) || has_zero(w ^ splat(b'/')) {
+            return true;
+        }
+    }
+    words.remainder().iter().copied().any(is_escape_byte)
 }
 
 /// Reverses the escaping of a channel part, appending the id to `id`; `None` if it is not
@@ -924,6 +949,36 @@ mod tests {
                 let got = n.room_str_in(ch, max, &mut scratch).map(str::to_owned);
                 prop_assert_eq!(got, want);
             }
+        }
+
+        /// The word-at-a-time scan finds an escape byte wherever the byte-by-byte one does:
+        /// any length (whole words, a remainder, both), any place, bytes next to the escape
+        /// bytes' values (`9`, `;`, `$`, `&`, `.`, `0`) and bytes with the high bit set, which
+        /// the zero-byte test must not mistake for a match.
+        #[test]
+        fn word_scan_finds_what_the_byte_scan_finds(
+            bytes in prop::collection::vec(
+                prop_oneof![
+                    Just(b':'), Just(b'%'), Just(b'/'),
+                    Just(b'9'), Just(b';'), Just(b'$'), Just(b'&'), Just(b'.'), Just(b'0'),
+                    Just(0u8), Just(0x80u8), Just(0xBAu8), Just(0xA5u8), Just(0xAFu8),
+                    any::<u8>(),
+                ],
+                0..40,
+            ),
+            plain in prop::collection::vec(b'a'..=b'z', 0..40),
+            escape in prop_oneof![Just(b':'), Just(b'%'), Just(b'/')],
+            at in any::<prop::sample::Index>(),
+        ) {
+            prop_assert_eq!(
+                super::has_escape_byte(&bytes),
+                bytes.iter().copied().any(super::is_escape_byte)
+            );
+            // One escape byte among plain ones, at every position over the runs.
+            prop_assert!(!super::has_escape_byte(&plain));
+            let mut one = plain.clone();
+            one.insert(at.index(plain.len() + 1), escape);
+            prop_assert!(super::has_escape_byte(&one));
         }
 
         /// The receiving path's shortcut: a channel's plain id part is looked up among

@@ -705,10 +705,23 @@ fn runs_on_a_third_executor() {
 }
 
 async fn overflow_close_ends_only_the_slow_membership(rt: Rt) {
+    // Recipients are served in membership order, and the last one is handed the delivery's
+    // own reference: the slow member is refused both as the first and as the last.
+    for slow_first in [true, false] {
+        slow_membership_overflows(rt, slow_first).await;
+    }
+}
+
+async fn slow_membership_overflows(rt: Rt, slow_first: bool) {
     let server = RedisServer::start();
     let a = bounded(rt, &server, 8, Overflow::Close).await;
-    let mut slow = a.join("r", "slow").await.unwrap();
-    let mut fast = a.join("r", "fast").await.unwrap();
+    let (mut slow, mut fast) = if slow_first {
+        let slow = a.join("r", "slow").await.unwrap();
+        (slow, a.join("r", "fast").await.unwrap())
+    } else {
+        let fast = a.join("r", "fast").await.unwrap();
+        (a.join("r", "slow").await.unwrap(), fast)
+    };
     rt.timeout(PATIENCE, Box::pin(fast.wait_live()))
         .await
         .unwrap();

@@ -390,9 +390,16 @@ impl State {
                 let (message, recipients) = d.into_shared();
                 let mut closed = Vec::new();
                 let mut detached = Vec::new();
+                // The room of a message a queue refused, for leaving it below.
+                let mut refused_room = None;
+                // The last recipient gets the delivery's own reference (no count taken and
+                // dropped again), the others a clone each.
+                let mut held = Some(message);
+                let mut entries = recipients.entries().peekable();
                 // Each recipient's queue by its slot: no lookup by id. A slot whose generation
                 // moved on is a connection that left after the message arrived.
-                for r in recipients.entries() {
+                while let Some(r) = entries.next() {
+                    let Some(message) = held.as_ref() else { break };
                     let Some(Some(e)) = self.slots.get(r.slot.index()) else {
                         continue;
                     };
@@ -408,20 +415,28 @@ impl State {
                             }
                         }
                     };
-                    if !m.queue.push(message.clone()) {
+                    let item = match entries.peek() {
+                        Some(_) => Arc::clone(message),
+                        None => match held.take() {
+                            Some(last) => last,
+                            None => break,
+                        },
+                    };
+                    if let Err(refused) = m.queue.try_push(item) {
+                        refused_room.get_or_insert_with(|| refused.room.clone());
                         let gone = if m.shared { &mut detached } else { &mut closed };
                         gone.push((r.conn.clone(), m.token));
                     }
                 }
                 // A membership whose stream ended (overflow under `Overflow::Close`, or a
                 // consumer that is gone) leaves the room; such a connection leaves all.
-                if closed.is_empty() && detached.is_empty() {
+                let Some(room) = refused_room else {
                     return;
-                }
+                };
                 // What the core does about it (unsubscribing) is drained next round.
                 self.again = true;
                 for (conn, token) in closed {
-                    let room = message.room.as_str();
+                    let room = room.as_str();
                     if let Err(e) = self.leave(room, conn.as_str(), Some(token)) {
                         warn!(%e, room, "leaving after overflow failed");
                     }

@@ -280,6 +280,11 @@ impl Res {
             // process's own code.
             self.setf("sys_s_per_m", sys / per_m);
             self.setf("user_s_per_m", (cpu - sys) / per_m);
+            // How often the client's threads slept and were woken per 1,000 deliveries: a
+            // client that finishes its work sooner waits (and pays a wake-up) more often.
+            let sleeps = after.sleeps.saturating_sub(before.sleeps);
+            self.set("sleeps", sleeps);
+            self.setf("sleeps_per_k", sleeps as f64 / (delivered as f64 / 1e3));
         }
         if let (Some(a), Some(b)) = (after.server_cpu_s, before.server_cpu_s) {
             self.setf("server_cpu_s", a - b);
@@ -309,6 +314,9 @@ pub struct Usage {
     pub rss_kb: u64,
     /// Peak resident set, kB.
     pub hwm_kb: u64,
+    /// Times this process's threads gave up the CPU to wait (voluntary context switches,
+    /// summed over the threads alive now): each a sleep and a wake-up.
+    pub sleeps: u64,
 }
 
 impl Usage {
@@ -324,8 +332,27 @@ impl Usage {
             server_pid,
             rss_kb,
             hwm_kb,
+            sleeps: sleeps(),
         }
     }
+}
+
+/// Voluntary context switches of this process's live threads, from
+/// `/proc/self/task/*/status` (0 where it cannot be read).
+fn sleeps() -> u64 {
+    let Ok(tasks) = fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .sum()
 }
 
 /// Clock ticks per second of `/proc/*/stat` (`USER_HZ`, 100 on Linux/x86 and arm64).
