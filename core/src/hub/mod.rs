@@ -989,9 +989,9 @@ impl Hub {
 /// over many rooms pays a comparison of two slots per message, not a copy of its channel.
 #[derive(Debug, Default)]
 struct LastChannel {
-    /// The channel remembered, if `armed`.
+    /// The channel remembered; empty while none is (a room channel never is: it starts with
+    /// the room prefix).
     channel: Vec<u8>,
-    armed: bool,
     /// The slot of the last message's room (remembered or not).
     slot: u32,
     /// The room table's generation when `channel` was remembered.
@@ -1003,7 +1003,7 @@ impl LastChannel {
     /// given to another room since.
     #[inline]
     fn get(&self, channel: &[u8], generation: u64) -> Option<u32> {
-        (self.armed && self.generation == generation && self.channel == channel)
+        (!self.channel.is_empty() && self.generation == generation && self.channel == channel)
             .then_some(self.slot)
     }
 
@@ -1012,9 +1012,8 @@ impl LastChannel {
     fn found(&mut self, channel: &[u8], slot: u32, generation: u64) {
         let again = slot == self.slot;
         self.slot = slot;
-        self.armed = again && channel.len() <= MAX_REMEMBERED_CHANNEL;
-        if self.armed {
-            self.channel.clear();
+        self.channel.clear();
+        if again && channel.len() <= MAX_REMEMBERED_CHANNEL {
             self.channel.extend_from_slice(channel);
             self.generation = generation;
         }

@@ -346,12 +346,7 @@ fn sleeps() -> u64 {
     tasks
         .flatten()
         .filter_map(|t| fs::read_to_string(t.path().join("status")).ok())
-        .filter_map(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-                .and_then(|n| n.trim().parse::<u64>().ok())
-        })
+        .map(|status| status_field(&status, "voluntary_ctxt_switches:"))
         .sum()
 }
 
@@ -394,14 +389,17 @@ fn proc_cpu(pid: &str) -> Option<ProcCpu> {
 /// (VmRSS, VmHWM) of this process in kB.
 pub fn rss_kb() -> (u64, u64) {
     let s = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        s.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    (status_field(&s, "VmRSS:"), status_field(&s, "VmHWM:"))
+}
+
+/// The number after `name` in a `/proc/*/status` text (0 if it is not there).
+fn status_field(status: &str, name: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The 1-minute load average.
