@@ -67,6 +67,9 @@ fn roomcast_load_quick_runs_every_scenario() {
                 "S8" => assert_eq!(field(v, "drops_account_for_losses"), true, "{v}"),
                 _ => assert_eq!(field(v, "exactly_once"), true, "{v}"),
             }
+            if v.get("pacer_cpu_s").is_some() {
+                paced_figures_are_the_clients(v);
+            }
         }
     }
     eprintln!(
@@ -76,4 +79,27 @@ fn roomcast_load_quick_runs_every_scenario() {
     );
     // Bounded by construction; a generous guard against a hang in a debug build.
     assert!(started.elapsed() < Duration::from_secs(300));
+}
+
+/// A paced run's client figures leave the pacer's thread out, its kernel time and sleeps
+/// included: the kernel part is within the client's CPU and the per-million parts add up.
+/// (The pacer spins with yields and sleeps between batches, so at the quick rates its kernel
+/// time alone can exceed the client's CPU: a kernel part counted with it shows here.)
+fn paced_figures_are_the_clients(v: &serde_json::Value) {
+    let num = |k: &str| {
+        v.get(k)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or_else(|| panic!("no {k} in a paced result: {v}"))
+    };
+    let (cpu, sys) = (num("client_cpu_s"), num("client_sys_s"));
+    assert!(
+        (0.0..=cpu + 1e-9).contains(&sys),
+        "kernel part {sys} outside the client's CPU {cpu}: {v}"
+    );
+    let (total, user, kernel) = (num("cpu_s_per_m"), num("user_s_per_m"), num("sys_s_per_m"));
+    assert!(
+        (user + kernel - total).abs() <= 1e-6 * total.max(1.0),
+        "user {user} + kernel {kernel} per M is not the total {total}: {v}"
+    );
+    assert!(num("sleeps_per_k") >= 0.0, "{v}");
 }

@@ -265,12 +265,9 @@ impl Res {
         }
     }
 
-    /// Adds the CPU, memory and server figures measured between `before` and now, per
-    /// `delivered` messages.
-    pub fn add_usage(&mut self, before: &Usage, delivered: u64) {
-        let after = Usage::now(before.server_pid);
-        let cpu = after.cpu_s - before.cpu_s;
-        let sys = after.sys_s - before.sys_s;
+    /// The client's CPU seconds (`cpu`, of which `sys` in the kernel) and `sleeps`, and with
+    /// `delivered` messages their figures per million (and sleeps per thousand).
+    fn set_client_figures(&mut self, cpu: f64, sys: f64, sleeps: u64, delivered: u64) {
         self.setf("client_cpu_s", cpu);
         self.setf("client_sys_s", sys);
         if delivered > 0 {
@@ -282,10 +279,21 @@ impl Res {
             self.setf("user_s_per_m", (cpu - sys) / per_m);
             // How often the client's threads slept and were woken per 1,000 deliveries: a
             // client that finishes its work sooner waits (and pays a wake-up) more often.
-            let sleeps = after.sleeps.saturating_sub(before.sleeps);
             self.set("sleeps", sleeps);
             self.setf("sleeps_per_k", sleeps as f64 / (delivered as f64 / 1e3));
         }
+    }
+
+    /// Adds the CPU, memory and server figures measured between `before` and now, per
+    /// `delivered` messages.
+    pub fn add_usage(&mut self, before: &Usage, delivered: u64) {
+        let after = Usage::now(before.server_pid);
+        self.set_client_figures(
+            after.cpu_s - before.cpu_s,
+            after.sys_s - before.sys_s,
+            after.sleeps.saturating_sub(before.sleeps),
+            delivered,
+        );
         if let (Some(a), Some(b)) = (after.server_cpu_s, before.server_cpu_s) {
             self.setf("server_cpu_s", a - b);
         }
@@ -350,6 +358,13 @@ fn sleeps() -> u64 {
         .sum()
 }
 
+/// Voluntary context switches of the calling thread (0 where it cannot be read).
+fn thread_sleeps() -> u64 {
+    fs::read_to_string("/proc/thread-self/status").map_or(0, |status| {
+        status_field(&status, "voluntary_ctxt_switches:")
+    })
+}
+
 /// Clock ticks per second of `/proc/*/stat` (`USER_HZ`, 100 on Linux/x86 and arm64).
 const USER_HZ: f64 = 100.0;
 
@@ -367,6 +382,8 @@ struct ProcCpu {
     sys: f64,
     /// User + system of its own threads only (of the one thread, for `thread-self`).
     own: f64,
+    /// The system (kernel) part of `own`.
+    own_sys: f64,
 }
 
 /// CPU seconds of `/proc/PID/stat` (`PID` may be `self`).
@@ -383,6 +400,7 @@ fn proc_cpu(pid: &str) -> Option<ProcCpu> {
         total: (user + sys) as f64 / USER_HZ,
         sys: sys as f64 / USER_HZ,
         own: (f.get(11)? + f.get(12)?) as f64 / USER_HZ,
+        own_sys: *f.get(12)? as f64 / USER_HZ,
     })
 }
 
@@ -703,6 +721,10 @@ pub const PACER_SPIN: Duration = Duration::from_micros(100);
 pub struct PacerStats {
     /// The pacer thread's own CPU seconds (user + system).
     pub cpu_s: f64,
+    /// The kernel part of `cpu_s` (its sleeps and the yields of its spin).
+    pub sys_s: f64,
+    /// Times the pacer thread slept or yielded (voluntary context switches).
+    pub sleeps: u64,
     /// Wake-ups that sent something.
     pub sends: u64,
     /// Messages handed over.
@@ -731,7 +753,8 @@ impl Pacer {
         deadline: Instant,
         mut send: impl FnMut(std::ops::Range<u64>, u64) -> bool,
     ) -> PacerStats {
-        let cpu0 = thread_cpu_s();
+        let cpu0 = thread_cpu();
+        let sleeps0 = thread_sleeps();
         let t0 = Instant::now();
         let base_ns = now_ns();
         let mut st = PacerStats::default();
@@ -760,14 +783,18 @@ impl Pacer {
             st.sent += due_by - i;
             i = due_by;
         }
-        st.cpu_s = thread_cpu_s() - cpu0;
+        let cpu = thread_cpu();
+        st.cpu_s = cpu.own - cpu0.own;
+        st.sys_s = cpu.own_sys - cpu0.own_sys;
+        st.sleeps = thread_sleeps().saturating_sub(sleeps0);
         st
     }
 }
 
-/// The calling thread's CPU seconds (user + system, `/proc/thread-self/stat`).
-pub fn thread_cpu_s() -> f64 {
-    proc_cpu("thread-self").map_or(0.0, |c| c.own)
+/// The calling thread's CPU seconds (`/proc/thread-self/stat`): user + system in `own`,
+/// the kernel part in `own_sys`.
+fn thread_cpu() -> ProcCpu {
+    proc_cpu("thread-self").unwrap_or_default()
 }
 
 /// Records in `res` what `trackers` (one per receiver) counted since `start_ns`:
@@ -869,8 +896,9 @@ pub fn record_server_cost(
 
 /// Ends a delivery run that just completed (or gave up): client CPU and memory up to now,
 /// then [`SETTLE`] with the receivers still counting, then the tally of [`record_deliveries`]
-/// (with deliveries/s), with `receivers` (one per tracker) and `published`. With a pacer, its own CPU is reported apart (`pacer_cpu_s`) and left
-/// out of `cpu_s_per_m`. Returns the unique deliveries.
+/// (with deliveries/s), with `receivers` (one per tracker) and `published`. With a pacer,
+/// its own CPU is reported apart (`pacer_cpu_s`) and left out of the client's figures
+/// ([`leave_out_pacer`]). Returns the unique deliveries.
 #[allow(clippy::too_many_arguments)]
 pub fn finish_run(
     res: &mut Res,
@@ -886,24 +914,24 @@ pub fn finish_run(
     res.set("receivers", trackers.len() as u64);
     res.add_usage(usage, at_completion);
     if let Some(p) = pacer {
-        let cpu = res.num("client_cpu_s").unwrap_or(0.0);
         res.setf("pacer_cpu_s", p.cpu_s);
         res.set("pacer_sends", p.sends);
         res.setf("pacer_max_late_us", p.max_late_us);
-        res.setf("client_cpu_s", (cpu - p.cpu_s).max(0.0));
-        // The pacer's time is not split into user and kernel: no split for paced runs.
-        res.0.remove("sys_s_per_m");
-        res.0.remove("user_s_per_m");
-        if at_completion > 0 {
-            res.setf(
-                "cpu_s_per_m",
-                (cpu - p.cpu_s).max(0.0) / (at_completion as f64 / 1e6),
-            );
-        }
+        leave_out_pacer(res, &p, at_completion);
     }
     settle();
     res.set("published", published.load(Ordering::Relaxed));
     record_deliveries(res, trackers, expected, complete, start_ns, true)
+}
+
+/// Takes the pacer's own CPU (user and kernel) and sleeps out of the client's figures, so
+/// that a paced run's `client_cpu_s`, `client_sys_s`, the per-million parts and
+/// `sleeps_per_k` are the client's alone, as in a closed-loop run.
+fn leave_out_pacer(res: &mut Res, p: &PacerStats, delivered: u64) {
+    let cpu = (res.num("client_cpu_s").unwrap_or(0.0) - p.cpu_s).max(0.0);
+    let sys = (res.num("client_sys_s").unwrap_or(0.0) - p.sys_s).clamp(0.0, cpu);
+    let sleeps = (res.num("sleeps").unwrap_or(0.0) as u64).saturating_sub(p.sleeps);
+    res.set_client_figures(cpu, sys, sleeps, delivered);
 }
 
 /// Waits (polling every few ms) until `done` or no progress in `stall` or `deadline`;
