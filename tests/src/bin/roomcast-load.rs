@@ -623,9 +623,50 @@ fn jobs(
     v
 }
 
-/// Runs one job in a worker process; its JSON lines (or an error result).
+/// Whether workers can run in a session of their own: the `setsid` command (util-linux) is
+/// there.
+fn has_setsid() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        Command::new("setsid")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// The command that starts a worker: in a session of its own where `setsid` is there.
+/// Linux shares CPU fairly between sessions before it does between the threads of one
+/// (autogroup scheduling); a worker in the load generator's session would share one group
+/// with the private `redis-server` the load generator started, as no deployed client and
+/// Redis server (separate services, in groups of their own) do. In one group the kernel
+/// weighs Redis against each client thread alone, which changed the results by system:
+/// roomcast's threads woke two to three times as often and it ran 25 % slower, while the
+/// `redis` crate's CPU did not move (see BENCHMARKS.md, "Fairness rules").
+fn worker_command(exe: &std::path::Path) -> Command {
+    if has_setsid() {
+        let mut c = Command::new("setsid");
+        c.arg(exe);
+        c
+    } else {
+        Command::new(exe)
+    }
+}
+
+/// Runs one job in a worker process; its JSON lines (or an error result), each marked with
+/// whether the worker had a session of its own (`worker_own_session`).
 fn run_worker(exe: &std::path::Path, job: &Job) -> Vec<Res> {
-    let child = Command::new(exe)
+    let mut out = run_worker_lines(exe, job);
+    for r in &mut out {
+        r.set("worker_own_session", has_setsid());
+    }
+    out
+}
+
+fn run_worker_lines(exe: &std::path::Path, job: &Job) -> Vec<Res> {
+    let child = worker_command(exe)
         .args(job.to_args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
