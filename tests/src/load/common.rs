@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -265,9 +266,25 @@ impl Res {
         }
     }
 
-    /// The client's CPU seconds (`cpu`, of which `sys` in the kernel) and `sleeps`, and with
-    /// `delivered` messages their figures per million (and sleeps per thousand).
-    fn set_client_figures(&mut self, cpu: f64, sys: f64, sleeps: u64, delivered: u64) {
+    /// Adds the CPU, memory and server figures measured between `before` and now, per
+    /// `delivered` messages.
+    pub fn add_usage(&mut self, before: &Usage, delivered: u64) {
+        self.add_usage_without(before, delivered, None);
+    }
+
+    /// [`Res::add_usage`] with a pacer's own CPU (user and kernel) and sleeps left out of the
+    /// client's figures, so that a paced run's `client_cpu_s`, `client_sys_s`, the
+    /// per-million parts and `sleeps_per_k` are the client's alone, as in a closed-loop run.
+    fn add_usage_without(&mut self, before: &Usage, delivered: u64, pacer: Option<&PacerStats>) {
+        let after = Usage::now(before.server_pid);
+        let (pacer_cpu, pacer_sys, pacer_sleeps) =
+            pacer.map_or((0.0, 0.0, 0), |p| (p.cpu_s, p.sys_s, p.sleeps));
+        let cpu = (after.cpu_s - before.cpu_s - pacer_cpu).max(0.0);
+        let sys = (after.sys_s - before.sys_s - pacer_sys).clamp(0.0, cpu);
+        let sleeps = after
+            .sleeps
+            .saturating_sub(before.sleeps)
+            .saturating_sub(pacer_sleeps);
         self.setf("client_cpu_s", cpu);
         self.setf("client_sys_s", sys);
         if delivered > 0 {
@@ -282,18 +299,6 @@ impl Res {
             self.set("sleeps", sleeps);
             self.setf("sleeps_per_k", sleeps as f64 / (delivered as f64 / 1e3));
         }
-    }
-
-    /// Adds the CPU, memory and server figures measured between `before` and now, per
-    /// `delivered` messages.
-    pub fn add_usage(&mut self, before: &Usage, delivered: u64) {
-        let after = Usage::now(before.server_pid);
-        self.set_client_figures(
-            after.cpu_s - before.cpu_s,
-            after.sys_s - before.sys_s,
-            after.sleeps.saturating_sub(before.sleeps),
-            delivered,
-        );
         if let (Some(a), Some(b)) = (after.server_cpu_s, before.server_cpu_s) {
             self.setf("server_cpu_s", a - b);
         }
@@ -353,16 +358,18 @@ fn sleeps() -> u64 {
     };
     tasks
         .flatten()
-        .filter_map(|t| fs::read_to_string(t.path().join("status")).ok())
-        .map(|status| status_field(&status, "voluntary_ctxt_switches:"))
+        .map(|t| voluntary_switches(&t.path().join("status")))
         .sum()
 }
 
 /// Voluntary context switches of the calling thread (0 where it cannot be read).
 fn thread_sleeps() -> u64 {
-    fs::read_to_string("/proc/thread-self/status").map_or(0, |status| {
-        status_field(&status, "voluntary_ctxt_switches:")
-    })
+    voluntary_switches(Path::new("/proc/thread-self/status"))
+}
+
+/// The voluntary context switches a `/proc/*/status` file counts (0 where it cannot be read).
+fn voluntary_switches(status: &Path) -> u64 {
+    fs::read_to_string(status).map_or(0, |s| status_field(&s, "voluntary_ctxt_switches:"))
 }
 
 /// Clock ticks per second of `/proc/*/stat` (`USER_HZ`, 100 on Linux/x86 and arm64).
@@ -898,7 +905,7 @@ pub fn record_server_cost(
 /// then [`SETTLE`] with the receivers still counting, then the tally of [`record_deliveries`]
 /// (with deliveries/s), with `receivers` (one per tracker) and `published`. With a pacer,
 /// its own CPU is reported apart (`pacer_cpu_s`) and left out of the client's figures
-/// ([`leave_out_pacer`]). Returns the unique deliveries.
+/// ([`Res::add_usage_without`]). Returns the unique deliveries.
 #[allow(clippy::too_many_arguments)]
 pub fn finish_run(
     res: &mut Res,
@@ -912,26 +919,15 @@ pub fn finish_run(
 ) -> u64 {
     let at_completion = tally(trackers).1;
     res.set("receivers", trackers.len() as u64);
-    res.add_usage(usage, at_completion);
+    res.add_usage_without(usage, at_completion, pacer.as_ref());
     if let Some(p) = pacer {
         res.setf("pacer_cpu_s", p.cpu_s);
         res.set("pacer_sends", p.sends);
         res.setf("pacer_max_late_us", p.max_late_us);
-        leave_out_pacer(res, &p, at_completion);
     }
     settle();
     res.set("published", published.load(Ordering::Relaxed));
     record_deliveries(res, trackers, expected, complete, start_ns, true)
-}
-
-/// Takes the pacer's own CPU (user and kernel) and sleeps out of the client's figures, so
-/// that a paced run's `client_cpu_s`, `client_sys_s`, the per-million parts and
-/// `sleeps_per_k` are the client's alone, as in a closed-loop run.
-fn leave_out_pacer(res: &mut Res, p: &PacerStats, delivered: u64) {
-    let cpu = (res.num("client_cpu_s").unwrap_or(0.0) - p.cpu_s).max(0.0);
-    let sys = (res.num("client_sys_s").unwrap_or(0.0) - p.sys_s).clamp(0.0, cpu);
-    let sleeps = (res.num("sleeps").unwrap_or(0.0) as u64).saturating_sub(p.sleeps);
-    res.set_client_figures(cpu, sys, sleeps, delivered);
 }
 
 /// Waits (polling every few ms) until `done` or no progress in `stall` or `deadline`;
